@@ -1,0 +1,138 @@
+// Reverse-mode automatic differentiation, micrograd's algorithm on whole
+// tensors: every op that needs a gradient records a GradCtx on its output
+// (its inputs and a backward rule written with ordinary tensor ops).
+// backward() sorts the recorded graph topologically, walks it from the loss
+// back to the leaves, and sums the gradients that reach each tensor.
+
+import type { Tensor } from './tensor.ts';
+
+/** What an op remembers for its backward pass. */
+export interface GradCtx {
+  op: string;
+  inputs: Tensor[];
+  /** Given dLoss/dOut, returns dLoss/dInput for each input (null: no gradient). */
+  backward: (gradOut: Tensor) => (Tensor | null)[];
+}
+
+let gradDisabled = 0;
+
+/** True unless we are inside noGrad(). */
+export function isGradEnabled(): boolean {
+  return gradDisabled === 0;
+}
+
+/**
+ * Runs fn without recording gradients (evaluation, generation, optimizer
+ * steps): no graph is kept, so intermediates can be freed at once. An async
+ * fn keeps gradients off until its promise settles.
+ */
+export function noGrad<T>(fn: () => T): T {
+  gradDisabled++;
+  let result: T;
+  try {
+    result = fn();
+  } catch (e) {
+    gradDisabled--;
+    throw e;
+  }
+  if (result instanceof Promise) {
+    return result.finally(() => gradDisabled--) as T;
+  }
+  gradDisabled--;
+  return result;
+}
+
+/** Attaches a backward rule to `out` when any input needs a gradient. */
+export function recordGrad(out: Tensor, op: string, inputs: Tensor[], backward: GradCtx['backward']): Tensor {
+  if (isGradEnabled() && inputs.some((t) => t.requiresGrad)) {
+    out.requiresGrad = true;
+    out.ctx = { op, inputs, backward };
+  }
+  return out;
+}
+
+/**
+ * Topological order of the graph below `root`, inputs before outputs. An
+ * explicit stack, not recursion: a 30-block transformer's graph has
+ * thousands of nodes, and each node is visited once however many times it is
+ * used.
+ */
+function topoSort(root: Tensor): Tensor[] {
+  const order: Tensor[] = [];
+  const visited = new Set<Tensor>();
+  const stack: [Tensor, boolean][] = [[root, false]];
+  while (stack.length) {
+    const [t, childrenDone] = stack.pop()!;
+    if (childrenDone) {
+      order.push(t);
+      continue;
+    }
+    if (visited.has(t)) continue;
+    visited.add(t);
+    stack.push([t, true]);
+    for (const input of t.ctx?.inputs ?? []) {
+      if (input.requiresGrad && !visited.has(input)) stack.push([input, false]);
+    }
+  }
+  return order;
+}
+
+/**
+ * Backpropagates from `root` (a scalar unless `gradient` is given). Leaves
+ * that require grad accumulate into `.grad` (so gradient accumulation over
+ * micro-batches is just calling backward() again); the graph is released.
+ */
+export function backward(root: Tensor, gradient: Tensor): void {
+  if (!root.requiresGrad) throw new Error('backward: the tensor does not require grad (nothing to differentiate)');
+  const order = topoSort(root);
+  // Every tensor in `grads` is owned by this map: disposed once consumed.
+  const grads = new Map<Tensor, Tensor>([[root, gradient]]);
+  gradDisabled++; // backward rules are not themselves differentiated
+  try {
+    for (let i = order.length - 1; i >= 0; i--) {
+      const t = order[i];
+      const g = grads.get(t);
+      if (!g) continue;
+      grads.delete(t);
+      if (!t.ctx) {
+        // A leaf: the parameter owns its gradient from now on.
+        accumulateLeaf(t, g);
+        continue;
+      }
+      const inputGrads = t.ctx.backward(g);
+      const seen = new Set<Tensor>();
+      t.ctx.inputs.forEach((input, k) => {
+        let gi = inputGrads[k];
+        if (!gi || !input.requiresGrad) return;
+        // A rule may hand the same tensor to two inputs (add) or pass g through:
+        // give each owner its own view so disposing one leaves the other intact.
+        if (gi === g || seen.has(gi)) gi = gi.view(gi.shape);
+        seen.add(gi);
+        const prev = grads.get(input);
+        if (prev) {
+          grads.set(input, prev.add(gi));
+          prev.dispose();
+          gi.dispose();
+        } else {
+          grads.set(input, gi);
+        }
+      });
+      t.ctx = null; // release the graph: saved activations can be freed
+      g.dispose();
+    }
+  } finally {
+    gradDisabled--;
+  }
+}
+
+function accumulateLeaf(leaf: Tensor, g: Tensor): void {
+  if (leaf.grad) {
+    const sum = leaf.grad.add(g);
+    leaf.grad.dispose();
+    g.dispose();
+    leaf.grad = sum.keep();
+  } else {
+    leaf.grad = g.contiguous().keep();
+    if (leaf.grad !== g) g.dispose();
+  }
+}

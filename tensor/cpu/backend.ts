@@ -1,0 +1,424 @@
+// The reference backend: plain TypeScript loops over typed arrays. Every
+// kernel first turns its strided inputs into dense arrays (`dense`), then runs
+// a simple loop; only matmul is tuned (see matmul.ts). The WebGPU backend is
+// checked against this one, op for op.
+
+import type { Backend, BinaryOp, ReduceOp, Storage, UnaryOp, View } from '../backend.ts';
+import { type DType, type TypedArray, makeTypedArray } from '../dtype.ts';
+import { fmt, isContiguous, numel } from '../shape.ts';
+import { matmulF32, matmulF64 } from './_tmp_matmul.ts';
+
+/** A CPU buffer: a typed array with a reference count. */
+export class CpuStorage implements Storage {
+  refs = 1;
+  constructor(public data: TypedArray) {}
+  get dtype(): DType {
+    return this.data instanceof Float32Array ? 'float32' : this.data instanceof Int32Array ? 'int32' : 'float64';
+  }
+  get length(): number {
+    return this.data.length;
+  }
+}
+
+function dataOf(v: View | Storage): TypedArray {
+  const s = ('storage' in v ? v.storage : v) as CpuStorage;
+  if (s.refs <= 0) throw new Error('cpu backend: use of a freed buffer (a tensor was used after dispose())');
+  return s.data;
+}
+
+/**
+ * The elements of a view as one dense row-major array, converted to `dtype`.
+ * A contiguous view of the right dtype is returned as is (no copy); otherwise
+ * we walk the view's index space, keeping the source offset up to date as the
+ * counters tick over, like an odometer.
+ */
+export function dense(v: View, dtype: DType = v.dtype): TypedArray {
+  const src = dataOf(v);
+  const n = numel(v.shape);
+  if (dtype === v.dtype && isContiguous(v.shape, v.strides)) return src.subarray(v.offset, v.offset + n);
+  const out = makeTypedArray(dtype, n);
+  if (n === 0) return out;
+  const rank = v.shape.length;
+  if (rank === 0) {
+    out[0] = src[v.offset];
+    return out;
+  }
+  const inner = v.shape[rank - 1];
+  const innerStride = v.strides[rank - 1];
+  const idx = new Array<number>(rank).fill(0);
+  let off = v.offset;
+  for (let i = 0; i < n; i += inner) {
+    for (let j = 0; j < inner; j++) out[i + j] = src[off + j * innerStride];
+    // advance the outer dims (all but the last) by one step
+    for (let d = rank - 2; d >= 0; d--) {
+      idx[d]++;
+      off += v.strides[d];
+      if (idx[d] < v.shape[d]) break;
+      off -= v.strides[d] * v.shape[d];
+      idx[d] = 0;
+    }
+  }
+  return out;
+}
+
+/** Rows of the last axis: [rows, cols] of a shape. */
+function rowsCols(shape: number[]): [number, number] {
+  const cols = shape.length ? shape[shape.length - 1] : 1;
+  return [cols === 0 ? 0 : numel(shape) / cols, cols];
+}
+
+function storage(data: TypedArray): CpuStorage {
+  live.bytes += data.byteLength;
+  return new CpuStorage(data);
+}
+const live = { bytes: 0 };
+
+/** The CPU backend. */
+export class CpuBackend implements Backend {
+  readonly name = 'cpu' as const;
+
+  liveBytes(): number {
+    return live.bytes;
+  }
+
+  alloc(dtype: DType, length: number): Storage {
+    return storage(makeTypedArray(dtype, length));
+  }
+  write(dst: Storage, src: TypedArray): void {
+    dataOf(dst).set(src);
+  }
+  async read(x: View): Promise<TypedArray> {
+    return this.readSync(x);
+  }
+  /** Synchronous read, CPU only (tests and host-side helpers). */
+  readSync(x: View): TypedArray {
+    return dense(x).slice();
+  }
+  retain(s: Storage): void {
+    (s as CpuStorage).refs++;
+  }
+  release(s: Storage): void {
+    const c = s as CpuStorage;
+    if (--c.refs === 0) live.bytes -= c.data.byteLength;
+  }
+  flush(): void {}
+
+  unary(op: UnaryOp, v: View): Storage {
+    const x = dense(v);
+    const n = x.length;
+    const o = makeTypedArray(v.dtype, n);
+    switch (op) {
+      case 'neg': for (let i = 0; i < n; i++) o[i] = -x[i]; break;
+      case 'abs': for (let i = 0; i < n; i++) o[i] = Math.abs(x[i]); break;
+      case 'exp': for (let i = 0; i < n; i++) o[i] = Math.exp(x[i]); break;
+      case 'log': for (let i = 0; i < n; i++) o[i] = Math.log(x[i]); break;
+      case 'sqrt': for (let i = 0; i < n; i++) o[i] = Math.sqrt(x[i]); break;
+      case 'rsqrt': for (let i = 0; i < n; i++) o[i] = 1 / Math.sqrt(x[i]); break;
+      case 'sin': for (let i = 0; i < n; i++) o[i] = Math.sin(x[i]); break;
+      case 'cos': for (let i = 0; i < n; i++) o[i] = Math.cos(x[i]); break;
+      case 'tanh': for (let i = 0; i < n; i++) o[i] = Math.tanh(x[i]); break;
+      case 'sigmoid': for (let i = 0; i < n; i++) o[i] = 1 / (1 + Math.exp(-x[i])); break;
+      case 'relu': for (let i = 0; i < n; i++) o[i] = x[i] > 0 ? x[i] : 0; break;
+      case 'silu': for (let i = 0; i < n; i++) o[i] = x[i] / (1 + Math.exp(-x[i])); break;
+      // GELU, tanh approximation (what SigLIP uses): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+      case 'gelu':
+        for (let i = 0; i < n; i++) {
+          const t = x[i];
+          o[i] = 0.5 * t * (1 + Math.tanh(0.7978845608028654 * (t + 0.044715 * t * t * t)));
+        }
+        break;
+    }
+    return storage(o);
+  }
+
+  binary(op: BinaryOp, av: View, bv: View): Storage {
+    const a = dense(av);
+    const b = dense(bv);
+    const n = a.length;
+    const o = makeTypedArray(av.dtype, n);
+    switch (op) {
+      case 'add': for (let i = 0; i < n; i++) o[i] = a[i] + b[i]; break;
+      case 'sub': for (let i = 0; i < n; i++) o[i] = a[i] - b[i]; break;
+      case 'mul': for (let i = 0; i < n; i++) o[i] = a[i] * b[i]; break;
+      // integer division truncates toward zero like a typed-array store does
+      case 'div': for (let i = 0; i < n; i++) o[i] = a[i] / b[i]; break;
+      case 'pow': for (let i = 0; i < n; i++) o[i] = Math.pow(a[i], b[i]); break;
+      // NaN wins in maximum/minimum, as in PyTorch
+      case 'maximum': for (let i = 0; i < n; i++) o[i] = a[i] > b[i] || a[i] !== a[i] ? a[i] : b[i]; break;
+      case 'minimum': for (let i = 0; i < n; i++) o[i] = a[i] < b[i] || a[i] !== a[i] ? a[i] : b[i]; break;
+      case 'eq': for (let i = 0; i < n; i++) o[i] = a[i] === b[i] ? 1 : 0; break;
+      case 'ne': for (let i = 0; i < n; i++) o[i] = a[i] !== b[i] ? 1 : 0; break;
+      case 'lt': for (let i = 0; i < n; i++) o[i] = a[i] < b[i] ? 1 : 0; break;
+      case 'le': for (let i = 0; i < n; i++) o[i] = a[i] <= b[i] ? 1 : 0; break;
+      case 'gt': for (let i = 0; i < n; i++) o[i] = a[i] > b[i] ? 1 : 0; break;
+      case 'ge': for (let i = 0; i < n; i++) o[i] = a[i] >= b[i] ? 1 : 0; break;
+    }
+    return storage(o);
+  }
+
+  where(cv: View, av: View, bv: View): Storage {
+    const c = dense(cv);
+    const a = dense(av);
+    const b = dense(bv);
+    const o = makeTypedArray(av.dtype, a.length);
+    for (let i = 0; i < o.length; i++) o[i] = c[i] !== 0 ? a[i] : b[i];
+    return storage(o);
+  }
+
+  copy(x: View, dtype: DType): Storage {
+    const d = dense(x, dtype);
+    return storage(d.buffer === dataOf(x).buffer ? d.slice() : d);
+  }
+
+  copyInto(dst: View, src: View): void {
+    // Walk dst's index space the way dense() walks a source: same odometer.
+    const s = dense(src, dst.dtype);
+    const out = dataOf(dst);
+    const rank = dst.shape.length;
+    const n = numel(dst.shape);
+    if (n === 0) return;
+    if (rank === 0) {
+      out[dst.offset] = s[0];
+      return;
+    }
+    const inner = dst.shape[rank - 1];
+    const innerStride = dst.strides[rank - 1];
+    const idx = new Array<number>(rank).fill(0);
+    let off = dst.offset;
+    for (let i = 0; i < n; i += inner) {
+      for (let j = 0; j < inner; j++) out[off + j * innerStride] = s[i + j];
+      for (let d = rank - 2; d >= 0; d--) {
+        idx[d]++;
+        off += dst.strides[d];
+        if (idx[d] < dst.shape[d]) break;
+        off -= dst.strides[d] * dst.shape[d];
+        idx[d] = 0;
+      }
+    }
+  }
+
+  fill(dtype: DType, length: number, value: number): Storage {
+    return storage(makeTypedArray(dtype, length).fill(value));
+  }
+
+  reduce(op: ReduceOp, v: View, axis: number): Storage {
+    const x = dense(v);
+    const len = v.shape[axis];
+    const outer = numel(v.shape.slice(0, axis));
+    const inner = numel(v.shape.slice(axis + 1));
+    const o = makeTypedArray(op === 'argmax' ? 'int32' : v.dtype, outer * inner);
+    if (op !== 'sum' && len === 0) throw new Error(`${op}: cannot reduce over an empty dim of ${fmt(v.shape)}`);
+    for (let p = 0; p < outer; p++) {
+      for (let q = 0; q < inner; q++) {
+        const base = p * len * inner + q;
+        if (op === 'sum') {
+          let acc = 0; // a float64 accumulator: sums of many float32s stay accurate
+          for (let l = 0; l < len; l++) acc += x[base + l * inner];
+          o[p * inner + q] = acc;
+        } else {
+          let best = x[base];
+          let arg = 0;
+          for (let l = 1; l < len; l++) {
+            const t = x[base + l * inner];
+            if (t > best || (t !== t && best === best)) {
+              best = t;
+              arg = l;
+            }
+          }
+          o[p * inner + q] = op === 'max' ? best : arg;
+        }
+      }
+    }
+    return storage(o);
+  }
+
+  matmul(a: View, b: View): Storage {
+    const r = a.shape.length;
+    const [M, K, N] = [a.shape[r - 2], a.shape[r - 1], b.shape[r - 1]];
+    const batchShape = a.shape.slice(0, r - 2);
+    const batch = numel(batchShape);
+    // Offsets of each matrix in the batch: views may broadcast (stride 0) or be permuted.
+    const aOffsets = new Array<number>(batch);
+    const bOffsets = new Array<number>(batch);
+    for (let i = 0; i < batch; i++) {
+      let rem = i;
+      let ao = a.offset;
+      let bo = b.offset;
+      for (let d = batchShape.length - 1; d >= 0; d--) {
+        const k = rem % batchShape[d];
+        rem = (rem - k) / batchShape[d];
+        ao += k * a.strides[d];
+        bo += k * b.strides[d];
+      }
+      aOffsets[i] = ao;
+      bOffsets[i] = bo;
+    }
+    const c = makeTypedArray(a.dtype, batch * M * N);
+    const args = {
+      batch, M, N, K,
+      aOffsets, aRowStride: a.strides[r - 2], aColStride: a.strides[r - 1],
+      bOffsets, bRowStride: b.strides[r - 2], bColStride: b.strides[r - 1],
+    };
+    if (a.dtype === 'float32') matmulF32({ ...args, a: dataOf(a) as Float32Array, b: dataOf(b) as Float32Array, c: c as Float32Array });
+    else if (a.dtype === 'float64') matmulF64({ ...args, a: dataOf(a) as Float64Array, b: dataOf(b) as Float64Array, c: c as Float64Array });
+    else throw new Error(`matmul: ${a.dtype} is not supported, cast to float32 first`);
+    return storage(c);
+  }
+
+  gather(tv: View, iv: View): Storage {
+    const table = dense(tv);
+    const ids = dense(iv);
+    const [V, D] = tv.shape;
+    const o = makeTypedArray(tv.dtype, ids.length * D);
+    for (let i = 0; i < ids.length; i++) {
+      const id = ids[i];
+      if (id < 0 || id >= V) throw new Error(`embedding: index ${id} is out of range for a table of ${V} rows`);
+      o.set(table.subarray(id * D, id * D + D), i * D);
+    }
+    return storage(o);
+  }
+
+  scatterAdd(iv: View, sv: View, rows: number): Storage {
+    const ids = dense(iv);
+    const src = dense(sv);
+    const D = ids.length === 0 ? 0 : src.length / ids.length;
+    const o = makeTypedArray(sv.dtype, rows * D);
+    for (let i = 0; i < ids.length; i++) {
+      const base = ids[i] * D;
+      for (let d = 0; d < D; d++) o[base + d] += src[i * D + d];
+    }
+    return storage(o);
+  }
+
+  softmax(v: View): Storage {
+    const x = dense(v);
+    const [rows, cols] = rowsCols(v.shape);
+    const o = makeTypedArray(v.dtype, x.length);
+    for (let r = 0; r < rows; r++) {
+      const base = r * cols;
+      // subtract the row max first: exp never overflows, the result is unchanged
+      let max = -Infinity;
+      for (let c = 0; c < cols; c++) max = Math.max(max, x[base + c]);
+      let sum = 0;
+      for (let c = 0; c < cols; c++) sum += o[base + c] = Math.exp(x[base + c] - max);
+      for (let c = 0; c < cols; c++) o[base + c] /= sum;
+    }
+    return storage(o);
+  }
+
+  logSoftmax(v: View): Storage {
+    const x = dense(v);
+    const [rows, cols] = rowsCols(v.shape);
+    const o = makeTypedArray(v.dtype, x.length);
+    for (let r = 0; r < rows; r++) {
+      const base = r * cols;
+      const lse = logSumExp(x, base, cols);
+      for (let c = 0; c < cols; c++) o[base + c] = x[base + c] - lse;
+    }
+    return storage(o);
+  }
+
+  layerNorm(v: View, wv: View, bv: View, eps: number): Storage {
+    const x = dense(v);
+    const w = dense(wv);
+    const b = dense(bv);
+    const [rows, cols] = rowsCols(v.shape);
+    const o = makeTypedArray(v.dtype, x.length);
+    for (let r = 0; r < rows; r++) {
+      const base = r * cols;
+      let mean = 0;
+      for (let c = 0; c < cols; c++) mean += x[base + c];
+      mean /= cols;
+      let variance = 0; // biased, as PyTorch's LayerNorm
+      for (let c = 0; c < cols; c++) variance += (x[base + c] - mean) ** 2;
+      const rstd = 1 / Math.sqrt(variance / cols + eps);
+      for (let c = 0; c < cols; c++) o[base + c] = (x[base + c] - mean) * rstd * w[c] + b[c];
+    }
+    return storage(o);
+  }
+
+  rmsNorm(v: View, wv: View, eps: number): Storage {
+    const x = dense(v);
+    const w = dense(wv);
+    const [rows, cols] = rowsCols(v.shape);
+    const o = makeTypedArray(v.dtype, x.length);
+    for (let r = 0; r < rows; r++) {
+      const base = r * cols;
+      let ms = 0;
+      for (let c = 0; c < cols; c++) ms += x[base + c] * x[base + c];
+      const irms = 1 / Math.sqrt(ms / cols + eps);
+      for (let c = 0; c < cols; c++) o[base + c] = x[base + c] * irms * w[c];
+    }
+    return storage(o);
+  }
+
+  crossEntropy(lv: View, tv: View, ignoreIndex: number): Storage {
+    const x = dense(lv);
+    const t = dense(tv);
+    const [rows, cols] = rowsCols(lv.shape);
+    const o = makeTypedArray(lv.dtype, rows);
+    for (let r = 0; r < rows; r++) {
+      if (t[r] === ignoreIndex) continue;
+      if (t[r] < 0 || t[r] >= cols) throw new Error(`crossEntropy: target ${t[r]} is out of range for ${cols} classes`);
+      o[r] = logSumExp(x, r * cols, cols) - x[r * cols + t[r]];
+    }
+    return storage(o);
+  }
+
+  sort(v: View, descending: boolean): { values: Storage; indices: Storage } {
+    const x = dense(v);
+    const [rows, cols] = rowsCols(v.shape);
+    const values = makeTypedArray(v.dtype, x.length);
+    const indices = new Int32Array(x.length);
+    const order = new Array<number>(cols);
+    // NaN sorts as the largest value, as in PyTorch; ties keep their order (stable).
+    const key = (i: number, base: number) => (x[base + i] !== x[base + i] ? Infinity : x[base + i]);
+    for (let r = 0; r < rows; r++) {
+      const base = r * cols;
+      for (let c = 0; c < cols; c++) order[c] = c;
+      order.sort((i, j) => (descending ? key(j, base) - key(i, base) : key(i, base) - key(j, base)) || i - j);
+      for (let c = 0; c < cols; c++) {
+        values[base + c] = x[base + order[c]];
+        indices[base + c] = order[c];
+      }
+    }
+    return { values: storage(values), indices: storage(indices) };
+  }
+
+  multinomial(pv: View, uv: View): Storage {
+    const p = dense(pv);
+    const u = dense(uv);
+    const [rows, cols] = rowsCols(pv.shape);
+    const o = new Int32Array(rows);
+    for (let r = 0; r < rows; r++) {
+      let total = 0;
+      for (let c = 0; c < cols; c++) {
+        if (!(p[r * cols + c] >= 0)) throw new Error(`multinomial: probabilities must be non-negative and finite (row ${r})`);
+        total += p[r * cols + c];
+      }
+      if (!(total > 0)) throw new Error(`multinomial: row ${r} of the probabilities sums to zero`);
+      const target = u[r] * total;
+      let acc = 0;
+      let pick = cols - 1;
+      for (let c = 0; c < cols; c++) {
+        acc += p[r * cols + c];
+        if (acc > target && p[r * cols + c] > 0) {
+          pick = c;
+          break;
+        }
+      }
+      o[r] = pick;
+    }
+    return storage(o);
+  }
+}
+
+/** log(sum(exp(x[base..base+n]))), computed stably by factoring out the max. */
+function logSumExp(x: TypedArray, base: number, n: number): number {
+  let max = -Infinity;
+  for (let c = 0; c < n; c++) max = Math.max(max, x[base + c]);
+  if (max === -Infinity) return -Infinity;
+  let sum = 0;
+  for (let c = 0; c < n; c++) sum += Math.exp(x[base + c] - max);
+  return max + Math.log(sum);
+}

@@ -1,0 +1,13 @@
+// The public surface of the tensor library. Import from here.
+
+export { Tensor, type NestedArray } from './tensor.ts';
+export { tensor, zeros, ones, full, arange, rand, randn, causalMask, type TensorOptions } from './creation.ts';
+export { crossEntropy, softmax, logSoftmax, dropout, split, chunk, stack, repeatInterleave, sort, topk, multinomial, tril, conv2dPatch, mean } from './composite.ts';
+export { cat, where, matmul, embedding, layerNorm, rmsNorm, copyInto } from './ops.ts';
+export { noGrad, isGradEnabled } from './autograd.ts';
+export { tidy } from './scope.ts';
+export { memory } from './memory.ts';
+export { Generator, manualSeed, defaultGenerator } from './random.ts';
+export { getBackend, setDefaultDevice, getDefaultDevice, registerBackend } from './device.ts';
+export type { DType, TypedArray } from './dtype.ts';
+export type { DeviceName, Backend, Storage, View } from './backend.ts';

@@ -1,0 +1,446 @@
+// The differentiable primitives. Each op computes its forward result with one
+// backend kernel and records, right below, its backward rule written with
+// ordinary tensor ops (micrograd's layout: the derivative sits next to the
+// function). Everything else (mean, crossEntropy, attention, ...) is composed
+// from these in composite.ts and gets its gradient for free.
+
+import { recordGrad } from './autograd.ts';
+import type { BinaryOp, Storage, UnaryOp, View } from './backend.ts';
+import { type DType, type TypedArray, dtypeOf, isFloat } from './dtype.ts';
+import {
+  broadcastReduceDims, broadcastShapes, broadcastStrides, fmt, inferReshape, isContiguous,
+  normalizeDim, numel, viewStrides,
+} from './shape.ts';
+import { Tensor } from './tensor.ts';
+
+/** A tensor or a plain number (a scalar of the other operand's dtype). */
+export type TensorLike = Tensor | number;
+
+/** The view of `t` read as if broadcast to `shape` (stride 0 where expanded). */
+function viewAs(t: Tensor, shape: number[]): View {
+  return { storage: t.storage, shape, strides: broadcastStrides(t.shape, t.strides, shape), offset: t.offset, dtype: t.dtype };
+}
+
+/** A new tensor on `like`'s device around freshly computed storage. */
+function wrap(like: Tensor, storage: Storage, shape: number[], dtype: DType = like.dtype): Tensor {
+  return new Tensor(like.backend, storage, shape, dtype);
+}
+
+/** A tensor sharing `t`'s storage under another shape/strides (no copy). */
+function alias(t: Tensor, shape: number[], strides: number[], offset: number): Tensor {
+  t.backend.retain(t.storage);
+  return new Tensor(t.backend, t.storage, shape, t.dtype, strides, offset);
+}
+
+function checkSameDevice(op: string, ts: Tensor[]): void {
+  for (const t of ts) {
+    t.assertAlive(op);
+    if (t.backend !== ts[0].backend) throw new Error(`${op}: tensors are on different devices (${ts[0].device} and ${t.device})`);
+  }
+}
+
+/**
+ * Turns the operands of a binary op into tensors of one dtype. Numbers become
+ * scalars; an int tensor meeting a float (or a fractional number) is promoted
+ * to float32, as PyTorch does.
+ */
+function operands(op: string, a: TensorLike, b: TensorLike): [Tensor, Tensor] {
+  const ref = a instanceof Tensor ? a : (b as Tensor);
+  const floatTensor = [a, b].find((x): x is Tensor => x instanceof Tensor && isFloat(x.dtype));
+  const fractional = [a, b].some((x) => typeof x === 'number' && !Number.isInteger(x));
+  const dtype = floatTensor?.dtype ?? (fractional ? 'float32' : ref.dtype);
+  const lift = (x: TensorLike) =>
+    x instanceof Tensor ? (x.dtype === dtype || isFloat(x.dtype) ? x : x.cast(dtype)) : scalar(ref, x, dtype);
+  const [ta, tb] = [lift(a), lift(b)];
+  checkSameDevice(op, [ta, tb]);
+  if (ta.dtype !== tb.dtype) throw new Error(`${op}: dtypes ${ta.dtype} and ${tb.dtype} differ; cast one first`);
+  return [ta, tb];
+}
+
+/** A 0-d tensor holding `value` on `like`'s device. */
+export function scalar(like: Tensor, value: number, dtype: DType = like.dtype): Tensor {
+  return new Tensor(like.backend, like.backend.fill(dtype, 1, value), [], dtype);
+}
+
+/** A tensor on `like`'s device holding host data (dtype from the array type). */
+export function fromHost(like: Tensor, data: TypedArray, shape: number[]): Tensor {
+  const dtype = dtypeOf(data);
+  const t = new Tensor(like.backend, like.backend.alloc(dtype, data.length), shape, dtype);
+  like.backend.write(t.storage, data);
+  return t;
+}
+
+/** Sums a broadcast gradient back down to `shape` (the adjoint of broadcasting). */
+export function sumTo(g: Tensor, shape: number[]): Tensor {
+  const dims = broadcastReduceDims(shape, g.shape);
+  if (dims.length === 0) return g;
+  return sum(g, dims, true).reshape(shape);
+}
+
+// ---------------------------------------------------------------- elementwise
+
+/** Unary elementwise op with its derivative. */
+export function unary(op: UnaryOp, x: Tensor): Tensor {
+  x.assertAlive(op);
+  if (!isFloat(x.dtype) && op !== 'neg' && op !== 'abs' && op !== 'relu') return unary(op, x.cast('float32'));
+  const out = wrap(x, x.backend.unary(op, x.view()), x.shape);
+  return recordGrad(out, op, [x], (g) => [g.mul(unaryGrad(op, x, out))]);
+}
+
+/** d op(x) / dx, from the input x and the output y. */
+function unaryGrad(op: UnaryOp, x: Tensor, y: Tensor): TensorLike {
+  switch (op) {
+    case 'neg': return -1;
+    case 'abs': return x.gt(0).sub(x.lt(0)).cast(x.dtype);
+    case 'exp': return y;
+    case 'log': return x.reciprocal();
+    case 'sqrt': return y.reciprocal().mul(0.5);
+    case 'rsqrt': return y.pow(3).mul(-0.5);
+    case 'sin': return x.cos();
+    case 'cos': return x.sin().neg();
+    case 'tanh': return y.square().neg().add(1);
+    case 'sigmoid': return y.mul(y.neg().add(1));
+    case 'relu': return x.gt(0).cast(x.dtype);
+    case 'silu': {
+      const s = x.sigmoid();
+      return s.mul(x.mul(s.neg().add(1)).add(1)); // s (1 + x (1 - s))
+    }
+    case 'gelu': {
+      // y = 0.5 x (1 + t), t = tanh(c (x + 0.044715 x^3))
+      // dy/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) c (1 + 3 * 0.044715 x^2)
+      const c = 0.7978845608028654;
+      const x2 = x.square();
+      const t = x.add(x2.mul(x).mul(0.044715)).mul(c).tanh();
+      const dt = t.square().neg().add(1).mul(x2.mul(3 * 0.044715).add(1)).mul(c);
+      return t.add(1).mul(0.5).add(x.mul(dt).mul(0.5));
+    }
+  }
+}
+
+/** Broadcasting binary op with its derivative. */
+export function binary(op: BinaryOp, a: TensorLike, b: TensorLike): Tensor {
+  const [x, y] = operands(op, a, b);
+  const shape = broadcastShapes(op, x.shape, y.shape);
+  const out = wrap(x, x.backend.binary(op, viewAs(x, shape), viewAs(y, shape)), shape);
+  const grads: Partial<Record<BinaryOp, (g: Tensor) => [Tensor, Tensor]>> = {
+    add: (g) => [g, g],
+    sub: (g) => [g, g.neg()],
+    mul: (g) => [g.mul(y), g.mul(x)],
+    div: (g) => [g.div(y), g.mul(x).div(y.square()).neg()],
+    // d/dx x^y = y x^(y-1); d/dy x^y = x^y log x
+    pow: (g) => [g.mul(y).mul(x.pow(y.sub(1))), y.requiresGrad ? g.mul(out).mul(x.log()) : g],
+    // ties split the gradient in half, as PyTorch does
+    maximum: (g) => minMaxGrad(g, x.gt(y), x.eq(y)),
+    minimum: (g) => minMaxGrad(g, x.lt(y), x.eq(y)),
+  };
+  const rule = grads[op];
+  if (!rule) return out; // comparisons have no gradient
+  return recordGrad(out, op, [x, y], (g) => rule(g).map((gi, i) => sumTo(gi, [x, y][i].shape)));
+}
+
+function minMaxGrad(g: Tensor, wins: Tensor, ties: Tensor): [Tensor, Tensor] {
+  const wa = wins.cast(g.dtype).add(ties.cast(g.dtype).mul(0.5));
+  return [g.mul(wa), g.mul(wa.neg().add(1))];
+}
+
+/** cond ? a : b, broadcasting all three. */
+export function where(cond: Tensor, a: TensorLike, b: TensorLike): Tensor {
+  const [x, y] = operands('where', a, b);
+  checkSameDevice('where', [cond, x]);
+  const shape = broadcastShapes('where', cond.shape, x.shape, y.shape);
+  const out = wrap(x, x.backend.where(viewAs(cond, shape), viewAs(x, shape), viewAs(y, shape)), shape);
+  return recordGrad(out, 'where', [cond, x, y], (g) => [
+    null,
+    sumTo(where(cond, g, 0), x.shape),
+    sumTo(where(cond, 0, g), y.shape),
+  ]);
+}
+
+/** Converts to another dtype (always a fresh contiguous copy). */
+export function cast(x: Tensor, dtype: DType): Tensor {
+  x.assertAlive('cast');
+  const out = wrap(x, x.backend.copy(x.view(), dtype), x.shape, dtype);
+  if (!isFloat(dtype)) return out;
+  return recordGrad(out, 'cast', [x], (g) => [g.cast(x.dtype)]);
+}
+
+/** A contiguous copy of a view (no copy when it already is one). */
+export function contiguous(x: Tensor): Tensor {
+  x.assertAlive('contiguous');
+  if (isContiguous(x.shape, x.strides)) return x;
+  const out = wrap(x, x.backend.copy(x.view(), x.dtype), x.shape);
+  return recordGrad(out, 'contiguous', [x], (g) => [g]);
+}
+
+// ---------------------------------------------------------------- reductions
+
+/** Sum over `dims` (all dims when omitted). */
+export function sum(x: Tensor, dims?: number | number[], keepdim = false): Tensor {
+  x.assertAlive('sum');
+  const axes = reduceAxes(x, dims, 'sum');
+  let out = x;
+  // One axis at a time, innermost first, so earlier axis numbers stay valid.
+  for (const axis of [...axes].sort((p, q) => q - p)) out = sumAxis(out, axis);
+  if (axes.length === 0) out = out.reshape(out.shape); // always a new tensor
+  return keepdim ? out.reshape(x.shape.map((d, i) => (axes.includes(i) ? 1 : d))) : out;
+}
+
+function sumAxis(x: Tensor, axis: number): Tensor {
+  const shape = x.shape.filter((_, i) => i !== axis);
+  const out = wrap(x, x.backend.reduce('sum', x.view(), axis), shape);
+  // every input element contributed once: broadcast the gradient back
+  return recordGrad(out, 'sum', [x], (g) => [g.unsqueeze(axis).expand(x.shape)]);
+}
+
+/** Max over one dim; the gradient flows to the element that was picked (argmax). */
+export function max(x: Tensor, dim: number, keepdim = false): Tensor {
+  x.assertAlive('max');
+  const axis = normalizeDim(dim, x.ndim, 'max');
+  const shape = x.shape.filter((_, i) => i !== axis);
+  const out = wrap(x, x.backend.reduce('max', x.view(), axis), shape);
+  recordGrad(out, 'max', [x], (g) => {
+    const picked = argmax(x, axis, true).eq(arangeLike(x, x.shape[axis], axis)).cast(g.dtype);
+    return [picked.mul(g.unsqueeze(axis))];
+  });
+  return keepdim ? out.unsqueeze(axis) : out;
+}
+
+/** Index of the max over one dim (first one on ties), int32. */
+export function argmax(x: Tensor, dim: number, keepdim = false): Tensor {
+  x.assertAlive('argmax');
+  const axis = normalizeDim(dim, x.ndim, 'argmax');
+  const shape = x.shape.filter((_, i) => i !== axis);
+  const out = wrap(x, x.backend.reduce('argmax', x.view(), axis), shape, 'int32');
+  return keepdim ? out.unsqueeze(axis) : out;
+}
+
+/** 0..n-1 laid along `axis` of a tensor with x's rank (for one-hot comparisons). */
+function arangeLike(x: Tensor, n: number, axis: number): Tensor {
+  const ids = Int32Array.from({ length: n }, (_, i) => i);
+  return fromHost(x, ids, x.shape.map((_, i) => (i === axis ? n : 1)));
+}
+
+function reduceAxes(x: Tensor, dims: number | number[] | undefined, op: string): number[] {
+  if (dims === undefined) return x.shape.map((_, i) => i);
+  return (Array.isArray(dims) ? dims : [dims]).map((d) => normalizeDim(d, x.ndim, op));
+}
+
+// ---------------------------------------------------------------- matmul
+
+/** Batched matrix product with broadcast batch dims: [..., M, K] @ [..., K, N]. */
+export function matmul(a: Tensor, b: Tensor): Tensor {
+  checkSameDevice('matmul', [a, b]);
+  if (a.ndim < 1 || b.ndim < 1) throw new Error(`matmul: both operands need at least 1 dim, got ${fmt(a.shape)} and ${fmt(b.shape)}`);
+  // vectors are treated as a row / a column, then the dim is dropped again
+  if (a.ndim === 1) return matmul(a.unsqueeze(0), b).squeeze(-2);
+  if (b.ndim === 1) return matmul(a, b.unsqueeze(-1)).squeeze(-1);
+  if (a.dtype !== b.dtype) throw new Error(`matmul: dtypes ${a.dtype} and ${b.dtype} differ`);
+  const [M, K] = a.shape.slice(-2);
+  const [K2, N] = b.shape.slice(-2);
+  if (K !== K2) throw new Error(`matmul: cannot multiply ${fmt(a.shape)} by ${fmt(b.shape)}`);
+  const batch = broadcastShapes('matmul', a.shape.slice(0, -2), b.shape.slice(0, -2));
+  const out = wrap(a, a.backend.matmul(viewAs(a, [...batch, M, K]), viewAs(b, [...batch, K, N])), [...batch, M, N]);
+  return recordGrad(out, 'matmul', [a, b], (g) => [
+    sumTo(g.matmul(b.transpose(-1, -2)), a.shape),
+    sumTo(a.transpose(-1, -2).matmul(g), b.shape),
+  ]);
+}
+
+// ---------------------------------------------------------------- views (no copies)
+
+/** Same elements, new shape; a view when the layout allows, else a copy (PyTorch's reshape). */
+export function reshape(x: Tensor, shape: number[]): Tensor {
+  x.assertAlive('reshape');
+  const to = inferReshape(x.shape, shape);
+  const strides = viewStrides(x.shape, x.strides, to);
+  if (!strides) return reshape(contiguous(x), to);
+  return recordGrad(alias(x, to, strides, x.offset), 'reshape', [x], (g) => [g.reshape(x.shape)]);
+}
+
+/** Reorders dims: out.shape[i] = x.shape[dims[i]]. */
+export function permute(x: Tensor, dims: number[]): Tensor {
+  x.assertAlive('permute');
+  const axes = dims.map((d) => normalizeDim(d, x.ndim, 'permute'));
+  if (axes.length !== x.ndim || new Set(axes).size !== axes.length) {
+    throw new Error(`permute: [${dims}] is not a permutation of the ${x.ndim} dims of ${fmt(x.shape)}`);
+  }
+  const out = alias(x, axes.map((d) => x.shape[d]), axes.map((d) => x.strides[d]), x.offset);
+  const inverse = axes.map((_, i) => axes.indexOf(i));
+  return recordGrad(out, 'permute', [x], (g) => [g.permute(...inverse)]);
+}
+
+/** Repeats size-1 dims (and adds leading dims) without copying: stride 0. -1 keeps a dim. */
+export function expand(x: Tensor, shape: number[]): Tensor {
+  x.assertAlive('expand');
+  const lead = shape.length - x.ndim;
+  const to = shape.map((d, i) => (d === -1 ? x.shape[i - lead] : d));
+  if (lead < 0 || to.some((d, i) => i >= lead && x.shape[i - lead] !== 1 && x.shape[i - lead] !== d)) {
+    throw new Error(`expand: cannot expand ${fmt(x.shape)} to ${fmt(shape)}`);
+  }
+  const out = alias(x, to, broadcastStrides(x.shape, x.strides, to), x.offset);
+  return recordGrad(out, 'expand', [x], (g) => [sumTo(g, x.shape)]);
+}
+
+/** Elements start, start+step, ... < end along one dim (Python slice rules). */
+export function slice(x: Tensor, dim: number, start = 0, end = Infinity, step = 1): Tensor {
+  x.assertAlive('slice');
+  const axis = normalizeDim(dim, x.ndim, 'slice');
+  const n = x.shape[axis];
+  if (step < 1 || !Number.isInteger(step)) throw new Error(`slice: step must be a positive integer, got ${step}`);
+  const clamp = (i: number) => Math.min(Math.max(i < 0 ? i + n : i, 0), n);
+  const [s, e] = [clamp(start), clamp(end)];
+  const len = Math.max(0, Math.ceil((e - s) / step));
+  const shape = x.shape.map((d, i) => (i === axis ? len : d));
+  const strides = x.strides.map((st, i) => (i === axis ? st * step : st));
+  const out = alias(x, shape, strides, x.offset + s * x.strides[axis]);
+  return recordGrad(out, 'slice', [x], (g) => {
+    // the gradient of a slice is zeros with g written into the sliced positions
+    const gx = new Tensor(g.backend, g.backend.fill(g.dtype, x.size, 0), x.shape, g.dtype);
+    const target = slice(gx, axis, s, e, step);
+    g.backend.copyInto(target.view(), g.view());
+    target.dispose();
+    return [gx];
+  });
+}
+
+/** Joins tensors along an existing dim. */
+export function cat(tensors: Tensor[], dim = 0): Tensor {
+  if (tensors.length === 0) throw new Error('cat: expected at least one tensor');
+  checkSameDevice('cat', tensors);
+  const first = tensors[0];
+  const axis = normalizeDim(dim, first.ndim, 'cat');
+  for (const t of tensors) {
+    if (t.ndim !== first.ndim || t.shape.some((d, i) => i !== axis && d !== first.shape[i]) || t.dtype !== first.dtype) {
+      throw new Error(`cat: cannot join ${fmt(first.shape)} (${first.dtype}) and ${fmt(t.shape)} (${t.dtype}) along dim ${dim}`);
+    }
+  }
+  const shape = first.shape.map((d, i) => (i === axis ? tensors.reduce((s, t) => s + t.shape[axis], 0) : d));
+  const out = new Tensor(first.backend, first.backend.alloc(first.dtype, numel(shape)), shape, first.dtype);
+  const starts: number[] = [];
+  let at = 0;
+  for (const t of tensors) {
+    starts.push(at);
+    const part = { storage: out.storage, shape: t.shape, strides: out.strides, offset: at * out.strides[axis], dtype: out.dtype };
+    first.backend.copyInto(part, t.view());
+    at += t.shape[axis];
+  }
+  return recordGrad(out, 'cat', tensors, (g) => tensors.map((t, i) => slice(g, axis, starts[i], starts[i] + t.shape[axis])));
+}
+
+// ---------------------------------------------------------------- indexing
+
+/** Embedding lookup: rows of table [V, D] at int32 ids -> [...ids.shape, D]. */
+export function embedding(table: Tensor, ids: Tensor): Tensor {
+  checkSameDevice('embedding', [table, ids]);
+  if (table.ndim !== 2) throw new Error(`embedding: the table must be [V, D], got ${fmt(table.shape)}`);
+  if (ids.dtype !== 'int32') throw new Error(`embedding: ids must be int32, got ${ids.dtype}`);
+  const out = wrap(table, table.backend.gather(table.view(), ids.view()), [...ids.shape, table.shape[1]]);
+  // rows used several times receive the sum of their gradients
+  return recordGrad(out, 'embedding', [table, ids], (g) => [
+    wrap(g, g.backend.scatterAdd(ids.view(), g.contiguous().view(), table.shape[0]), table.shape),
+    null,
+  ]);
+}
+
+// ---------------------------------------------------------------- fused row ops (last dim)
+
+/** softmax over the last dim. */
+export function softmaxLast(x: Tensor): Tensor {
+  const out = wrap(x, x.backend.softmax(x.view()), x.shape);
+  // dx = y * (g - sum(g * y))
+  return recordGrad(out, 'softmax', [x], (g) => [out.mul(g.sub(g.mul(out).sum(-1, true)))]);
+}
+
+/** log(softmax) over the last dim, without forming the softmax. */
+export function logSoftmaxLast(x: Tensor): Tensor {
+  const out = wrap(x, x.backend.logSoftmax(x.view()), x.shape);
+  // dx = g - softmax * sum(g)
+  return recordGrad(out, 'logSoftmax', [x], (g) => [g.sub(out.exp().mul(g.sum(-1, true)))]);
+}
+
+/** LayerNorm over the last dim. The backward recomputes the statistics. */
+export function layerNorm(x: Tensor, weight: Tensor, bias: Tensor, eps: number): Tensor {
+  checkSameDevice('layerNorm', [x, weight, bias]);
+  const D = x.shape[x.ndim - 1];
+  if (weight.size !== D || bias.size !== D) throw new Error(`layerNorm: weight ${fmt(weight.shape)} and bias ${fmt(bias.shape)} do not match the last dim of ${fmt(x.shape)}`);
+  const out = wrap(x, x.backend.layerNorm(x.view(), weight.view(), bias.view(), eps), x.shape);
+  return recordGrad(out, 'layerNorm', [x, weight, bias], (g) => {
+    const mean = x.mean(-1, true);
+    const xc = x.sub(mean);
+    const rstd = xc.square().mean(-1, true).add(eps).rsqrt();
+    const xhat = xc.mul(rstd);
+    const gxhat = g.mul(weight);
+    // dx = rstd * (gxhat - mean(gxhat) - xhat * mean(gxhat * xhat))
+    const gx = gxhat.sub(gxhat.mean(-1, true)).sub(xhat.mul(gxhat.mul(xhat).mean(-1, true))).mul(rstd);
+    return [gx, sumTo(g.mul(xhat), weight.shape), sumTo(g, bias.shape)];
+  });
+}
+
+/** RMSNorm over the last dim (Llama): x / rms(x) * weight. */
+export function rmsNorm(x: Tensor, weight: Tensor, eps: number): Tensor {
+  checkSameDevice('rmsNorm', [x, weight]);
+  const D = x.shape[x.ndim - 1];
+  if (weight.size !== D) throw new Error(`rmsNorm: weight ${fmt(weight.shape)} does not match the last dim of ${fmt(x.shape)}`);
+  const out = wrap(x, x.backend.rmsNorm(x.view(), weight.view(), eps), x.shape);
+  return recordGrad(out, 'rmsNorm', [x, weight], (g) => {
+    const irms = x.square().mean(-1, true).add(eps).rsqrt();
+    const xhat = x.mul(irms);
+    const gxhat = g.mul(weight);
+    // dx = irms * (gxhat - xhat * mean(gxhat * xhat))
+    const gx = gxhat.sub(xhat.mul(gxhat.mul(xhat).mean(-1, true))).mul(irms);
+    return [gx, sumTo(g.mul(xhat), weight.shape)];
+  });
+}
+
+/** Per-row cross-entropy of logits [N, V] against int32 targets [N]; 0 at ignored rows. */
+export function crossEntropyRows(logits: Tensor, targets: Tensor, ignoreIndex: number): Tensor {
+  checkSameDevice('crossEntropy', [logits, targets]);
+  const [N, V] = logits.shape;
+  if (logits.ndim !== 2 || targets.ndim !== 1 || targets.shape[0] !== N) {
+    throw new Error(`crossEntropy: logits ${fmt(logits.shape)} and targets ${fmt(targets.shape)} do not match (expected [N, V] and [N])`);
+  }
+  if (targets.dtype !== 'int32') throw new Error(`crossEntropy: targets must be int32, got ${targets.dtype}`);
+  const out = wrap(logits, logits.backend.crossEntropy(logits.view(), targets.view(), ignoreIndex), [N]);
+  return recordGrad(out, 'crossEntropy', [logits, targets], (g) => {
+    // d(-log softmax[t]) / dlogits = softmax - onehot(t), zero on ignored rows
+    const col = targets.unsqueeze(1);
+    const onehot = col.eq(arangeLike(logits, V, 1)).cast(logits.dtype);
+    const counted = col.ne(ignoreIndex).cast(logits.dtype).mul(g.unsqueeze(1));
+    return [logits.softmax(-1).sub(onehot).mul(counted), null];
+  });
+}
+
+// ---------------------------------------------------------------- sorting and sampling
+
+/** Sorts along the last dim; values carry gradients back to where they came from. */
+export function sortLast(x: Tensor, descending: boolean): { values: Tensor; indices: Tensor } {
+  x.assertAlive('sort');
+  const r = x.backend.sort(x.view(), descending);
+  const values = wrap(x, r.values, x.shape);
+  const indices = wrap(x, r.indices, x.shape, 'int32');
+  recordGrad(values, 'sort', [x], (g) => [scatterLast(g, indices, x.shape[x.ndim - 1])]);
+  return { values, indices };
+}
+
+/** out[..., j] = sum of g[..., k] where indices[..., k] == j: puts sorted values back. */
+export function scatterLast(g: Tensor, indices: Tensor, n: number): Tensor {
+  const hits = indices.unsqueeze(-1).eq(arangeLike(indices.unsqueeze(-1), n, indices.ndim)).cast(g.dtype);
+  return hits.mul(g.unsqueeze(-1)).sum(-2);
+}
+
+/** One draw per row of non-negative weights [R, V], given uniforms u [R]. */
+export function multinomialRows(probs: Tensor, u: Tensor): Tensor {
+  return wrap(probs, probs.backend.multinomial(probs.view(), u.view()), [probs.shape[0]], 'int32');
+}
+
+/** Writes `src` into the view `dst` in place (KV caches, building tensors); no gradient. */
+export function copyInto(dst: Tensor, src: Tensor): void {
+  checkSameDevice('copyInto', [dst, src]);
+  const s = src.dtype === dst.dtype ? src : src.cast(dst.dtype);
+  if (broadcastShapes('copyInto', dst.shape, s.shape).some((d, i) => d !== dst.shape[i])) {
+    throw new Error(`copyInto: cannot write ${fmt(src.shape)} into ${fmt(dst.shape)}`);
+  }
+  dst.backend.copyInto(dst.view(), viewAs(s, dst.shape));
+  if (s !== src) s.dispose();
+}
+

@@ -1,0 +1,141 @@
+// The acceptance test of the model: everything the original PyTorch nanoVLM
+// computed for a small random checkpoint (fixtures/gold/nanovlm-tiny, or the
+// folder in NANOVLM_GOLD) must come out of our port: the processed images,
+// ViT and projector outputs, logits, loss, gradients, one AdamW step, greedy
+// generation, and the same weights loaded from Hugging Face SigLIP / Llama files.
+// Every size is read from the folder, so other configurations run unchanged.
+
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { getImageProcessor } from '../data/processors.ts';
+import { loadImageFile } from '../data/image_file.ts';
+import { AdamW } from '../nn/index.ts';
+import type { RawTensor } from '../nn/safetensors.ts';
+import { loadSafetensors } from '../nn/safetensors_fs.ts';
+import { tensor, tidy, type Tensor } from '../tensor/index.ts';
+import { VisionLanguageModel } from '../vlm/vision_language_model.ts';
+import { NANOVLM_GOLD } from './fixtures.ts';
+
+const gold = loadSafetensors(join(NANOVLM_GOLD, 'expected.safetensors'));
+const manifest = JSON.parse(readFileSync(join(NANOVLM_GOLD, 'manifest.json'), 'utf8'));
+const expected = (name: string): RawTensor => {
+  const t = gold.get(name);
+  if (!t) throw new Error(`gold file has no ${name}`);
+  return t;
+};
+const asTensor = (name: string): Tensor => {
+  const t = expected(name);
+  return tensor(t.data, { shape: t.shape }).keep();
+};
+
+/** |actual - expected| <= tol * max|expected| over the selected elements. */
+function expectNear(actual: ArrayLike<number>, want: ArrayLike<number>, what: string, select?: (i: number) => boolean, tol = 1e-4): void {
+  expect(actual.length, what).toBe(want.length);
+  let scale = 0;
+  for (let i = 0; i < want.length; i++) if (!select || select(i)) scale = Math.max(scale, Math.abs(want[i]));
+  let worst = 0;
+  for (let i = 0; i < want.length; i++) if (!select || select(i)) worst = Math.max(worst, Math.abs(actual[i] - want[i]));
+  expect(worst / scale, `${what}: max error ${worst} vs largest magnitude ${scale}`).toBeLessThanOrEqual(tol);
+}
+
+describe(`nanoVLM parity (${manifest.case ?? NANOVLM_GOLD})`, () => {
+  let model: VisionLanguageModel;
+  let pixels: Tensor, ids: Tensor, mask: Tensor, targets: Tensor;
+
+  beforeAll(async () => {
+    model = await VisionLanguageModel.fromPretrained(join(NANOVLM_GOLD, 'checkpoint'));
+    [pixels, ids, mask, targets] = ['pixel_values', 'input_ids', 'attention_mask', 'targets'].map(asTensor);
+  });
+  afterAll(() => [pixels, ids, mask, targets].forEach((t) => t.dispose()));
+
+  it('reads the configuration from the checkpoint', () => {
+    for (const [key, value] of Object.entries(manifest.config)) expect(model.cfg[key as keyof typeof model.cfg], key).toBe(value);
+  });
+
+  it('processes the images as nanoVLM does', () => {
+    const S = model.cfg.vit_img_size;
+    const process = getImageProcessor(S);
+    const ours = ['image0.png', 'image1.png'].flatMap((f) => Array.from(process(loadImageFile(join(NANOVLM_GOLD, f)))));
+    expectNear(ours, expected('pixel_values').data, 'pixel_values');
+  });
+
+  it('matches the ViT and projector outputs', () => {
+    tidy(() => {
+      const vit = model.vision_encoder.forward(pixels);
+      expectNear(vit.dataSync(), expected('vit_out').data, 'vit_out');
+      expectNear(model.MP.forward(vit).dataSync(), expected('mp_out').data, 'mp_out');
+    });
+  });
+
+  it('matches logits (where attended), loss, gradients and one AdamW step', () => {
+    const { logits, loss } = model.forward(ids, pixels, mask, targets);
+    const m = expected('attention_mask').data;
+    const V = logits.shape[2];
+    expectNear(logits.dataSync(), expected('logits').data, 'logits', (i) => m[Math.floor(i / V)] === 1);
+    expectNear(loss!.dataSync(), expected('loss').data, 'loss');
+
+    loss!.backward();
+    const params = new Map(model.namedTensors());
+    for (const [name, want] of gold) {
+      if (!name.startsWith('grad.')) continue;
+      expectNear(params.get(name.slice(5))!.grad!.dataSync(), want.data, name);
+    }
+    const total = Math.sqrt(model.parameters().reduce((s, p) => s + Array.from(p.grad!.dataSync()).reduce((a, g) => a + g * g, 0), 0));
+    expectNear([total], expected('grad_total_norm').data, 'grad_total_norm');
+
+    const { adamw } = manifest;
+    const mp = model.MP.parameters();
+    const rest = model.parameters().filter((p) => !mp.includes(p));
+    const opt = new AdamW(
+      [{ params: mp, lr: adamw.lr_mp }, { params: rest, lr: adamw.lr_backbones }],
+      { betas: adamw.betas, eps: adamw.eps, weightDecay: adamw.weight_decay },
+    );
+    opt.step();
+    for (const [name, want] of gold) {
+      if (!name.startsWith('after_adamw.')) continue;
+      expectNear(params.get(name.slice(12))!.dataSync(), want.data, name);
+    }
+  });
+
+  it('generates the same greedy tokens with the same logits, with and without the KV cache', async () => {
+    const fresh = await VisionLanguageModel.fromPretrained(join(NANOVLM_GOLD, 'checkpoint'));
+    const want = expected('greedy_tokens');
+    const [B, steps] = want.shape;
+    for (const kvCache of [true, false]) {
+      const out = await fresh.generate(ids, pixels, mask, { greedy: true, maxNewTokens: steps, eosTokenId: null, kvCache, returnLogits: true });
+      expect(out.tokens.flat(), `kvCache ${kvCache}`).toEqual(Array.from(want.data));
+      const stepLogits = expected('greedy_step_logits');
+      const V = stepLogits.shape[2];
+      expectNear(out.logits.flatMap((l) => Array.from(l)), stepLogits.data, `greedy_step_logits (kvCache ${kvCache})`);
+      expect(out.tokens.length).toBe(B);
+      expect(V).toBe(fresh.cfg.lm_vocab_size);
+    }
+  });
+
+  it('loads the same weights from Hugging Face SigLIP and Llama (bf16) files', async () => {
+    const backbones = loadSafetensors(join(NANOVLM_GOLD, 'expected_backbones.safetensors'));
+    const vlm = await VisionLanguageModel.fromBackbones(model.cfg, join(NANOVLM_GOLD, 'hf-siglip'), join(NANOVLM_GOLD, 'hf-smollm2'));
+    tidy(() => {
+      expectNear(vlm.vision_encoder.forward(pixels).dataSync(), backbones.get('vit_out')!.data, 'backbone vit_out');
+      const lmIds = tensor(backbones.get('input_ids')!.data, { shape: backbones.get('input_ids')!.shape });
+      const dec = vlm.decoder;
+      const logits = dec.head.forward(dec.forward(dec.token_embedding.forward(lmIds)));
+      expectNear(logits.dataSync(), backbones.get('logits')!.data, 'backbone LM logits');
+    });
+  });
+
+  it('saves a checkpoint byte-identical to the one nanoVLM wrote', async () => {
+    const fresh = await VisionLanguageModel.fromPretrained(join(NANOVLM_GOLD, 'checkpoint'));
+    const dir = mkdtempSync(join(tmpdir(), 'nanovlm-'));
+    try {
+      await fresh.savePretrained(dir);
+      for (const f of ['config.json', 'model.safetensors']) {
+        expect(Buffer.compare(readFileSync(join(dir, f)), readFileSync(join(NANOVLM_GOLD, 'checkpoint', f))), f).toBe(0);
+      }
+    } finally {
+      rmSync(dir, { recursive: true });
+    }
+  });
+});

@@ -1,0 +1,117 @@
+// AdamW against PyTorch's update rule computed by hand in float64, gradient
+// clipping, the learning-rate schedule, and saving/restoring optimizer state.
+
+import { describe, expect, it } from 'vitest';
+import { AdamW, clipGradNorm, getLr } from '../nn/index.ts';
+import { parameter } from '../nn/module.ts';
+import { tensor, tidy, type Tensor } from '../tensor/index.ts';
+import { expectClose } from './helpers.ts';
+
+/** torch.optim.AdamW's step for one parameter, written out in plain numbers. */
+function referenceAdamW(p: number[], grads: number[][], lr: number, wd: number, b1 = 0.9, b2 = 0.999, eps = 1e-8): number[] {
+  const m = p.map(() => 0);
+  const v = p.map(() => 0);
+  grads.forEach((g, t) => {
+    const step = t + 1;
+    for (let i = 0; i < p.length; i++) {
+      p[i] *= 1 - lr * wd;
+      m[i] += (g[i] - m[i]) * (1 - b1);
+      v[i] = v[i] * b2 + (1 - b2) * g[i] * g[i];
+      const denom = Math.sqrt(v[i]) / Math.sqrt(1 - b2 ** step) + eps;
+      p[i] -= (lr / (1 - b1 ** step)) * (m[i] / denom);
+    }
+  });
+  return p;
+}
+
+function setGrad(p: Tensor, g: number[]): void {
+  p.grad?.dispose();
+  p.grad = tensor(g, { shape: p.shape }).keep();
+}
+
+describe('AdamW', () => {
+  it('matches PyTorch\'s update rule over several steps, per parameter group', () => {
+    const a = parameter(tensor([0.5, -1, 2]));
+    const b = parameter(tensor([[1, 2], [3, -4]]));
+    const opt = new AdamW([{ params: [a], lr: 2e-3 }, { params: [b], lr: 1e-4 }]);
+    const gradsA = [[0.1, -0.2, 0.3], [1, 0.5, -0.5], [0, 0, 2]];
+    const gradsB = [[1, 1, -1, 0.5], [0.1, 0.2, 0.3, 0.4], [-3, 2, 1e-3, 0]];
+    for (let t = 0; t < 3; t++) {
+      setGrad(a, gradsA[t]);
+      setGrad(b, gradsB[t]);
+      opt.step();
+    }
+    expectClose(a.dataSync(), referenceAdamW([0.5, -1, 2], gradsA, 2e-3, 0.01), 1e-6, 1e-7);
+    expectClose(b.dataSync(), referenceAdamW([1, 2, 3, -4], gradsB, 1e-4, 0.01), 1e-6, 1e-7);
+  });
+  it('uses a changed learning rate from the next step on', () => {
+    const a = parameter(tensor([1]));
+    const opt = new AdamW([a], { lr: 0.1, weightDecay: 0 });
+    setGrad(a, [1]);
+    opt.paramGroups[0].lr = 0.01;
+    opt.step();
+    expectClose(a.dataSync(), [1 - 0.01], 1e-5);
+  });
+  it('refuses a parameter listed twice', () => {
+    const a = parameter(tensor([1]));
+    expect(() => new AdamW([{ params: [a], lr: 1 }, { params: [a], lr: 2 }])).toThrow(/appears twice/);
+  });
+  it('resumes exactly from a saved state', async () => {
+    const run = async (split: boolean) => {
+      const p = parameter(tensor([0.3, -0.7]));
+      let opt = new AdamW([p], { lr: 0.05 });
+      const grads = [[1, -1], [0.5, 2], [-1, 0.1], [0.2, 0.2]];
+      for (let t = 0; t < grads.length; t++) {
+        if (split && t === 2) {
+          const saved = await opt.stateDict();
+          opt = new AdamW([p], { lr: 0.05 });
+          opt.loadStateDict(saved);
+        }
+        setGrad(p, grads[t]);
+        opt.step();
+      }
+      return Array.from(p.dataSync());
+    };
+    expect(await run(true)).toEqual(await run(false));
+  });
+  it('zeroGrad frees the gradients', () => {
+    const a = parameter(tensor([1, 2]));
+    const opt = new AdamW([a]);
+    a.mul(a).sum().backward();
+    const g = a.grad!;
+    opt.zeroGrad();
+    expect(a.grad).toBeNull();
+    expect(g.disposed).toBe(true);
+  });
+});
+
+describe('clipGradNorm', () => {
+  it('scales gradients to the max norm and returns the norm before clipping', () => {
+    const a = parameter(tensor([0, 0]));
+    const b = parameter(tensor([0]));
+    setGrad(a, [3, 0]);
+    setGrad(b, [4]);
+    const norm = tidy(() => clipGradNorm([a, b], 1));
+    expect(norm.dataSync()[0]).toBeCloseTo(5, 5);
+    expectClose(a.grad!.dataSync(), [0.6, 0], 1e-5);
+    expectClose(b.grad!.dataSync(), [0.8], 1e-5);
+  });
+  it('leaves small gradients alone', () => {
+    const a = parameter(tensor([0, 0]));
+    setGrad(a, [0.3, 0.4]);
+    expect(clipGradNorm([a], 1).dataSync()[0]).toBeCloseTo(0.5, 5);
+    expectClose(a.grad!.dataSync(), [0.3, 0.4], 1e-5);
+  });
+});
+
+describe('getLr (nanoVLM schedule)', () => {
+  it('warms up linearly over 3% of the steps, then decays by cosine to 10%', () => {
+    const [maxLr, steps] = [1e-3, 1000];
+    expect(getLr(0, maxLr, steps)).toBeCloseTo(maxLr / 30, 12);
+    expect(getLr(29, maxLr, steps)).toBeCloseTo(maxLr, 12);
+    expect(getLr(30, maxLr, steps)).toBeCloseTo(maxLr, 12);
+    expect(getLr(515, maxLr, steps)).toBeCloseTo(0.55 * maxLr, 12); // halfway through the decay
+    expect(getLr(1000, maxLr, steps)).toBeCloseTo(0.1 * maxLr, 12);
+    expect(getLr(5000, maxLr, steps)).toBe(0.1 * maxLr);
+  });
+});

@@ -1,0 +1,312 @@
+// The language model: a Llama-style decoder, as SmolLM2 (nanoVLM's
+// models/language_model.py). Tokens (and, in the VLM, image embeddings) flow
+// through blocks of causal self-attention and a gated MLP; RMSNorm keeps the
+// activations in range; rotary embeddings tell attention how far apart two
+// tokens are. Generation keeps a KV cache so each new token costs one pass
+// over one position instead of the whole sequence.
+//
+// Reference: https://github.com/huggingface/transformers/blob/main/src/transformers/models/llama/modeling_llama.py
+
+import { Embedding, Linear, Module, RMSNorm, buffer } from '../nn/index.ts';
+import { Dropout } from '../nn/layers.ts';
+import { arange, cat, tensor, type Tensor } from '../tensor/index.ts';
+import type { RawTensor } from '../nn/safetensors.ts';
+import type { VLMConfig } from './config.ts';
+
+export { RMSNorm };
+
+// The most negative float32: nanoVLM adds it to padded keys' logits rather
+// than -inf, so a query whose keys are all padding still gets a finite softmax.
+const FLOAT32_MIN = -3.4028234663852886e38;
+
+/** Cached keys and values of earlier positions, per block: (B, n_kv_heads, T_past, head_dim). */
+export interface KVCache {
+  k: (Tensor | null)[];
+  v: (Tensor | null)[];
+  /** Number of positions already cached. */
+  length: number;
+}
+
+/** An empty cache for a model of `nBlocks` blocks. */
+export function emptyKVCache(nBlocks: number): KVCache {
+  return { k: Array(nBlocks).fill(null), v: Array(nBlocks).fill(null), length: 0 };
+}
+
+/** Frees a cache's tensors. */
+export function disposeKVCache(cache: KVCache): void {
+  for (const t of [...cache.k, ...cache.v]) t?.dispose();
+}
+
+/**
+ * Rotary position embeddings (RoPE): instead of adding a position vector, each
+ * pair of features in q and k is rotated by an angle proportional to the
+ * position, so q . k depends only on the distance between the two tokens.
+ */
+export class RotaryEmbedding extends Module {
+  inv_freq: Tensor;
+  originalMaxSeqLen: number;
+  attentionScaling: number;
+
+  constructor(cfg: VLMConfig) {
+    super();
+    if (cfg.lm_hidden_dim % cfg.lm_n_heads !== 0) throw new Error('lm_hidden_dim must be divisible by lm_n_heads');
+    const dim = cfg.lm_hidden_dim / cfg.lm_n_heads;
+    // freq_i = 1 / base^(2i / dim): fast rotations for the first pairs, slow for the last
+    const invFreq = Float32Array.from({ length: dim / 2 }, (_, i) => 1 / Math.pow(cfg.lm_re_base, Math.fround((2 * i) / dim)));
+    this.inv_freq = buffer(tensor(invFreq));
+    this.originalMaxSeqLen = cfg.lm_max_position_embeddings;
+    this.attentionScaling = cfg.lm_attn_scaling;
+  }
+
+  /** cos and sin tables for positions start..start+T-1: each (T, head_dim). */
+  forward(start: number, T: number): [Tensor, Tensor] {
+    // positions beyond the trained range: slow every frequency down by the overshoot
+    const maxSeq = start + T;
+    const invFreq = maxSeq > this.originalMaxSeqLen ? this.inv_freq.div(maxSeq / this.originalMaxSeqLen) : this.inv_freq;
+    const positions = arange(start, start + T, 1, { dtype: 'float32', device: this.inv_freq.device });
+    const freqs = positions.unsqueeze(-1).mul(invFreq.unsqueeze(0)); // (T, head_dim / 2)
+    const emb = cat([freqs, freqs], -1); // (T, head_dim)
+    return [emb.cos().mul(this.attentionScaling), emb.sin().mul(this.attentionScaling)];
+  }
+}
+
+/** Swaps the two halves of the last dim and negates the new first half: a 90-degree rotation of each pair. */
+export function rotateHalf(x: Tensor): Tensor {
+  const [x1, x2] = x.chunk(2, -1);
+  return cat([x2.neg(), x1], -1);
+}
+
+/** Rotates q and k by their positions' angles. */
+export function applyRotaryPosEmbd(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor): [Tensor, Tensor] {
+  return [q.mul(cos).add(rotateHalf(q).mul(sin)), k.mul(cos).add(rotateHalf(k).mul(sin))];
+}
+
+/**
+ * Causal self-attention with grouped queries: n_heads query heads share
+ * n_kv_heads key/value heads (each K/V head serves n_heads / n_kv_heads query
+ * heads), which shrinks the K/V projections and the cache.
+ */
+export class LanguageModelGroupedQueryAttention extends Module {
+  nHeads: number;
+  nKvHeads: number;
+  nKvGroups: number;
+  headDim: number;
+  q_proj: Linear;
+  k_proj: Linear;
+  v_proj: Linear;
+  out_proj: Linear;
+  attn_dropout: Dropout;
+  resid_dropout: Dropout;
+
+  constructor(cfg: VLMConfig) {
+    super();
+    if (cfg.lm_n_heads % cfg.lm_n_kv_heads !== 0) throw new Error('lm_n_heads must be divisible by lm_n_kv_heads');
+    this.nHeads = cfg.lm_n_heads;
+    this.nKvHeads = cfg.lm_n_kv_heads;
+    this.nKvGroups = cfg.lm_n_heads / cfg.lm_n_kv_heads;
+    this.headDim = cfg.lm_hidden_dim / cfg.lm_n_heads;
+    this.q_proj = new Linear(cfg.lm_hidden_dim, cfg.lm_hidden_dim, false);
+    this.k_proj = new Linear(cfg.lm_hidden_dim, this.headDim * this.nKvHeads, false);
+    this.v_proj = new Linear(cfg.lm_hidden_dim, this.headDim * this.nKvHeads, false);
+    this.out_proj = new Linear(cfg.lm_hidden_dim, cfg.lm_hidden_dim, false);
+    this.attn_dropout = new Dropout(cfg.lm_dropout);
+    this.resid_dropout = new Dropout(cfg.lm_dropout);
+  }
+
+  /**
+   * x: (B, T, C) new positions; attentionMask: (B, T_past + T), 1 = real token,
+   * 0 = padding. With a cache, the new keys/values are appended to it.
+   */
+  forward(x: Tensor, cos: Tensor, sin: Tensor, attentionMask: Tensor | null, cache?: { k: Tensor | null; v: Tensor | null }): Tensor {
+    const [B, T, C] = x.shape;
+    const heads = (t: Tensor, n: number) => t.reshape([B, T, n, this.headDim]).transpose(1, 2);
+    let q = heads(this.q_proj.forward(x), this.nHeads); // (B, n_heads, T, hd)
+    let k = heads(this.k_proj.forward(x), this.nKvHeads); // (B, n_kv_heads, T, hd)
+    let v = heads(this.v_proj.forward(x), this.nKvHeads);
+    [q, k] = applyRotaryPosEmbd(q, k, cos, sin);
+    if (cache) {
+      if (cache.k && cache.v) [k, v] = [cat([cache.k, k], 2), cat([cache.v, v], 2)]; // (B, n_kv, T_past + T, hd)
+      cache.k?.dispose();
+      cache.v?.dispose();
+      [cache.k, cache.v] = [k.keep(), v.keep()];
+    }
+    const Tk = k.shape[2];
+    k = k.repeatInterleave(this.nKvGroups, 1); // (B, n_heads, Tk, hd)
+    v = v.repeatInterleave(this.nKvGroups, 1);
+
+    let attn = q.matmul(k.transpose(2, 3)).div(Math.sqrt(this.headDim)); // (B, n_heads, T, Tk)
+    // causal: the query at absolute position Tk - T + i sees keys 0..Tk - T + i
+    const causal = new Int32Array(T * Tk).map((_, idx) => (idx % Tk > Math.floor(idx / Tk) + Tk - T ? 1 : 0));
+    attn = attn.maskedFill(tensor(causal, { shape: [T, Tk], device: x.device }), -Infinity);
+    if (attentionMask) {
+      const keyMask = attentionMask.reshape([B, 1, 1, Tk]).float(); // (B, 1, 1, Tk)
+      attn = attn.add(keyMask.neg().add(1).mul(FLOAT32_MIN)); // padded keys -> float32 min
+    }
+    attn = this.attn_dropout.forward(attn.softmax(-1));
+    let y = attn.matmul(v); // (B, n_heads, T, hd)
+    if (attentionMask) {
+      // padded query positions output zeros (their attention rows are meaningless)
+      const queryPadding = attentionMask.slice(1, Tk - T).reshape([B, 1, T, 1]).eq(0);
+      y = y.maskedFill(queryPadding, 0);
+    }
+    y = y.transpose(1, 2).reshape([B, T, C]); // (B, T, C)
+    return this.resid_dropout.forward(this.out_proj.forward(y));
+  }
+}
+
+/** SwiGLU: a SiLU-gated linear unit, down-projected back to the hidden size. */
+export class LanguageModelMLP extends Module {
+  gate_proj: Linear;
+  up_proj: Linear;
+  down_proj: Linear;
+
+  constructor(cfg: VLMConfig) {
+    super();
+    this.gate_proj = new Linear(cfg.lm_hidden_dim, cfg.lm_inter_dim, false);
+    this.up_proj = new Linear(cfg.lm_hidden_dim, cfg.lm_inter_dim, false);
+    this.down_proj = new Linear(cfg.lm_inter_dim, cfg.lm_hidden_dim, false);
+  }
+
+  forward(x: Tensor): Tensor {
+    return this.down_proj.forward(this.gate_proj.forward(x).silu().mul(this.up_proj.forward(x)));
+  }
+}
+
+/** Pre-norm decoder block with residual connections around attention and MLP. */
+export class LanguageModelBlock extends Module {
+  mlp: LanguageModelMLP;
+  attn: LanguageModelGroupedQueryAttention;
+  norm1: RMSNorm;
+  norm2: RMSNorm;
+
+  constructor(cfg: VLMConfig) {
+    super();
+    this.mlp = new LanguageModelMLP(cfg);
+    this.attn = new LanguageModelGroupedQueryAttention(cfg);
+    this.norm1 = new RMSNorm(cfg.lm_hidden_dim, cfg.lm_rms_eps);
+    this.norm2 = new RMSNorm(cfg.lm_hidden_dim, cfg.lm_rms_eps);
+  }
+
+  forward(x: Tensor, cos: Tensor, sin: Tensor, attentionMask: Tensor | null, cache?: { k: Tensor | null; v: Tensor | null }): Tensor {
+    x = x.add(this.attn.forward(this.norm1.forward(x), cos, sin, attentionMask, cache));
+    return x.add(this.mlp.forward(this.norm2.forward(x)));
+  }
+}
+
+/** The decoder: embeddings in, final-normed hidden states (or logits with lm_use_tokens) out. */
+export class LanguageModel extends Module {
+  lmUseTokens: boolean;
+  token_embedding: Embedding;
+  rotary_embd: RotaryEmbedding;
+  blocks: LanguageModelBlock[];
+  norm: RMSNorm;
+  head: Linear;
+
+  constructor(cfg: VLMConfig) {
+    super();
+    this.lmUseTokens = cfg.lm_use_tokens;
+    this.token_embedding = new Embedding(cfg.lm_vocab_size, cfg.lm_hidden_dim);
+    this.rotary_embd = new RotaryEmbedding(cfg);
+    this.blocks = Array.from({ length: cfg.lm_n_blocks }, () => new LanguageModelBlock(cfg));
+    this.norm = new RMSNorm(cfg.lm_hidden_dim, cfg.lm_rms_eps);
+    this.head = new Linear(cfg.lm_hidden_dim, cfg.lm_vocab_size, false);
+    // tying: the head scores each token by its similarity to that token's embedding
+    if (cfg.lm_tie_weights) this.head.weight = this.token_embedding.weight;
+  }
+
+  /**
+   * x: token ids (B, T) when lm_use_tokens, else embeddings (B, T, C). With a
+   * cache, x holds only the new positions and attends to the cached ones.
+   */
+  forward(x: Tensor, attentionMask: Tensor | null = null, cache?: KVCache): Tensor {
+    if (this.lmUseTokens) x = this.token_embedding.forward(x);
+    const start = cache?.length ?? 0;
+    const T = x.shape[1];
+    // position ids run 0..T-1 for every sequence, padding included, as in nanoVLM
+    const [cos, sin] = this.rotary_embd.forward(start, T);
+    this.blocks.forEach((block, i) => {
+      const slot = cache ? { k: cache.k[i], v: cache.v[i] } : undefined;
+      x = block.forward(x, cos, sin, attentionMask, slot);
+      if (cache && slot) [cache.k[i], cache.v[i]] = [slot.k, slot.v];
+    });
+    if (cache) cache.length += T;
+    x = this.norm.forward(x);
+    return this.lmUseTokens ? this.head.forward(x) : x;
+  }
+}
+
+/** nanoVLM's LanguageModel.from_pretrained, config half: the lm_ fields from a Llama config.json. */
+export function lmConfigFromLlama(json: Record<string, unknown>, cfg: VLMConfig): VLMConfig {
+  const h = json as Record<string, number | undefined>;
+  const vocab = h.vocab_size ?? 32000;
+  // our vocabulary may be larger than the file's (extra tokens), never smaller
+  if (cfg.lm_vocab_size < vocab) throw new Error(`lm_vocab_size ${cfg.lm_vocab_size} is smaller than the model's vocabulary (${vocab})`);
+  return {
+    ...cfg,
+    lm_hidden_dim: h.hidden_size ?? 4096,
+    lm_inter_dim: h.intermediate_size ?? 11008,
+    lm_rms_eps: h.rms_norm_eps ?? 1e-6,
+    lm_re_base: h.rope_theta ?? 10000,
+    lm_max_position_embeddings: h.max_position_embeddings ?? 2048,
+    lm_n_heads: h.num_attention_heads ?? 32,
+    lm_n_kv_heads: h.num_key_value_heads ?? h.num_attention_heads ?? 32,
+    lm_dropout: h.attention_dropout ?? 0,
+    lm_n_blocks: h.num_hidden_layers ?? 32,
+  };
+}
+
+/**
+ * nanoVLM's LanguageModel.from_pretrained, weights half: LlamaForCausalLM keys
+ * renamed to ours. When our vocabulary is larger, the file's rows are copied
+ * over the first rows of `init` (the freshly initialised embedding) and the
+ * extra tokens keep their random init.
+ */
+export function llamaToLMStateDict(hf: Map<string, RawTensor>, cfg: VLMConfig, init: Float32Array): Map<string, RawTensor> {
+  const missing: string[] = [];
+  const get = (key: string): RawTensor | undefined => {
+    const t = hf.get(key);
+    if (!t) missing.push(key);
+    return t;
+  };
+  const out = new Map<string, RawTensor>();
+  const extend = (t: RawTensor | undefined): RawTensor | undefined => {
+    if (!t || t.shape[0] === cfg.lm_vocab_size) return t;
+    const data = init.slice();
+    data.set(t.data);
+    return { dtype: 'float32', shape: [cfg.lm_vocab_size, t.shape[1]], data };
+  };
+  const set = (ours: string, t: RawTensor | undefined) => t && out.set(ours, t);
+  set('token_embedding.weight', extend(get('model.embed_tokens.weight')));
+  set('norm.weight', get('model.norm.weight'));
+  const rename: [string, string][] = [
+    ['self_attn.q_proj', 'attn.q_proj'], ['self_attn.k_proj', 'attn.k_proj'], ['self_attn.v_proj', 'attn.v_proj'],
+    ['self_attn.o_proj', 'attn.out_proj'], ['mlp.gate_proj', 'mlp.gate_proj'], ['mlp.up_proj', 'mlp.up_proj'],
+    ['mlp.down_proj', 'mlp.down_proj'], ['input_layernorm', 'norm1'], ['post_attention_layernorm', 'norm2'],
+  ];
+  for (let i = 0; i < cfg.lm_n_blocks; i++) {
+    for (const [a, b] of rename) set(`blocks.${i}.${b}.weight`, get(`model.layers.${i}.${a}.weight`));
+  }
+  if (missing.length) throw new Error(`Llama weights: missing keys ${missing.join(', ')}`);
+  // an untied checkpoint carries its own head
+  if (!cfg.lm_tie_weights && hf.has('lm_head.weight')) set('head.weight', extend(hf.get('lm_head.weight')));
+  return out;
+}
+
+/** Loads a SmolLM2 / Llama language model from a local Hugging Face folder. */
+export async function lmFromPretrained(cfg: VLMConfig, nameOrPath: string): Promise<{ cfg: VLMConfig; model: LanguageModel }> {
+  const { readConfigJSON, readWeights, resolveModelDir } = await import('./files.ts');
+  const dir = resolveModelDir(nameOrPath);
+  const lmCfg = lmConfigFromLlama(readConfigJSON(dir), cfg);
+  const model = new LanguageModel(lmCfg);
+  const init = model.token_embedding.weight.dataSync() as Float32Array;
+  try {
+    const state = llamaToLMStateDict(readWeights(dir), lmCfg, init);
+    // the rotary frequencies are computed, not stored, in Hugging Face files
+    state.set('rotary_embd.inv_freq', { dtype: 'float32', shape: model.rotary_embd.inv_freq.shape, data: model.rotary_embd.inv_freq.dataSync() as Float32Array });
+    if (!lmCfg.lm_tie_weights && !state.has('head.weight')) state.set('head.weight', { dtype: 'float32', shape: model.head.weight.shape, data: model.head.weight.dataSync() as Float32Array });
+    model.loadStateDict(state);
+  } catch (e) {
+    throw new Error(`${dir}: ${(e as Error).message}`);
+  }
+  return { cfg: lmCfg, model };
+}
