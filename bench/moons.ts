@@ -6,6 +6,7 @@
 
 import { parseArgs } from 'node:util';
 import { Generator, crossEntropy, randn, tensor, tidy, zeros, type Tensor } from '../tensor/index.ts';
+import { twoMoons } from './two_moons.ts';
 
 const { values: args } = parseArgs({
   options: { steps: { type: 'string', default: '600' }, lr: { type: 'string', default: '0.5' }, help: { type: 'boolean' } },
@@ -17,18 +18,9 @@ if (args.help) {
 const steps = Number(args.steps);
 const lr = Number(args.lr);
 
-// Two interleaved half circles with noise: not linearly separable.
 const g = new Generator(0);
 const n = 400;
-const xs = new Float32Array(n * 2);
-const ys = new Int32Array(n);
-for (let i = 0; i < n; i++) {
-  const label = i % 2;
-  const a = Math.PI * g.random();
-  xs[2 * i] = (label ? 1 - Math.cos(a) : Math.cos(a)) + 0.1 * g.normal();
-  xs[2 * i + 1] = (label ? 0.5 - Math.sin(a) : Math.sin(a)) + 0.1 * g.normal();
-  ys[i] = label;
-}
+const { x: xs, y: ys } = twoMoons(n, g);
 const x = tensor(xs, { shape: [n, 2] }).keep();
 const y = tensor(ys).keep();
 
@@ -56,7 +48,9 @@ for (let step = 1; step <= steps; step++) {
     return l;
   });
   if (step % 100 === 0 || step === steps) {
-    const correct = tidy(() => forward(x).argmax(1).eq(y).sum()).dataSync()[0];
+    const hits = tidy(() => forward(x).argmax(1).eq(y).sum());
+    const correct = hits.dataSync()[0];
+    hits.dispose();
     console.log(`step ${step}: loss ${loss.dataSync()[0].toFixed(4)}, accuracy ${((100 * correct) / n).toFixed(1)}%`);
   }
   loss.dispose();

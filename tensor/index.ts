@@ -11,3 +11,4 @@ export { Generator, manualSeed, defaultGenerator } from './random.ts';
 export { getBackend, setDefaultDevice, getDefaultDevice, registerBackend } from './device.ts';
 export type { DType, TypedArray } from './dtype.ts';
 export type { DeviceName, Backend, Storage, View } from './backend.ts';
+export { initWebGPU, closeWebGPU, resolveDevice, type WebGPUOptions } from './webgpu/device.ts';

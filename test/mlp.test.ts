@@ -2,20 +2,8 @@
 // learns two interleaved moons (not linearly separable) to over 95%.
 
 import { describe, expect, it } from 'vitest';
+import { twoMoons } from '../bench/two_moons.ts';
 import { Generator, crossEntropy, randn, tensor, tidy, zeros, type Tensor } from '../tensor/index.ts';
-
-function twoMoons(n: number, g: Generator): { x: Float32Array; y: Int32Array } {
-  const x = new Float32Array(n * 2);
-  const y = new Int32Array(n);
-  for (let i = 0; i < n; i++) {
-    const label = i % 2;
-    const a = Math.PI * g.random();
-    x[2 * i] = (label ? 1 - Math.cos(a) : Math.cos(a)) + 0.1 * g.normal();
-    x[2 * i + 1] = (label ? 0.5 - Math.sin(a) : Math.sin(a)) + 0.1 * g.normal();
-    y[i] = label;
-  }
-  return { x, y };
-}
 
 describe('an MLP on two moons', () => {
   it('reaches over 95% accuracy with SGD', () => {

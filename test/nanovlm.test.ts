@@ -14,9 +14,10 @@ import { loadImageFile } from '../data/image_file.ts';
 import { AdamW } from '../nn/index.ts';
 import type { RawTensor } from '../nn/safetensors.ts';
 import { loadSafetensors } from '../nn/safetensors_fs.ts';
-import { tensor, tidy, type Tensor } from '../tensor/index.ts';
+import { tensor, tidy, type DeviceName, type Tensor } from '../tensor/index.ts';
 import { VisionLanguageModel } from '../vlm/vision_language_model.ts';
 import { NANOVLM_GOLD } from './fixtures.ts';
+import { describeWebGPU } from './webgpu_helpers.ts';
 
 const gold = loadSafetensors(join(NANOVLM_GOLD, 'expected.safetensors'));
 const manifest = JSON.parse(readFileSync(join(NANOVLM_GOLD, 'manifest.json'), 'utf8'));
@@ -40,13 +41,22 @@ function expectNear(actual: ArrayLike<number>, want: ArrayLike<number>, what: st
   expect(worst / scale, `${what}: max error ${worst} vs largest magnitude ${scale}`).toBeLessThanOrEqual(tol);
 }
 
-describe(`nanoVLM parity (${manifest.case ?? NANOVLM_GOLD})`, () => {
+/** The checkpoint, loaded and moved to `device`. */
+async function load(device: DeviceName, dir = join(NANOVLM_GOLD, 'checkpoint')): Promise<VisionLanguageModel> {
+  const model = await VisionLanguageModel.fromPretrained(dir);
+  return device === 'cpu' ? model : model.to(device);
+}
+
+describe(`nanoVLM parity on cpu (${manifest.case ?? NANOVLM_GOLD})`, () => parity('cpu'));
+describeWebGPU(`nanoVLM parity on webgpu (${manifest.case ?? NANOVLM_GOLD})`, () => parity('webgpu'));
+
+function parity(device: DeviceName): void {
   let model: VisionLanguageModel;
   let pixels: Tensor, ids: Tensor, mask: Tensor, targets: Tensor;
 
   beforeAll(async () => {
-    model = await VisionLanguageModel.fromPretrained(join(NANOVLM_GOLD, 'checkpoint'));
-    [pixels, ids, mask, targets] = ['pixel_values', 'input_ids', 'attention_mask', 'targets'].map(asTensor);
+    model = await load(device);
+    [pixels, ids, mask, targets] = await Promise.all(['pixel_values', 'input_ids', 'attention_mask', 'targets'].map((n) => asTensor(n).to(device)));
   });
   afterAll(() => [pixels, ids, mask, targets].forEach((t) => t.dispose()));
 
@@ -61,29 +71,31 @@ describe(`nanoVLM parity (${manifest.case ?? NANOVLM_GOLD})`, () => {
     expectNear(ours, expected('pixel_values').data, 'pixel_values');
   });
 
-  it('matches the ViT and projector outputs', () => {
-    tidy(() => {
-      const vit = model.vision_encoder.forward(pixels);
-      expectNear(vit.dataSync(), expected('vit_out').data, 'vit_out');
-      expectNear(model.MP.forward(vit).dataSync(), expected('mp_out').data, 'mp_out');
+  it('matches the ViT and projector outputs', async () => {
+    const [vit, mp] = tidy(() => {
+      const v = model.vision_encoder.forward(pixels);
+      return [v, model.MP.forward(v)];
     });
+    expectNear(await vit.data(), expected('vit_out').data, 'vit_out');
+    expectNear(await mp.data(), expected('mp_out').data, 'mp_out');
   });
 
-  it('matches logits (where attended), loss, gradients and one AdamW step', () => {
+  it('matches logits (where attended), loss, gradients and one AdamW step', async () => {
     const { logits, loss } = model.forward(ids, pixels, mask, targets);
     const m = expected('attention_mask').data;
     const V = logits.shape[2];
-    expectNear(logits.dataSync(), expected('logits').data, 'logits', (i) => m[Math.floor(i / V)] === 1);
-    expectNear(loss!.dataSync(), expected('loss').data, 'loss');
+    expectNear(await logits.data(), expected('logits').data, 'logits', (i) => m[Math.floor(i / V)] === 1);
+    expectNear(await loss!.data(), expected('loss').data, 'loss');
 
     loss!.backward();
     const params = new Map(model.namedTensors());
     for (const [name, want] of gold) {
       if (!name.startsWith('grad.')) continue;
-      expectNear(params.get(name.slice(5))!.grad!.dataSync(), want.data, name);
+      expectNear(await params.get(name.slice(5))!.grad!.data(), want.data, name);
     }
-    const total = Math.sqrt(model.parameters().reduce((s, p) => s + Array.from(p.grad!.dataSync()).reduce((a, g) => a + g * g, 0), 0));
-    expectNear([total], expected('grad_total_norm').data, 'grad_total_norm');
+    let sumSq = 0;
+    for (const p of model.parameters()) for (const g of await p.grad!.data()) sumSq += g * g;
+    expectNear([Math.sqrt(sumSq)], expected('grad_total_norm').data, 'grad_total_norm');
 
     const { adamw } = manifest;
     const mp = model.MP.parameters();
@@ -95,12 +107,12 @@ describe(`nanoVLM parity (${manifest.case ?? NANOVLM_GOLD})`, () => {
     opt.step();
     for (const [name, want] of gold) {
       if (!name.startsWith('after_adamw.')) continue;
-      expectNear(params.get(name.slice(12))!.dataSync(), want.data, name);
+      expectNear(await params.get(name.slice(12))!.data(), want.data, name);
     }
   });
 
   it('generates the same greedy tokens with the same logits, with and without the KV cache', async () => {
-    const fresh = await VisionLanguageModel.fromPretrained(join(NANOVLM_GOLD, 'checkpoint'));
+    const fresh = await load(device);
     const want = expected('greedy_tokens');
     const [B, steps] = want.shape;
     for (const kvCache of [true, false]) {
@@ -116,18 +128,19 @@ describe(`nanoVLM parity (${manifest.case ?? NANOVLM_GOLD})`, () => {
 
   it('loads the same weights from Hugging Face SigLIP and Llama (bf16) files', async () => {
     const backbones = loadSafetensors(join(NANOVLM_GOLD, 'expected_backbones.safetensors'));
-    const vlm = await VisionLanguageModel.fromBackbones(model.cfg, join(NANOVLM_GOLD, 'hf-siglip'), join(NANOVLM_GOLD, 'hf-smollm2'));
-    tidy(() => {
-      expectNear(vlm.vision_encoder.forward(pixels).dataSync(), backbones.get('vit_out')!.data, 'backbone vit_out');
-      const lmIds = tensor(backbones.get('input_ids')!.data, { shape: backbones.get('input_ids')!.shape });
+    let vlm = await VisionLanguageModel.fromBackbones(model.cfg, join(NANOVLM_GOLD, 'hf-siglip'), join(NANOVLM_GOLD, 'hf-smollm2'));
+    if (device !== 'cpu') vlm = await vlm.to(device);
+    const [vit, logits] = tidy(() => {
+      const lmIds = tensor(backbones.get('input_ids')!.data, { shape: backbones.get('input_ids')!.shape, device });
       const dec = vlm.decoder;
-      const logits = dec.head.forward(dec.forward(dec.token_embedding.forward(lmIds)));
-      expectNear(logits.dataSync(), backbones.get('logits')!.data, 'backbone LM logits');
+      return [vlm.vision_encoder.forward(pixels), dec.head.forward(dec.forward(dec.token_embedding.forward(lmIds)))];
     });
+    expectNear(await vit.data(), backbones.get('vit_out')!.data, 'backbone vit_out');
+    expectNear(await logits.data(), backbones.get('logits')!.data, 'backbone LM logits');
   });
 
   it('saves a checkpoint byte-identical to the one nanoVLM wrote', async () => {
-    const fresh = await VisionLanguageModel.fromPretrained(join(NANOVLM_GOLD, 'checkpoint'));
+    const fresh = await load(device);
     const dir = mkdtempSync(join(tmpdir(), 'nanovlm-'));
     try {
       await fresh.savePretrained(dir);
@@ -138,4 +151,4 @@ describe(`nanoVLM parity (${manifest.case ?? NANOVLM_GOLD})`, () => {
       rmSync(dir, { recursive: true });
     }
   });
-});
+}

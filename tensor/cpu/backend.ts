@@ -6,7 +6,7 @@
 import type { Backend, BinaryOp, ReduceOp, Storage, UnaryOp, View } from '../backend.ts';
 import { type DType, type TypedArray, makeTypedArray } from '../dtype.ts';
 import { fmt, isContiguous, numel } from '../shape.ts';
-import { matmulF32, matmulF64 } from './_tmp_matmul.ts';
+import { matmulF32, matmulF64 } from './matmul.ts';
 
 /** A CPU buffer: a typed array with a reference count. */
 export class CpuStorage implements Storage {

@@ -1,0 +1,446 @@
+// Datasets: nanoVLM's VQADataset and MMStarDataset, over rows read from the
+// cauldron's parquet files, from JSONL files with images beside them, or from
+// MMStar's parquet file. nanoVLM gets its rows from Hugging Face `datasets`
+// (Arrow, memory-mapped); here a parquet file is read one row group at a time,
+// so a dataset far larger than memory still has random access by index.
+// https://github.com/huggingface/nanoVLM/blob/main/data/datasets.py
+
+import { readdirSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { dirname, extname, join, resolve } from 'node:path';
+import {
+  asyncBufferFromFile,
+  parquetMetadataAsync,
+  parquetReadObjects,
+  parquetSchema,
+  type AsyncBuffer,
+  type FileMetaData,
+} from 'hyparquet';
+import { Generator } from '../tensor/random.ts';
+import type { VQAItem } from './collators.ts';
+import { getImageProcessor, type ImageProcessor } from './processors.ts';
+import type { Tokenizer } from './tokenizer.ts';
+
+/** One question about one image, before any processing; `where` names the file and row. */
+export interface VQARow {
+  /** The encoded image (PNG or JPEG bytes). */
+  image: Uint8Array;
+  question: string;
+  answer: string;
+  where: string;
+}
+
+/** Rows that can be read by index: one file, several files, or a selection of rows. */
+export interface VQARows {
+  readonly length: number;
+  /** Reads row i; a malformed row throws an error whose message starts with its file and row. */
+  read(i: number): Promise<VQARow>;
+}
+
+/** Decodes and resizes encoded image bytes; the DataLoader passes one that runs in worker threads. */
+export type AsyncImageProcessor = (image: Uint8Array, source: string) => Promise<Float32Array>;
+
+/** What a DataLoader reads: items by index, null for a row that had to be skipped. */
+export interface Dataset<T> {
+  readonly length: number;
+  /** Side of the square images the items hold. */
+  readonly imgSize: number;
+  get(i: number, processImage?: AsyncImageProcessor): Promise<T | null>;
+}
+
+/**
+ * nanoVLM's VQADataset. Like nanoVLM (blog era) it keeps the first image and
+ * the first (user, assistant) turn of each row: the cauldron's later turns and
+ * images are ignored. A row that cannot be used (a missing field, an image that
+ * does not decode) is skipped with a warning naming its file and row; nanoVLM
+ * would train on a black image instead.
+ */
+export class VQADataset implements Dataset<VQAItem> {
+  private readonly imageProcessor: ImageProcessor;
+  // Messages of the rows skipped so far: each row is warned about and counted once,
+  // however many epochs meet it.
+  private readonly skippedRows = new Set<string>();
+
+  constructor(
+    readonly rows: VQARows,
+    readonly tokenizer: Pick<Tokenizer, 'eosToken'>,
+    readonly imgSize: number,
+  ) {
+    this.imageProcessor = getImageProcessor(imgSize);
+  }
+
+  /** Number of rows, skipped ones included (they are only found when read). */
+  get length(): number {
+    return this.rows.length;
+  }
+
+  /** Number of distinct rows skipped so far. */
+  get skipped(): number {
+    return this.skippedRows.size;
+  }
+
+  /** nanoVLM's `__getitem__`: the processed image, the prompt and the answer; null if row i is skipped. */
+  async get(i: number, processImage?: AsyncImageProcessor): Promise<VQAItem | null> {
+    checkIndex(i, this.length); // a bad index is the caller's bug, not a bad row
+    try {
+      const row = await this.rows.read(i);
+      const image = processImage
+        ? await processImage(row.image, row.where)
+        : this.imageProcessor(row.image, row.where);
+      return { image, ...this.format(row) };
+    } catch (err) {
+      const message = errorMessage(err);
+      if (!this.skippedRows.has(message)) {
+        this.skippedRows.add(message);
+        console.warn(`skipping ${message}`);
+      }
+      return null;
+    }
+  }
+
+  /** The prompt and the answer the model learns, ending in eos so that generation learns to stop. */
+  protected format(row: VQARow): Pick<VQAItem, 'text_data' | 'answer'> {
+    return { text_data: `Question: ${row.question} Answer:`, answer: row.answer + this.tokenizer.eosToken };
+  }
+}
+
+/** nanoVLM's MMStarDataset: MMStar's questions already list the options; the answer is a letter. */
+export class MMStarDataset extends VQADataset {
+  protected override format(row: VQARow): Pick<VQAItem, 'text_data' | 'answer'> {
+    return {
+      text_data: `Question: ${row.question} \nAnswer only with the letter! \nAnswer:`,
+      answer: row.answer + this.tokenizer.eosToken,
+    };
+  }
+}
+
+/**
+ * nanoVLM's utils.check_multiple_choice_with_regex: for each output, whether it names the
+ * correct letter (as a word, followed by punctuation, or inside parentheses).
+ */
+export function checkMultipleChoiceWithRegex(outputs: string[], answers: string[]): boolean[] {
+  // Python's zip would quietly drop the extra entries; a mismatch is a bug worth hearing about.
+  if (outputs.length !== answers.length) {
+    throw new Error(`${outputs.length} outputs but ${answers.length} answers`);
+  }
+  return outputs.map((output, i) => {
+    // nanoVLM puts the answer into the patterns unescaped; escaping changes nothing for letters.
+    const answer = answers[i].toUpperCase().replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+    const patterns = [`\\b${answer}\\b`, `\\b${answer}[.,)]`, `\\(.*${answer}.*\\)`];
+    return patterns.some((pattern) => new RegExp(pattern).test(output));
+  });
+}
+
+/**
+ * Opens VQA rows from files: the cauldron's parquet files (`images`, `texts` columns),
+ * JSONL files of {"image", "question", "answer"} lines (image paths relative to the file),
+ * or folders holding such files. Several paths are concatenated in order.
+ */
+export async function openVQARows(paths: string[]): Promise<VQARows> {
+  const files = paths.flatMap((path) => dataFiles(path, ['.parquet', '.jsonl']));
+  const parts = await Promise.all(
+    files.map((file) => (extname(file) === '.jsonl' ? JsonlRows.open(file) : openCauldronFile(file))),
+  );
+  return concatenateRows(parts);
+}
+
+/** Opens MMStar's parquet file (or a folder of them) as rows for MMStarDataset. */
+export async function openMMStarRows(path: string): Promise<VQARows> {
+  const parts = await Promise.all(dataFiles(path, ['.parquet']).map(openMMStarFile));
+  return concatenateRows(parts);
+}
+
+/** Several row sources read as one, in order (Hugging Face datasets' concatenate_datasets). */
+export function concatenateRows(parts: VQARows[]): VQARows {
+  const starts: number[] = [];
+  let length = 0;
+  for (const part of parts) {
+    starts.push(length);
+    length += part.length;
+  }
+  return {
+    length,
+    async read(i) {
+      checkIndex(i, length);
+      let p = parts.length - 1;
+      while (starts[p] > i) p--;
+      return parts[p].read(i - starts[p]);
+    },
+  };
+}
+
+/** The rows at `indices`, in that order (Hugging Face datasets' select). */
+export function selectRows(rows: VQARows, indices: number[]): VQARows {
+  return {
+    length: indices.length,
+    async read(i) {
+      checkIndex(i, indices.length);
+      return rows.read(indices[i]);
+    },
+  };
+}
+
+/** Options of trainValSplit, named as in nanoVLM's TrainConfig. */
+export interface SplitOptions {
+  /** Fraction of the rows that goes to validation. */
+  valRatio: number;
+  /** Use at most this many rows (all if undefined). */
+  dataCutoffIdx?: number;
+  /** Seed of the shuffle before splitting. */
+  seed?: number;
+}
+
+/**
+ * nanoVLM train.py's split: shuffle the (concatenated) rows with a seed so that train and
+ * val get equal shares of every source, keep the first data_cutoff_idx, and take the last
+ * int(total * val_ratio) of those for validation.
+ */
+export function trainValSplit(rows: VQARows, options: SplitOptions): { train: VQARows; val: VQARows } {
+  const order = new Generator(options.seed ?? 0).shuffle([...Array(rows.length).keys()]);
+  const total = Math.min(rows.length, options.dataCutoffIdx ?? rows.length);
+  const trainSize = total - Math.floor(total * options.valRatio);
+  return {
+    train: selectRows(rows, order.slice(0, trainSize)),
+    val: selectRows(rows, order.slice(trainSize, total)),
+  };
+}
+
+// How many decoded row groups a parquet file keeps. Reading goes in row-group
+// units, so sequential reads cost one decode per group; shuffled reads hit a new
+// group almost every row (parquet has no cheaper way to reach one row without a
+// page index).
+const CACHED_ROW_GROUPS = 2;
+
+/** A parquet file read one row group at a time, the last few groups kept decoded. */
+export class ParquetFile {
+  private readonly cache = new Map<number, Promise<Record<string, unknown>[]>>();
+  // The last read queued. Reads go one at a time: a shuffled batch touches many row
+  // groups, and reading them all at once would hold them all in memory.
+  private reading: Promise<unknown> = Promise.resolve();
+
+  private constructor(
+    readonly path: string,
+    private readonly file: AsyncBuffer,
+    private readonly metadata: FileMetaData,
+    private readonly columns: string[],
+    private readonly groupStarts: number[],
+    readonly numRows: number,
+  ) {}
+
+  /** Opens `path` for reading `columns`; a missing or unreadable file is an error with one clear line. */
+  static async open(path: string, columns: string[], what: string): Promise<ParquetFile> {
+    let file: AsyncBuffer;
+    try {
+      file = await asyncBufferFromFile(path);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      throw new Error(code === 'ENOENT' ? `parquet file not found: ${path}` : `cannot read ${path} (${errorMessage(err)})`);
+    }
+    let metadata: FileMetaData;
+    try {
+      metadata = await parquetMetadataAsync(file);
+    } catch (err) {
+      throw new Error(`${path} is not a parquet file (${errorMessage(err)})`);
+    }
+    const names = parquetSchema(metadata).children.map((child) => child.element.name);
+    const missing = columns.filter((column) => !names.includes(column));
+    if (missing.length > 0) {
+      throw new Error(`${path} lacks the column(s) ${missing.join(', ')} (it has ${names.join(', ')}): is it ${what}?`);
+    }
+    // hyparquet alone reads uncompressed and snappy data; say so now rather than at every row.
+    for (const group of metadata.row_groups) {
+      for (const chunk of group.columns) {
+        const codec = chunk.meta_data?.codec ?? 'UNCOMPRESSED';
+        if (codec !== 'UNCOMPRESSED' && codec !== 'SNAPPY') {
+          throw new Error(`${path} is compressed with ${codec}; nanovlm-ts reads uncompressed or snappy parquet`);
+        }
+      }
+    }
+    const groupStarts: number[] = [];
+    let numRows = 0;
+    for (const group of metadata.row_groups) {
+      groupStarts.push(numRows);
+      numRows += Number(group.num_rows);
+    }
+    return new ParquetFile(path, file, metadata, columns, groupStarts, numRows);
+  }
+
+  /** Row i as an object of its columns; binary columns come as Uint8Array. */
+  async readRow(i: number): Promise<Record<string, unknown>> {
+    checkIndex(i, this.numRows);
+    let g = this.groupStarts.length - 1;
+    while (this.groupStarts[g] > i) g--;
+    const rows = await this.rowGroup(g);
+    return rows[i - this.groupStarts[g]];
+  }
+
+  private rowGroup(g: number): Promise<Record<string, unknown>[]> {
+    let rows = this.cache.get(g);
+    if (rows) {
+      this.cache.delete(g); // re-inserted below as the most recently used
+    } else {
+      const rowStart = this.groupStarts[g];
+      const rowEnd = rowStart + Number(this.metadata.row_groups[g].num_rows);
+      const { file, metadata, columns } = this;
+      // utf8: false keeps unannotated byte arrays (the image bytes) as bytes.
+      const read = () => parquetReadObjects({ file, metadata, columns, rowStart, rowEnd, utf8: false });
+      rows = this.reading.then(read, read);
+      this.reading = rows;
+    }
+    this.cache.set(g, rows);
+    if (this.cache.size > CACHED_ROW_GROUPS) this.cache.delete(this.cache.keys().next().value!);
+    return rows;
+  }
+}
+
+/** Rows of one parquet file, each turned into a VQARow by `convert`. */
+class ParquetRows implements VQARows {
+  constructor(
+    private readonly file: ParquetFile,
+    private readonly convert: (row: Record<string, unknown>) => Omit<VQARow, 'where'>,
+  ) {}
+
+  get length(): number {
+    return this.file.numRows;
+  }
+
+  async read(i: number): Promise<VQARow> {
+    const where = `${this.file.path} row ${i}`;
+    try {
+      return { ...this.convert(await this.file.readRow(i)), where };
+    } catch (err) {
+      throw new Error(`${where}: ${errorMessage(err)}`);
+    }
+  }
+}
+
+/** A cauldron parquet file: images list<struct<bytes, path>>, texts list<struct<user, assistant, source>>. */
+async function openCauldronFile(path: string): Promise<VQARows> {
+  const file = await ParquetFile.open(path, ['images', 'texts'], 'a cauldron file (images, texts)');
+  return new ParquetRows(file, (row) => ({
+    image: bytesAt(row, ['images', 0, 'bytes']),
+    question: textAt(row, ['texts', 0, 'user']),
+    answer: textAt(row, ['texts', 0, 'assistant']),
+  }));
+}
+
+/** MMStar's parquet file: question (options included), image struct<bytes, path>, answer letter. */
+async function openMMStarFile(path: string): Promise<VQARows> {
+  const file = await ParquetFile.open(path, ['question', 'image', 'answer'], 'an MMStar file (question, image, answer)');
+  return new ParquetRows(file, (row) => ({
+    image: bytesAt(row, ['image', 'bytes']),
+    question: textAt(row, ['question']),
+    answer: textAt(row, ['answer']),
+  }));
+}
+
+/** A JSONL file of {"image": "relative/path.png", "question": "...", "answer": "..."} lines. */
+class JsonlRows implements VQARows {
+  private constructor(
+    private readonly path: string,
+    // The non-blank lines with their 1-based line numbers; each is parsed when read.
+    private readonly lines: { text: string; number: number }[],
+  ) {}
+
+  /** Reads the file's lines; a missing file is an error. */
+  static async open(path: string): Promise<JsonlRows> {
+    let text: string;
+    try {
+      text = await readFile(path, 'utf8');
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      throw new Error(code === 'ENOENT' ? `JSONL file not found: ${path}` : `cannot read ${path} (${errorMessage(err)})`);
+    }
+    const lines = text
+      .split('\n')
+      .map((line, i) => ({ text: line, number: i + 1 }))
+      .filter((line) => line.text.trim() !== '');
+    return new JsonlRows(path, lines);
+  }
+
+  get length(): number {
+    return this.lines.length;
+  }
+
+  async read(i: number): Promise<VQARow> {
+    checkIndex(i, this.lines.length);
+    const line = this.lines[i];
+    const where = `${this.path} line ${line.number}`;
+    try {
+      const record: unknown = JSON.parse(line.text);
+      const imagePath = resolve(dirname(this.path), textAt(record, ['image']));
+      const question = textAt(record, ['question']);
+      const answer = textAt(record, ['answer']);
+      return { image: await readImageFile(imagePath), question, answer, where };
+    } catch (err) {
+      throw new Error(`${where}: ${errorMessage(err)}`);
+    }
+  }
+}
+
+/** The bytes of an image file; errors say which file. */
+async function readImageFile(path: string): Promise<Uint8Array> {
+  try {
+    return await readFile(path);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    throw new Error(code === 'ENOENT' ? `image not found: ${path}` : `cannot read image ${path} (${code})`);
+  }
+}
+
+/** `path` itself, or the files with one of `extensions` found under the folder `path`, sorted. */
+function dataFiles(path: string, extensions: string[]): string[] {
+  // A file of a known type goes to its reader, which reports it if missing or unreadable.
+  if (extensions.includes(extname(path))) return [path];
+  const kinds = extensions.join(' or ');
+  let names: string[];
+  try {
+    names = readdirSync(path, { recursive: true, encoding: 'utf8' });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new Error(`not found: ${path}`);
+    throw new Error(`cannot read ${path}: expected a ${kinds} file or a folder of them`);
+  }
+  const files = names
+    .filter((name) => extensions.includes(extname(name)))
+    .sort()
+    .map((name) => join(path, name));
+  if (files.length === 0) throw new Error(`no ${kinds} files in ${path}`);
+  return files;
+}
+
+/** The value at `path` inside nested objects and arrays, or undefined. */
+function valueAt(value: unknown, path: (string | number)[]): unknown {
+  for (const key of path) {
+    if (value === null || typeof value !== 'object') return undefined;
+    value = (value as Record<string | number, unknown>)[key];
+  }
+  return value;
+}
+
+/** A text field; parquet files that do not mark a column as UTF-8 give its bytes. */
+function textAt(value: unknown, path: (string | number)[]): string {
+  const found = valueAt(value, path);
+  if (typeof found === 'string') return found;
+  if (found instanceof Uint8Array) return new TextDecoder().decode(found);
+  throw new Error(`missing ${fieldName(path)}`);
+}
+
+/** A binary field (image bytes). */
+function bytesAt(value: unknown, path: (string | number)[]): Uint8Array {
+  const found = valueAt(value, path);
+  if (found instanceof Uint8Array) return found;
+  throw new Error(`missing ${fieldName(path)}`);
+}
+
+/** ['texts', 0, 'user'] -> "texts[0].user". */
+function fieldName(path: (string | number)[]): string {
+  return path.map((key, i) => (typeof key === 'number' ? `[${key}]` : i === 0 ? key : `.${key}`)).join('');
+}
+
+function checkIndex(i: number, length: number): void {
+  if (!Number.isInteger(i) || i < 0 || i >= length) throw new RangeError(`index ${i} out of range [0, ${length})`);
+}
+
+function errorMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}

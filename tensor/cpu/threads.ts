@@ -1,0 +1,83 @@
+// The one seam between the CPU backend and Node-only APIs (worker_threads,
+// os). Nothing here is imported at load time: the built-in modules are
+// fetched with process.getBuiltinModule, so in a browser (no `process`) or
+// without SharedArrayBuffer this file reports a single core and no workers,
+// and the matmul simply runs on the calling thread.
+
+import type { Worker } from 'node:worker_threads';
+
+const node = typeof process !== 'undefined' && typeof process.getBuiltinModule === 'function'
+  && typeof SharedArrayBuffer === 'function';
+const os = node ? process.getBuiltinModule('node:os') : undefined;
+const wt = node ? process.getBuiltinModule('node:worker_threads') : undefined;
+
+/** Cores usable for compute: 1 where there are no worker threads or no shared memory. */
+export function cpuCount(): number {
+  return os && wt ? os.availableParallelism() : 1;
+}
+
+/** The CPU's model name, for benchmark reports. */
+export function cpuModel(): string {
+  return os?.cpus()[0]?.model ?? 'unknown CPU';
+}
+
+/** True when `x` lives in memory that worker threads can see (a SharedArrayBuffer). */
+export function isShared(x: Float32Array): boolean {
+  return typeof SharedArrayBuffer === 'function' && x.buffer instanceof SharedArrayBuffer;
+}
+
+/** A zero-filled Float32Array in shared memory. */
+export function sharedFloat32(length: number): Float32Array {
+  return new Float32Array(new SharedArrayBuffer(length * 4));
+}
+
+/** An Int32Array in shared memory, for Atomics.wait / Atomics.notify. */
+export function sharedInt32(length: number): Int32Array {
+  return new Int32Array(new SharedArrayBuffer(length * 4));
+}
+
+/** A running worker. `failed` turns true if it crashes. */
+export interface WorkerHandle {
+  post(message: unknown): void;
+  readonly failed: boolean;
+}
+
+/**
+ * Starts a worker on a TypeScript module and blocks until the module has
+ * loaded; null where workers are unavailable or the module failed to load.
+ * Node 20 ignores loader flags in a worker's execArgv, so the worker boots
+ * from a small script that registers tsx's loader itself, imports the module
+ * (the same under `npx tsx` and vitest), then reports through shared memory,
+ * which this thread can wait on. The script avoids `require` and `import`
+ * statements: workers inherit flags like --input-type, so it must parse as
+ * CommonJS and as a module. The worker is unref'd: an idle worker never keeps
+ * the process alive.
+ */
+export function spawnWorker(url: URL, timeoutMs = 30_000): WorkerHandle | null {
+  if (!wt) return null;
+  try {
+    const status = sharedInt32(1); // 0: loading, 1: loaded, 2: failed
+    const boot = `
+      const status = process.getBuiltinModule('node:worker_threads').workerData;
+      const report = (s) => { Atomics.store(status, 0, s); Atomics.notify(status, 0); };
+      import(${JSON.stringify(import.meta.resolve('tsx/esm/api'))})
+        .then((tsx) => { tsx.register(); return import(${JSON.stringify(url.href)}); })
+        .then(() => report(1), (e) => { report(2); throw e; });`;
+    const worker: Worker = new wt.Worker(boot, { eval: true, workerData: status });
+    const handle = { failed: false, post: (m: unknown) => worker.postMessage(m) };
+    worker.on('error', () => { handle.failed = true; });
+    worker.on('exit', () => { handle.failed = true; });
+    worker.unref();
+    Atomics.wait(status, 0, 0, timeoutMs);
+    if (Atomics.load(status, 0) === 1) return handle;
+    void worker.terminate();
+  } catch {
+    // no worker then: the caller stays on its own thread
+  }
+  return null;
+}
+
+/** Inside a worker: calls `handler` with every message the parent posts. */
+export function onParentMessage<T>(handler: (message: T) => void): void {
+  wt?.parentPort?.on('message', handler);
+}

@@ -1,0 +1,136 @@
+// Elementwise kernels: one thread per output element. Every operand (the
+// output included) is a strided view, so transposed, sliced and broadcast
+// (stride 0) inputs are read in place, and copyInto writes through a strided
+// destination. The backend first merges dims that are contiguous in every
+// operand, so most calls run at rank 1 and skip the index arithmetic.
+//
+// Params: [n, shape[0..R), then per view (output first): offset, strides[0..R)].
+
+import type { BinaryOp, UnaryOp } from '../../backend.ts';
+import type { DType } from '../../dtype.ts';
+import { type Kernel, binding, castExpr, memo, prelude, stridedOffsets, wgslType } from './common.ts';
+
+/** Threads per workgroup of the elementwise kernels. */
+export const EW_WORKGROUP = 64;
+
+/** Where view k's offset sits in the params of a rank-`rank` elementwise kernel. */
+function viewParamAt(rank: number, k: number): number {
+  return 1 + rank + k * (1 + rank);
+}
+
+/** Float unary ops as WGSL expressions of `x` (see the helpers in common.ts). */
+const unaryF32: Record<UnaryOp, string> = {
+  neg: '-x',
+  abs: 'abs(x)',
+  exp: 'exp(x)',
+  log: 'log_(x)',
+  sqrt: 'sqrt(x)',
+  rsqrt: 'fdiv(1.0, sqrt(x))',
+  sin: 'sin(reduce2pi(x))',
+  cos: 'cos(reduce2pi(x))',
+  tanh: 'tanh_(x)',
+  sigmoid: '1.0 / (1.0 + exp(-x))',
+  relu: 'select(0.0, x, x > 0.0)',
+  silu: 'x / (1.0 + exp(-x))',
+  // GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+  gelu: '0.5 * x * (1.0 + tanh_(0.7978845608028654 * (x + 0.044715 * x * x * x)))',
+};
+
+/** The unary ops defined on int32 (ops.ts casts ints to float for the others). */
+const unaryI32: Partial<Record<UnaryOp, string>> = { neg: '-x', abs: 'abs(x)', relu: 'max(x, 0)' };
+
+/**
+ * Binary ops on floats. Comparisons and maximum test NaN explicitly: WGSL
+ * does not promise IEEE comparisons, and NaN must win in maximum/minimum.
+ */
+const binaryF32: Record<BinaryOp, string> = {
+  add: 'a + b',
+  sub: 'a - b',
+  mul: 'a * b',
+  div: 'fdiv(a, b)',
+  pow: 'pow_(a, b)',
+  maximum: 'select(b, a, a > b || isnan_(a))',
+  minimum: 'select(b, a, a < b || isnan_(a))',
+  eq: 'select(0.0, 1.0, a == b && !isnan_(a) && !isnan_(b))',
+  ne: 'select(1.0, 0.0, a == b && !isnan_(a) && !isnan_(b))',
+  lt: 'select(0.0, 1.0, a < b && !isnan_(a) && !isnan_(b))',
+  le: 'select(0.0, 1.0, a <= b && !isnan_(a) && !isnan_(b))',
+  gt: 'select(0.0, 1.0, a > b && !isnan_(a) && !isnan_(b))',
+  ge: 'select(0.0, 1.0, a >= b && !isnan_(a) && !isnan_(b))',
+};
+
+/** Binary ops on int32: wrap-around arithmetic; division truncates, x / 0 is 0 (as a typed-array store of Infinity). */
+const binaryI32: Record<BinaryOp, string> = {
+  add: 'a + b',
+  sub: 'a - b',
+  mul: 'a * b',
+  div: 'select(a / b, 0, b == 0)',
+  pow: 'powi(a, b)',
+  maximum: 'max(a, b)',
+  minimum: 'min(a, b)',
+  eq: 'select(0, 1, a == b)',
+  ne: 'select(0, 1, a != b)',
+  lt: 'select(0, 1, a < b)',
+  le: 'select(0, 1, a <= b)',
+  gt: 'select(0, 1, a > b)',
+  ge: 'select(0, 1, a >= b)',
+};
+
+/**
+ * The generic strided map: out[view 0] = body(in1[view 1], in2[view 2], ...).
+ * `body` declares nothing; it is an expression of the `let` names in `names`.
+ */
+function mapKernel(name: string, rank: number, outType: DType, ins: { name: string; dtype: DType }[], body: string): Kernel {
+  const views = [0, ...ins.map((_, k) => k + 1)].map((k) => viewParamAt(rank, k));
+  const loads = ins.map((x, k) => `let ${x.name} = in${k}[o${k + 1}];`).join('\n    ');
+  const code = /* wgsl */ `${prelude}
+${binding(1, 'out', wgslType(outType), 'read_write')}
+${ins.map((x, k) => binding(k + 2, `in${k}`, wgslType(x.dtype), 'read')).join('\n')}
+@compute @workgroup_size(${EW_WORKGROUP})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
+  let i = groupIndex(wid, nwg) * ${EW_WORKGROUP}u + lid;
+  if (i >= p(0u)) { return; }
+  ${stridedOffsets('i', rank, 1, views)}
+  ${loads}
+  out[o0] = ${body};
+}`;
+  return { key: `${name}:${rank}:${outType}:${ins.map((x) => x.dtype).join(',')}`, code, workgroupSize: EW_WORKGROUP, storage: ['read_write', ...ins.map(() => 'read' as const)] };
+}
+
+/** y = op(x). */
+export const unaryKernel = memo((op: UnaryOp, dtype: DType, rank: number): Kernel => {
+  const expr = dtype === 'int32' ? unaryI32[op] : unaryF32[op];
+  if (!expr) throw new Error(`webgpu unary: ${op} is not defined for ${dtype}`);
+  return mapKernel(`unary.${op}`, rank, dtype, [{ name: 'x', dtype }], expr);
+});
+
+/** out = a op b (comparisons give 1/0 in the inputs' dtype). */
+export const binaryKernel = memo((op: BinaryOp, dtype: DType, rank: number): Kernel => {
+  const expr = (dtype === 'int32' ? binaryI32 : binaryF32)[op];
+  return mapKernel(`binary.${op}`, rank, dtype, [{ name: 'a', dtype }, { name: 'b', dtype }], expr);
+});
+
+/** out = cond != 0 ? a : b. A float cond tests its bits, so -0 counts as 0 and NaN as true, like the CPU. */
+export const whereKernel = memo((condType: DType, dtype: DType, rank: number): Kernel => {
+  const test = condType === 'int32' ? 'c != 0' : '(bitcast<u32>(c) & 0x7fffffffu) != 0u';
+  return mapKernel('where', rank, dtype, [{ name: 'c', dtype: condType }, { name: 'a', dtype }, { name: 'b', dtype }], `select(b, a, ${test})`);
+});
+
+/** out = cast(x): materialises a view (contiguous or not, depending on the output strides). */
+export const copyKernel = memo((from: DType, to: DType, rank: number): Kernel => {
+  return mapKernel('copy', rank, to, [{ name: 'x', dtype: from }], castExpr('x', from, to));
+});
+
+/** out[i] = value, the value's bits in p(1). Params: [n, bits]. */
+export const fillKernel = memo((dtype: DType): Kernel => {
+  const t = wgslType(dtype);
+  const code = /* wgsl */ `${prelude}
+${binding(1, 'out', t, 'read_write')}
+@compute @workgroup_size(${EW_WORKGROUP})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
+  let i = groupIndex(wid, nwg) * ${EW_WORKGROUP}u + lid;
+  if (i >= p(0u)) { return; }
+  out[i] = bitcast<${t}>(p(1u));
+}`;
+  return { key: `fill:${dtype}`, code, workgroupSize: EW_WORKGROUP, storage: ['read_write'] };
+});

@@ -1,0 +1,99 @@
+// Reductions over one axis of a strided view: sum, max, argmax. The output
+// has the axis removed; its elements are indexed by the other ("outer") dims.
+//
+// Two shapes of work: a short axis gets one thread per output element (a
+// plain loop, in the CPU's order); a long axis gets one workgroup per output,
+// where threads stride over the axis and then combine their partial results
+// in workgroup memory as a tree (log2(WG) steps instead of WG sequential adds).
+//
+// max/argmax keep (value, index) pairs and compare them with `better`: NaN
+// beats everything and, among equals, the smaller index wins, so the result
+// is the CPU's (NaN wins, first index on ties) whatever order threads combine in.
+//
+// Params: [nOut, len, axisStride, outer rank R: shape[0..R), offset, strides[0..R)].
+
+import type { ReduceOp } from '../../backend.ts';
+import type { DType } from '../../dtype.ts';
+import { type Kernel, binding, memo, prelude, stridedOffsets, wgslType } from './common.ts';
+
+/** Workgroup size of the long-axis variant. */
+export const REDUCE_WORKGROUP = 64;
+/** Axes up to this long use one thread per output. */
+export const SHORT_AXIS = 64;
+
+function betterFn(t: string): string {
+  return t === 'f32'
+    ? /* wgsl */ `
+fn better(v: f32, i: u32, bv: f32, bi: u32) -> bool {
+  if (bi == 0xffffffffu) { return true; }
+  let vn = isnan_(v);
+  let bn = isnan_(bv);
+  if (vn || bn) { return vn && (!bn || i < bi); }
+  return v > bv || (v == bv && i < bi);
+}`
+    : /* wgsl */ `
+fn better(v: i32, i: u32, bv: i32, bi: u32) -> bool {
+  if (bi == 0xffffffffu) { return true; }
+  return v > bv || (v == bv && i < bi);
+}`;
+}
+
+/** A reduction kernel for `op` over an axis, with `rank` outer dims. */
+export const reduceKernel = memo((op: ReduceOp, dtype: DType, rank: number, longAxis: boolean): Kernel => {
+  const t = wgslType(dtype);
+  const outT = op === 'argmax' ? 'i32' : t;
+  const sum = op === 'sum';
+  const WG = REDUCE_WORKGROUP;
+  const header = /* wgsl */ `${prelude}
+${binding(1, 'out', outT, 'read_write')}
+${binding(2, 'x', t, 'read')}
+${sum ? '' : betterFn(t)}`;
+  const result = sum ? 'acc' : op === 'max' ? 'best' : 'i32(bestI)';
+  // Accumulate elements start, start+step, ... < len of the row at o0.
+  const loop = (start: string, step: string) =>
+    sum
+      ? `var acc: ${t} = ${t}(0);
+    for (var l = ${start}; l < len; l += ${step}) { acc += x[o0 + l * st]; }`
+      : `var best: ${t} = ${t}(0);
+    var bestI = 0xffffffffu;
+    for (var l = ${start}; l < len; l += ${step}) {
+      let v = x[o0 + l * st];
+      if (better(v, l, best, bestI)) { best = v; bestI = l; }
+    }`;
+  const code = longAxis
+    ? /* wgsl */ `${header}
+var<workgroup> sv: array<${t}, ${WG}>;
+var<workgroup> si: array<u32, ${WG}>;
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
+  let g = groupIndex(wid, nwg);
+  if (g >= p(0u)) { return; }
+  let len = p(1u);
+  let st = p(2u);
+  ${stridedOffsets('g', rank, 3, [3 + rank])}
+  ${loop('lid', `${WG}u`)}
+  ${sum ? 'sv[lid] = acc;' : 'sv[lid] = best; si[lid] = bestI;'}
+  workgroupBarrier();
+  for (var s = ${WG / 2}u; s > 0u; s = s >> 1u) {
+    if (lid < s) {
+      ${sum ? 'sv[lid] += sv[lid + s];' : 'if (si[lid + s] != 0xffffffffu && better(sv[lid + s], si[lid + s], sv[lid], si[lid])) { sv[lid] = sv[lid + s]; si[lid] = si[lid + s]; }'}
+    }
+    workgroupBarrier();
+  }
+  if (lid == 0u) {
+    ${sum ? 'out[g] = sv[0];' : op === 'max' ? 'out[g] = sv[0];' : 'out[g] = i32(si[0]);'}
+  }
+}`
+    : /* wgsl */ `${header}
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
+  let g = groupIndex(wid, nwg) * ${WG}u + lid;
+  if (g >= p(0u)) { return; }
+  let len = p(1u);
+  let st = p(2u);
+  ${stridedOffsets('g', rank, 3, [3 + rank])}
+  ${loop('0u', '1u')}
+  out[g] = ${result};
+}`;
+  return { key: `reduce.${op}:${dtype}:${rank}:${longAxis ? 'wg' : 'thread'}`, code, workgroupSize: WG, storage: ['read_write', 'read'] };
+});

@@ -1,0 +1,89 @@
+// The device's lifetime, in child processes so a hang or a crash is caught by
+// a timeout instead of taking the test runner down: Dawn's instance survives
+// garbage collection, the process exits by itself after closeWebGPU(), and
+// device resolution gives one clear line when there is no adapter.
+
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { expect, it } from 'vitest';
+import { initWebGPU, resolveDevice } from '../tensor/index.ts';
+import { describeWebGPU } from './webgpu_helpers.ts';
+
+const root = fileURLToPath(new URL('..', import.meta.url));
+const lib = fileURLToPath(new URL('../tensor/index.ts', import.meta.url));
+
+/** Runs an ES module snippet in `node --import tsx` (with extra flags), with a hard timeout. */
+function child(code: string, opts: { flags?: string[]; env?: Record<string, string>; timeoutMs?: number } = {}) {
+  const r = spawnSync(process.execPath, [...(opts.flags ?? []), '--import', 'tsx', '--input-type=module', '-e', code], {
+    cwd: root,
+    env: { ...process.env, ...opts.env },
+    encoding: 'utf8',
+    timeout: opts.timeoutMs ?? 90_000,
+  });
+  return { status: r.status, signal: r.signal, stdout: r.stdout, stderr: r.stderr, timedOut: r.error !== undefined };
+}
+
+describeWebGPU('webgpu device lifetime', () => {
+  it('survives garbage collection between ops: reads still resolve (Dawn instance kept referenced)', () => {
+    const r = child(`
+      const T = await import(${JSON.stringify(lib)});
+      await T.initWebGPU({ quiet: true });
+      const work = async (seed) => {
+        const a = await T.randn([48, 48], { generator: new T.Generator(seed) }).to('webgpu');
+        return a.matmul(a.transpose(0, 1)).relu().sum().item();
+      };
+      const first = await work(1);
+      for (let i = 0; i < 6; i++) {
+        for (let k = 0; k < 50; k++) new Array(100000).fill(k); // garbage to collect
+        globalThis.gc();
+        await new Promise((r) => setTimeout(r, 20));
+        globalThis.gc();
+        if ((await work(1)) !== first) throw new Error('results changed after gc');
+      }
+      T.closeWebGPU();
+      console.log('gc ok');
+    `, { flags: ['--expose-gc'] });
+    expect(r.timedOut, `hung: ${r.stderr}`).toBe(false);
+    expect(r.signal, r.stderr).toBeNull();
+    expect(r.stdout).toContain('gc ok');
+    expect(r.status).toBe(0);
+  });
+
+  it('the process exits by itself after closeWebGPU(), and the device can be reopened', () => {
+    const r = child(`
+      const T = await import(${JSON.stringify(lib)});
+      await T.initWebGPU({ quiet: true });
+      const x = await T.tensor([1, 2, 3]).to('webgpu');
+      console.log('sum', await x.mul(2).sum().item());
+      T.closeWebGPU();
+      await T.initWebGPU({ quiet: true }); // reopening after a close works
+      const y = await T.tensor([4, 5]).to('webgpu');
+      console.log('again', await y.sum().item());
+      T.closeWebGPU();
+    `, { timeoutMs: 60_000 });
+    expect(r.timedOut, `did not exit: ${r.stderr}`).toBe(false);
+    expect(r.stdout).toContain('sum 12');
+    expect(r.stdout).toContain('again 9');
+    expect(r.status).toBe(0);
+  });
+
+  it('with no adapter: auto falls back to the cpu, webgpu fails with one line naming what to install', () => {
+    // a backend that does not exist on this OS stands in for a machine without a GPU
+    const missing = process.platform === 'darwin' ? 'd3d12' : 'metal';
+    const r = child(`
+      const T = await import(${JSON.stringify(lib)});
+      console.log('auto ->', await T.resolveDevice('auto', { quiet: true }));
+      try { await T.resolveDevice('webgpu'); } catch (e) { console.log('error:', e.message); }
+    `, { env: { NANOVLM_WEBGPU_BACKEND: missing }, timeoutMs: 60_000 });
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toContain('auto -> cpu');
+    expect(r.stdout).toMatch(/error: no WebGPU adapter found: install .*apt-get install/);
+  });
+
+  it('resolveDevice: auto passes over a software adapter, webgpu takes it', async () => {
+    const b = await initWebGPU({ quiet: true });
+    expect(await resolveDevice('auto', { quiet: true })).toBe(b.adapter.software ? 'cpu' : 'webgpu');
+    expect(await resolveDevice('webgpu')).toBe('webgpu');
+    expect(await resolveDevice('cpu')).toBe('cpu');
+  });
+});
