@@ -2,7 +2,7 @@
 // learns two interleaved moons (not linearly separable) to over 95%.
 
 import { describe, expect, it } from 'vitest';
-import { twoMoons } from '../bench/two_moons.ts';
+import { twoMoons } from './two_moons.ts';
 import { Generator, crossEntropy, randn, tensor, tidy, zeros, type Tensor } from '../tensor/index.ts';
 
 describe('an MLP on two moons', () => {
