@@ -48,11 +48,11 @@ type TrainConfig = typeof trainDefaults;
 const presets: Record<string, { train: Partial<TrainConfig>; vlm: Partial<VLMConfig> }> = {
   // A small VLM on the built-in shapes dataset: learns on a laptop CPU in minutes.
   default: {
-    train: { lr_mp: 3e-3, lr_backbones: 3e-3, batch_size: 32, eval_interval: 100, epochs: 1, max_grad_norm: 1 },
+    train: { lr_mp: 1e-3, lr_backbones: 1e-3, batch_size: 32, eval_interval: 500, epochs: 1, max_grad_norm: 1, max_minutes: 10, builtin_train_size: 160000 },
     vlm: {
-      vit_hidden_dim: 64, vit_inter_dim: 256, vit_patch_size: 4, vit_img_size: 32, vit_n_heads: 4, vit_n_blocks: 2,
+      vit_hidden_dim: 64, vit_inter_dim: 256, vit_patch_size: 8, vit_img_size: 32, vit_n_heads: 4, vit_n_blocks: 2,
       lm_hidden_dim: 64, lm_inter_dim: 192, lm_n_heads: 4, lm_n_kv_heads: 2, lm_n_blocks: 2, lm_vocab_size: 64,
-      IMAGE_TOKEN_LENGTH: 16, lm_max_length: 16, TOTAL_SEQUENCE_LENGTH: 32, vlm_load_backbone_weights: false,
+      IMAGE_TOKEN_LENGTH: 4, lm_max_length: 16, TOTAL_SEQUENCE_LENGTH: 20, vlm_load_backbone_weights: false,
     },
   },
   // nanoVLM-222M: SigLIP-B/16 + SmolLM2-135M from local folders (--vit, --lm, --tokenizer).

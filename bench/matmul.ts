@@ -1,61 +1,77 @@
 // Matmul throughput of the CPU backend, in GFLOP/s = 2*M*N*K / seconds.
-// Shapes are written M x K x N: C[M,N] = A[M,K] @ B[K,N], float32, contiguous.
-// Each case gets one warm-up call (which also starts the worker threads), then
-// the median of the timed runs, with the min and max to show the spread.
+// Shapes are written M x K x N: C[M,N] = A[M,K] @ B[K,N], float32, contiguous,
+// through the backend's matmul (so the output allocation is included, as in a
+// model). Each case is warmed up first (which also starts the worker threads
+// and lets the engine optimise the kernels), then timed: the median of the
+// runs, with the min and max to show the spread.
 //
-//   npx tsx bench/matmul.ts [--threads 1|2] [--runs 5]
+//   npx tsx bench/matmul.ts [--kernels ts|wasm|wasm-nofma|all] [--threads 1|2] [--runs 5] [--shapes 1024x576x1536,...]
 
-import { getMatmulThreads, matmulF32, matmulStats, setMatmulThreads } from '../tensor/cpu/matmul.ts';
-import { cpuCount, cpuModel } from '../tensor/cpu/threads.ts';
+import { getBackend, randn, type Tensor } from '../tensor/index.ts';
+import { matmulStats } from '../tensor/cpu/matmul.ts';
+import { cpuCount, cpuModel, getCpuThreads, setCpuThreads } from '../tensor/cpu/threads.ts';
+import { cpuKernelInfo, wasmStats, getCpuKernels, setCpuKernels } from '../tensor/cpu/wasm/kernels.ts';
 
-/** One measured case. */
+/** Which kernels to time: the TypeScript GEMM, or the WebAssembly one with or without fused multiply-add. */
+export type MatmulKernels = 'ts' | 'wasm' | 'wasm-nofma';
+
+/** One measured case (threads: how many actually ran it). */
 export interface MatmulBenchRow {
-  threads: number; M: number; K: number; N: number;
+  kernels: MatmulKernels; threads: number; M: number; K: number; N: number;
   median: number; min: number; max: number; runs: number;
 }
 
-const SHAPES: [number, number, number][] = [[256, 256, 256], [1024, 1024, 1024], [1024, 576, 1536], [1024, 1536, 576]];
+/** The issue's reference shapes (M x K x N). */
+export const MATMUL_SHAPES: [number, number, number][] = [[256, 256, 256], [1024, 1024, 1024], [1024, 576, 1536], [1024, 1536, 576]];
 
-function random(n: number): Float32Array {
-  const x = new Float32Array(n);
-  for (let i = 0; i < n; i++) x[i] = Math.random() * 2 - 1;
-  return x;
-}
-
-/** Times matmulF32 on the standard shapes for each thread count, prints a table and returns the rows. */
-export async function benchMatmul(threadCounts: number[] = [1, 2], runs = 5): Promise<MatmulBenchRow[]> {
-  const before = getMatmulThreads();
+/** Times C = A @ B for each kernel set, thread count and shape; prints a table and returns the rows. */
+export async function benchMatmul(
+  threadCounts: number[] = [1, 2], runs = 5, { kernels: kernelSets = ['ts', 'wasm'], shapes = MATMUL_SHAPES }: { kernels?: MatmulKernels[]; shapes?: [number, number, number][] } = {},
+): Promise<MatmulBenchRow[]> {
+  const [kernelsBefore, threadsBefore] = [getCpuKernels(), getCpuThreads()];
+  const backend = getBackend('cpu');
   const rows: MatmulBenchRow[] = [];
   console.log(`matmul, float32, M x K x N (C[M,N] = A[M,K] @ B[K,N]); ${cpuModel()}, ${cpuCount()} cores`);
-  console.log('threads  M x K x N             GFLOP/s median  [min .. max]');
-  for (const threads of threadCounts) {
-    setMatmulThreads(threads);
-    for (const [M, K, N] of SHAPES) {
-      const args = {
-        batch: 1, M, N, K,
-        a: random(M * K), aOffsets: [0], aRowStride: K, aColStride: 1,
-        b: random(K * N), bOffsets: [0], bRowStride: N, bColStride: 1,
-        c: new Float32Array(M * N),
-      };
-      matmulF32(args);
-      const parallelBefore = matmulStats.parallelCalls;
-      const rates: number[] = [];
-      for (let r = 0; r < runs; r++) {
-        const t0 = performance.now();
-        matmulF32(args);
-        rates.push((2 * M * N * K) / ((performance.now() - t0) * 1e6));
-        await new Promise((resolve) => setTimeout(resolve, 0)); // let pending events (a worker's exit) through
+  console.log('kernels     threads  M x K x N             GFLOP/s median  [min .. max]');
+  for (const kernels of kernelSets) {
+    setCpuKernels(kernels === 'ts' ? 'ts' : 'wasm', { fma: kernels === 'wasm' });
+    for (const threads of threadCounts) {
+      setCpuThreads(threads);
+      for (const [M, K, N] of shapes) {
+        const [a, b]: Tensor[] = [randn([M, K]), randn([K, N])];
+        const call = () => backend.release(backend.matmul(a.view(), b.view()));
+        // Warm up for 0.3 s at least, and make each timed run last 0.1 s or
+        // more so that the timer's grain is noise.
+        let calls = 0;
+        const start = performance.now();
+        do {
+          call();
+          calls++;
+        } while (performance.now() - start < 300);
+        const reps = Math.ceil(100 / ((performance.now() - start) / calls));
+        const parallelBefore = matmulStats.parallelCalls + wasmStats.parallelCalls;
+        const rates: number[] = [];
+        for (let r = 0; r < runs; r++) {
+          const t0 = performance.now();
+          for (let i = 0; i < reps; i++) call();
+          rates.push((2 * M * N * K * reps) / ((performance.now() - t0) * 1e6));
+          await new Promise((resolve) => setTimeout(resolve, 0)); // let pending events (a worker's exit) through
+        }
+        a.dispose();
+        b.dispose();
+        rates.sort((x, y) => x - y);
+        // A product below the parallel threshold (or a failed worker) runs on one thread: say so.
+        const used = matmulStats.parallelCalls + wasmStats.parallelCalls > parallelBefore ? threads : 1;
+        const row = { kernels, threads: used, M, K, N, median: rates[runs >> 1], min: rates[0], max: rates[runs - 1], runs };
+        rows.push(row);
+        const shape = `${M} x ${K} x ${N}`.padEnd(20);
+        const spread = `[${row.min.toFixed(2)} .. ${row.max.toFixed(2)}]`;
+        console.log(`${kernels.padEnd(10)}  ${String(used).padStart(7)}  ${shape}  ${row.median.toFixed(2).padStart(14)}  ${spread}`);
       }
-      rates.sort((x, y) => x - y);
-      const row = { threads, M, K, N, median: rates[runs >> 1], min: rates[0], max: rates[runs - 1], runs };
-      rows.push(row);
-      // A product below the parallel threshold (or a failed worker) runs on one thread: say so.
-      const used = matmulStats.parallelCalls > parallelBefore ? threads : 1;
-      const shape = `${M} x ${K} x ${N}`.padEnd(20);
-      console.log(`${String(used).padStart(7)}  ${shape}  ${row.median.toFixed(2).padStart(14)}  [${row.min.toFixed(2)} .. ${row.max.toFixed(2)}]`);
     }
   }
-  setMatmulThreads(before);
+  setCpuKernels(kernelsBefore);
+  setCpuThreads(threadsBefore);
   return rows;
 }
 
@@ -66,6 +82,10 @@ function flag(name: string): string | undefined {
 }
 
 if (process.argv[1] && new URL(import.meta.url).pathname === process.argv[1]) {
+  const info = cpuKernelInfo();
+  const kernels = flag('kernels') ?? 'all';
+  const sets: MatmulKernels[] = kernels === 'all' ? ['ts', 'wasm', ...(info.relaxedSimd ? ['wasm-nofma' as const] : [])] : [kernels as MatmulKernels];
   const threads = flag('threads');
-  await benchMatmul(threads ? [Number(threads)] : [1, 2], Number(flag('runs') ?? 5));
+  const shapes = flag('shapes')?.split(',').map((s) => s.split('x').map(Number) as [number, number, number]);
+  await benchMatmul(threads ? [Number(threads)] : [1, 2], Number(flag('runs') ?? 5), { kernels: sets, shapes });
 }

@@ -242,7 +242,11 @@ export function matmul(a: Tensor, b: Tensor): Tensor {
   const out = wrap(a, a.backend.matmul(viewAs(a, [...batch, M, K]), viewAs(b, [...batch, K, N])), [...batch, M, N]);
   return recordGrad(out, 'matmul', [a, b], (g) => [
     sumTo(g.matmul(b.transpose(-1, -2)), a.shape),
-    sumTo(a.transpose(-1, -2).matmul(g), b.shape),
+    // A weight shared by the whole batch (x @ W): one [K, batch*M] @ [batch*M, N]
+    // product, rather than a product per batch entry summed afterwards.
+    b.ndim === 2 && a.ndim > 2
+      ? a.reshape([-1, K]).transpose(0, 1).matmul(g.reshape([-1, N]))
+      : sumTo(a.transpose(-1, -2).matmul(g), b.shape),
   ]);
 }
 

@@ -58,8 +58,8 @@ function answerFromPixels(sample: BuiltinSample): string {
   if ((m = q.match(/^What color is the (\w+)\?$/))) return colorOf(m[1]);
   if ((m = q.match(/^What shape is the (\w+) object\?$/))) return seen.get(m[1] as Color)!.shape;
   if (q === 'How many shapes are there?') return ['zero', 'one', 'two', 'three'][seen.size];
-  m = q.match(/^Is the (\w+) left of the (\w+)\?$/)!;
-  return seen.get(colorOf(m[1]))!.x < seen.get(colorOf(m[2]))!.x ? 'yes' : 'no';
+  m = q.match(/^Is the (\w+) on the left\?$/)!;
+  return seen.get(colorOf(m[1]))!.x < sample.image.width / 2 ? 'yes' : 'no';
 }
 
 /** A scene's layout (which shape of which colour in which cell) with the question. */
@@ -73,18 +73,19 @@ describe('the built-in dataset', () => {
     const a = builtinSample('train', 7, 3, 32);
     expect(builtinSample('train', 7, 3, 32)).toEqual(a);
     // Other seeds, other samples.
+    // (A scene has few possible layouts, so equal pictures happen by chance: compare the sequences.)
     const images = (seed: number) => samples('train', 50, seed).map((s) => Buffer.from(s.image.data).toString('hex'));
-    const seed0 = new Set(images(0));
-    expect(images(1).filter((image) => seed0.has(image)).length).toBeLessThan(3);
+    const [seed0, seed1] = [images(0), images(1)];
+    expect(seed1.filter((image, i) => image === seed0[i]).length).toBeLessThan(5);
   });
 
   test('hand-checked samples', () => {
     // Seed 0, train, size 32: the first few, as drawn and checked by eye.
     expect(samples('train', 4).map((s) => [s.question, s.answer])).toEqual([
-      ['Is the triangle left of the circle?', 'no'],
-      ['Is the circle left of the square?', 'yes'],
+      ['Is the square on the left?', 'yes'], // blue square bottom left, yellow circle top left, red triangle top right
+      ['Is the circle on the left?', 'yes'], // one blue circle, bottom left
       ['How many shapes are there?', 'three'],
-      ['What color is the square?', 'red'],
+      ['What color is the square?', 'red'], // one red square, top left
     ]);
   });
 
@@ -103,8 +104,8 @@ describe('the built-in dataset', () => {
     for (const prefix of ['What color', 'What shape', 'How many', 'Is the']) {
       expect(share((s) => s.question.startsWith(prefix))).toBeCloseTo(0.25, 1);
     }
-    const leftOf = train.filter((s) => s.question.startsWith('Is the'));
-    expect(leftOf.filter((s) => s.answer === 'yes').length / leftOf.length).toBeCloseTo(0.5, 1);
+    const onLeft = train.filter((s) => s.question.startsWith('Is the'));
+    expect(onLeft.filter((s) => s.answer === 'yes').length / onLeft.length).toBeCloseTo(0.5, 1);
   });
 
   test('held-out combinations never occur in train, whatever the seeds', () => {

@@ -1,5 +1,5 @@
 // Two interleaved half circles with noise: a small 2-D classification task
-// that no linear model can solve, used by the demo and the MLP test.
+// that no linear model can solve, used by the MLP test.
 
 import type { Generator } from '../tensor/index.ts';
 

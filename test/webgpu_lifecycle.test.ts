@@ -49,6 +49,28 @@ describeWebGPU('webgpu device lifetime', () => {
     expect(r.status).toBe(0);
   });
 
+  it('survives garbage collection after the device is closed, and after a backend that found no adapter', () => {
+    // Dawn's default backend is tried first (no NANOVLM_WEBGPU_BACKEND): on a machine without
+    // Vulkan that instance finds nothing; it, and the closed device's, must never be collected.
+    const env = { ...process.env };
+    delete env.NANOVLM_WEBGPU_BACKEND;
+    const r = child(`
+      const T = await import(${JSON.stringify(lib)});
+      console.log('device', await T.resolveDevice('auto', { quiet: true }));
+      await T.initWebGPU({ quiet: true });
+      T.closeWebGPU();
+      for (let i = 0; i < 4; i++) {
+        for (let k = 0; k < 50; k++) new Array(100000).fill(k);
+        globalThis.gc();
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      console.log('gc ok');
+    `, { flags: ['--expose-gc'], env: env as Record<string, string> });
+    expect(r.signal, r.stderr).toBeNull();
+    expect(r.stdout).toContain('gc ok');
+    expect(r.status).toBe(0);
+  });
+
   it('the process exits by itself after closeWebGPU(), and the device can be reopened', () => {
     const r = child(`
       const T = await import(${JSON.stringify(lib)});

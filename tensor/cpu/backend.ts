@@ -1,23 +1,24 @@
-// The reference backend: plain TypeScript loops over typed arrays. Every
-// kernel first turns its strided inputs into dense arrays (`dense`), then runs
-// a simple loop; only matmul is tuned (see matmul.ts). The WebGPU backend is
-// checked against this one, op for op.
+// The CPU backend. Its buffers live in one WebAssembly memory (heap.ts).
+// Each kernel first tries the generated WebAssembly SIMD version (wasm/,
+// the default where the platform has it); when that is switched off
+// (setCpuKernels('ts')) or does not apply (float64, an op without a wasm
+// version), the reference runs: plain TypeScript loops that turn their
+// strided inputs into dense arrays (`dense`) and then loop simply; only the
+// TypeScript matmul is tuned (matmul.ts). The WebGPU backend is checked
+// against this one, op for op.
 
 import type { Backend, BinaryOp, ReduceOp, Storage, UnaryOp, View } from '../backend.ts';
 import { type DType, type TypedArray, makeTypedArray } from '../dtype.ts';
 import { fmt, isContiguous, numel } from '../shape.ts';
+import { CpuStorage } from './heap.ts';
 import { matmulF32, matmulF64 } from './matmul.ts';
+import * as W from './wasm/kernels.ts';
 
-/** A CPU buffer: a typed array with a reference count. */
-export class CpuStorage implements Storage {
-  refs = 1;
-  constructor(public data: TypedArray) {}
-  get dtype(): DType {
-    return this.data instanceof Float32Array ? 'float32' : this.data instanceof Int32Array ? 'int32' : 'float64';
-  }
-  get length(): number {
-    return this.data.length;
-  }
+export { CpuStorage };
+
+/** The CPU storage under a view. */
+function store(v: View): CpuStorage {
+  return v.storage as CpuStorage;
 }
 
 function dataOf(v: View | Storage): TypedArray {
@@ -67,9 +68,15 @@ function rowsCols(shape: number[]): [number, number] {
   return [cols === 0 ? 0 : numel(shape) / cols, cols];
 }
 
-function storage(data: TypedArray): CpuStorage {
-  live.bytes += data.byteLength;
-  return new CpuStorage(data);
+/**
+ * A fresh output buffer. Kernels overwrite every element, so it is not
+ * zero-filled (only alloc() promises zeros). Take its `data` after making
+ * every output: a later allocation may grow the memory.
+ */
+function output(dtype: DType, length: number, zeroed = false): CpuStorage {
+  const s = CpuStorage.create(dtype, length, zeroed);
+  live.bytes += s.bytes;
+  return s;
 }
 const live = { bytes: 0 };
 
@@ -82,7 +89,7 @@ export class CpuBackend implements Backend {
   }
 
   alloc(dtype: DType, length: number): Storage {
-    return storage(makeTypedArray(dtype, length));
+    return output(dtype, length, true);
   }
   write(dst: Storage, src: TypedArray): void {
     dataOf(dst).set(src);
@@ -99,14 +106,18 @@ export class CpuBackend implements Backend {
   }
   release(s: Storage): void {
     const c = s as CpuStorage;
-    if (--c.refs === 0) live.bytes -= c.data.byteLength;
+    if (--c.refs > 0) return;
+    live.bytes -= c.bytes;
+    c.free();
   }
   flush(): void {}
 
   unary(op: UnaryOp, v: View): Storage {
+    const out = output(v.dtype, numel(v.shape));
+    if (W.useWasm(store(v), out) && W.unary(op, v, out)) return out;
     const x = dense(v);
     const n = x.length;
-    const o = makeTypedArray(v.dtype, n);
+    const o = out.data;
     switch (op) {
       case 'neg': for (let i = 0; i < n; i++) o[i] = -x[i]; break;
       case 'abs': for (let i = 0; i < n; i++) o[i] = Math.abs(x[i]); break;
@@ -128,14 +139,16 @@ export class CpuBackend implements Backend {
         }
         break;
     }
-    return storage(o);
+    return out;
   }
 
   binary(op: BinaryOp, av: View, bv: View): Storage {
+    const out = output(av.dtype, numel(av.shape));
+    if (W.useWasm(store(av), store(bv), out) && W.binary(op, av, bv, out)) return out;
     const a = dense(av);
     const b = dense(bv);
     const n = a.length;
-    const o = makeTypedArray(av.dtype, n);
+    const o = out.data;
     switch (op) {
       case 'add': for (let i = 0; i < n; i++) o[i] = a[i] + b[i]; break;
       case 'sub': for (let i = 0; i < n; i++) o[i] = a[i] - b[i]; break;
@@ -153,24 +166,29 @@ export class CpuBackend implements Backend {
       case 'gt': for (let i = 0; i < n; i++) o[i] = a[i] > b[i] ? 1 : 0; break;
       case 'ge': for (let i = 0; i < n; i++) o[i] = a[i] >= b[i] ? 1 : 0; break;
     }
-    return storage(o);
+    return out;
   }
 
   where(cv: View, av: View, bv: View): Storage {
+    const out = output(av.dtype, numel(av.shape));
+    if (W.useWasm(store(cv), store(av), store(bv), out) && W.where(cv, av, bv, out)) return out;
     const c = dense(cv);
     const a = dense(av);
     const b = dense(bv);
-    const o = makeTypedArray(av.dtype, a.length);
+    const o = out.data;
     for (let i = 0; i < o.length; i++) o[i] = c[i] !== 0 ? a[i] : b[i];
-    return storage(o);
+    return out;
   }
 
   copy(x: View, dtype: DType): Storage {
-    const d = dense(x, dtype);
-    return storage(d.buffer === dataOf(x).buffer ? d.slice() : d);
+    const out = output(dtype, numel(x.shape));
+    if (W.useWasm(store(x), out) && W.copy(x, out)) return out;
+    out.data.set(dense(x, dtype));
+    return out;
   }
 
   copyInto(dst: View, src: View): void {
+    if (W.useWasm(store(dst), store(src)) && W.copyInto(dst, src)) return;
     // Walk dst's index space the way dense() walks a source: same odometer.
     const s = dense(src, dst.dtype);
     const out = dataOf(dst);
@@ -198,15 +216,19 @@ export class CpuBackend implements Backend {
   }
 
   fill(dtype: DType, length: number, value: number): Storage {
-    return storage(makeTypedArray(dtype, length).fill(value));
+    const out = output(dtype, length);
+    out.data.fill(value);
+    return out;
   }
 
   reduce(op: ReduceOp, v: View, axis: number): Storage {
-    const x = dense(v);
     const len = v.shape[axis];
     const outer = numel(v.shape.slice(0, axis));
     const inner = numel(v.shape.slice(axis + 1));
-    const o = makeTypedArray(op === 'argmax' ? 'int32' : v.dtype, outer * inner);
+    const out = output(op === 'argmax' ? 'int32' : v.dtype, outer * inner);
+    if (op === 'sum' && W.useWasm(store(v), out) && W.sum(v, axis, out)) return out;
+    const x = dense(v);
+    const o = out.data;
     if (op !== 'sum' && len === 0) throw new Error(`${op}: cannot reduce over an empty dim of ${fmt(v.shape)}`);
     for (let p = 0; p < outer; p++) {
       for (let q = 0; q < inner; q++) {
@@ -229,7 +251,7 @@ export class CpuBackend implements Backend {
         }
       }
     }
-    return storage(o);
+    return out;
   }
 
   matmul(a: View, b: View): Storage {
@@ -253,47 +275,58 @@ export class CpuBackend implements Backend {
       aOffsets[i] = ao;
       bOffsets[i] = bo;
     }
-    const c = makeTypedArray(a.dtype, batch * M * N);
+    const out = output(a.dtype, batch * M * N);
     const args = {
       batch, M, N, K,
       aOffsets, aRowStride: a.strides[r - 2], aColStride: a.strides[r - 1],
       bOffsets, bRowStride: b.strides[r - 2], bColStride: b.strides[r - 1],
     };
+    const [sa, sb] = [a.storage as CpuStorage, b.storage as CpuStorage];
+    if (a.dtype === 'float32' && W.useWasm(sa, sb, out)) {
+      W.gemm({ ...args, a: sa.ptr, b: sb.ptr, c: out.ptr });
+      return out;
+    }
+    const c = out.data;
     if (a.dtype === 'float32') matmulF32({ ...args, a: dataOf(a) as Float32Array, b: dataOf(b) as Float32Array, c: c as Float32Array });
     else if (a.dtype === 'float64') matmulF64({ ...args, a: dataOf(a) as Float64Array, b: dataOf(b) as Float64Array, c: c as Float64Array });
     else throw new Error(`matmul: ${a.dtype} is not supported, cast to float32 first`);
-    return storage(c);
+    return out;
   }
 
   gather(tv: View, iv: View): Storage {
+    const [V, D] = tv.shape;
+    const out = output(tv.dtype, numel(iv.shape) * D);
     const table = dense(tv);
     const ids = dense(iv);
-    const [V, D] = tv.shape;
-    const o = makeTypedArray(tv.dtype, ids.length * D);
+    const o = out.data;
     for (let i = 0; i < ids.length; i++) {
       const id = ids[i];
       if (id < 0 || id >= V) throw new Error(`embedding: index ${id} is out of range for a table of ${V} rows`);
       o.set(table.subarray(id * D, id * D + D), i * D);
     }
-    return storage(o);
+    return out;
   }
 
   scatterAdd(iv: View, sv: View, rows: number): Storage {
+    const n = numel(iv.shape);
+    const D = n === 0 ? 0 : numel(sv.shape) / n;
+    const out = output(sv.dtype, rows * D, true);
     const ids = dense(iv);
     const src = dense(sv);
-    const D = ids.length === 0 ? 0 : src.length / ids.length;
-    const o = makeTypedArray(sv.dtype, rows * D);
+    const o = out.data;
     for (let i = 0; i < ids.length; i++) {
       const base = ids[i] * D;
       for (let d = 0; d < D; d++) o[base + d] += src[i * D + d];
     }
-    return storage(o);
+    return out;
   }
 
   softmax(v: View): Storage {
+    const out = output(v.dtype, numel(v.shape));
+    if (W.useWasm(store(v), out) && W.softmax(v, out)) return out;
     const x = dense(v);
     const [rows, cols] = rowsCols(v.shape);
-    const o = makeTypedArray(v.dtype, x.length);
+    const o = out.data;
     for (let r = 0; r < rows; r++) {
       const base = r * cols;
       // subtract the row max first: exp never overflows, the result is unchanged
@@ -303,27 +336,31 @@ export class CpuBackend implements Backend {
       for (let c = 0; c < cols; c++) sum += o[base + c] = Math.exp(x[base + c] - max);
       for (let c = 0; c < cols; c++) o[base + c] /= sum;
     }
-    return storage(o);
+    return out;
   }
 
   logSoftmax(v: View): Storage {
+    const out = output(v.dtype, numel(v.shape));
+    if (W.useWasm(store(v), out) && W.logSoftmax(v, out)) return out;
     const x = dense(v);
     const [rows, cols] = rowsCols(v.shape);
-    const o = makeTypedArray(v.dtype, x.length);
+    const o = out.data;
     for (let r = 0; r < rows; r++) {
       const base = r * cols;
       const lse = logSumExp(x, base, cols);
       for (let c = 0; c < cols; c++) o[base + c] = x[base + c] - lse;
     }
-    return storage(o);
+    return out;
   }
 
   layerNorm(v: View, wv: View, bv: View, eps: number): Storage {
+    const out = output(v.dtype, numel(v.shape));
+    if (W.useWasm(store(v), store(wv), store(bv), out) && W.norm(v, wv, bv, eps, out)) return out;
     const x = dense(v);
     const w = dense(wv);
     const b = dense(bv);
     const [rows, cols] = rowsCols(v.shape);
-    const o = makeTypedArray(v.dtype, x.length);
+    const o = out.data;
     for (let r = 0; r < rows; r++) {
       const base = r * cols;
       let mean = 0;
@@ -334,14 +371,16 @@ export class CpuBackend implements Backend {
       const rstd = 1 / Math.sqrt(variance / cols + eps);
       for (let c = 0; c < cols; c++) o[base + c] = (x[base + c] - mean) * rstd * w[c] + b[c];
     }
-    return storage(o);
+    return out;
   }
 
   rmsNorm(v: View, wv: View, eps: number): Storage {
+    const out = output(v.dtype, numel(v.shape));
+    if (W.useWasm(store(v), store(wv), out) && W.norm(v, wv, null, eps, out)) return out;
     const x = dense(v);
     const w = dense(wv);
     const [rows, cols] = rowsCols(v.shape);
-    const o = makeTypedArray(v.dtype, x.length);
+    const o = out.data;
     for (let r = 0; r < rows; r++) {
       const base = r * cols;
       let ms = 0;
@@ -349,27 +388,30 @@ export class CpuBackend implements Backend {
       const irms = 1 / Math.sqrt(ms / cols + eps);
       for (let c = 0; c < cols; c++) o[base + c] = x[base + c] * irms * w[c];
     }
-    return storage(o);
+    return out;
   }
 
   crossEntropy(lv: View, tv: View, ignoreIndex: number): Storage {
+    const [rows, cols] = rowsCols(lv.shape);
+    const out = output(lv.dtype, rows, true);
+    if (W.useWasm(store(lv), store(tv), out) && W.crossEntropy(lv, tv, ignoreIndex, out)) return out;
     const x = dense(lv);
     const t = dense(tv);
-    const [rows, cols] = rowsCols(lv.shape);
-    const o = makeTypedArray(lv.dtype, rows);
+    const o = out.data;
     for (let r = 0; r < rows; r++) {
       if (t[r] === ignoreIndex) continue;
       if (t[r] < 0 || t[r] >= cols) throw new Error(`crossEntropy: target ${t[r]} is out of range for ${cols} classes`);
       o[r] = logSumExp(x, r * cols, cols) - x[r * cols + t[r]];
     }
-    return storage(o);
+    return out;
   }
 
   sort(v: View, descending: boolean): { values: Storage; indices: Storage } {
+    const n = numel(v.shape);
+    const [valuesOut, indicesOut] = [output(v.dtype, n), output('int32', n)];
     const x = dense(v);
     const [rows, cols] = rowsCols(v.shape);
-    const values = makeTypedArray(v.dtype, x.length);
-    const indices = new Int32Array(x.length);
+    const [values, indices] = [valuesOut.data, indicesOut.data];
     const order = new Array<number>(cols);
     // NaN sorts as the largest value, as in PyTorch; ties keep their order (stable).
     const key = (i: number, base: number) => (x[base + i] !== x[base + i] ? Infinity : x[base + i]);
@@ -382,14 +424,36 @@ export class CpuBackend implements Backend {
         indices[base + c] = order[c];
       }
     }
-    return { values: storage(values), indices: storage(indices) };
+    return { values: valuesOut, indices: indicesOut };
+  }
+
+  /**
+   * One AdamW update, in place: p, m and v (the parameter and its two
+   * moments, contiguous) are overwritten. Not part of the Backend interface:
+   * nn/optim.ts may call it on the CPU instead of ~10 tensor ops per
+   * parameter. Same operations, in the same order, as those ops.
+   */
+  adamw(p: View, g: View, m: View, v: View, h: W.AdamWStep): void {
+    if (W.useWasm(store(p), store(g), store(m), store(v)) && W.adamw(p, g, m, v, h)) return;
+    const [pd, md, vd] = [dataOf(p), dataOf(m), dataOf(v)];
+    const gd = dense(g);
+    const f = p.dtype === 'float32' ? Math.fround : (x: number) => x; // each op rounds, as a tensor op would
+    const [decay, b1, b2, b2c, eps] = [1 - h.lr * h.weightDecay, 1 - h.beta1, h.beta2, 1 - h.beta2, h.eps].map(f);
+    const [c2, stepSize] = [f(Math.sqrt(1 - h.beta2 ** h.step)), f(h.lr / (1 - h.beta1 ** h.step))];
+    for (let i = 0; i < gd.length; i++) {
+      const [x, mi, vi] = [p.offset + i, m.offset + i, v.offset + i];
+      md[mi] = f(md[mi] + f(f(gd[i] - md[mi]) * b1));
+      vd[vi] = f(f(vd[vi] * b2) + f(f(gd[i] * gd[i]) * b2c));
+      pd[x] = f(f(pd[x] * decay) - f(f(md[mi] / f(f(f(Math.sqrt(vd[vi])) / c2) + eps)) * stepSize));
+    }
   }
 
   multinomial(pv: View, uv: View): Storage {
+    const [rows, cols] = rowsCols(pv.shape);
+    const out = output('int32', rows);
     const p = dense(pv);
     const u = dense(uv);
-    const [rows, cols] = rowsCols(pv.shape);
-    const o = new Int32Array(rows);
+    const o = out.data;
     for (let r = 0; r < rows; r++) {
       let total = 0;
       for (let c = 0; c < cols; c++) {
@@ -409,7 +473,7 @@ export class CpuBackend implements Backend {
       }
       o[r] = pick;
     }
-    return storage(o);
+    return out;
   }
 }
 

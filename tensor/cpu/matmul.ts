@@ -18,7 +18,7 @@
 // products are also split across worker threads that share memory with this
 // one (threads.ts is the seam to Node's worker_threads).
 
-import { cpuCount, isShared, sharedFloat32, sharedInt32, spawnWorker, type WorkerHandle } from './threads.ts';
+import { getCpuThreads, isShared, setCpuThreads, sharedFloat32, sharedInt32, spawnWorker, type WorkerHandle } from './threads.ts';
 
 /** Arguments of a batched strided float32 matmul: C[b] = A[b] @ B[b]. */
 export interface GemmArgs {
@@ -172,37 +172,34 @@ function wholeJob(g: GemmArgs): GemmJob {
   for (let p = 1; p < batch && stacked; p++) {
     stacked = bOffsets[p] === bOffsets[0] && aOffsets[p] === aOffsets[0] + p * M * g.aRowStride;
   }
-  if (stacked) return { ...g, batch: 1, M: batch * M, aOffsets: [aOffsets[0]], bOffsets: [bOffsets[0]], cOffsets: [0], cRowStride: N };
+  if (stacked) {
+    return { ...g, batch: 1, M: batch * M, aOffsets: [aOffsets[0]], bOffsets: [bOffsets[0]], cOffsets: [0], cRowStride: N };
+  }
   return { ...g, cOffsets: Array.from({ length: batch }, (_, p) => p * M * N), cRowStride: N };
 }
 
 // --- threads ---
 
 const PARALLEL_MIN = 1 << 21; // multiply-adds below which a worker's hand-off costs more than it saves
-let threads = Math.min(2, cpuCount());
 const workers: WorkerHandle[] = [];
 let broken = false; // set once workers failed: stay on one thread from then on
 let sync: Int32Array = new Int32Array(2); // [workers still busy, a worker failed], in shared memory once workers start
 let scratch: Float32Array = new Float32Array(0); // shared copies of A, B and C for the workers
 
+/** Sets how many threads large CPU kernels use: an alias of setCpuThreads (threads.ts), kept for bench/bench.ts. */
+export const setMatmulThreads = setCpuThreads;
+/** How many threads large CPU kernels use: an alias of getCpuThreads (threads.ts). */
+export const getMatmulThreads = getCpuThreads;
+
 /** Calls of matmulF32 that ran on more than one thread (tests and benchmarks read this). */
 export const matmulStats = { parallelCalls: 0 };
-
-/** Sets how many threads large matmuls use (the caller's plus n - 1 workers). */
-export function setMatmulThreads(n: number): void {
-  threads = Math.max(1, Math.floor(n));
-}
-
-/** How many threads large matmuls use; defaults to min(2, available cores). */
-export function getMatmulThreads(): number {
-  return threads;
-}
 
 /** Blocks until every worker has counted itself off `sync[0]`. */
 function waitForWorkers(): void {
   for (let v; (v = Atomics.load(sync, 0)) !== 0;) Atomics.wait(sync, 0, v);
 }
 
+/** Warns once, then stays on one thread for good. */
 function giveUp(why: string): false {
   if (!broken) console.warn(`matmul: using one thread (${why})`);
   broken = true;
@@ -213,10 +210,10 @@ function giveUp(why: string): false {
 function ensureWorkers(n: number): boolean {
   if (broken) return false;
   if (workers.some((w) => w.failed)) return giveUp('a worker stopped');
-  if (workers.length === 0) sync = sharedInt32(2);
   while (workers.length < n - 1) {
     const w = spawnWorker(new URL('./matmul_worker.ts', import.meta.url));
     if (!w) return giveUp('could not start a worker thread');
+    if (workers.length === 0) sync = sharedInt32(2); // a worker runs, so shared memory exists
     workers.push(w);
   }
   return true;
@@ -224,9 +221,10 @@ function ensureWorkers(n: number): boolean {
 
 /** A view of `job` restricted to rows (or columns) lo..hi of C. */
 function slice(job: GemmJob, lo: number, hi: number, byRows: boolean): GemmJob {
+  const shift = (offsets: ArrayLike<number>, by: number) => Array.from(offsets, (o) => o + by);
   return byRows
-    ? { ...job, M: hi - lo, aOffsets: Array.from(job.aOffsets, (o) => o + lo * job.aRowStride), cOffsets: Array.from(job.cOffsets, (o) => o + lo * job.cRowStride) }
-    : { ...job, N: hi - lo, bOffsets: Array.from(job.bOffsets, (o) => o + lo * job.bColStride), cOffsets: Array.from(job.cOffsets, (o) => o + lo) };
+    ? { ...job, M: hi - lo, aOffsets: shift(job.aOffsets, lo * job.aRowStride), cOffsets: shift(job.cOffsets, lo * job.cRowStride) }
+    : { ...job, N: hi - lo, bOffsets: shift(job.bOffsets, lo * job.bColStride), cOffsets: shift(job.cOffsets, lo) };
 }
 
 /**
@@ -258,13 +256,24 @@ function copyOperand(src: Float32Array, offsets: ArrayLike<number>, rows: number
  */
 function matmulParallel(job: GemmJob, n: number): void {
   const { batch, M, N, K } = job;
-  const need = (x: Float32Array, offsets: ArrayLike<number>, size: number) => isShared(x) ? 0 : new Set(Array.from(offsets)).size * size;
+  const need = (x: Float32Array, offsets: ArrayLike<number>, size: number) =>
+    isShared(x) ? 0 : new Set(Array.from(offsets)).size * size;
   const aSize = need(job.a, job.aOffsets, M * K), bSize = need(job.b, job.bOffsets, K * N);
   const cSize = isShared(job.c) ? 0 : batch * M * N;
   if (scratch.length < aSize + bSize + cSize) scratch = sharedFloat32(Math.ceil((aSize + bSize + cSize) * 1.25));
   const shared: GemmJob = { ...job };
-  if (aSize) Object.assign(shared, { a: scratch, aOffsets: copyOperand(job.a, job.aOffsets, M, K, job.aRowStride, job.aColStride, scratch, 0), aRowStride: K, aColStride: 1 });
-  if (bSize) Object.assign(shared, { b: scratch, bOffsets: copyOperand(job.b, job.bOffsets, K, N, job.bRowStride, job.bColStride, scratch, aSize), bRowStride: N, bColStride: 1 });
+  if (aSize) {
+    shared.a = scratch;
+    shared.aOffsets = copyOperand(job.a, job.aOffsets, M, K, job.aRowStride, job.aColStride, scratch, 0);
+    shared.aRowStride = K;
+    shared.aColStride = 1;
+  }
+  if (bSize) {
+    shared.b = scratch;
+    shared.bOffsets = copyOperand(job.b, job.bOffsets, K, N, job.bRowStride, job.bColStride, scratch, aSize);
+    shared.bRowStride = N;
+    shared.bColStride = 1;
+  }
   if (cSize) shared.c = scratch.subarray(aSize + bSize, aSize + bSize + cSize);
 
   const byRows = M >= N;
@@ -293,7 +302,7 @@ function matmulParallel(job: GemmJob, n: number): void {
 /** C = A @ B in float32 for every batch entry, on one or more threads; synchronous. */
 export function matmulF32(args: GemmArgs): void {
   const job = wholeJob(args);
-  const n = Math.min(threads, Math.max(job.M, job.N));
+  const n = Math.min(getCpuThreads(), Math.max(job.M, job.N));
   const big = job.M >= MR && job.batch * job.M * job.N * job.K >= PARALLEL_MIN;
   if (n > 1 && big && ensureWorkers(n)) matmulParallel(job, n);
   else gemmF32(job);

@@ -1,8 +1,8 @@
 // The one seam between the CPU backend and Node-only APIs (worker_threads,
-// os). Nothing here is imported at load time: the built-in modules are
+// os, v8). Nothing here is imported at load time: the built-in modules are
 // fetched with process.getBuiltinModule, so in a browser (no `process`) or
 // without SharedArrayBuffer this file reports a single core and no workers,
-// and the matmul simply runs on the calling thread.
+// and the kernels simply run on the calling thread.
 
 import type { Worker } from 'node:worker_threads';
 
@@ -10,6 +10,28 @@ const node = typeof process !== 'undefined' && typeof process.getBuiltinModule =
   && typeof SharedArrayBuffer === 'function';
 const os = node ? process.getBuiltinModule('node:os') : undefined;
 const wt = node ? process.getBuiltinModule('node:worker_threads') : undefined;
+let threads = Math.min(2, cpuCount());
+
+/** Sets how many threads large CPU kernels use (the caller's plus n - 1 workers). */
+export function setCpuThreads(n: number): void {
+  threads = Math.max(1, Math.floor(n));
+}
+
+/** How many threads large CPU kernels use; defaults to min(2, available cores). */
+export function getCpuThreads(): number {
+  return threads;
+}
+
+/**
+ * Turns on WebAssembly relaxed SIMD (fused multiply-add) where the engine has
+ * it behind a flag (Node 20's V8); it must happen before the module is
+ * compiled. Harmless where the flag is unknown or already on.
+ */
+export function enableRelaxedSimd(): void {
+  if (typeof process !== 'undefined' && typeof process.getBuiltinModule === 'function') {
+    process.getBuiltinModule('node:v8').setFlagsFromString('--experimental-wasm-relaxed-simd');
+  }
+}
 
 /** Cores usable for compute: 1 where there are no worker threads or no shared memory. */
 export function cpuCount(): number {

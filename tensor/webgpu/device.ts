@@ -33,6 +33,10 @@ export const NO_ADAPTER_MESSAGE =
 
 // The open backend; it also holds the Dawn instance (see above) until closeWebGPU().
 let backend: WebGPUBackend | null = null;
+// Every Dawn instance ever created, including ones that found no adapter: Dawn
+// crashes when it collects one (even unused) while the process runs on, so
+// none is ever let go.
+const instances: GPU[] = [];
 let opening: Promise<WebGPUBackend> | null = null;
 
 /** The requested limits: everything the adapter offers for the limits our kernels care about. */
@@ -62,6 +66,7 @@ async function open(opts: WebGPUOptions): Promise<WebGPUBackend> {
     let adapter: GPUAdapter | null;
     try {
       gpu = create(c.options);
+      instances.push(gpu);
       adapter = await gpu.requestAdapter(c.compat ? { featureLevel: 'compatibility' } : { powerPreference: 'high-performance' });
     } catch {
       continue; // a backend Dawn was not built with, or a driver that fails to load

@@ -1,0 +1,169 @@
+// Where CPU tensors keep their bytes: one WebAssembly.Memory for all of them.
+// The WebAssembly kernels read and write it directly (a tensor is a byte
+// offset, nothing is copied in or out), and when the memory is shared, worker
+// threads see the same bytes. TypeScript code sees it through typed-array
+// views.
+//
+// The allocator is tinygrad's LRU allocator in miniature: a block is never
+// returned to the memory, only to a free list for its size class, and the
+// next request of that class reuses it. Sizes are rounded up to a class (a
+// multiple of 64 bytes of the form 4..7 x 2^k, at most 25% slack), so a
+// training step, which asks for the same sizes every time, allocates nothing
+// new after the first step. New blocks come from the top of the memory,
+// which grows as needed.
+//
+// Float64 tensors (gradient checks only) and the rare tensor that does not
+// fit keep their own typed array outside the memory; the kernels run the
+// TypeScript path on them.
+
+import type { Storage } from '../backend.ts';
+import { type DType, type TypedArray, bytesPerElement, makeTypedArray } from '../dtype.ts';
+
+const PAGE = 65536;
+const ALIGN = 64; // a cache line: blocks never share one, so threads never contend for one
+
+/** Creates the memory: shared where the platform has SharedArrayBuffer (threads), else private; null without WebAssembly. */
+function createMemory(): { memory: WebAssembly.Memory; shared: boolean } | null {
+  if (typeof WebAssembly !== 'object') return null;
+  // A shared memory reserves its maximum up front: ask for 4 GiB, settle for 1.
+  for (const maximum of typeof SharedArrayBuffer === 'function' ? [65536, 16384] : []) {
+    try {
+      return { memory: new WebAssembly.Memory({ initial: 16, maximum, shared: true }), shared: true };
+    } catch {
+      // not that much address space: try smaller, then private
+    }
+  }
+  try {
+    return { memory: new WebAssembly.Memory({ initial: 16, maximum: 65536 }), shared: false };
+  } catch {
+    return null;
+  }
+}
+
+const created = createMemory();
+/** The memory every CPU tensor lives in (null where WebAssembly is missing). */
+export const memory = created?.memory ?? null;
+/** True when the memory is a SharedArrayBuffer that worker threads can use. */
+export const sharedMemory = created?.shared ?? false;
+
+let buffer = memory?.buffer; // the current buffer: growing replaces it
+let top = ALIGN; // the next unallocated byte; address 0 stays unused
+const freeLists = new Map<number, number[]>();
+const stats = { grows: 0, reused: 0, fresh: 0 };
+
+/** The size class of a request: a multiple of 64 of the form 4..7 x 2^k bytes. */
+export function sizeClass(bytes: number): number {
+  const units = Math.max(1, Math.ceil(bytes / ALIGN));
+  if (units <= 8) return units * ALIGN;
+  const step = 2 ** (Math.floor(Math.log2(units)) - 2); // 4 steps per doubling
+  return Math.ceil(units / step) * step * ALIGN;
+}
+
+/** Grows the memory so that `end` bytes fit; false when it cannot. */
+function reserve(end: number): boolean {
+  const have = memory!.buffer.byteLength;
+  if (end <= have) return true;
+  // at least double (fewer, larger grows), within what is allowed
+  const pages = Math.max(Math.ceil((end - have) / PAGE), Math.ceil(have / PAGE));
+  for (const p of [pages, Math.ceil((end - have) / PAGE)]) {
+    try {
+      memory!.grow(p);
+      buffer = memory!.buffer;
+      stats.grows++;
+      return true;
+    } catch {
+      // over the maximum: try the bare minimum
+    }
+  }
+  return false;
+}
+
+/** Byte offset of a block of at least `bytes` (contents left as they were); -1 when the memory is full. */
+export function malloc(bytes: number): number {
+  const size = sizeClass(bytes);
+  const reuse = freeLists.get(size)?.pop();
+  if (reuse !== undefined) {
+    stats.reused++;
+    return reuse;
+  }
+  if (!memory || !reserve(top + size)) return -1;
+  stats.fresh++;
+  top += size;
+  return top - size;
+}
+
+/** Returns a block to its size class's free list. */
+export function free(ptr: number, bytes: number): void {
+  const size = sizeClass(bytes);
+  let list = freeLists.get(size);
+  if (!list) freeLists.set(size, (list = []));
+  list.push(ptr);
+}
+
+/** Allocator counters: bytes reserved from the memory, blocks handed out new or reused, memory grows. */
+export function heapStats(): { reservedBytes: number; memoryBytes: number; fresh: number; reused: number; grows: number } {
+  return { reservedBytes: top, memoryBytes: buffer?.byteLength ?? 0, ...stats };
+}
+
+/** A typed-array view of `length` elements at byte offset `ptr`, over the current buffer. */
+export function heapView(dtype: DType, ptr: number, length: number): TypedArray {
+  return dtype === 'int32' ? new Int32Array(buffer!, ptr, length) : new Float32Array(buffer!, ptr, length);
+}
+
+/** The whole memory as float32, and as int32 (re-made after a grow). */
+export function heapF32(): Float32Array {
+  if (views.buffer !== buffer) views = { buffer, f32: new Float32Array(buffer!), i32: new Int32Array(buffer!) };
+  return views.f32;
+}
+/** The whole memory as int32. */
+export function heapI32(): Int32Array {
+  heapF32();
+  return views.i32;
+}
+let views = { buffer: undefined as ArrayBufferLike | undefined, f32: new Float32Array(0), i32: new Int32Array(0) };
+let warnedFull = false;
+
+/**
+ * A CPU buffer with a reference count: a block of the memory at byte offset
+ * `ptr`, or (ptr = -1) a typed array of its own. `data` is a view made on
+ * demand and re-made when the memory has grown, so it is never stale.
+ */
+export class CpuStorage implements Storage {
+  refs = 1;
+  private view: TypedArray | null;
+
+  constructor(readonly dtype: DType, readonly length: number, readonly ptr: number, own: TypedArray | null = null) {
+    this.view = own;
+  }
+
+  /** A zero-filled or uninitialised storage of `length` elements, in the memory when it can be. */
+  static create(dtype: DType, length: number, zeroed: boolean): CpuStorage {
+    const bytes = length * bytesPerElement(dtype);
+    const ptr = dtype === 'float64' || length === 0 ? -1 : malloc(bytes);
+    if (ptr < 0 && memory && dtype !== 'float64' && length > 0 && !warnedFull) {
+      console.warn('cpu backend: the WebAssembly memory is full; new tensors get their own arrays and the TypeScript kernels');
+      warnedFull = true;
+    }
+    if (ptr < 0) return new CpuStorage(dtype, length, -1, makeTypedArray(dtype, length));
+    const s = new CpuStorage(dtype, length, ptr);
+    if (zeroed) s.data.fill(0);
+    return s;
+  }
+
+  /** The elements, as a typed array (a view of the memory, or the own array). */
+  get data(): TypedArray {
+    if (this.ptr >= 0 && this.view?.buffer !== buffer) this.view = heapView(this.dtype, this.ptr, this.length);
+    return this.view!;
+  }
+
+  /** Bytes held. */
+  get bytes(): number {
+    return this.length * bytesPerElement(this.dtype);
+  }
+
+  /** Gives the block back to the allocator (after the last release). */
+  free(): void {
+    if (this.ptr >= 0) free(this.ptr, this.bytes);
+    this.view = null;
+  }
+}

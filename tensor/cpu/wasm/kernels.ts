@@ -1,0 +1,450 @@
+// The WebAssembly kernels of the CPU backend, and the switch between them and
+// the TypeScript ones. When this file loads, the kernel module is emitted
+// (gemm.ts, elementwise.ts), compiled for the tensor memory (heap.ts) and
+// instantiated; every kernel then works on byte offsets into that memory.
+// Large calls are split across worker threads (pool.ts), which run the same
+// module over the same memory.
+//
+// Where WebAssembly SIMD is missing, the TypeScript kernels run instead, and
+// we say so once; relaxed SIMD (fused multiply-add) is used when the engine
+// has it, else a multiply and an add.
+
+import type { BinaryOp, UnaryOp, View } from '../../backend.ts';
+import { contiguousStrides, isContiguous, numel } from '../../shape.ts';
+import { CpuStorage, free, heapF32, heapI32, malloc, memory, sharedMemory } from '../heap.ts';
+import { enableRelaxedSimd, getCpuThreads } from '../threads.ts';
+import { EW_DIMS, UNARY, emitAdamW, emitElementwise } from './elementwise.ts';
+import { ModuleBuilder } from './emit.ts';
+import { GEMM_SCRATCH, MR, NR, emitGemm } from './gemm.ts';
+import { ensureWorkers, runParallel } from './pool.ts';
+import { emitRows } from './rows.ts';
+
+/** Which kernels the CPU backend runs: readable TypeScript loops, or generated WebAssembly SIMD. */
+export type CpuKernels = 'ts' | 'wasm';
+
+type Fn = (...args: number[]) => number;
+
+/** Emits every kernel; with `fma`, the relaxed-SIMD variants too. */
+function emitModule(fma: boolean): Uint8Array<ArrayBuffer> {
+  const m = new ModuleBuilder();
+  emitGemm(m, fma);
+  emitElementwise(m);
+  emitRows(m);
+  emitAdamW(m);
+  return m.assemble(sharedMemory);
+}
+
+/**
+ * Compiles the module with fused multiply-add if the engine accepts it (Node
+ * 20 needs a V8 flag for it, set only then), else without; null without SIMD.
+ */
+function compile(): { module: WebAssembly.Module; relaxed: boolean } | null {
+  if (!memory) return null;
+  const withFma = emitModule(true);
+  if (!WebAssembly.validate(withFma)) enableRelaxedSimd();
+  if (WebAssembly.validate(withFma)) return { module: new WebAssembly.Module(withFma), relaxed: true };
+  const plain = emitModule(false);
+  return WebAssembly.validate(plain) ? { module: new WebAssembly.Module(plain), relaxed: false } : null;
+}
+
+const compiled = compile();
+const fns: Record<string, Fn> = {};
+const fnIndex: Record<string, number> = {};
+if (compiled) {
+  const exports = new WebAssembly.Instance(compiled.module, { env: { memory: memory! } }).exports;
+  WebAssembly.Module.exports(compiled.module).forEach((e, i) => {
+    fns[e.name] = exports[e.name] as Fn;
+    fnIndex[e.name] = i;
+  });
+}
+let kernels: CpuKernels = compiled ? 'wasm' : 'ts';
+let fma = compiled?.relaxed ?? false;
+if (!compiled) {
+  console.warn(`cpu backend: ${memory ? 'WebAssembly SIMD' : 'WebAssembly'} is not available, using the TypeScript kernels`);
+}
+
+/** Picks the CPU kernels; `fma: false` forces the multiply-then-add SIMD variant (tests, comparisons). */
+export function setCpuKernels(kind: CpuKernels, opts: { fma?: boolean } = {}): void {
+  if (kind === 'wasm' && !compiled) throw new Error('setCpuKernels: WebAssembly SIMD is not available here, only the ts kernels');
+  kernels = kind;
+  fma = (opts.fma ?? true) && (compiled?.relaxed ?? false);
+}
+
+/** The CPU kernels in use: 'wasm' by default where WebAssembly SIMD exists, else 'ts'. */
+export function getCpuKernels(): CpuKernels {
+  return kernels;
+}
+
+/** What the platform offers and what is in use, for logs and benchmarks. */
+export function cpuKernelInfo(): { kernels: CpuKernels; simd: boolean; relaxedSimd: boolean; fma: boolean; sharedMemory: boolean; threads: number } {
+  const threads = kernels === 'wasm' && sharedMemory ? getCpuThreads() : 1;
+  return { kernels, simd: compiled !== null, relaxedSimd: compiled?.relaxed ?? false, fma: kernels === 'wasm' && fma, sharedMemory, threads };
+}
+
+/** True when the wasm kernels are on and every storage lives in the memory. */
+export function useWasm(...storages: CpuStorage[]): boolean {
+  if (kernels !== 'wasm') return false;
+  for (const s of storages) if (s.ptr < 0) return false;
+  return true;
+}
+
+/**
+ * How many tasks to cut a kernel of `work` units into: 1 below `min` or on
+ * one thread, else 4 per thread, so that the tasks of a thread the OS has
+ * paused can be taken over by the others.
+ */
+function pieces(work: number, min: number): number {
+  const n = getCpuThreads();
+  if (n === 1 || work < min || !sharedMemory || !compiled) return 1;
+  return ensureWorkers(n, compiled.module, memory!) ? 4 * n : 1;
+}
+
+/** A block of the memory for a kernel's own use. */
+function block(bytes: number): number {
+  const ptr = malloc(bytes);
+  if (ptr < 0) throw new Error('cpu backend: the WebAssembly memory is full');
+  return ptr;
+}
+
+/** Kernel calls that ran on more than one thread (tests and benchmarks read this). */
+export const wasmStats = { parallelCalls: 0 };
+
+/** Runs one export per task, on this thread alone or on all; each call gets the thread's index as one more argument. */
+function run(name: string, tasks: number[][]): void {
+  if (tasks.length === 1) return void fns[name](...tasks[0], 0);
+  runParallel(fnIndex[name], fns[name], tasks);
+  wasmStats.parallelCalls++;
+}
+
+// ---------------------------------------------------------------- matmul
+
+/** A batched float32 product over the memory: byte addresses plus element offsets and strides. */
+export interface WasmGemm {
+  batch: number; M: number; N: number; K: number;
+  a: number; aOffsets: ArrayLike<number>; aRowStride: number; aColStride: number;
+  b: number; bOffsets: ArrayLike<number>; bRowStride: number; bColStride: number;
+  /** Contiguous [batch, M, N] output. */
+  c: number;
+}
+
+const GEMM_PARALLEL_MIN = 1 << 20; // multiply-adds below which splitting costs more than it saves
+let scratch = { ptr: 0, threads: 0 }; // packing buffers in the memory, one per thread, made on first use
+
+/**
+ * C = A @ B. The work is cut into units (a matrix of the batch, or a band of
+ * rows or columns of one) listed in the memory, and each thread gets a run of
+ * consecutive units. A batch that shares one B and stacks A's rows folds into
+ * one tall product first, so B is packed once.
+ */
+export function gemm(g: WasmGemm): void {
+  const { M, N, K } = g;
+  let { batch, aOffsets, bOffsets } = g;
+  let rows = M;
+  if (batch * M * N === 0) return;
+  if (K === 0) {
+    heapF32().fill(0, g.c / 4, g.c / 4 + batch * M * N);
+    return;
+  }
+  let stacked = batch > 1;
+  for (let p = 1; p < batch && stacked; p++) stacked = bOffsets[p] === bOffsets[0] && aOffsets[p] === aOffsets[0] + p * M * g.aRowStride;
+  if (stacked) [rows, batch, aOffsets, bOffsets] = [batch * M, 1, [aOffsets[0]], [bOffsets[0]]];
+  // A few rows (generating one token at a time): no packing, rows of C straight from A and B
+  if (rows < MR && ((g.bRowStride === 1 && g.aColStride === 1) || g.bColStride === 1)) {
+    for (let p = 0; p < batch; p++) {
+      for (let i = 0; i < rows; i++) {
+        const a = g.a + 4 * (aOffsets[p] + i * g.aRowStride);
+        fns.gemv(a, g.aColStride, g.b + 4 * bOffsets[p], g.bRowStride, g.bColStride, g.c + 4 * (p * rows + i) * N, K, N);
+      }
+    }
+    return;
+  }
+
+  const P = pieces(batch * rows * N * K, GEMM_PARALLEL_MIN);
+  const units: number[] = [];
+  // With fewer matrices than pieces, cut each into bands: of rows, or of
+  // columns when C is wide, in whole tiles.
+  const bands = Math.ceil(P / batch);
+  const byRows = rows >= N;
+  const len = byRows ? rows : N;
+  const tileLen = byRows ? MR : NR;
+  const cut = (t: number) => Math.min(len, Math.ceil((len * t) / bands / tileLen) * tileLen);
+  for (let p = 0; p < batch; p++) {
+    const [a, b, c] = [g.a + 4 * aOffsets[p], g.b + 4 * bOffsets[p], g.c + 4 * p * rows * N];
+    for (let t = 0; t < bands; t++) {
+      const [lo, hi] = [cut(t), cut(t + 1)];
+      if (lo === hi) continue;
+      if (byRows) units.push(a + 4 * lo * g.aRowStride, b, c + 4 * lo * N, hi - lo, N);
+      else units.push(a, b + 4 * lo * g.bColStride, c + 4 * lo, rows, hi - lo);
+    }
+  }
+  const count = units.length / 5;
+  const table = block(units.length * 4);
+  heapI32().set(units, table / 4);
+  // Each task is a run of consecutive units. The thread that runs it packs
+  // into its own buffers: scratch + thread * GEMM_SCRATCH.
+  const threads = getCpuThreads();
+  if (scratch.threads < threads) {
+    if (scratch.threads) free(scratch.ptr, scratch.threads * GEMM_SCRATCH);
+    scratch = { ptr: block(threads * GEMM_SCRATCH), threads };
+  }
+  const per = Math.ceil(count / P);
+  const tasks: number[][] = [];
+  for (let t = 0; t * per < count; t++) {
+    tasks.push([table + 20 * t * per, Math.min(per, count - t * per), K, g.aRowStride, g.aColStride, g.bRowStride, g.bColStride, N, scratch.ptr]);
+  }
+  try {
+    run(fma ? 'gemm_fma' : 'gemm', tasks);
+  } finally {
+    free(table, units.length * 4);
+  }
+}
+
+// ---------------------------------------------------------------- elementwise
+
+const EW_PARALLEL_MIN = 1 << 17; // elements below which one thread is faster (measured: about break-even at 2^16)
+
+/** Byte address of a view's first element. */
+function addr(v: View): number {
+  return (v.storage as CpuStorage).ptr + 4 * v.offset;
+}
+
+/**
+ * The fewest dims that walk the same elements as `shape` in every operand:
+ * size-1 dims go, and a dim merges into the one before it when each operand
+ * steps over it exactly as if the two were one dim. A [B, T, D] tensor plus a
+ * broadcast [D] bias becomes [B*T, D] with bias strides [0, 1].
+ */
+export function mergeDims(shape: number[], strides: number[][]): { shape: number[]; strides: number[][] } {
+  // (plain loops: this runs for every elementwise kernel, thousands of times a step)
+  const dims: number[] = [];
+  const st: number[][] = [];
+  for (let t = 0; t < strides.length; t++) st.push([]);
+  for (let d = 0; d < shape.length; d++) {
+    if (shape[d] === 1) continue;
+    const last = dims.length - 1;
+    let merges = last >= 0;
+    for (let t = 0; t < strides.length && merges; t++) merges = st[t][last] === strides[t][d] * shape[d];
+    if (merges) dims[last] *= shape[d];
+    else dims.push(shape[d]);
+    for (let t = 0; t < strides.length; t++) st[t][merges ? last : last + 1] = strides[t][d];
+  }
+  return { shape: dims, strides: st };
+}
+
+/**
+ * Runs elementwise export `name`: out[idx] = op(inputs[idx]...) for every
+ * index of out's shape. Merged dims beyond the kernel's four are looped over
+ * here (an odometer over the leading dims); a large call is split across
+ * threads along a dim with enough rows for all. A call's arguments are the
+ * four dims, then per operand its address and four element strides.
+ */
+function elementwise(name: string, out: View, inputs: View[]): void {
+  if (numel(out.shape) === 0) return;
+  const views = [out, ...inputs];
+  const all: number[][] = [];
+  for (const v of views) all.push(v.strides);
+  const merged = mergeDims(out.shape, all);
+  while (merged.shape.length < EW_DIMS) {
+    merged.shape.unshift(1);
+    for (const s of merged.strides) s.unshift(0);
+  }
+  const lead = merged.shape.length - EW_DIMS;
+  const dims = merged.shape.slice(lead);
+  const P = pieces(numel(dims), EW_PARALLEL_MIN);
+  // split the first dim long enough for every piece, else the longest
+  let split = -1;
+  for (let d = 0; d < EW_DIMS && split < 0; d++) if (dims[d] >= P) split = d;
+  if (split < 0) split = dims.indexOf(Math.max(...dims));
+  const parts = Math.min(P, dims[split]);
+  const idx = new Array<number>(lead).fill(0);
+  for (let slab = 0, slabs = numel(merged.shape.slice(0, lead)); slab < slabs; slab++) {
+    const tasks: number[][] = [];
+    for (let t = 0; t < parts; t++) {
+      const lo = Math.floor((dims[split] * t) / parts);
+      const task = dims.slice();
+      task[split] = Math.floor((dims[split] * (t + 1)) / parts) - lo;
+      for (let v = 0; v < views.length; v++) {
+        const st = merged.strides[v];
+        let at = addr(views[v]) + 4 * lo * st[lead + split];
+        for (let d = 0; d < lead; d++) at += 4 * idx[d] * st[d];
+        task.push(at, st[lead], st[lead + 1], st[lead + 2], st[lead + 3]);
+      }
+      tasks.push(task);
+    }
+    run(name, tasks);
+    for (let d = lead - 1; d >= 0 && ++idx[d] === merged.shape[d]; d--) idx[d] = 0;
+  }
+}
+
+/** The whole of a fresh contiguous output, as a view. */
+function whole(out: CpuStorage, shape: number[]): View {
+  return { storage: out, shape, strides: contiguousStrides(shape), offset: 0, dtype: out.dtype };
+}
+
+/** out = op(x) elementwise; false when the op or dtype has no wasm kernel. */
+export function unary(op: UnaryOp, x: View, out: CpuStorage): boolean {
+  if (!(op in UNARY) || x.dtype !== 'float32') return false;
+  elementwise(`un_${op}`, whole(out, x.shape), [x]);
+  return true;
+}
+
+/** out = a op b (views already broadcast to one shape); false when there is no wasm kernel. */
+export function binary(op: BinaryOp, a: View, b: View, out: CpuStorage): boolean {
+  const name = a.dtype === 'float32' ? `bin_${op}` : a.dtype === 'int32' ? `bin_i32_${op}` : '';
+  if (!(name in fns)) return false;
+  elementwise(name, whole(out, a.shape), [a, b]);
+  return true;
+}
+
+/** out = cond != 0 ? a : b. */
+export function where(cond: View, a: View, b: View, out: CpuStorage): boolean {
+  if (a.dtype !== 'float32' || cond.dtype === 'float64') return false;
+  elementwise(cond.dtype === 'int32' ? 'where_i32' : 'where', whole(out, a.shape), [cond, a, b]);
+  return true;
+}
+
+/** Writes the elements of x into the view `dst`, converting int32 to float32 if needed. */
+export function copyInto(dst: View, x: View): boolean {
+  const name = x.dtype === dst.dtype ? 'copy' : x.dtype === 'int32' && dst.dtype === 'float32' ? 'i32_to_f32' : '';
+  if (!name || x.dtype === 'float64') return false;
+  elementwise(name, dst, [x]);
+  return true;
+}
+
+/** A contiguous copy of x in out's dtype. */
+export function copy(x: View, out: CpuStorage): boolean {
+  return copyInto(whole(out, x.shape), x);
+}
+
+// ---------------------------------------------------------------- rows
+
+/** Calls `fn` with the byte address of x's elements, contiguous (copied to a temporary if they are not). */
+function withDense<T>(x: View, fn: (ptr: number) => T): T {
+  if (isContiguous(x.shape, x.strides)) return fn(addr(x));
+  const tmp = new CpuStorage(x.dtype, numel(x.shape), block(4 * numel(x.shape)));
+  try {
+    copy(x, tmp);
+    return fn(tmp.ptr);
+  } finally {
+    tmp.free();
+  }
+}
+
+/** Runs a row kernel over `rows` rows, split into bands of rows across threads when large. */
+function rowsCall(name: string, rows: number, cols: number, args: (lo: number, hi: number) => number[]): void {
+  if (rows === 0) return;
+  const P = Math.min(pieces(rows * cols, EW_PARALLEL_MIN), rows);
+  run(name, Array.from({ length: P }, (_, t) => args(Math.floor((rows * t) / P), Math.floor((rows * (t + 1)) / P))));
+}
+
+/** out = sum of x over `axis`. */
+export function sum(x: View, axis: number, out: CpuStorage): boolean {
+  if (x.dtype !== 'float32') return false;
+  const len = x.shape[axis];
+  const outer = numel(x.shape.slice(0, axis));
+  const inner = numel(x.shape.slice(axis + 1));
+  if (len === 0) return false;
+  withDense(x, (p) => {
+    if (inner === 1) rowsCall('sum_rows', outer, len, (lo, hi) => [p + 4 * lo * len, hi - lo, len, out.ptr + 4 * lo]);
+    else if (outer > 1) rowsCall('sum_cols', outer, len * inner, (lo, hi) => [p + 4 * lo * len * inner, hi - lo, len, inner, out.ptr + 4 * lo * inner]);
+    else run('sum_cols', [[p, 1, len, inner, out.ptr]]);
+  });
+  return true;
+}
+
+/** Softmax over the last axis. */
+export function softmax(x: View, out: CpuStorage): boolean {
+  if (x.dtype !== 'float32' || x.shape.length === 0) return false;
+  const cols = x.shape[x.shape.length - 1];
+  const rows = cols === 0 ? 0 : numel(x.shape) / cols;
+  withDense(x, (p) => rowsCall('softmax', rows, cols, (lo, hi) => [p + 4 * lo * cols, hi - lo, cols, out.ptr + 4 * lo * cols]));
+  return true;
+}
+
+/**
+ * Runs exp_sums over the rows of x (the last axis): for each row, its max m
+ * and log(sum of e^(x - m)), the log taken on the host (one per row).
+ * log-sum-exp is m + that.
+ */
+function rowLogSums(x: View): Float32Array {
+  const cols = x.shape[x.shape.length - 1];
+  const rows = numel(x.shape) / cols;
+  const pairs = block(8 * rows);
+  try {
+    withDense(x, (p) => rowsCall('exp_sums', rows, cols, (lo, hi) => [p + 4 * lo * cols, hi - lo, cols, pairs + 8 * lo]));
+    const h = heapF32().slice(pairs / 4, pairs / 4 + 2 * rows);
+    for (let r = 0; r < rows; r++) h[2 * r + 1] = Math.log(h[2 * r + 1]);
+    return h;
+  } finally {
+    free(pairs, 8 * rows);
+  }
+}
+
+/**
+ * log(softmax(x)) over the last axis: (x - max) - log(sum), in that order so
+ * that large inputs lose no digits (x - max is exact when x is near max).
+ */
+export function logSoftmax(x: View, out: CpuStorage): boolean {
+  if (x.dtype !== 'float32' || x.shape.length === 0 || numel(x.shape) === 0) return false;
+  const pairs = rowLogSums(x);
+  const tmp = new CpuStorage('float32', pairs.length, block(4 * pairs.length));
+  try {
+    tmp.data.set(pairs);
+    // each row's max, then its log-sum, broadcast along the row (stride 0 on the last axis)
+    const rowStrides = [...contiguousStrides(x.shape.slice(0, -1)).map((st) => 2 * st), 0];
+    const o = whole(out, x.shape);
+    elementwise('bin_sub', o, [x, { ...o, storage: tmp, strides: rowStrides }]);
+    elementwise('bin_sub', o, [o, { ...o, storage: tmp, strides: rowStrides, offset: 1 }]);
+  } finally {
+    tmp.free();
+  }
+  return true;
+}
+
+/** Per-row -log softmax(logits)[target] for [rows, cols] logits; 0 at ignored rows. */
+export function crossEntropy(logits: View, targets: View, ignoreIndex: number, out: CpuStorage): boolean {
+  if (logits.dtype !== 'float32' || numel(logits.shape) === 0) return false;
+  const [rows, cols] = logits.shape;
+  const pairs = rowLogSums(logits);
+  const [t, x, o] = [heapI32(), heapF32(), out.data];
+  const [t0, x0] = [addr(targets) / 4, addr(logits) / 4];
+  for (let r = 0; r < rows; r++) {
+    const target = t[t0 + r * targets.strides[0]];
+    if (target === ignoreIndex) o[r] = 0;
+    else if (target < 0 || target >= cols) throw new Error(`crossEntropy: target ${target} is out of range for ${cols} classes`);
+    else o[r] = pairs[2 * r] - x[x0 + r * logits.strides[0] + target * logits.strides[1]] + pairs[2 * r + 1];
+  }
+  return true;
+}
+
+/** LayerNorm (with bias) or RMSNorm (bias null) over the last axis. */
+export function norm(x: View, w: View, b: View | null, eps: number, out: CpuStorage): boolean {
+  if (![x, w, b].every((v) => !v || v.dtype === 'float32') || x.shape.length === 0) return false;
+  if (![w, b].every((v) => !v || isContiguous(v.shape, v.strides))) return false;
+  const cols = x.shape[x.shape.length - 1];
+  const rows = cols === 0 ? 0 : numel(x.shape) / cols;
+  withDense(x, (p) => rowsCall(b ? 'layer_norm' : 'rms_norm', rows, cols, (lo, hi) => {
+    const [xs, o] = [p + 4 * lo * cols, out.ptr + 4 * lo * cols];
+    return b ? [xs, addr(w), addr(b), hi - lo, cols, eps, o] : [xs, addr(w), hi - lo, cols, eps, o];
+  }));
+  return true;
+}
+
+// ---------------------------------------------------------------- optimizer
+
+/** AdamW's per-step constants, as nn/optim.ts computes them. */
+export interface AdamWStep {
+  lr: number; beta1: number; beta2: number; eps: number; weightDecay: number;
+  /** The step number, from 1 (for the bias corrections). */
+  step: number;
+}
+
+/** One fused AdamW update of a float32 parameter and its two moments, in place (all contiguous, same length). */
+export function adamw(p: View, g: View, m: View, v: View, h: AdamWStep): boolean {
+  if (![p, g, m, v].every((x) => x.dtype === 'float32' && isContiguous(x.shape, x.strides))) return false;
+  const n = numel(p.shape);
+  const c2 = Math.sqrt(1 - h.beta2 ** h.step);
+  const stepSize = h.lr / (1 - h.beta1 ** h.step);
+  run('adamw', [[addr(p), addr(g), addr(m), addr(v), n, 1 - h.lr * h.weightDecay, 1 - h.beta1, h.beta2, 1 - h.beta2, c2, stepSize, h.eps]]);
+  return true;
+}

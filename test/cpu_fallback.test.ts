@@ -1,0 +1,57 @@
+// The CPU backend where the platform lacks what the fast path needs: no
+// WebAssembly at all (node --jitless), WebAssembly without SIMD, and no
+// SharedArrayBuffer (no threads, and a private memory whose buffer is
+// detached when it grows). Each runs in a fresh process; the results must be
+// the same, and the fallback must be announced once.
+
+import { describe, expect, it } from 'vitest';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+
+// Tensors made before a large allocation (which grows the memory) must still
+// read and compute correctly after it.
+const SCRIPT = `
+  const { tensor, softmax, zeros } = await import('./tensor/index.ts');
+  const { cpuKernelInfo } = await import('./tensor/cpu/wasm/kernels.ts');
+  const a = tensor(new Float32Array([1, 2, 3, 4, 5, 6]), { shape: [2, 3] });
+  const big = zeros([64, 1 << 20]); // 256 MiB: the memory must grow
+  const c = a.matmul(a.transpose(0, 1)).add(1).dataSync();
+  const s = softmax(a, -1).sum(-1).dataSync();
+  big.dispose();
+  console.log(JSON.stringify({ info: cpuKernelInfo(), c: Array.from(c), s: Array.from(s, (x) => Math.round(x * 1e6) / 1e6) }));`;
+
+/** Runs SCRIPT under node with `flags`, after `prelude`: its result, and the lines it warned with. */
+function runScript(flags: string[], prelude = ''): { info: Record<string, unknown>; c: number[]; s: number[]; warnings: string[] } {
+  const root = fileURLToPath(new URL('..', import.meta.url));
+  const r = spawnSync(process.execPath, [...flags, '--import', 'tsx', '--input-type=module', '-e', prelude + SCRIPT],
+    { cwd: root, timeout: 60_000, encoding: 'utf8' });
+  expect(r.status, r.stderr).toBe(0);
+  const warnings = r.stderr.split('\n').filter((line) => line.startsWith('cpu '));
+  return { ...JSON.parse(r.stdout.trim().split('\n').pop()!), warnings };
+}
+
+const EXPECTED = { c: [15, 33, 33, 78], s: [1, 1] };
+
+describe('fallbacks', () => {
+  it('without WebAssembly: TypeScript kernels on plain typed arrays, announced once', () => {
+    const r = runScript(['--jitless']);
+    expect(r.info).toMatchObject({ kernels: 'ts', simd: false, threads: 1 });
+    expect({ c: r.c, s: r.s }).toEqual(EXPECTED);
+    expect(r.warnings).toEqual(['cpu backend: WebAssembly is not available, using the TypeScript kernels']);
+  });
+
+  it('without WebAssembly SIMD: TypeScript kernels on the shared memory, announced once', () => {
+    const prelude = 'WebAssembly.validate = () => false;';
+    const r = runScript([], prelude);
+    expect(r.info).toMatchObject({ kernels: 'ts', simd: false, sharedMemory: true });
+    expect({ c: r.c, s: r.s }).toEqual(EXPECTED);
+    expect(r.warnings).toEqual(['cpu backend: WebAssembly SIMD is not available, using the TypeScript kernels']);
+  });
+
+  it('without SharedArrayBuffer: wasm kernels on one thread over a private memory that grows', () => {
+    const r = runScript([], 'delete globalThis.SharedArrayBuffer;');
+    expect(r.info).toMatchObject({ kernels: 'wasm', simd: true, sharedMemory: false, threads: 1 });
+    expect({ c: r.c, s: r.s }).toEqual(EXPECTED);
+    expect(r.warnings).toEqual([]);
+  });
+});
