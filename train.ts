@@ -379,7 +379,8 @@ async function main(): Promise<void> {
     }
     const lossValue = lossSum / tc.gradient_accumulation_steps;
     if (!Number.isFinite(lossValue)) {
-      throw new Error(`loss is ${lossValue} at step ${state.step}: stopping before training on garbage (try lower --lr_mp/--lr_backbones or --max_grad_norm 1); the last good checkpoint is in ${resumeDir}`);
+      const saved = existsSync(join(resumeDir, 'state.json')) ? `; the last good checkpoint is in ${resumeDir}` : '';
+      throw new Error(`loss is ${lossValue} at step ${state.step}: stopping before training on garbage (try lower --lr_mp/--lr_backbones or --max_grad_norm 1)${saved}`);
     }
     const gradNorm = tc.max_grad_norm > 0 ? clipGradNorm(model.parameters(), tc.max_grad_norm) : null;
     optimizer.step();

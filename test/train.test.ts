@@ -94,6 +94,12 @@ describe('train.ts and generate.ts', () => {
     expect(losses(stopped)).toEqual(losses(out).map((m) => ({ ...m, tokens_per_s: expect.any(Number) })));
   });
 
+  it('stops at a NaN loss with a message naming the step', () => {
+    const r = run('train.ts', [...tiny, '--out', join(work, 'nan'), '--lr_mp', '1e30', '--lr_backbones', '1e30']);
+    expect(r.code).toBe(1);
+    expect(r.err.trim()).toMatch(/^error: loss is (NaN|-?Infinity) at step \d+: stopping before training on garbage/);
+  });
+
   it('says how to get a checkpoint when there is none', () => {
     const r = run('generate.ts', ['--checkpoint', join(work, 'nothing'), '--device', 'cpu']);
     expect(r.code).toBe(1);
