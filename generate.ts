@@ -34,7 +34,17 @@ const options = {
   help: { type: 'boolean', default: false, help: 'show this help' },
 } as const;
 
-const { values: args } = parseArgs({ options });
+const args = parseFlags();
+
+/** The command line, or one line saying what is wrong with it. */
+function parseFlags() {
+  try {
+    return parseArgs({ options }).values;
+  } catch (e) {
+    console.error(`error: ${(e as Error).message} (npm run generate -- --help lists the flags)`);
+    process.exit(2);
+  }
+}
 if (args.help) {
   console.log('usage: npx tsx generate.ts [options]\n');
   for (const [name, o] of Object.entries(options)) {
@@ -43,9 +53,19 @@ if (args.help) {
   process.exit(0);
 }
 
+/** A numeric flag's value, or a clear error. */
+function num(name: 'seed' | 'generations' | 'max_new_tokens' | 'top_k' | 'top_p' | 'temperature'): number {
+  const value = Number(args[name]);
+  if (!Number.isFinite(value)) throw new Error(`--${name} expects a number, got ${args[name]}`);
+  return value;
+}
+
 async function main(): Promise<void> {
+  const [generations, maxNewTokens, topK, topP, temperature, seed] = (
+    ['generations', 'max_new_tokens', 'top_k', 'top_p', 'temperature', 'seed'] as const
+  ).map(num);
   if (!existsSync(join(args.checkpoint, 'config.json'))) {
-    const hint = args.checkpoint === DEFAULT_CHECKPOINT ? 'train the default model first: npx tsx train.ts' : 'pass --checkpoint path/to/a/folder with config.json and model.safetensors';
+    const hint = args.checkpoint === DEFAULT_CHECKPOINT ? 'train the default model first: npm run train' : 'pass --checkpoint path/to/a/folder with config.json and model.safetensors';
     throw new Error(`no checkpoint at ${args.checkpoint}: ${hint}`);
   }
   const device = (await resolveDevice(args.device as 'auto' | DeviceName)) as DeviceName;
@@ -66,18 +86,18 @@ async function main(): Promise<void> {
   const inputIds = tensor(new Int32Array(ids), { shape: [1, ids.length], device });
   console.log(`Input:\n  ${prompt}\n\nOutputs:`);
 
-  const generator = new Generator(Number(args.seed));
-  for (let g = 0; g < Number(args.generations); g++) {
+  const generator = new Generator(seed);
+  for (let g = 0; g < generations; g++) {
     // stream: print each token's text as soon as it is chosen (decode the whole answer, print what is new)
     const answer: number[] = [];
     let printed = '';
     process.stdout.write(`  >> Generation ${g + 1}: `);
     await model.generate(inputIds, image, null, {
-      maxNewTokens: Number(args.max_new_tokens),
+      maxNewTokens,
       greedy: args.greedy,
-      topK: Number(args.top_k),
-      topP: Number(args.top_p),
-      temperature: Number(args.temperature),
+      topK,
+      topP,
+      temperature,
       generator,
       eosTokenId: tokenizer.eosTokenId,
       onTokens: ([token]) => {

@@ -60,7 +60,6 @@ const presets: Record<string, { train: Partial<TrainConfig>; vlm: Partial<VLMCon
 };
 
 const vlmDefaults = defaultVLMConfig;
-const flag = (v: unknown) => ({ type: typeof v === 'boolean' ? ('boolean' as const) : ('string' as const) });
 const options = {
   preset: { type: 'string', default: 'default' },
   vit: { type: 'string' },
@@ -74,9 +73,20 @@ const options = {
   resume: { type: 'boolean', default: false },
   out: { type: 'string', default: 'checkpoints/default' },
   help: { type: 'boolean', default: false },
-  ...Object.fromEntries(Object.entries({ ...trainDefaults, ...vlmDefaults }).map(([k, v]) => [k, flag(v)])),
+  // every config field is a flag too; values are parsed by resolveConfig
+  ...Object.fromEntries(Object.keys({ ...trainDefaults, ...vlmDefaults }).map((k) => [k, { type: 'string' as const }])),
 } as const;
-const { values: args } = parseArgs({ options, strict: true });
+const args = parseFlags();
+
+/** The command line, or one line saying what is wrong with it. */
+function parseFlags() {
+  try {
+    return parseArgs({ options }).values;
+  } catch (e) {
+    console.error(`error: ${(e as Error).message} (npm run train -- --help lists the flags)`);
+    process.exit(2);
+  }
+}
 
 if (args.help) {
   console.log(`usage: npx tsx train.ts [--preset default|nanovlm-222m] [flags]
@@ -108,7 +118,8 @@ function resolveConfig<T extends object>(defaults: T, preset: Partial<T>): T {
     if (raw === undefined) continue;
     const want = typeof (defaults as Record<string, unknown>)[key];
     if (want === 'number' && !Number.isFinite(Number(raw))) throw new Error(`--${key} expects a number, got ${raw}`);
-    out[key] = want === 'number' ? Number(raw) : raw;
+    if (want === 'boolean' && raw !== 'true' && raw !== 'false') throw new Error(`--${key} expects true or false, got ${raw}`);
+    out[key] = want === 'number' ? Number(raw) : want === 'boolean' ? raw === 'true' : raw;
   }
   return out as T;
 }
