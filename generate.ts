@@ -9,7 +9,7 @@ import { parseArgs } from 'node:util';
 import { loadImageFile } from './data/image_file.ts';
 import { getImageProcessor } from './data/processors.ts';
 import { getTokenizer } from './data/tokenizer.ts';
-import { Generator, tensor, type DeviceName } from './tensor/index.ts';
+import { Generator, cpuKernelInfo, getCpuThreads, setCpuKernels, setCpuThreads, tensor, type CpuKernels, type DeviceName } from './tensor/index.ts';
 import { closeWebGPU, resolveDevice } from './tensor/webgpu/device.ts';
 import { VisionLanguageModel } from './vlm/vision_language_model.ts';
 
@@ -31,6 +31,8 @@ const options = {
   temperature: { type: 'string', default: '0.5', help: 'below 1: more confident, above 1: more varied' },
   seed: { type: 'string', default: '0', help: 'seed of the sampling' },
   device: { type: 'string', default: 'auto', help: 'auto | webgpu | cpu' },
+  cpu_kernels: { type: 'string', help: 'ts | wasm: the CPU kernels (default wasm where WebAssembly SIMD exists)' },
+  threads: { type: 'string', help: 'threads for large CPU kernels (default min(2, cores))' },
   help: { type: 'boolean', default: false, help: 'show this help' },
 } as const;
 
@@ -60,6 +62,15 @@ function num(name: 'seed' | 'generations' | 'max_new_tokens' | 'top_k' | 'top_p'
   return value;
 }
 
+/** --cpu_kernels and --threads: the plain-TypeScript kernels are the readable reference, WebAssembly SIMD the fast path. */
+function useCpuFlags(): void {
+  if (args.cpu_kernels) setCpuKernels(args.cpu_kernels as CpuKernels);
+  if (args.threads) setCpuThreads(Number(args.threads));
+  const cpu = cpuKernelInfo();
+  const threads = getCpuThreads();
+  console.log(`cpu kernels: ${cpu.kernels}${cpu.kernels === 'wasm' && cpu.fma ? ' (relaxed-SIMD FMA)' : ''}, ${threads} thread${threads > 1 ? 's' : ''}`);
+}
+
 async function main(): Promise<void> {
   const [generations, maxNewTokens, topK, topP, temperature, seed] = (
     ['generations', 'max_new_tokens', 'top_k', 'top_p', 'temperature', 'seed'] as const
@@ -69,6 +80,7 @@ async function main(): Promise<void> {
     throw new Error(`no checkpoint at ${args.checkpoint}: ${hint}`);
   }
   const device = (await resolveDevice(args.device as 'auto' | DeviceName)) as DeviceName;
+  if (device === 'cpu') useCpuFlags();
   let model = await VisionLanguageModel.fromPretrained(args.checkpoint);
   if (device !== 'cpu') model = await model.to(device);
   model.eval();

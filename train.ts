@@ -17,7 +17,7 @@ import { createTokenizer, getTokenizer, type Tokenizer } from './data/tokenizer.
 import { AdamW, clipGradNorm, getLr } from './nn/index.ts';
 import { saveSafetensors, loadSafetensors } from './nn/safetensors_fs.ts';
 import { plotTrainingCurves } from './plot.ts';
-import { defaultGenerator, manualSeed, noGrad, tensor, tidy, type DeviceName } from './tensor/index.ts';
+import { cpuKernelInfo, getCpuThreads, defaultGenerator, manualSeed, noGrad, setCpuKernels, setCpuThreads, tensor, tidy, type CpuKernels, type DeviceName } from './tensor/index.ts';
 import { closeWebGPU, resolveDevice } from './tensor/webgpu/device.ts';
 import { defaultVLMConfig, type VLMConfig } from './vlm/config.ts';
 import { VisionLanguageModel } from './vlm/vision_language_model.ts';
@@ -70,6 +70,8 @@ const options = {
   test_data: { type: 'string' },
   mmstar: { type: 'string' },
   device: { type: 'string', default: 'auto' },
+  cpu_kernels: { type: 'string' },
+  threads: { type: 'string' },
   resume: { type: 'boolean', default: false },
   out: { type: 'string', default: 'checkpoints/default' },
   help: { type: 'boolean', default: false },
@@ -99,6 +101,8 @@ if (args.help) {
   --test_data PATH     an extra held-out VQA file, scored by exact-match answer accuracy
   --mmstar PATH        MMStar parquet: multiple-choice accuracy at each evaluation
   --device D           auto | webgpu | cpu (default auto)
+  --cpu_kernels K      ts | wasm: the CPU backend's kernels (default wasm where WebAssembly SIMD exists)
+  --threads N          threads for large CPU kernels (default min(2, cores))
   --out DIR            run folder: best checkpoint, resume state, metrics.jsonl, loss.png (default checkpoints/default)
   --resume             continue the run in --out exactly where it stopped
 
@@ -213,6 +217,15 @@ interface RunState {
   optimizer: { lrs: number[]; steps: (number | null)[] };
 }
 
+/** --cpu_kernels and --threads: the plain-TypeScript kernels are the readable reference, WebAssembly SIMD the fast path. */
+function useCpuFlags(): void {
+  if (args.cpu_kernels) setCpuKernels(args.cpu_kernels as CpuKernels);
+  if (args.threads) setCpuThreads(Number(args.threads));
+  const cpu = cpuKernelInfo();
+  const threads = getCpuThreads();
+  console.log(`cpu kernels: ${cpu.kernels}${cpu.kernels === 'wasm' && cpu.fma ? ' (relaxed-SIMD FMA)' : ''}, ${threads} thread${threads > 1 ? 's' : ''}`);
+}
+
 async function main(): Promise<void> {
   const preset = presets[args.preset!];
   if (!preset) throw new Error(`unknown --preset ${args.preset} (choose ${Object.keys(presets).join(' or ')})`);
@@ -222,6 +235,7 @@ async function main(): Promise<void> {
   const resumeDir = join(out, 'resume');
   if (args.resume && !existsSync(join(resumeDir, 'state.json'))) throw new Error(`--resume: no resumable run in ${out} (expected ${resumeDir}/state.json)`);
   const device = await resolveDevice(args.device as 'auto' | DeviceName);
+  if (device === 'cpu') useCpuFlags();
   manualSeed(tc.seed);
 
   // --- tokenizer and data

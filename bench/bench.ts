@@ -11,8 +11,7 @@
 import { readFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { parseArgs } from 'node:util';
-import { Generator, tensor, tidy, type DeviceName } from '../tensor/index.ts';
-import { getMatmulThreads, setMatmulThreads } from '../tensor/cpu/matmul.ts';
+import { Generator, cpuKernelInfo, getCpuKernels, getCpuThreads, setCpuKernels, setCpuThreads, tensor, tidy, type DeviceName } from '../tensor/index.ts';
 import { closeWebGPU } from '../tensor/webgpu/device.ts';
 import { defaultVLMConfig, vlmConfigFromJSON, type VLMConfig } from '../vlm/config.ts';
 import { makeDecoder, type DecoderConfig } from './decoder.ts';
@@ -36,7 +35,7 @@ if (args.help) {
   --device cpu|webgpu|all   which backends to measure (default cpu)
   --config FILE             also time one training step of this nanoVLM config.json
   --batch N --text_len N    batch size and text tokens for --config (default 16, 48)
-  --skip_222m               skip the nanoVLM-222M step (about a minute on a 2-core CPU)
+  --skip_222m               skip the nanoVLM-222M step (several minutes on a 2-core CPU)
   --quick                   small sizes only (for llvmpipe)`);
   process.exit(0);
 }
@@ -64,9 +63,10 @@ async function benchDecoder(cfg: DecoderConfig, device: DeviceName): Promise<num
 }
 
 async function benchDevice(device: DeviceName): Promise<void> {
-  const threads = device === 'cpu' ? `, ${getMatmulThreads()} threads` : '';
+  const cpu = cpuKernelInfo();
+  const threads = device === 'cpu' ? `, ${getCpuKernels()} kernels${cpu.fma ? ' (relaxed-SIMD FMA)' : ''}, ${getCpuThreads()} threads` : '';
   console.log(`=== ${device}${threads} ===`);
-  if (device === 'cpu') await benchMatmul([1, 2]);
+  if (device === 'cpu') await benchMatmul([1, 2], 5, { kernels: ['ts', 'wasm', 'wasm-nofma'] });
   else await benchWebGPU({ quick: args.quick });
 
   const decoderCfg: DecoderConfig = { blocks: 4, hidden: 128, heads: 4, mlp: 512, vocab: 512, batch: 8, seq: 128 };
@@ -77,10 +77,20 @@ async function benchDevice(device: DeviceName): Promise<void> {
     const tokens = `${imageTokens(cfg)} image + ${textLen} text tokens`;
     console.log(`train step ${name}, batch ${batch}, ${tokens}: ${fmt(r.ms)} ms [${fmt(r.spread[0])} .. ${fmt(r.spread[1])}], ${fmt(r.tokensPerSec, 0)} tokens/s`);
   };
-  const sizes = device === 'cpu' ? [1, 2] : [0];
-  for (const t of sizes) {
-    if (t) setMatmulThreads(t);
-    await step(`small config (hidden 128, 4+4 blocks, 64px)${t ? `, ${t} thread${t > 1 ? 's' : ''}` : ''}`, smallConfig, 16, 48);
+  if (device === 'cpu') {
+    // the readable TypeScript kernels against the generated WebAssembly ones, on one and two threads
+    const [kernelsBefore, threadsBefore] = [getCpuKernels(), getCpuThreads()];
+    for (const k of ['ts', 'wasm'] as const) {
+      for (const t of [1, 2]) {
+        setCpuKernels(k);
+        setCpuThreads(t);
+        await step(`small config (hidden 128, 4+4 blocks, 64px), ${k} kernels, ${t} thread${t > 1 ? 's' : ''}`, smallConfig, 16, 48);
+      }
+    }
+    setCpuKernels(kernelsBefore);
+    setCpuThreads(threadsBefore);
+  } else {
+    await step('small config (hidden 128, 4+4 blocks, 64px)', smallConfig, 16, 48);
   }
   if (args.config) {
     const cfg = vlmConfigFromJSON(JSON.parse(readFileSync(args.config, 'utf8')), args.config);

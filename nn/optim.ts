@@ -3,7 +3,7 @@
 // and the pretrained backbones at a low one, so they are not wrecked early),
 // plus gradient clipping and nanoVLM's learning-rate schedule.
 
-import { noGrad, tidy, type Tensor, zeros } from '../tensor/index.ts';
+import { noGrad, tidy, type Backend, type Tensor, type View, zeros } from '../tensor/index.ts';
 
 /** A set of parameters sharing hyperparameters; lr may be changed between steps. */
 export interface ParamGroup {
@@ -64,6 +64,8 @@ export class AdamW {
             const s = this.stateOf(p);
             s.step += 1;
             const g = p.grad;
+            const hyper = { lr: group.lr, beta1, beta2, eps: this.eps, weightDecay: group.weightDecay!, step: s.step };
+            if (fusedAdamW(p, s, hyper)) continue;
             // decoupled weight decay: shrink the weight directly, not through the gradient
             const decayed = p.mul(1 - group.lr * group.weightDecay!);
             s.expAvg.assign(s.expAvg.add(g.sub(s.expAvg).mul(1 - beta1))); // lerp towards g
@@ -119,6 +121,17 @@ export class AdamW {
       s.expAvgSq.setData(saved.expAvgSq);
     });
   }
+}
+
+/** The CPU backend's one-pass AdamW kernel (same ops, same order, in place); other backends use tensor ops. */
+type FusedAdamW = (p: View, g: View, m: View, v: View, h: { lr: number; beta1: number; beta2: number; eps: number; weightDecay: number; step: number }) => void;
+
+function fusedAdamW(p: Tensor, s: ParamState, h: Parameters<FusedAdamW>[4]): boolean {
+  const fused = (p.backend as Backend & { adamw?: FusedAdamW }).adamw;
+  if (!fused) return false;
+  // ~10 tensor ops per parameter become one pass over memory
+  fused.call(p.backend, p.view(), p.grad!.view(), s.expAvg.view(), s.expAvgSq.view(), h);
+  return true;
 }
 
 /**

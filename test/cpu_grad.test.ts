@@ -51,9 +51,9 @@ for (const threads of [1, 2]) {
       setCpuKernels('wasm');
       setCpuThreads(threads);
     };
-    // with two threads, sizes that split (2^17 elements, 2^20 multiply-adds);
+    // with two threads, sizes that split (2^18 elements, 2^21 multiply-adds);
     // fewer cases there, as the float64 reference is slow at that size
-    const [R, C] = threads === 1 ? [7, 13] : [257, 513];
+    const [R, C] = threads === 1 ? [7, 13] : [513, 513];
     const [D, many] = threads === 1 ? [3, true] : [1, false];
 
     it('unary ops', () => {
@@ -88,10 +88,11 @@ for (const threads of [1, 2]) {
     it('matmul: plain, transposed, batched, and a batch times a shared weight', () => {
       setup();
       const before = wasmStats.parallelCalls;
-      gradAgree((a, b) => a.matmul(b), [[R, 16], [16, C]]);
-      gradAgree((a, b) => a.transpose(0, 1).matmul(b.transpose(0, 1)), [[16, R], [C, 16]]);
+      const M = many ? R : 257; // 257 x 16 x 513: just over 2^21 multiply-adds
+      gradAgree((a, b) => a.matmul(b), [[M, 16], [16, C]]);
+      gradAgree((a, b) => a.transpose(0, 1).matmul(b.transpose(0, 1)), [[16, M], [C, 16]]);
       if (many) gradAgree((a, b) => a.matmul(b), [[3, R, 17], [3, 17, C]]);
-      gradAgree((x, w) => x.matmul(w.transpose(0, 1)).gelu(), [[2, R, 9], [C, 9]]); // a Linear layer
+      gradAgree((x, w) => x.matmul(w.transpose(0, 1)).gelu(), [[2, M, 9], [C, 9]]); // a Linear layer
       if (threads > 1) expect(wasmStats.parallelCalls).toBeGreaterThan(before);
     });
 

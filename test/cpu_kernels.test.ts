@@ -1,7 +1,7 @@
 // Every generated WebAssembly kernel against the TypeScript kernel it
 // replaces, on random inputs whose sizes are not multiples of four (so the
 // row tails run), broadcast and strided views, on one thread and on two.
-// Two-thread cases are large enough (2^17 elements or more) to be split.
+// Two-thread cases are large enough (2^18 elements or more) to be split.
 
 import { afterAll, describe, expect, it } from 'vitest';
 import {
@@ -63,7 +63,7 @@ describe('mergeDims', () => {
 
 for (const threads of [1, 2]) {
   // sizes with tails; with two threads, big enough to be split
-  const shapes = threads === 1 ? [[1], [3], [5, 7], [67, 129], [2, 3, 5, 7]] : [[301, 513], [3, 130, 347]];
+  const shapes = threads === 1 ? [[1], [3], [5, 7], [67, 129], [2, 3, 5, 7]] : [[513, 515], [3, 260, 347]];
   describe(`elementwise kernels, ${threads} thread(s)`, () => {
     const setup = () => setCpuThreads(threads);
     const parallel = (fn: () => void) => {
@@ -125,7 +125,7 @@ for (const threads of [1, 2]) {
     it('int32 comparisons and arithmetic', () => {
       setup();
       const g = new Generator(7);
-      const n = threads === 1 ? 37 : 150001;
+      const n = threads === 1 ? 37 : 270001;
       const ints = (len: number) => tensor(Int32Array.from({ length: len }, () => g.randint(9) - 4), { shape: [len] });
       const [a, b] = [ints(n), ints(n)];
       for (const op of ['add', 'sub', 'mul', 'eq', 'ne', 'lt', 'le', 'gt', 'ge'] as const) agree(() => a[op](b));
@@ -146,7 +146,7 @@ for (const threads of [1, 2]) {
     it('copies: permuted views, casts, and writes into strided views', () => {
       setup();
       parallel(() => {
-        const x = rand(threads === 1 ? [2, 5, 3, 7] : [4, 65, 3, 170], 11);
+        const x = rand(threads === 1 ? [2, 5, 3, 7] : [4, 129, 3, 170], 11);
         agree(() => x.permute(0, 2, 1, 3).contiguous());
         agree(() => x.permute(3, 1, 0, 2).contiguous());
         // six dims that do not merge (image to patches): more than the kernel's four, looped over outside
@@ -160,7 +160,7 @@ for (const threads of [1, 2]) {
   });
 
   describe(`row kernels, ${threads} thread(s)`, () => {
-    const rowShapes = threads === 1 ? [[1, 1], [5, 7], [67, 129], [2, 3, 33], [4, 8]] : [[1031, 129], [16, 4, 64, 67]];
+    const rowShapes = threads === 1 ? [[1, 1], [5, 7], [67, 129], [2, 3, 33], [4, 8]] : [[2063, 129], [16, 4, 64, 67]];
     it('sum over every axis, contiguous or not', () => {
       setCpuThreads(threads);
       for (const shape of rowShapes) {

@@ -434,6 +434,7 @@ export class CpuBackend implements Backend {
    * parameter. Same operations, in the same order, as those ops.
    */
   adamw(p: View, g: View, m: View, v: View, h: W.AdamWStep): void {
+    for (const x of [p, m, v]) if (!isContiguous(x.shape, x.strides)) throw new Error('adamw: the parameter and its moments must be contiguous');
     if (W.useWasm(store(p), store(g), store(m), store(v)) && W.adamw(p, g, m, v, h)) return;
     const [pd, md, vd] = [dataOf(p), dataOf(m), dataOf(v)];
     const gd = dense(g);

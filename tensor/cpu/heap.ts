@@ -106,7 +106,7 @@ export function heapStats(): { reservedBytes: number; memoryBytes: number; fresh
 }
 
 /** A typed-array view of `length` elements at byte offset `ptr`, over the current buffer. */
-export function heapView(dtype: DType, ptr: number, length: number): TypedArray {
+function heapView(dtype: DType, ptr: number, length: number): TypedArray {
   return dtype === 'int32' ? new Int32Array(buffer!, ptr, length) : new Float32Array(buffer!, ptr, length);
 }
 

@@ -18,7 +18,7 @@
 // products are also split across worker threads that share memory with this
 // one (threads.ts is the seam to Node's worker_threads).
 
-import { getCpuThreads, isShared, setCpuThreads, sharedFloat32, sharedInt32, spawnWorker, type WorkerHandle } from './threads.ts';
+import { getCpuThreads, isShared, sharedFloat32, sharedInt32, spawnWorker, type WorkerHandle } from './threads.ts';
 
 /** Arguments of a batched strided float32 matmul: C[b] = A[b] @ B[b]. */
 export interface GemmArgs {
@@ -185,11 +185,6 @@ const workers: WorkerHandle[] = [];
 let broken = false; // set once workers failed: stay on one thread from then on
 let sync: Int32Array = new Int32Array(2); // [workers still busy, a worker failed], in shared memory once workers start
 let scratch: Float32Array = new Float32Array(0); // shared copies of A, B and C for the workers
-
-/** Sets how many threads large CPU kernels use: an alias of setCpuThreads (threads.ts), kept for bench/bench.ts. */
-export const setMatmulThreads = setCpuThreads;
-/** How many threads large CPU kernels use: an alias of getCpuThreads (threads.ts). */
-export const getMatmulThreads = getCpuThreads;
 
 /** Calls of matmulF32 that ran on more than one thread (tests and benchmarks read this). */
 export const matmulStats = { parallelCalls: 0 };

@@ -87,7 +87,7 @@ export const UNARY: Record<string, (f: Func, x: Local) => Code> = {
 const asFloat = (mask: Code) => v128.and(mask, k4(1));
 
 /** Binary ops. */
-export const BINARY: Record<string, (a: Code, b: Code) => Code> = {
+const BINARY: Record<string, (a: Code, b: Code) => Code> = {
   add: f32x4.add, sub: f32x4.sub, mul: f32x4.mul, div: f32x4.div,
   // IEEE maximum/minimum: NaN wins, as in PyTorch
   maximum: f32x4.max, minimum: f32x4.min,
@@ -97,7 +97,7 @@ export const BINARY: Record<string, (a: Code, b: Code) => Code> = {
 };
 
 /** int32 ops (comparisons of ids and masks): 1 or 0 as int32. */
-export const BINARY_I32: Record<string, (a: Code, b: Code) => Code> = {
+const BINARY_I32: Record<string, (a: Code, b: Code) => Code> = {
   add: i32x4.add, sub: i32x4.sub, mul: i32x4.mul,
   eq: (a, b) => i32x4.one(i32x4.eq(a, b)), ne: (a, b) => i32x4.one(v128.not(i32x4.eq(a, b))),
   lt: (a, b) => i32x4.one(i32x4.ltS(a, b)), le: (a, b) => i32x4.one(v128.not(i32x4.gtS(a, b))),

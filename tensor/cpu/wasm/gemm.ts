@@ -19,11 +19,13 @@
 
 import { type Code, type Func, type Local, type ModuleBuilder, call, choose, doWhile, f32, f32x4, for_, i32, i8x16, if_, seq, v128 } from './emit.ts';
 
+/** Rows of the register tile (of A and C). */
 export const MR = 4;
+/** Columns of the register tile (of B and C). */
 export const NR = 8;
-export const KC = 256;
-export const MC = 128;
-export const NC = 2048;
+const KC = 256; // depth of a packed slab: an A panel (4 x 256) and a B panel (256 x 8) fit in L1
+const MC = 128; // rows of A packed at once: 128 x 256 floats, 128 KiB, stay in L2
+const NC = 2048; // columns of B packed at once: a 256 x 2048 slab, 2 MiB
 /** Bytes of scratch one thread needs: a spilled tile, a packed A block, a packed B slab. */
 export const GEMM_SCRATCH = 4 * (MR * NR + MC * KC + KC * NC);
 

@@ -36,15 +36,21 @@ function emitModule(fma: boolean): Uint8Array<ArrayBuffer> {
 
 /**
  * Compiles the module with fused multiply-add if the engine accepts it (Node
- * 20 needs a V8 flag for it, set only then), else without; null without SIMD.
+ * 20 needs a V8 flag for it, set only then), else without; null without SIMD,
+ * or where compiling synchronously is not allowed (a browser's main thread
+ * refuses modules over 4 KB).
  */
 function compile(): { module: WebAssembly.Module; relaxed: boolean } | null {
   if (!memory) return null;
-  const withFma = emitModule(true);
-  if (!WebAssembly.validate(withFma)) enableRelaxedSimd();
-  if (WebAssembly.validate(withFma)) return { module: new WebAssembly.Module(withFma), relaxed: true };
-  const plain = emitModule(false);
-  return WebAssembly.validate(plain) ? { module: new WebAssembly.Module(plain), relaxed: false } : null;
+  try {
+    const withFma = emitModule(true);
+    if (!WebAssembly.validate(withFma)) enableRelaxedSimd();
+    if (WebAssembly.validate(withFma)) return { module: new WebAssembly.Module(withFma), relaxed: true };
+    const plain = emitModule(false);
+    return WebAssembly.validate(plain) ? { module: new WebAssembly.Module(plain), relaxed: false } : null;
+  } catch {
+    return null;
+  }
 }
 
 const compiled = compile();
@@ -65,6 +71,7 @@ if (!compiled) {
 
 /** Picks the CPU kernels; `fma: false` forces the multiply-then-add SIMD variant (tests, comparisons). */
 export function setCpuKernels(kind: CpuKernels, opts: { fma?: boolean } = {}): void {
+  if (kind !== 'ts' && kind !== 'wasm') throw new Error(`unknown cpu kernels '${kind}': use ts or wasm`);
   if (kind === 'wasm' && !compiled) throw new Error('setCpuKernels: WebAssembly SIMD is not available here, only the ts kernels');
   kernels = kind;
   fma = (opts.fma ?? true) && (compiled?.relaxed ?? false);
@@ -127,7 +134,7 @@ export interface WasmGemm {
   c: number;
 }
 
-const GEMM_PARALLEL_MIN = 1 << 20; // multiply-adds below which splitting costs more than it saves
+const GEMM_PARALLEL_MIN = 1 << 21; // multiply-adds below which splitting costs more than it saves (even at 2^20 when measured)
 let scratch = { ptr: 0, threads: 0 }; // packing buffers in the memory, one per thread, made on first use
 
 /**
@@ -201,7 +208,7 @@ export function gemm(g: WasmGemm): void {
 
 // ---------------------------------------------------------------- elementwise
 
-const EW_PARALLEL_MIN = 1 << 17; // elements below which one thread is faster (measured: about break-even at 2^16)
+const EW_PARALLEL_MIN = 1 << 18; // elements below which one thread is faster (about break-even at 2^17.5 when measured)
 
 /** Byte address of a view's first element. */
 function addr(v: View): number {

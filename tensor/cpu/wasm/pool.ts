@@ -12,17 +12,17 @@
 // VM this was tuned on, longer than most kernels, so both sides spin a
 // little before they sleep: an idle worker watches for the next call for a
 // moment (a training step's kernels often come back to back), and the caller
-// watches for the last tasks to finish. The worker's spin is short: where two
-// vCPUs are hyperthreads of one core (that VM behaves so), a spinning thread
-// takes issue slots from the one doing the work. Only large kernels are split
-// at all (see kernels.ts).
+// watches for the last tasks to finish. The worker's spin is short: when the
+// other core is busy with another program (often, on a shared machine), a
+// spinning thread only takes time from it and from us. Only large kernels
+// are split at all (see kernels.ts).
 
 import { sharedInt32, spawnWorker, type WorkerHandle } from '../threads.ts';
 
 /** Most arguments a kernel may take. */
 const MAX_ARGS = 24;
 /** Most tasks in one call (the task index has 12 bits of the NEXT word). */
-export const MAX_TASKS = 4096;
+const MAX_TASKS = 4096;
 // The control block, int32s:
 const NEXT = 0; // (generation << 12) | index of the next task to take
 const DONE = 1; // tasks finished in this call

@@ -1,5 +1,6 @@
 // Kernels that work a row at a time on contiguous float32 rows: sums,
-// softmax, LayerNorm and RMSNorm. Each row is read as vectors of four; the
+// softmax (and the exp sums behind log-softmax and cross-entropy), LayerNorm
+// and RMSNorm. Each row is read as vectors of four; the
 // last 1 to 3 elements of a row are done one at a time. Statistics (max, sum,
 // mean, variance) are kept in four lanes and added up across lanes at the end.
 
