@@ -1,12 +1,12 @@
 // Train a vision-language model (nanoVLM's train.py).
 //
-//   npx tsx train.ts                      # the built-in shapes dataset, a small VLM, no downloads
-//   npx tsx train.ts --preset nanovlm-222m --vit path/to/siglip --lm path/to/smollm2 \
+//   npm run train                        # the built-in shapes dataset, a small VLM, no downloads
+//   npm run train -- --preset nanovlm-222m --vit path/to/siglip --lm path/to/smollm2 \
 //     --tokenizer path/to/smollm2 --train_data path/to/the_cauldron/*.parquet --mmstar path/to/mmstar.parquet
 //
 // Reading order: the config block, then main(): data, model, optimizer, the loop.
 
-import { appendFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { BuiltinVQADataset, buildBuiltinTokenizer } from './data/builtin.ts';
@@ -17,7 +17,7 @@ import { createTokenizer, getTokenizer, type Tokenizer } from './data/tokenizer.
 import { AdamW, clipGradNorm, getLr } from './nn/index.ts';
 import { saveSafetensors, loadSafetensors } from './nn/safetensors_fs.ts';
 import { plotTrainingCurves } from './plot.ts';
-import { cpuKernelInfo, getCpuThreads, defaultGenerator, manualSeed, noGrad, setCpuKernels, setCpuThreads, tensor, tidy, type CpuKernels, type DeviceName } from './tensor/index.ts';
+import { cpuKernelInfo, defaultGenerator, getCpuThreads, manualSeed, noGrad, setCpuKernels, setCpuThreads, tensor, tidy, type CpuKernels, type DeviceName } from './tensor/index.ts';
 import { closeWebGPU, resolveDevice } from './tensor/webgpu/device.ts';
 import { defaultVLMConfig, type VLMConfig } from './vlm/config.ts';
 import { VisionLanguageModel } from './vlm/vision_language_model.ts';
@@ -330,7 +330,6 @@ async function main(): Promise<void> {
     state.generator = defaultGenerator.getState();
     state.optimizer = { lrs: saved.lrs, steps: saved.params.map((p) => p?.step ?? null) };
     writeFileSync(join(tmp, 'state.json'), JSON.stringify(state));
-    const { renameSync, rmSync } = await import('node:fs');
     rmSync(`${resumeDir}.old`, { recursive: true, force: true });
     if (existsSync(resumeDir)) renameSync(resumeDir, `${resumeDir}.old`);
     renameSync(tmp, resumeDir);
