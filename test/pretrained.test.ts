@@ -1,0 +1,52 @@
+// Finding model folders: a plain folder, the Hugging Face hub cache layout
+// (models--org--name/snapshots/<hash>), and clear errors for what is missing.
+
+import { cpSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { VisionLanguageModel } from '../vlm/vision_language_model.ts';
+import { NANOVLM_GOLD } from './fixtures.ts';
+
+const work = mkdtempSync(join(tmpdir(), 'pretrained-'));
+afterAll(() => rmSync(work, { recursive: true, force: true }));
+
+describe('fromPretrained', () => {
+  it('reads a checkpoint from the Hugging Face cache layout, by folder and by hub name', async () => {
+    const repo = join(work, 'hub', 'models--someone--nanoVLM-tiny');
+    const snapshot = join(repo, 'snapshots', '0123abc');
+    mkdirSync(join(repo, 'refs'), { recursive: true });
+    cpSync(join(NANOVLM_GOLD, 'checkpoint'), snapshot, { recursive: true });
+    writeFileSync(join(repo, 'refs', 'main'), '0123abc\n');
+    const direct = await VisionLanguageModel.fromPretrained(join(NANOVLM_GOLD, 'checkpoint'));
+    const viaFolder = await VisionLanguageModel.fromPretrained(repo);
+    expect(Array.from(viaFolder.MP.proj.weight.dataSync())).toEqual(Array.from(direct.MP.proj.weight.dataSync()));
+    process.env.HF_HUB_CACHE = join(work, 'hub');
+    try {
+      const viaName = await VisionLanguageModel.fromPretrained('someone/nanoVLM-tiny');
+      expect(viaName.cfg).toEqual(direct.cfg);
+    } finally {
+      delete process.env.HF_HUB_CACHE;
+    }
+  });
+
+  it('says what is missing, without downloading', async () => {
+    await expect(VisionLanguageModel.fromPretrained('lusxvr/nanoVLM-222M')).rejects.toThrow(
+      'model folder not found: lusxvr/nanoVLM-222M (nanovlm-ts does not download from the Hugging Face Hub: pass a local folder with config.json and model.safetensors)',
+    );
+    const empty = join(work, 'empty');
+    mkdirSync(empty);
+    await expect(VisionLanguageModel.fromPretrained(empty)).rejects.toThrow(`${join(empty, 'config.json')}: not found`);
+  });
+
+  it('names the keys a checkpoint lacks', async () => {
+    const partial = join(work, 'partial');
+    cpSync(join(NANOVLM_GOLD, 'checkpoint', 'config.json'), join(partial, 'config.json'));
+    const { loadSafetensors, saveSafetensors } = await import('../nn/safetensors_fs.ts');
+    const all = loadSafetensors(join(NANOVLM_GOLD, 'checkpoint', 'model.safetensors'));
+    const kept: Record<string, { dtype: 'F32'; shape: number[]; data: Float32Array }> = {};
+    for (const [k, v] of all) if (k !== 'MP.proj.weight') kept[k] = { dtype: 'F32', shape: v.shape, data: v.data as Float32Array };
+    saveSafetensors(join(partial, 'model.safetensors'), kept);
+    await expect(VisionLanguageModel.fromPretrained(partial)).rejects.toThrow(/model\.safetensors: loadStateDict: missing keys: MP\.proj\.weight$/);
+  });
+});
