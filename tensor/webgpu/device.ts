@@ -51,8 +51,18 @@ const LIMITS = [
 function candidates(forced: string | undefined): { options: string[]; name: string; compat: boolean }[] {
   if (forced) return [{ options: [`backend=${forced}`], name: forced, compat: forced.startsWith('opengl') }];
   const list = [{ options: [] as string[], name: 'default', compat: false }];
-  if (process.platform === 'linux') list.push({ options: ['backend=opengles'], name: 'opengles', compat: true });
+  if (process.platform !== 'linux') return list;
+  // Dawn's default on Linux is Vulkan; without the Vulkan loader it only prints an error trace
+  if (!hasVulkanLoader()) list.pop();
+  list.push({ options: ['backend=opengles'], name: 'opengles', compat: true });
   return list;
+}
+
+/** Whether libvulkan.so.1 is in a library folder the dynamic loader searches. */
+function hasVulkanLoader(): boolean {
+  const fs = process.getBuiltinModule('node:fs');
+  const dirs = ['/usr/lib/x86_64-linux-gnu', '/usr/lib/aarch64-linux-gnu', '/usr/lib64', '/usr/lib', '/usr/local/lib', '/lib/x86_64-linux-gnu', '/lib64'];
+  return [...dirs, ...(process.env.LD_LIBRARY_PATH ?? '').split(':').filter(Boolean)].some((d) => fs.existsSync(`${d}/libvulkan.so.1`));
 }
 
 async function open(opts: WebGPUOptions): Promise<WebGPUBackend> {
