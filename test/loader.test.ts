@@ -172,7 +172,7 @@ describe('DataLoader with worker threads', () => {
       const { value } = await batches.next();
       const waited = performance.now() - start;
       await loader.close();
-      return { images: value!.batch.map((item) => item.image), waited };
+      return { images: value!.batch.map((item: VQAItem) => item.image), waited };
     };
     const main = await afterBusyStep(0);
     const threaded = await afterBusyStep(1);
