@@ -9,7 +9,7 @@
 
 import { Embedding, Linear, Module, RMSNorm, buffer } from '../nn/index.ts';
 import { Dropout } from '../nn/layers.ts';
-import { arange, cat, tensor, type Tensor } from '../tensor/index.ts';
+import { arange, cat, full, tensor, type DeviceName, type Tensor } from '../tensor/index.ts';
 import type { RawTensor } from '../nn/safetensors.ts';
 import type { VLMConfig } from './config.ts';
 
@@ -81,6 +81,31 @@ export function applyRotaryPosEmbd(q: Tensor, k: Tensor, cos: Tensor, sin: Tenso
   return [q.mul(cos).add(rotateHalf(q).mul(sin)), k.mul(cos).add(rotateHalf(k).mul(sin))];
 }
 
+/** Which keys each query may see: built once per forward pass, shared by every block. */
+export interface AttentionMasks {
+  /** Added to the attention logits: -inf after the query (causal), float32 min at padded keys. */
+  bias: Tensor; // (T, Tk), or (B, 1, T, Tk) with padding
+  /** Padded query positions, whose outputs are zeroed: (B, 1, T, 1). */
+  queryPadding: Tensor | null;
+}
+
+/**
+ * The masks for T new queries over Tk keys (the last T of which are the
+ * queries themselves); attentionMask: (B, Tk), 1 = real token, 0 = padding.
+ */
+export function attentionMasks(T: number, Tk: number, attentionMask: Tensor | null, device: DeviceName): AttentionMasks {
+  // causal: the query at absolute position Tk - T + i sees keys 0..Tk - T + i
+  const future = new Int32Array(T * Tk).map((_, idx) => (idx % Tk > Math.floor(idx / Tk) + Tk - T ? 1 : 0));
+  const causal = tensor(future, { shape: [T, Tk], device });
+  if (!attentionMask) return { bias: full([T, Tk], 0, { device }).maskedFill(causal, -Infinity), queryPadding: null };
+  const B = attentionMask.shape[0];
+  const padded = attentionMask.reshape([B, 1, 1, Tk]).float().neg().add(1).mul(FLOAT32_MIN); // padded keys -> float32 min
+  return {
+    bias: padded.maskedFill(causal, -Infinity), // (B, 1, T, Tk)
+    queryPadding: attentionMask.slice(1, Tk - T).reshape([B, 1, T, 1]).eq(0),
+  };
+}
+
 /**
  * Causal self-attention with grouped queries: n_heads query heads share
  * n_kv_heads key/value heads (each K/V head serves n_heads / n_kv_heads query
@@ -113,11 +138,8 @@ export class LanguageModelGroupedQueryAttention extends Module {
     this.resid_dropout = new Dropout(cfg.lm_dropout);
   }
 
-  /**
-   * x: (B, T, C) new positions; attentionMask: (B, T_past + T), 1 = real token,
-   * 0 = padding. With a cache, the new keys/values are appended to it.
-   */
-  forward(x: Tensor, cos: Tensor, sin: Tensor, attentionMask: Tensor | null, cache?: { k: Tensor | null; v: Tensor | null }): Tensor {
+  /** x: (B, T, C) new positions. With a cache, the new keys/values are appended to it. */
+  forward(x: Tensor, cos: Tensor, sin: Tensor, masks: AttentionMasks, cache?: { k: Tensor | null; v: Tensor | null }): Tensor {
     const [B, T, C] = x.shape;
     const heads = (t: Tensor, n: number) => t.reshape([B, T, n, this.headDim]).transpose(1, 2);
     let q = heads(this.q_proj.forward(x), this.nHeads); // (B, n_heads, T, hd)
@@ -130,25 +152,14 @@ export class LanguageModelGroupedQueryAttention extends Module {
       cache.v?.dispose();
       [cache.k, cache.v] = [k.keep(), v.keep()];
     }
-    const Tk = k.shape[2];
     k = k.repeatInterleave(this.nKvGroups, 1); // (B, n_heads, Tk, hd)
     v = v.repeatInterleave(this.nKvGroups, 1);
 
     let attn = q.matmul(k.transpose(2, 3)).div(Math.sqrt(this.headDim)); // (B, n_heads, T, Tk)
-    // causal: the query at absolute position Tk - T + i sees keys 0..Tk - T + i
-    const causal = new Int32Array(T * Tk).map((_, idx) => (idx % Tk > Math.floor(idx / Tk) + Tk - T ? 1 : 0));
-    attn = attn.maskedFill(tensor(causal, { shape: [T, Tk], device: x.device }), -Infinity);
-    if (attentionMask) {
-      const keyMask = attentionMask.reshape([B, 1, 1, Tk]).float(); // (B, 1, 1, Tk)
-      attn = attn.add(keyMask.neg().add(1).mul(FLOAT32_MIN)); // padded keys -> float32 min
-    }
-    attn = this.attn_dropout.forward(attn.softmax(-1));
+    attn = this.attn_dropout.forward(attn.add(masks.bias).softmax(-1));
     let y = attn.matmul(v); // (B, n_heads, T, hd)
-    if (attentionMask) {
-      // padded query positions output zeros (their attention rows are meaningless)
-      const queryPadding = attentionMask.slice(1, Tk - T).reshape([B, 1, T, 1]).eq(0);
-      y = y.maskedFill(queryPadding, 0);
-    }
+    // padded query positions output zeros (their attention rows are meaningless)
+    if (masks.queryPadding) y = y.maskedFill(masks.queryPadding, 0);
     y = y.transpose(1, 2).reshape([B, T, C]); // (B, T, C)
     return this.resid_dropout.forward(this.out_proj.forward(y));
   }
@@ -187,8 +198,8 @@ export class LanguageModelBlock extends Module {
     this.norm2 = new RMSNorm(cfg.lm_hidden_dim, cfg.lm_rms_eps);
   }
 
-  forward(x: Tensor, cos: Tensor, sin: Tensor, attentionMask: Tensor | null, cache?: { k: Tensor | null; v: Tensor | null }): Tensor {
-    x = x.add(this.attn.forward(this.norm1.forward(x), cos, sin, attentionMask, cache));
+  forward(x: Tensor, cos: Tensor, sin: Tensor, masks: AttentionMasks, cache?: { k: Tensor | null; v: Tensor | null }): Tensor {
+    x = x.add(this.attn.forward(this.norm1.forward(x), cos, sin, masks, cache));
     return x.add(this.mlp.forward(this.norm2.forward(x)));
   }
 }
@@ -224,9 +235,10 @@ export class LanguageModel extends Module {
     const T = x.shape[1];
     // position ids run 0..T-1 for every sequence, padding included, as in nanoVLM
     const [cos, sin] = this.rotary_embd.forward(start, T);
+    const masks = attentionMasks(T, start + T, attentionMask, x.device);
     this.blocks.forEach((block, i) => {
       const slot = cache ? { k: cache.k[i], v: cache.v[i] } : undefined;
-      x = block.forward(x, cos, sin, attentionMask, slot);
+      x = block.forward(x, cos, sin, masks, slot);
       if (cache && slot) [cache.k[i], cache.v[i]] = [slot.k, slot.v];
     });
     if (cache) cache.length += T;
