@@ -12,7 +12,7 @@ export async function toWriteTensors(tensors: Map<string, Tensor>, dtype: 'F32' 
   const out: Record<string, WriteTensor> = {};
   for (const [name, t] of tensors) {
     const data = await t.data();
-    out[name] = data instanceof Int32Array ? { dtype: 'I32', shape: t.shape, data } : { dtype, shape: t.shape, data: Float32Array.from(data) };
+    out[name] = data instanceof Int32Array ? { dtype: 'I32', shape: t.shape, data } : { dtype, shape: t.shape, data: data instanceof Float32Array ? data : Float32Array.from(data) };
   }
   return out;
 }
