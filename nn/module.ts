@@ -149,9 +149,9 @@ export class Module {
 
 /** Writes loaded values into an existing tensor (converting dtype on the host if needed). */
 function writeInto(t: Tensor, v: StateValue): void {
-  if (v instanceof Tensor) {
-    t.assign(v.dtype === t.dtype ? v : v.cast(t.dtype));
-    return;
-  }
-  t.setData(v.data);
+  if (!(v instanceof Tensor)) return void t.setData(v.data);
+  if (v.device === t.device) return void t.assign(v.dtype === t.dtype ? v : v.cast(t.dtype));
+  // from another device: CPU values can be read synchronously; a GPU's cannot (await tensor.data() first)
+  if (v.device !== 'cpu') throw new Error(`loadStateDict: cannot copy a ${v.device} tensor into a ${t.device} module synchronously`);
+  t.setData(v.dataSync());
 }

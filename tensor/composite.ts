@@ -124,18 +124,21 @@ export function tril(x: Tensor, diagonal = 0): Tensor {
 
 /**
  * Patch embedding, a Conv2d whose stride equals its kernel: x [B, C, H, W] with
- * weight [O, C, P, P] -> [B, O, H/P, W/P]. With stride == kernel the patches do
- * not overlap, so the convolution is exactly "cut into patches, then one
- * matmul": no im2col duplication needed.
+ * weight [O, C, P, P] -> [B, O, floor(H/P), floor(W/P)]. With stride == kernel
+ * the patches do not overlap, so the convolution is exactly "cut into patches,
+ * then one matmul": no im2col duplication needed. As in PyTorch, rows and
+ * columns past the last whole patch are ignored.
  */
 export function conv2dPatch(x: Tensor, weight: Tensor, bias: Tensor | null): Tensor {
   const [B, Cin, H, W] = x.shape;
   const [Cout, Cw, P, P2] = weight.shape;
-  if (x.ndim !== 4 || weight.ndim !== 4 || Cw !== Cin || P !== P2 || H % P !== 0 || W % P !== 0) {
+  if (x.ndim !== 4 || weight.ndim !== 4 || Cw !== Cin || P !== P2 || H < P || W < P) {
     throw new Error(`conv2d: cannot apply weight ${fmt(weight.shape)} with stride ${P} to input ${fmt(x.shape)}`);
   }
-  const [h, w] = [H / P, W / P];
+  const [h, w] = [Math.floor(H / P), Math.floor(W / P)];
   const patches = x
+    .slice(2, 0, h * P)
+    .slice(3, 0, w * P)
     .reshape([B, Cin, h, P, w, P])
     .permute(0, 2, 4, 1, 3, 5) // (B, h, w, C, P, P): one row per patch, in the weight's (C, P, P) order
     .reshape([B * h * w, Cin * P * P]);
@@ -143,4 +146,3 @@ export function conv2dPatch(x: Tensor, weight: Tensor, bias: Tensor | null): Ten
   if (bias) out = out.add(bias);
   return out.reshape([B, h, w, Cout]).permute(0, 3, 1, 2); // (B, O, h, w), PyTorch's conv layout
 }
-

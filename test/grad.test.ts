@@ -111,6 +111,7 @@ describe('gradients of nn ops', () => {
     gradCheck((x) => crossEntropy(x, targets), [[2, 2, 5]], { lo: -3, hi: 3 });
   });
   it('conv2d with stride == kernel', () => gradCheck((x, w, b) => conv2dPatch(x, w, b), [[2, 3, 4, 4], [5, 3, 2, 2], [5]]));
+  it('conv2d with a ragged edge', () => gradCheck((x, w, b) => conv2dPatch(x, w, b), [[1, 2, 5, 3], [3, 2, 2, 2], [3]]));
   it('dropout (same mask for every evaluation)', () => gradCheck((x) => x.dropout(0.3, true, new Generator(7)), [[4, 5]]));
   it('sort and topk values', () => {
     gradCheck((x) => x.sort(-1, true).values, [[3, 5]]);

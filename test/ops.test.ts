@@ -158,21 +158,24 @@ describe('nn ops', () => {
     expect(Array.from(table.embedding(tensor(new Int32Array([2, 0]))).dataSync())).toEqual([4, 5, 0, 1]);
     expect(() => table.embedding(tensor(new Int32Array([3])))).toThrow('embedding: index 3 is out of range for a table of 3 rows');
   });
-  it('conv2d with stride == kernel matches a direct convolution', () => {
-    const [B, C, H, W, O, P] = [2, 3, 4, 6, 5, 2];
-    const xv = randomValues(B * C * H * W, 4);
-    const wv = randomValues(O * C * P * P, 5);
-    const out = conv2dPatch(tensor(xv, { shape: [B, C, H, W] }), tensor(wv, { shape: [O, C, P, P] }), null);
-    expect(out.shape).toEqual([B, O, H / P, W / P]);
-    const expected: number[] = [];
-    for (let b = 0; b < B; b++) for (let o = 0; o < O; o++) for (let i = 0; i < H / P; i++) for (let j = 0; j < W / P; j++) {
-      let s = 0;
-      for (let c = 0; c < C; c++) for (let di = 0; di < P; di++) for (let dj = 0; dj < P; dj++) {
-        s += xv[((b * C + c) * H + i * P + di) * W + j * P + dj] * wv[((o * C + c) * P + di) * P + dj];
+  it('conv2d with stride == kernel matches a direct convolution (a ragged edge is ignored, as in PyTorch)', () => {
+    for (const [H, W] of [[4, 6], [5, 7]]) {
+      const [B, C, O, P] = [2, 3, 5, 2];
+      const [h, w] = [Math.floor(H / P), Math.floor(W / P)];
+      const xv = randomValues(B * C * H * W, 4);
+      const wv = randomValues(O * C * P * P, 5);
+      const out = conv2dPatch(tensor(xv, { shape: [B, C, H, W] }), tensor(wv, { shape: [O, C, P, P] }), null);
+      expect(out.shape).toEqual([B, O, h, w]);
+      const expected: number[] = [];
+      for (let b = 0; b < B; b++) for (let o = 0; o < O; o++) for (let i = 0; i < h; i++) for (let j = 0; j < w; j++) {
+        let s = 0;
+        for (let c = 0; c < C; c++) for (let di = 0; di < P; di++) for (let dj = 0; dj < P; dj++) {
+          s += xv[((b * C + c) * H + i * P + di) * W + j * P + dj] * wv[((o * C + c) * P + di) * P + dj];
+        }
+        expected.push(s);
       }
-      expected.push(s);
+      expectClose(out.dataSync(), expected, 1e-5, 1e-5);
     }
-    expectClose(out.dataSync(), expected, 1e-5, 1e-5);
   });
   it('dropout keeps the expectation and is the identity in eval mode', () => {
     const x = ones([10000]);

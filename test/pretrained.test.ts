@@ -1,7 +1,7 @@
 // Finding model folders: a plain folder, the Hugging Face hub cache layout
 // (models--org--name/snapshots/<hash>), and clear errors for what is missing.
 
-import { cpSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -48,5 +48,20 @@ describe('fromPretrained', () => {
     for (const [k, v] of all) if (k !== 'MP.proj.weight') kept[k] = { dtype: 'F32', shape: v.shape, data: v.data as Float32Array };
     saveSafetensors(join(partial, 'model.safetensors'), kept);
     await expect(VisionLanguageModel.fromPretrained(partial)).rejects.toThrow(/model\.safetensors: loadStateDict: missing keys: MP\.proj\.weight$/);
+  });
+
+  it('refuses a checkpoint of a later nanoVLM version in one line', async () => {
+    const later = join(work, 'later');
+    cpSync(join(NANOVLM_GOLD, 'checkpoint'), later, { recursive: true });
+    const config = JSON.parse(readFileSync(join(later, 'config.json'), 'utf8'));
+    const v02 = { ...config, extra_token_amount: 66, lm_chat_template: '{% for message in messages %}', mp_image_token_length: 64 };
+    writeFileSync(join(later, 'config.json'), JSON.stringify(v02));
+    const error = await VisionLanguageModel.fromPretrained(later).catch((e: Error) => e);
+    expect(error).toBeInstanceOf(Error);
+    expect((error as Error).message).toBe(
+      `${join(later, 'config.json')}: this checkpoint comes from nanoVLM v0.2 or later (it has extra_token_amount, ` +
+        'lm_chat_template, mp_image_token_length: image tokens in a chat template, extra vocabulary, image tiling); ' +
+        'nanovlm-ts supports the blog-era nanoVLM (v0.1, e.g. nanoVLM-222M)',
+    );
   });
 });

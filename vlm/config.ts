@@ -83,12 +83,31 @@ export const defaultVLMConfig: VLMConfig = {
   hf_repo_name: 'nanoVLM',
 };
 
+// Keys that only nanoVLM v0.2 and later write. Those versions put the image embeddings in place of
+// <|image|> tokens inside a chat template, add tokens to the vocabulary and cut large images into tiles:
+// the same weight names, but another model. Loading one into the blog-era model would run silently wrong.
+const LATER_VERSION_KEYS = [
+  'extra_token_amount', 'lm_base_vocab_size', 'lm_chat_template', 'vlm_extra_tokens', 'mp_image_token_length',
+  'max_img_size',
+];
+
 /**
  * A config from a parsed config.json: missing keys take the defaults, unknown
  * keys are reported (once, through `warn`) and ignored, and a value of the
- * wrong type is an error naming the key.
+ * wrong type is an error naming the key. A later nanoVLM's config is refused.
  */
-export function vlmConfigFromJSON(json: Record<string, unknown>, source = 'config.json', warn: (msg: string) => void = console.warn): VLMConfig {
+export function vlmConfigFromJSON(
+  json: Record<string, unknown>,
+  source = 'config.json',
+  warn: (msg: string) => void = console.warn,
+): VLMConfig {
+  const later = LATER_VERSION_KEYS.filter((key) => key in json);
+  if (later.length) {
+    throw new Error(
+      `${source}: this checkpoint comes from nanoVLM v0.2 or later (it has ${later.join(', ')}: image tokens in a ` +
+        'chat template, extra vocabulary, image tiling); nanovlm-ts supports the blog-era nanoVLM (v0.1, e.g. nanoVLM-222M)',
+    );
+  }
   const cfg: VLMConfig = { ...defaultVLMConfig };
   const unknown: string[] = [];
   for (const [key, value] of Object.entries(json)) {

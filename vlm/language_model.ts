@@ -19,22 +19,31 @@ export { RMSNorm };
 // than -inf, so a query whose keys are all padding still gets a finite softmax.
 const FLOAT32_MIN = -3.4028234663852886e38;
 
-/** Cached keys and values of earlier positions, per block: (B, n_kv_heads, T_past, head_dim). */
+/** The keys and values of one block: (B, n_kv_heads, T, head_dim) each. */
+export interface KeysValues {
+  k: Tensor;
+  v: Tensor;
+}
+
+/** Keys and values of every earlier position, per block, so a new token attends without recomputing them. */
 export interface KVCache {
-  k: (Tensor | null)[];
-  v: (Tensor | null)[];
+  layers: (KeysValues | null)[];
   /** Number of positions already cached. */
   length: number;
 }
 
 /** An empty cache for a model of `nBlocks` blocks. */
 export function emptyKVCache(nBlocks: number): KVCache {
-  return { k: Array(nBlocks).fill(null), v: Array(nBlocks).fill(null), length: 0 };
+  return { layers: Array(nBlocks).fill(null), length: 0 };
 }
 
 /** Frees a cache's tensors. */
 export function disposeKVCache(cache: KVCache): void {
-  for (const t of [...cache.k, ...cache.v]) t?.dispose();
+  for (const kv of cache.layers) {
+    kv?.k.dispose();
+    kv?.v.dispose();
+  }
+  cache.layers.fill(null);
 }
 
 /**
@@ -49,8 +58,12 @@ export class RotaryEmbedding extends Module {
 
   constructor(cfg: VLMConfig) {
     super();
-    if (cfg.lm_hidden_dim % cfg.lm_n_heads !== 0) throw new Error('lm_hidden_dim must be divisible by lm_n_heads');
+    if (cfg.lm_hidden_dim % cfg.lm_n_heads !== 0) {
+      throw new Error(`lm_hidden_dim (${cfg.lm_hidden_dim}) must be divisible by lm_n_heads (${cfg.lm_n_heads})`);
+    }
     const dim = cfg.lm_hidden_dim / cfg.lm_n_heads;
+    // RoPE rotates pairs of features (nanoVLM's cos/sin tables would not match an odd head dim)
+    if (dim % 2 !== 0) throw new Error(`the language model's head dim (lm_hidden_dim / lm_n_heads = ${dim}) must be even`);
     // freq_i = 1 / base^(2i / dim): fast rotations for the first pairs, slow for the last
     const invFreq = Float32Array.from({ length: dim / 2 }, (_, i) => 1 / Math.pow(cfg.lm_re_base, Math.fround((2 * i) / dim)));
     this.inv_freq = buffer(tensor(invFreq));
@@ -125,7 +138,9 @@ export class LanguageModelGroupedQueryAttention extends Module {
 
   constructor(cfg: VLMConfig) {
     super();
-    if (cfg.lm_n_heads % cfg.lm_n_kv_heads !== 0) throw new Error('lm_n_heads must be divisible by lm_n_kv_heads');
+    if (cfg.lm_n_heads % cfg.lm_n_kv_heads !== 0) {
+      throw new Error(`lm_n_heads (${cfg.lm_n_heads}) must be divisible by lm_n_kv_heads (${cfg.lm_n_kv_heads})`);
+    }
     this.nHeads = cfg.lm_n_heads;
     this.nKvHeads = cfg.lm_n_kv_heads;
     this.nKvGroups = cfg.lm_n_heads / cfg.lm_n_kv_heads;
@@ -138,20 +153,19 @@ export class LanguageModelGroupedQueryAttention extends Module {
     this.resid_dropout = new Dropout(cfg.lm_dropout);
   }
 
-  /** x: (B, T, C) new positions. With a cache, the new keys/values are appended to it. */
-  forward(x: Tensor, cos: Tensor, sin: Tensor, masks: AttentionMasks, cache?: { k: Tensor | null; v: Tensor | null }): Tensor {
+  /**
+   * x: (B, T, C) new positions; past: the keys/values of earlier positions (KV cache). Returns the output and
+   * the keys/values of all positions, which the caller may cache.
+   */
+  forward(x: Tensor, cos: Tensor, sin: Tensor, masks: AttentionMasks, past: KeysValues | null = null): [Tensor, KeysValues] {
     const [B, T, C] = x.shape;
     const heads = (t: Tensor, n: number) => t.reshape([B, T, n, this.headDim]).transpose(1, 2);
     let q = heads(this.q_proj.forward(x), this.nHeads); // (B, n_heads, T, hd)
     let k = heads(this.k_proj.forward(x), this.nKvHeads); // (B, n_kv_heads, T, hd)
     let v = heads(this.v_proj.forward(x), this.nKvHeads);
     [q, k] = applyRotaryPosEmbd(q, k, cos, sin);
-    if (cache) {
-      if (cache.k && cache.v) [k, v] = [cat([cache.k, k], 2), cat([cache.v, v], 2)]; // (B, n_kv, T_past + T, hd)
-      cache.k?.dispose();
-      cache.v?.dispose();
-      [cache.k, cache.v] = [k.keep(), v.keep()];
-    }
+    if (past) [k, v] = [cat([past.k, k], 2), cat([past.v, v], 2)]; // (B, n_kv, T_past + T, hd)
+    const kv = { k, v };
     k = k.repeatInterleave(this.nKvGroups, 1); // (B, n_heads, Tk, hd)
     v = v.repeatInterleave(this.nKvGroups, 1);
 
@@ -161,7 +175,7 @@ export class LanguageModelGroupedQueryAttention extends Module {
     // padded query positions output zeros (their attention rows are meaningless)
     if (masks.queryPadding) y = y.maskedFill(masks.queryPadding, 0);
     y = y.transpose(1, 2).reshape([B, T, C]); // (B, T, C)
-    return this.resid_dropout.forward(this.out_proj.forward(y));
+    return [this.resid_dropout.forward(this.out_proj.forward(y)), kv];
   }
 }
 
@@ -198,9 +212,10 @@ export class LanguageModelBlock extends Module {
     this.norm2 = new RMSNorm(cfg.lm_hidden_dim, cfg.lm_rms_eps);
   }
 
-  forward(x: Tensor, cos: Tensor, sin: Tensor, masks: AttentionMasks, cache?: { k: Tensor | null; v: Tensor | null }): Tensor {
-    x = x.add(this.attn.forward(this.norm1.forward(x), cos, sin, masks, cache));
-    return x.add(this.mlp.forward(this.norm2.forward(x)));
+  forward(x: Tensor, cos: Tensor, sin: Tensor, masks: AttentionMasks, past: KeysValues | null): [Tensor, KeysValues] {
+    const [attn, kv] = this.attn.forward(this.norm1.forward(x), cos, sin, masks, past);
+    x = x.add(attn);
+    return [x.add(this.mlp.forward(this.norm2.forward(x))), kv];
   }
 }
 
@@ -237,9 +252,13 @@ export class LanguageModel extends Module {
     const [cos, sin] = this.rotary_embd.forward(start, T);
     const masks = attentionMasks(T, start + T, attentionMask, x.device);
     this.blocks.forEach((block, i) => {
-      const slot = cache ? { k: cache.k[i], v: cache.v[i] } : undefined;
-      x = block.forward(x, cos, sin, masks, slot);
-      if (cache && slot) [cache.k[i], cache.v[i]] = [slot.k, slot.v];
+      const [out, kv] = block.forward(x, cos, sin, masks, cache?.layers[i] ?? null);
+      x = out;
+      if (!cache) return;
+      // the cache owns its tensors: the old keys/values are replaced, the new ones outlive this pass's tidy()
+      cache.layers[i]?.k.dispose();
+      cache.layers[i]?.v.dispose();
+      cache.layers[i] = { k: kv.k.keep(), v: kv.v.keep() };
     });
     if (cache) cache.length += T;
     x = this.norm.forward(x);

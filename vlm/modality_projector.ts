@@ -18,6 +18,15 @@ export class ModalityProjector extends Module {
 
   constructor(cfg: VLMConfig) {
     super();
+    // nanoVLM asserts these when the first image arrives; we say so before any weight is built
+    if (cfg.vit_cls_flag) throw new Error('vit_cls_flag: the projector needs every patch vector, but a ViT with a CLS token returns one vector');
+    const side = Math.floor(cfg.vit_img_size / cfg.vit_patch_size);
+    if (side % cfg.mp_pixel_shuffle_factor !== 0) {
+      throw new Error(
+        `mp_pixel_shuffle_factor (${cfg.mp_pixel_shuffle_factor}) must divide the ${side}x${side} patch grid ` +
+          `(vit_img_size ${cfg.vit_img_size} / vit_patch_size ${cfg.vit_patch_size})`,
+      );
+    }
     this.scaleFactor = cfg.mp_pixel_shuffle_factor;
     const inputDim = cfg.vit_hidden_dim * this.scaleFactor ** 2;
     this.proj = new Linear(inputDim, cfg.lm_hidden_dim, false);

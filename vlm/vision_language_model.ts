@@ -65,7 +65,13 @@ export class VisionLanguageModel extends Module {
   static async fromPretrained(nameOrPath: string): Promise<VisionLanguageModel> {
     const { readConfigJSON, readWeights, resolveModelDir } = await import('./files.ts');
     const dir = resolveModelDir(nameOrPath);
-    const model = new VisionLanguageModel(vlmConfigFromJSON(readConfigJSON(dir), `${dir}/config.json`));
+    let model: VisionLanguageModel;
+    try {
+      model = new VisionLanguageModel(vlmConfigFromJSON(readConfigJSON(dir), `${dir}/config.json`));
+    } catch (e) {
+      const message = (e as Error).message;
+      throw new Error(message.startsWith(dir) ? message : `${dir}/config.json: ${message}`);
+    }
     try {
       model.loadStateDict(readWeights(dir));
     } catch (e) {
@@ -124,21 +130,36 @@ export class VisionLanguageModel extends Module {
    * Autoregressive generation: one prefill pass over image + prompt, then one
    * position per step with the KV cache. Returns the new tokens per sequence.
    */
-  async generate(inputIds: Tensor, image: Tensor, attentionMask: Tensor | null = null, opts: GenerateOptions = {}): Promise<{ tokens: number[][]; logits: Float32Array[] }> {
+  async generate(
+    inputIds: Tensor,
+    image: Tensor,
+    attentionMask: Tensor | null = null,
+    opts: GenerateOptions = {},
+  ): Promise<{ tokens: number[][]; logits: Float32Array[] }> {
     const { maxNewTokens = 5, greedy = false, topK = 50, topP = 0.9, temperature = 0.5 } = opts;
     const { generator = new Generator(0), eosTokenId = this.cfg.lm_eos_token_id, kvCache = true } = opts;
     const B = inputIds.shape[0];
     const tokens: number[][] = Array.from({ length: B }, () => []);
     const stepLogits: Float32Array[] = [];
-    const cache = kvCache ? emptyKVCache(this.cfg.lm_n_blocks) : undefined;
-    // the running inputs: with a cache only the newest embeddings go in
-    let [inputs, mask] = noGrad(() => tidy(() => this.embed(inputIds, image, attentionMask)));
+    let cache = kvCache ? emptyKVCache(this.cfg.lm_n_blocks) : null;
+    // the whole sequence so far (image + prompt + generated), and the part the cache has not seen yet
+    let [sequence, mask] = noGrad(() => tidy(() => this.embed(inputIds, image, attentionMask)));
+    let unseen = sequence;
     const finished = new Array<boolean>(B).fill(false);
     try {
       for (let step = 0; step < maxNewTokens && !finished.every(Boolean); step++) {
+        // Past lm_max_position_embeddings, nanoVLM's RoPE slows the rotation of *every* position by
+        // T / max_position_embeddings, a factor that grows with each new token. The cached keys were
+        // rotated at the old factor, and every later layer's keys depend on them: no cache can follow.
+        // So from there on we recompute the whole sequence at each step, as nanoVLM always does.
+        if (cache && sequence.shape[1] > this.cfg.lm_max_position_embeddings) {
+          disposeKVCache(cache);
+          cache = null;
+        }
+        const input = cache ? unseen : sequence;
         const last = noGrad(() =>
           tidy(() => {
-            const hidden = this.decoder.forward(inputs, mask, cache);
+            const hidden = this.decoder.forward(input, mask, cache ?? undefined);
             return this.decoder.head.forward(hidden.slice(1, -1).squeeze(1)); // (B, V)
           }),
         );
@@ -156,20 +177,22 @@ export class VisionLanguageModel extends Module {
           if (t === eosTokenId) finished[b] = true;
         });
         opts.onTokens?.(next, step);
-        const [nextInputs, nextMask] = noGrad(() =>
+        const [embd, longer, nextMask] = noGrad(() =>
           tidy(() => {
             const ids = tensor(new Int32Array(next), { shape: [B, 1], device: this.device });
-            const embd = this.decoder.token_embedding.forward(ids); // (B, 1, C)
+            const e = this.decoder.token_embedding.forward(ids); // (B, 1, C)
             const m = mask ? cat([mask, ones([B, 1], { dtype: mask.dtype, device: mask.device })], 1) : null;
-            return [cache ? embd : cat([inputs, embd], 1), m] as [Tensor, Tensor | null];
+            return [e, cat([sequence, e], 1), m] as [Tensor, Tensor, Tensor | null];
           }),
         );
-        inputs.dispose();
+        if (unseen !== sequence) unseen.dispose();
+        sequence.dispose();
         mask?.dispose();
-        [inputs, mask] = [nextInputs, nextMask];
+        [unseen, sequence, mask] = [embd, longer, nextMask];
       }
     } finally {
-      inputs.dispose();
+      if (unseen !== sequence) unseen.dispose();
+      sequence.dispose();
       mask?.dispose();
       if (cache) disposeKVCache(cache);
     }

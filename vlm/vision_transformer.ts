@@ -20,7 +20,8 @@ export class ViTPatchEmbeddings extends Module {
 
   constructor(cfg: VLMConfig) {
     super();
-    this.numPatches = (cfg.vit_img_size / cfg.vit_patch_size) ** 2;
+    // a ragged edge of the image (img_size not a multiple of patch_size) is not seen, as in a strided conv
+    this.numPatches = Math.floor(cfg.vit_img_size / cfg.vit_patch_size) ** 2;
     // stride == kernel: each output position sees exactly one patch, no overlap
     this.conv = new Conv2d(3, cfg.vit_hidden_dim, cfg.vit_patch_size, cfg.vit_patch_size);
     this.cls_token = cfg.vit_cls_flag ? parameter(zeros([1, 1, cfg.vit_hidden_dim])) : null;
@@ -47,7 +48,9 @@ export class ViTMultiHeadAttention extends Module {
 
   constructor(cfg: VLMConfig) {
     super();
-    if (cfg.vit_hidden_dim % cfg.vit_n_heads !== 0) throw new Error('vit_hidden_dim must be divisible by vit_n_heads');
+    if (cfg.vit_hidden_dim % cfg.vit_n_heads !== 0) {
+      throw new Error(`vit_hidden_dim (${cfg.vit_hidden_dim}) must be divisible by vit_n_heads (${cfg.vit_n_heads})`);
+    }
     this.nHeads = cfg.vit_n_heads;
     this.headDim = cfg.vit_hidden_dim / cfg.vit_n_heads;
     this.qkv_proj = new Linear(cfg.vit_hidden_dim, 3 * cfg.vit_hidden_dim);
