@@ -3,7 +3,7 @@
 // and the pretrained backbones at a low one, so they are not wrecked early),
 // plus gradient clipping and nanoVLM's learning-rate schedule.
 
-import { noGrad, tidy, type Backend, type Tensor, type View, zeros } from '../tensor/index.ts';
+import { noGrad, tidy, type Tensor, zeros } from '../tensor/index.ts';
 
 /** A set of parameters sharing hyperparameters; lr may be changed between steps. */
 export interface ParamGroup {
@@ -53,31 +53,26 @@ export class AdamW {
     }
   }
 
-  /** One update of every parameter that has a gradient. */
+  /**
+   * One update of every parameter that has a gradient, each by one fused
+   * kernel (the backend's adamw). Per element, as torch.optim.AdamW:
+   *   p <- p (1 - lr wd)                         decoupled weight decay: shrink the weight itself
+   *   m <- beta1 m + (1 - beta1) g               a running mean of gradients
+   *   v <- beta2 v + (1 - beta2) g^2             ... and of their squares
+   *   p <- p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+   * where the 1 - beta^t factors undo the bias of moments that start at 0.
+   */
   step(): void {
     const [beta1, beta2] = this.betas;
-    noGrad(() =>
-      tidy(() => {
-        for (const group of this.paramGroups) {
-          for (const p of group.params) {
-            if (!p.grad) continue;
-            const s = this.stateOf(p);
-            s.step += 1;
-            const g = p.grad;
-            const hyper = { lr: group.lr, beta1, beta2, eps: this.eps, weightDecay: group.weightDecay!, step: s.step };
-            if (fusedAdamW(p, s, hyper)) continue;
-            // decoupled weight decay: shrink the weight directly, not through the gradient
-            const decayed = p.mul(1 - group.lr * group.weightDecay!);
-            s.expAvg.assign(s.expAvg.add(g.sub(s.expAvg).mul(1 - beta1))); // lerp towards g
-            s.expAvgSq.assign(s.expAvgSq.mul(beta2).add(g.mul(g).mul(1 - beta2)));
-            // bias correction: the moments start at 0, so early averages are too small
-            const stepSize = group.lr / (1 - beta1 ** s.step);
-            const denom = s.expAvgSq.sqrt().div(Math.sqrt(1 - beta2 ** s.step)).add(this.eps);
-            p.assign(decayed.sub(s.expAvg.div(denom).mul(stepSize)));
-          }
-        }
-      }),
-    );
+    for (const group of this.paramGroups) {
+      for (const p of group.params) {
+        if (!p.grad) continue;
+        const s = this.stateOf(p);
+        s.step += 1;
+        const hyper = { lr: group.lr, beta1, beta2, eps: this.eps, weightDecay: group.weightDecay!, step: s.step };
+        p.backend.adamw(p.view(), p.grad.view(), s.expAvg.view(), s.expAvgSq.view(), hyper);
+      }
+    }
   }
 
   /** Frees every gradient (they are recreated by the next backward). */
@@ -121,17 +116,6 @@ export class AdamW {
       s.expAvgSq.setData(saved.expAvgSq);
     });
   }
-}
-
-/** The CPU backend's one-pass AdamW kernel (same ops, same order, in place); other backends use tensor ops. */
-type FusedAdamW = (p: View, g: View, m: View, v: View, h: { lr: number; beta1: number; beta2: number; eps: number; weightDecay: number; step: number }) => void;
-
-function fusedAdamW(p: Tensor, s: ParamState, h: Parameters<FusedAdamW>[4]): boolean {
-  const fused = (p.backend as Backend & { adamw?: FusedAdamW }).adamw;
-  if (!fused) return false;
-  // ~10 tensor ops per parameter become one pass over memory
-  fused.call(p.backend, p.view(), p.grad!.view(), s.expAvg.view(), s.expAvgSq.view(), h);
-  return true;
 }
 
 /**

@@ -48,6 +48,8 @@ export interface Backend {
   write(dst: Storage, src: TypedArray): void;
   /** Contiguous copy of a view's elements, back on the host. */
   read(x: View): Promise<TypedArray>;
+  /** The same, synchronously: the CPU backend only (a GPU cannot block; it throws, pointing to read). */
+  readSync(x: View): TypedArray;
   retain(s: Storage): void;
   /** Drops one reference; at zero the buffer is freed or pooled. */
   release(s: Storage): void;
@@ -91,12 +93,74 @@ export interface Backend {
   /** Per-row -log softmax(logits)[target]; 0 where target == ignoreIndex. */
   crossEntropy(logits: View, targets: View, ignoreIndex: number): Storage;
 
+  // --- attention ---
+  /**
+   * Fused scaled-dot-product attention, softmax(q k^T * scale + mask) v, without
+   * a (T, Tk) tensor: each query row's scores live only inside the kernel.
+   * q (B, H, T, D); k and v (B, Hkv, Tk, D) with H a multiple of Hkv: query head
+   * h reads key/value head floor(h / (H / Hkv)) (grouped-query attention).
+   * Returns the output written in (B, T, H, D) memory order (merging the heads
+   * afterwards is then a free reshape) and the log-sum-exp of each score row
+   * (B, H, T), which the backward pass uses to recompute the probabilities.
+   */
+  attention(q: View, k: View, v: View, opts: AttentionOptions): { out: Storage; lse: Storage };
+  /**
+   * The gradients of attention() given dLoss/dout (gradOut and out as (B, H, T, D)
+   * views): dq in (B, T, H, D) memory order, dk and dv in (B, Tk, Hkv, D) order
+   * (the layouts of the projections they flow back into). The mask gets none.
+   */
+  attentionBackward(
+    q: View, k: View, v: View, out: View, gradOut: View, lse: View, opts: AttentionOptions,
+  ): { dq: Storage; dk: Storage; dv: Storage };
+
+  // --- optimizer ---
+  /**
+   * One AdamW update in place (torch.optim.AdamW's arithmetic, in its order):
+   * the parameter p and its moments m and v (contiguous, same size) are
+   * overwritten from the gradient g.
+   */
+  adamw(p: View, g: View, m: View, v: View, h: AdamWHyper): void;
+
   // --- sampling helpers ---
   /** Sorts each row of the last axis: values and int32 indices (stable). */
   sort(x: View, descending: boolean): { values: Storage; indices: Storage };
+}
+
+/** What attention() needs besides q, k and v. */
+export interface AttentionOptions {
+  /** Multiplies q . k (1 / sqrt(head_dim) as a rule). */
+  scale: number;
   /**
-   * For each row of non-negative weights, the first index whose running sum
-   * exceeds u * total (u in [0,1) given per row): one multinomial draw.
+   * Query t of T is at position Tk - T + t and sees the keys up to it (decoder
+   * self-attention; with a KV cache the queries are the last T positions).
    */
-  multinomial(probs: View, u: View): Storage;
+  causal: boolean;
+  /** Added to the scores, broadcast to (B, H, T, Tk) by its strides (e.g. a large negative value at padded keys). */
+  mask: View | null;
+  /** Attention dropout, or null. */
+  dropout: AttentionDropout | null;
+}
+
+/**
+ * Dropout of the attention probabilities, reproducible on every backend: the
+ * score with flat index n = ((b * H + h) * T + t) * Tk + j is kept when
+ * hash32((n * 0x9e3779b9 + seed) mod 2^32) >= threshold, with
+ * threshold = floor(p * 2^32) and hash32 = lowbias32 (x ^= x >> 16;
+ * x *= 0x7feb352d; x ^= x >> 15; x *= 0x846ca68b; x ^= x >> 16, mod 2^32);
+ * kept probabilities are scaled by 1 / (1 - p). The backward pass recomputes
+ * the same mask from the same seed.
+ */
+export interface AttentionDropout {
+  p: number;
+  seed: number;
+}
+
+/** The hyperparameters of one AdamW step (step counts from 1). */
+export interface AdamWHyper {
+  lr: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
+  step: number;
 }

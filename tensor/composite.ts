@@ -103,18 +103,6 @@ export function topk(x: Tensor, k: number, dim = -1): { values: Tensor; indices:
   return { values: values.slice(d, 0, k), indices: indices.slice(d, 0, k) };
 }
 
-/** numSamples draws (with replacement) from each row of non-negative weights [R, V] -> int32 [R, numSamples]. */
-export function multinomial(probs: Tensor, numSamples = 1, generator: Generator = defaultGenerator): Tensor {
-  const squeeze = probs.ndim === 1;
-  const p = squeeze ? probs.unsqueeze(0) : probs;
-  if (p.ndim !== 2) throw new Error(`multinomial: expected probabilities [V] or [R, V], got ${fmt(probs.shape)}`);
-  const R = p.shape[0];
-  const u = new Float32Array(R * numSamples).map(() => generator.random());
-  const rows = p.unsqueeze(1).expand([R, numSamples, p.shape[1]]).reshape([R * numSamples, p.shape[1]]);
-  const out = O.multinomialRows(rows, O.fromHost(p, u, [R * numSamples])).reshape([R, numSamples]);
-  return squeeze ? out.squeeze(0) : out;
-}
-
 /** Keeps the lower triangle (j <= i + diagonal) of the last two dims, zeroes the rest. */
 export function tril(x: Tensor, diagonal = 0): Tensor {
   const [rows, cols] = x.shape.slice(-2);

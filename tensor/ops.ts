@@ -5,7 +5,8 @@
 // from these in composite.ts and gets its gradient for free.
 
 import { recordGrad } from './autograd.ts';
-import type { BinaryOp, Storage, UnaryOp, View } from './backend.ts';
+import type { AttentionOptions, BinaryOp, Storage, UnaryOp, View } from './backend.ts';
+import { type Generator, defaultGenerator } from './random.ts';
 import { type DType, type TypedArray, dtypeOf, isFloat } from './dtype.ts';
 import {
   broadcastReduceDims, broadcastShapes, broadcastStrides, fmt, inferReshape, isContiguous,
@@ -414,6 +415,70 @@ export function crossEntropyRows(logits: Tensor, targets: Tensor, ignoreIndex: n
   });
 }
 
+// ---------------------------------------------------------------- attention
+
+/** Options of scaledDotProductAttention (PyTorch's names). */
+export interface AttentionArgs {
+  /** Added to the scores before the softmax; broadcasts to (B, H, T, Tk). Gets no gradient. */
+  attnMask?: Tensor | null;
+  /** Each query sees only keys at or before its position (the last T of the Tk positions). */
+  isCausal?: boolean;
+  /** Dropout of the attention probabilities (0 in evaluation). */
+  dropoutP?: number;
+  /** Multiplies q . k; default 1 / sqrt(head_dim). */
+  scale?: number;
+  /** Draws the dropout seed. */
+  generator?: Generator;
+}
+
+/**
+ * softmax(q k^T * scale + attnMask) v, as PyTorch's F.scaled_dot_product_attention
+ * with grouped-query heads (enable_gqa): q (B, H, T, D), k and v (B, Hkv, Tk, D)
+ * with H a multiple of Hkv. One fused kernel per direction: the (T, Tk) scores
+ * and probabilities are never stored; the backward pass recomputes them from
+ * the saved log-sum-exp of each row (as FlashAttention does). The result is a
+ * (B, H, T, D) view laid out as (B, T, H, D) in memory, so `.transpose(1, 2)`
+ * followed by merging the heads costs no copy.
+ */
+export function scaledDotProductAttention(q: Tensor, k: Tensor, v: Tensor, args: AttentionArgs = {}): Tensor {
+  const mask = args.attnMask ?? null;
+  checkSameDevice('attention', mask ? [q, k, v, mask] : [q, k, v]);
+  const [B, H, T, D] = q.shape;
+  const [Hkv, Tk] = [k.shape[1], k.shape[2]];
+  const shapes = `q ${fmt(q.shape)}, k ${fmt(k.shape)}, v ${fmt(v.shape)}`;
+  if (q.ndim !== 4 || k.ndim !== 4 || fmt(k.shape) !== fmt(v.shape) || k.shape[0] !== B || k.shape[3] !== D) {
+    throw new Error(`attention: expected q (B, H, T, D) and k, v (B, Hkv, Tk, D), got ${shapes}`);
+  }
+  if (H % Hkv !== 0) throw new Error(`attention: ${H} query heads cannot share ${Hkv} key/value heads (${shapes})`);
+  if (args.isCausal && T > Tk) throw new Error(`attention: causal attention needs at least as many keys as queries (${shapes})`);
+  if (!isFloat(q.dtype) || k.dtype !== q.dtype || v.dtype !== q.dtype || (mask && mask.dtype !== q.dtype)) {
+    throw new Error(`attention: q, k, v and the mask must share one float dtype (got ${q.dtype}, ${k.dtype}, ${v.dtype})`);
+  }
+  const full = [B, H, T, Tk];
+  if (mask) broadcastShapes('attention mask', mask.shape, full);
+  const p = args.dropoutP ?? 0;
+  if (p < 0 || p >= 1) throw new Error(`attention: dropoutP must be in [0, 1), got ${p}`);
+  const seed = Math.floor((args.generator ?? defaultGenerator).random() * 2 ** 32);
+  const opts: AttentionOptions = {
+    scale: args.scale ?? 1 / Math.sqrt(D),
+    causal: args.isCausal ?? false,
+    mask: mask ? viewAs(mask, full) : null,
+    dropout: p > 0 ? { p, seed } : null,
+  };
+  const r = q.backend.attention(q.view(), k.view(), v.view(), opts);
+  // the kernels write (B, T, H, D) memory order: a (B, H, T, D) view with permuted strides
+  const headsLast = (storage: Storage, n: number, t: number) =>
+    new Tensor(q.backend, storage, [B, n, t, D], q.dtype, [t * n * D, D, n * D, 1], 0);
+  const out = headsLast(r.out, H, T);
+  const lse = wrap(q, r.lse, [B, H, T]);
+  recordGrad(out, 'attention', [q, k, v], (g) => {
+    const grads = q.backend.attentionBackward(q.view(), k.view(), v.view(), out.view(), g.view(), lse.view(), opts);
+    return [headsLast(grads.dq, H, T), headsLast(grads.dk, Hkv, Tk), headsLast(grads.dv, Hkv, Tk)];
+  });
+  if (!out.ctx) lse.dispose(); // no backward pass will need it
+  return out;
+}
+
 // ---------------------------------------------------------------- sorting and sampling
 
 /** Sorts along the last dim; values carry gradients back to where they came from. */
@@ -430,11 +495,6 @@ export function sortLast(x: Tensor, descending: boolean): { values: Tensor; indi
 export function scatterLast(g: Tensor, indices: Tensor, n: number): Tensor {
   const hits = indices.unsqueeze(-1).eq(arangeLike(indices.unsqueeze(-1), n, indices.ndim)).cast(g.dtype);
   return hits.mul(g.unsqueeze(-1)).sum(-2);
-}
-
-/** One draw per row of non-negative weights [R, V], given uniforms u [R]. */
-export function multinomialRows(probs: Tensor, u: Tensor): Tensor {
-  return wrap(probs, probs.backend.multinomial(probs.view(), u.view()), [probs.shape[0]], 'int32');
 }
 
 /** Writes `src` into the view `dst` in place (KV caches, building tensors); no gradient. */

@@ -74,3 +74,18 @@ export const defaultGenerator = new Generator(0);
 export function manualSeed(seed: number): void {
   defaultGenerator.manualSeed(seed);
 }
+
+/** lowbias32, an integer hash with good mixing: the attention dropout mask of every backend is built from it. */
+export function hash32(x: number): number {
+  x ^= x >>> 16;
+  x = Math.imul(x, 0x7feb352d);
+  x ^= x >>> 15;
+  x = Math.imul(x, 0x846ca68b);
+  x ^= x >>> 16;
+  return x >>> 0;
+}
+
+/** Whether the attention score with flat index n survives dropout (see AttentionDropout in backend.ts). */
+export function dropoutKeeps(n: number, seed: number, threshold: number): boolean {
+  return hash32((Math.imul(n, 0x9e3779b9) + seed) >>> 0) >= threshold;
+}

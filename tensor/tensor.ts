@@ -91,12 +91,10 @@ export class Tensor {
   async toArray(): Promise<NestedArray> {
     return nest(await this.data(), this.shape);
   }
-  /** Synchronous read, CPU tensors only. */
+  /** Synchronous read, CPU tensors only (a GPU backend throws, pointing to data()). */
   dataSync(): TypedArray {
     this.assertAlive('dataSync');
-    const b = this.backend as Backend & { readSync?: (v: View) => TypedArray };
-    if (!b.readSync) throw new Error(`dataSync: not available on ${this.device}; use await tensor.data()`);
-    return b.readSync(this.view());
+    return this.backend.readSync(this.view());
   }
   /** Moves (copies) the tensor to another device. */
   async to(device: DeviceName): Promise<Tensor> {

@@ -3,7 +3,8 @@
 
 import { describe, it } from 'vitest';
 import {
-  Generator, cat, conv2dPatch, crossEntropy, layerNorm, rmsNorm, stack, tensor, where, type Tensor,
+  Generator, cat, conv2dPatch, crossEntropy, layerNorm, rmsNorm, scaledDotProductAttention, stack, tensor, where,
+  type Tensor,
 } from '../tensor/index.ts';
 import { gradCheck } from './helpers.ts';
 
@@ -118,4 +119,24 @@ describe('gradients of nn ops', () => {
     gradCheck((x) => x.topk(2, 0).values, [[4, 3]]);
   });
   it('a tensor used twice gets the sum of both gradients', () => gradCheck((x) => x.mul(x).add(x), [[3]]));
+});
+
+describe('gradients of fused attention', () => {
+  const sdpa = (opts: Parameters<typeof scaledDotProductAttention>[3] = {}) => (q: Tensor, k: Tensor, v: Tensor) =>
+    scaledDotProductAttention(q, k, v, opts);
+  it('bidirectional (the ViT)', () => gradCheck(sdpa(), [[2, 2, 3, 4], [2, 2, 3, 4], [2, 2, 3, 4]]));
+  it('causal, fewer queries than keys (a KV cache), grouped heads', () => {
+    gradCheck(sdpa({ isCausal: true }), [[1, 4, 2, 3], [1, 2, 5, 3], [1, 2, 5, 3]]);
+  });
+  it('with a broadcast key-padding mask and a custom scale', () => {
+    const attnMask = tensor([0, -1e9, 0, 0.5, 0, 0, -1e9, 0], { dtype: 'float64' }).reshape([2, 1, 1, 4]); // (B, 1, 1, Tk)
+    gradCheck(sdpa({ attnMask, isCausal: true, scale: 0.7 }), [[2, 2, 4, 3], [2, 1, 4, 3], [2, 1, 4, 3]]);
+  });
+  it('with dropout (the same seed gives the same mask)', () => {
+    gradCheck((q, k, v) => scaledDotProductAttention(q, k, v, { dropoutP: 0.3, generator: new Generator(9) }), [[1, 2, 3, 2], [1, 2, 4, 2], [1, 2, 4, 2]]);
+  });
+  it('through non-contiguous (head-transposed) inputs', () => {
+    const heads = (x: Tensor) => x.reshape([2, 3, 2, 2]).transpose(1, 2); // (B, T, H*D) -> (B, H, T, D)
+    gradCheck((q, k, v) => scaledDotProductAttention(heads(q), heads(k), heads(v), { isCausal: true }).transpose(1, 2), [[2, 3, 4], [2, 3, 4], [2, 3, 4]]);
+  });
 });

@@ -3,9 +3,10 @@
 
 import { describe, expect, it } from 'vitest';
 import {
-  Generator, arange, cat, causalMask, conv2dPatch, crossEntropy, full, layerNorm, multinomial, ones, rand, randn,
-  rmsNorm, stack, tensor, tril, where, zeros,
+  Generator, arange, cat, causalMask, conv2dPatch, crossEntropy, full, layerNorm, ones, rand, randn,
+  rmsNorm, scaledDotProductAttention, stack, tensor, tril, where, zeros, type Tensor,
 } from '../tensor/index.ts';
+import { dropoutKeeps } from '../tensor/random.ts';
 import { expectClose, randomValues } from './helpers.ts';
 
 const t = (v: number[][] | number[]) => tensor(v);
@@ -201,16 +202,6 @@ describe('sorting and sampling', () => {
     expect(Array.from(k.values.dataSync())).toEqual([3, 2, 5, 5]);
     expect(Array.from(k.indices.dataSync())).toEqual([0, 2, 1, 2]);
   });
-  it('multinomial is seeded and follows the probabilities', () => {
-    const probs = t([[0.1, 0, 0.9], [1, 0, 0]]);
-    const a = multinomial(probs, 2000, new Generator(3)).dataSync();
-    const b = multinomial(probs, 2000, new Generator(3)).dataSync();
-    expect(Array.from(a)).toEqual(Array.from(b));
-    const row0 = Array.from(a.slice(0, 2000));
-    expect(row0.includes(1)).toBe(false);
-    expect(Math.abs(row0.filter((v) => v === 2).length / 2000 - 0.9)).toBeLessThan(0.03);
-    expect(Array.from(a.slice(2000)).every((v) => v === 0)).toBe(true);
-  });
   it('rand and randn are reproducible and have the right moments', () => {
     const a = Array.from(randn([20000], { generator: new Generator(5) }).dataSync());
     const b = randn([20000], { generator: new Generator(5) }).dataSync();
@@ -236,5 +227,56 @@ describe('reading values', () => {
     const x = t([1, 2]);
     x.dispose();
     expect(() => x.add(1)).toThrow('add: tensor [2] was used after dispose()');
+  });
+});
+
+describe('fused attention', () => {
+  /** The unfused computation: scores, causal -inf, mask, softmax, dropout, weighted sum; heads repeated for GQA. */
+  function reference(q: Tensor, k: Tensor, v: Tensor, o: { mask?: Tensor; causal?: boolean; p?: number; seed?: number }): Tensor {
+    const [B, H, T, D] = q.shape;
+    const [Hkv, Tk] = [k.shape[1], k.shape[2]];
+    const kr = k.repeatInterleave(H / Hkv, 1);
+    const vr = v.repeatInterleave(H / Hkv, 1);
+    let s = q.matmul(kr.transpose(2, 3)).mul(1 / Math.sqrt(D));
+    if (o.causal) s = s.maskedFill(tensor(Int32Array.from({ length: T * Tk }, (_, n) => (n % Tk > Math.floor(n / Tk) + Tk - T ? 1 : 0)), { shape: [T, Tk] }), -Infinity);
+    if (o.mask) s = s.add(o.mask);
+    let pr = s.softmax(-1);
+    if (o.p) {
+      const threshold = Math.floor(o.p * 2 ** 32);
+      const keep = Float32Array.from({ length: B * H * T * Tk }, (_, n) => (dropoutKeeps(n, o.seed!, threshold) ? 1 / (1 - o.p!) : 0));
+      pr = pr.mul(tensor(keep, { shape: [B, H, T, Tk] }));
+    }
+    return pr.matmul(vr);
+  }
+  const cases: [string, number[], number[], { causal?: boolean; mask?: boolean; p?: number }][] = [
+    ['one query, one key', [1, 1, 1, 3], [1, 1, 1, 3], {}],
+    ['the ViT: bidirectional, head dim 24', [2, 3, 17, 24], [2, 3, 17, 24], {}],
+    ['GQA 4:1, causal, head dim 20, padding mask', [2, 8, 5, 20], [2, 2, 5, 20], { causal: true, mask: true }],
+    ['a KV-cache step: 1 query over 9 keys', [3, 4, 1, 6], [3, 2, 9, 6], { causal: true, mask: true }],
+    ['with dropout', [2, 2, 4, 5], [2, 1, 6, 5], { causal: true, p: 0.25 }],
+  ];
+  for (const [name, qs, ks, o] of cases) {
+    it(name, () => {
+      const q = randn(qs, { generator: new Generator(1) });
+      const [k, v] = [randn(ks, { generator: new Generator(2) }), randn(ks, { generator: new Generator(3) })];
+      const maskValues = Float32Array.from({ length: qs[0] * ks[2] }, (_, n) => (n % 3 === 1 ? -3.4028234663852886e38 : 0));
+      const mask = o.mask ? tensor(maskValues, { shape: [qs[0], 1, 1, ks[2]] }) : undefined;
+      const seed = Math.floor(new Generator(4).random() * 2 ** 32); // what the op draws from the same generator
+      const out = scaledDotProductAttention(q, k, v, { attnMask: mask, isCausal: o.causal, dropoutP: o.p, generator: new Generator(4) });
+      expect(out.shape).toEqual(qs);
+      expectClose(out.dataSync(), reference(q, k, v, { ...o, mask, seed }).dataSync(), 1e-5, 1e-6);
+    });
+  }
+  it('says what is wrong with the shapes', () => {
+    const q = zeros([1, 3, 2, 4]);
+    expect(() => scaledDotProductAttention(q, zeros([1, 2, 2, 4]), zeros([1, 2, 2, 4]))).toThrow(
+      'attention: 3 query heads cannot share 2 key/value heads (q [1,3,2,4], k [1,2,2,4], v [1,2,2,4])',
+    );
+    expect(() => scaledDotProductAttention(q, zeros([1, 3, 2, 5]), zeros([1, 3, 2, 5]))).toThrow(
+      'attention: expected q (B, H, T, D) and k, v (B, Hkv, Tk, D), got q [1,3,2,4], k [1,3,2,5], v [1,3,2,5]',
+    );
+    expect(() => scaledDotProductAttention(q, zeros([1, 3, 1, 4]), zeros([1, 3, 1, 4]), { isCausal: true })).toThrow(
+      'attention: causal attention needs at least as many keys as queries',
+    );
   });
 });

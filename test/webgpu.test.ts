@@ -6,7 +6,7 @@
 
 import { expect, it } from 'vitest';
 import {
-  Generator, cat, causalMask, conv2dPatch, copyInto, crossEntropy, full, layerNorm, multinomial, rmsNorm, stack,
+  Generator, cat, causalMask, conv2dPatch, copyInto, crossEntropy, full, layerNorm, rmsNorm, scaledDotProductAttention, stack,
   tensor, tril, where, zeros, type Tensor,
 } from '../tensor/index.ts';
 import { compareDevices, describeWebGPU, expectAllClose } from './webgpu_helpers.ts';
@@ -260,6 +260,21 @@ describeWebGPU('webgpu nn ops', () => {
   it('dropout with a fixed generator draws the same mask', async () => {
     await compareDevices((x) => x.dropout(0.3, true, new Generator(7)), [[4, 5]]);
   });
+  it('fused attention, forward and backward: bidirectional, causal, GQA, padding mask, dropout, odd sizes', async () => {
+    const sdpa = (o: { causal?: boolean; p?: number; masked?: boolean }) => (q: Tensor, k: Tensor, v: Tensor, m?: Tensor) =>
+      scaledDotProductAttention(q, k, v, { attnMask: o.masked ? m : null, isCausal: o.causal, dropoutP: o.p, generator: new Generator(5) });
+    const padding = (B: number, Tk: number) => ({ shape: [B, 1, 1, Tk], values: Float32Array.from({ length: B * Tk }, (_, n) => (n % 4 === 2 ? -3.4028234663852886e38 : 0)), grad: false });
+    const cases: [number[], number[], { causal?: boolean; p?: number; masked?: boolean }][] = [
+      [[1, 1, 1, 3], [1, 1, 1, 3], {}],
+      [[2, 3, 17, 24], [2, 3, 17, 24], {}],
+      [[2, 8, 3, 20], [2, 2, 3, 20], { causal: true, masked: true }],
+      [[1, 4, 1, 40], [1, 2, 67, 40], { causal: true, masked: true }],
+      [[2, 2, 5, 64], [2, 1, 9, 64], { causal: true, p: 0.2 }],
+    ];
+    for (const [qs, ks, o] of cases) {
+      await compareDevices(sdpa(o), [qs, ks, ks, padding(qs[0], ks[2])], { rtol: 1e-4 });
+    }
+  });
   it('sort and topk: values, indices (stable on ties, NaN last) and gradients', async () => {
     await compareDevices((x) => { const s = x.sort(-1, true); return [s.values, s.indices]; }, [[3, 5]]);
     await compareDevices((x) => { const s = x.topk(2, 0); return [s.values, s.indices]; }, [[4, 3]]);
@@ -270,13 +285,6 @@ describeWebGPU('webgpu nn ops', () => {
     await compareDevices((x) => { const s = x.sort(-1); return [s.values, s.indices]; }, [{ shape: [2, 150], dtype: 'int32', lo: -20, hi: 20 }]);
     await compareDevices((x) => { const s = x.transpose(0, 1).sort(0, true); return [s.values, s.indices]; }, [[70, 3]]);
     await compareDevices((x) => { const s = x.sort(-1); return [s.values, s.indices]; }, [{ shape: [2, 1000], grad: false }]);
-  });
-  it('multinomial draws what the CPU draws from the same generator', async () => {
-    for (const [shape, n] of [[[8], 5], [[4, 300], 3]] as [number[], number][]) {
-      await compareDevices((p) => multinomial(p.softmax(-1), n, new Generator(3)), [{ shape, lo: -2, hi: 2, grad: false }]);
-    }
-    const rows = await gpu(tensor([[0, 0, 1], [0, 0, 0], [1, -1, 1]]));
-    expect(Array.from(await multinomial(rows, 1, new Generator(1)).data())).toEqual([2, -1, -1]); // CPU throws on the last two
   });
 });
 

@@ -7,9 +7,8 @@
 //
 // Reference: https://github.com/huggingface/transformers/blob/main/src/transformers/models/llama/modeling_llama.py
 
-import { Embedding, Linear, Module, RMSNorm, buffer } from '../nn/index.ts';
-import { Dropout } from '../nn/layers.ts';
-import { arange, cat, full, tensor, type DeviceName, type Tensor } from '../tensor/index.ts';
+import { Dropout, Embedding, Linear, Module, RMSNorm, buffer } from '../nn/index.ts';
+import { arange, cat, scaledDotProductAttention, tensor, type Tensor } from '../tensor/index.ts';
 import type { RawTensor } from '../nn/safetensors.ts';
 import type { VLMConfig } from './config.ts';
 
@@ -94,28 +93,25 @@ export function applyRotaryPosEmbd(q: Tensor, k: Tensor, cos: Tensor, sin: Tenso
   return [q.mul(cos).add(rotateHalf(q).mul(sin)), k.mul(cos).add(rotateHalf(k).mul(sin))];
 }
 
-/** Which keys each query may see: built once per forward pass, shared by every block. */
+/** Where the padding is: built once per forward pass, shared by every block. */
 export interface AttentionMasks {
-  /** Added to the attention logits: -inf after the query (causal), float32 min at padded keys. */
-  bias: Tensor; // (T, Tk), or (B, 1, T, Tk) with padding
-  /** Padded query positions, whose outputs are zeroed: (B, 1, T, 1). */
+  /** Added to the attention scores: 0 at real keys, float32 min at padded ones: (B, 1, 1, Tk). */
+  keyPadding: Tensor | null;
+  /** Padded query positions, whose outputs are zeroed: (B, T, 1, 1). */
   queryPadding: Tensor | null;
 }
 
 /**
  * The masks for T new queries over Tk keys (the last T of which are the
  * queries themselves); attentionMask: (B, Tk), 1 = real token, 0 = padding.
+ * The causal part (no token sees a later one) is the attention op's isCausal.
  */
-export function attentionMasks(T: number, Tk: number, attentionMask: Tensor | null, device: DeviceName): AttentionMasks {
-  // causal: the query at absolute position Tk - T + i sees keys 0..Tk - T + i
-  const future = new Int32Array(T * Tk).map((_, idx) => (idx % Tk > Math.floor(idx / Tk) + Tk - T ? 1 : 0));
-  const causal = tensor(future, { shape: [T, Tk], device });
-  if (!attentionMask) return { bias: full([T, Tk], 0, { device }).maskedFill(causal, -Infinity), queryPadding: null };
+export function attentionMasks(T: number, Tk: number, attentionMask: Tensor | null): AttentionMasks {
+  if (!attentionMask) return { keyPadding: null, queryPadding: null };
   const B = attentionMask.shape[0];
-  const padded = attentionMask.reshape([B, 1, 1, Tk]).float().neg().add(1).mul(FLOAT32_MIN); // padded keys -> float32 min
   return {
-    bias: padded.maskedFill(causal, -Infinity), // (B, 1, T, Tk)
-    queryPadding: attentionMask.slice(1, Tk - T).reshape([B, 1, T, 1]).eq(0),
+    keyPadding: attentionMask.reshape([B, 1, 1, Tk]).float().neg().add(1).mul(FLOAT32_MIN), // (1 - m) * min
+    queryPadding: attentionMask.slice(1, Tk - T).reshape([B, T, 1, 1]).eq(0),
   };
 }
 
@@ -133,7 +129,8 @@ export class LanguageModelGroupedQueryAttention extends Module {
   k_proj: Linear;
   v_proj: Linear;
   out_proj: Linear;
-  attn_dropout: Dropout;
+  /** Dropout of the attention probabilities (nanoVLM's attn_dropout). */
+  dropout: number;
   resid_dropout: Dropout;
 
   constructor(cfg: VLMConfig) {
@@ -149,7 +146,7 @@ export class LanguageModelGroupedQueryAttention extends Module {
     this.k_proj = new Linear(cfg.lm_hidden_dim, this.headDim * this.nKvHeads, false);
     this.v_proj = new Linear(cfg.lm_hidden_dim, this.headDim * this.nKvHeads, false);
     this.out_proj = new Linear(cfg.lm_hidden_dim, cfg.lm_hidden_dim, false);
-    this.attn_dropout = new Dropout(cfg.lm_dropout);
+    this.dropout = cfg.lm_dropout;
     this.resid_dropout = new Dropout(cfg.lm_dropout);
   }
 
@@ -165,17 +162,15 @@ export class LanguageModelGroupedQueryAttention extends Module {
     let v = heads(this.v_proj.forward(x), this.nKvHeads);
     [q, k] = applyRotaryPosEmbd(q, k, cos, sin);
     if (past) [k, v] = [cat([past.k, k], 2), cat([past.v, v], 2)]; // (B, n_kv, T_past + T, hd)
-    const kv = { k, v };
-    k = k.repeatInterleave(this.nKvGroups, 1); // (B, n_heads, Tk, hd)
-    v = v.repeatInterleave(this.nKvGroups, 1);
-
-    let attn = q.matmul(k.transpose(2, 3)).div(Math.sqrt(this.headDim)); // (B, n_heads, T, Tk)
-    attn = this.attn_dropout.forward(attn.add(masks.bias).softmax(-1));
-    let y = attn.matmul(v); // (B, n_heads, T, hd)
+    // Each query mixes the values of the keys at or before its position, weighted by softmax(q . k / sqrt(hd));
+    // query head h reads key/value head h / n_kv_groups. One fused kernel, no (T, Tk) weights in memory.
+    const dropoutP = this.training ? this.dropout : 0;
+    let y = scaledDotProductAttention(q, k, v, { attnMask: masks.keyPadding, isCausal: true, dropoutP }); // (B, n_heads, T, hd)
+    y = y.transpose(1, 2); // (B, T, n_heads, hd): free, the kernel wrote this layout
     // padded query positions output zeros (their attention rows are meaningless)
     if (masks.queryPadding) y = y.maskedFill(masks.queryPadding, 0);
-    y = y.transpose(1, 2).reshape([B, T, C]); // (B, T, C)
-    return [this.resid_dropout.forward(this.out_proj.forward(y)), kv];
+    y = y.reshape([B, T, C]); // (B, T, C)
+    return [this.resid_dropout.forward(this.out_proj.forward(y)), { k, v }];
   }
 }
 
@@ -250,7 +245,7 @@ export class LanguageModel extends Module {
     const T = x.shape[1];
     // position ids run 0..T-1 for every sequence, padding included, as in nanoVLM
     const [cos, sin] = this.rotary_embd.forward(start, T);
-    const masks = attentionMasks(T, start + T, attentionMask, x.device);
+    const masks = attentionMasks(T, start + T, attentionMask);
     this.blocks.forEach((block, i) => {
       const [out, kv] = block.forward(x, cos, sin, masks, cache?.layers[i] ?? null);
       x = out;

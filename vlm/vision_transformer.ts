@@ -7,7 +7,7 @@
 // Reference: https://github.com/huggingface/transformers/blob/main/src/transformers/models/siglip/modeling_siglip.py
 
 import { Conv2d, Dropout, GELU, LayerNorm, Linear, Module, parameter } from '../nn/index.ts';
-import { cat, rand, zeros, type Tensor } from '../tensor/index.ts';
+import { cat, rand, scaledDotProductAttention, zeros, type Tensor } from '../tensor/index.ts';
 import type { RawTensor } from '../nn/safetensors.ts';
 import type { VLMConfig } from './config.ts';
 
@@ -43,7 +43,8 @@ export class ViTMultiHeadAttention extends Module {
   headDim: number;
   qkv_proj: Linear;
   out_proj: Linear;
-  attn_dropout: Dropout;
+  /** Dropout of the attention probabilities (nanoVLM's attn_dropout). */
+  dropout: number;
   resid_dropout: Dropout;
 
   constructor(cfg: VLMConfig) {
@@ -55,7 +56,7 @@ export class ViTMultiHeadAttention extends Module {
     this.headDim = cfg.vit_hidden_dim / cfg.vit_n_heads;
     this.qkv_proj = new Linear(cfg.vit_hidden_dim, 3 * cfg.vit_hidden_dim);
     this.out_proj = new Linear(cfg.vit_hidden_dim, cfg.vit_hidden_dim);
-    this.attn_dropout = new Dropout(cfg.vit_dropout);
+    this.dropout = cfg.vit_dropout;
     this.resid_dropout = new Dropout(cfg.vit_dropout);
   }
 
@@ -63,10 +64,10 @@ export class ViTMultiHeadAttention extends Module {
     const [B, T, C] = x.shape;
     const heads = (t: Tensor) => t.reshape([B, T, this.nHeads, this.headDim]).transpose(1, 2); // (B, H, T, hd)
     const [q, k, v] = this.qkv_proj.forward(x).split(C, 2).map(heads);
-    // scaled dot product: dividing by sqrt(hd) keeps the logits' variance near 1
-    let attn = q.matmul(k.transpose(-2, -1)).mul(1 / Math.sqrt(this.headDim)); // (B, H, T, T)
-    attn = this.attn_dropout.forward(attn.softmax(-1));
-    const y = attn.matmul(v).transpose(1, 2).reshape([B, T, C]); // (B, T, C)
+    // Every patch mixes the values of all patches, weighted by softmax(q . k / sqrt(hd)) (dividing by sqrt(hd)
+    // keeps the scores' variance near 1). One fused kernel: the (T, T) weights are never stored.
+    const dropoutP = this.training ? this.dropout : 0;
+    const y = scaledDotProductAttention(q, k, v, { dropoutP }).transpose(1, 2).reshape([B, T, C]); // (B, T, C)
     return this.resid_dropout.forward(this.out_proj.forward(y));
   }
 }

@@ -7,8 +7,9 @@
 // TypeScript matmul is tuned (matmul.ts). The WebGPU backend is checked
 // against this one, op for op.
 
-import type { Backend, BinaryOp, ReduceOp, Storage, UnaryOp, View } from '../backend.ts';
+import type { AdamWHyper, AttentionOptions, Backend, BinaryOp, ReduceOp, Storage, UnaryOp, View } from '../backend.ts';
 import { type DType, type TypedArray, makeTypedArray } from '../dtype.ts';
+import { dropoutKeeps } from '../random.ts';
 import { fmt, isContiguous, numel } from '../shape.ts';
 import { CpuStorage } from './heap.ts';
 import { matmulF32, matmulF64 } from './matmul.ts';
@@ -427,13 +428,57 @@ export class CpuBackend implements Backend {
     return { values: valuesOut, indices: indicesOut };
   }
 
-  /**
-   * One AdamW update, in place: p, m and v (the parameter and its two
-   * moments, contiguous) are overwritten. Not part of the Backend interface:
-   * nn/optim.ts may call it on the CPU instead of ~10 tensor ops per
-   * parameter. Same operations, in the same order, as those ops.
-   */
-  adamw(p: View, g: View, m: View, v: View, h: W.AdamWStep): void {
+  attention(qv: View, kv: View, vv: View, opts: AttentionOptions): { out: Storage; lse: Storage } {
+    const a = attentionShape(qv, kv);
+    const [out, lse] = [output(qv.dtype, a.B * a.H * a.T * a.D), output(qv.dtype, a.B * a.H * a.T)];
+    const [q, k, v, o, l] = [dense(qv), dense(kv), dense(vv), out.data, lse.data];
+    const scores = new Float64Array(a.Tk);
+    forEachQuery(a, opts, (b, h, t, kh, last) => {
+      const row = scoreRow(a, opts, q, k, b, h, t, kh, last, scores);
+      l[(b * a.H + h) * a.T + t] = row.lse;
+      // out[b, t, h] = sum_j p_j v_j, with p_j = exp(score_j - lse), dropped out or scaled
+      const at = ((b * a.T + t) * a.H + h) * a.D;
+      for (let d = 0; d < a.D; d++) {
+        let acc = 0;
+        for (let j = 0; j <= last; j++) acc += row.p(j) * v[((b * a.Hkv + kh) * a.Tk + j) * a.D + d];
+        o[at + d] = acc;
+      }
+    });
+    return { out, lse };
+  }
+
+  attentionBackward(
+    qv: View, kv: View, vv: View, ov: View, gv: View, _lse: View, opts: AttentionOptions,
+  ): { dq: Storage; dk: Storage; dv: Storage } {
+    const a = attentionShape(qv, kv);
+    const n = a.B * a.Hkv * a.Tk * a.D;
+    const [dqS, dkS, dvS] = [output(qv.dtype, a.B * a.H * a.T * a.D, true), output(qv.dtype, n, true), output(qv.dtype, n, true)];
+    const [q, k, v, o, g] = [dense(qv), dense(kv), dense(vv), dense(ov), dense(gv)];
+    const [dq, dk, dv] = [dqS.data, dkS.data, dvS.data];
+    const scores = new Float64Array(a.Tk);
+    forEachQuery(a, opts, (b, h, t, kh, last) => {
+      const row = scoreRow(a, opts, q, k, b, h, t, kh, last, scores);
+      const qi = ((b * a.H + h) * a.T + t) * a.D; // q, out and gradOut rows: (B, H, T, D)
+      const dqi = ((b * a.T + t) * a.H + h) * a.D; // dq rows: (B, T, H, D)
+      let delta = 0; // sum_j p_j dp_j = gradOut . out
+      for (let d = 0; d < a.D; d++) delta += g[qi + d] * o[qi + d];
+      for (let j = 0; j <= last; j++) {
+        const kj = ((b * a.Hkv + kh) * a.Tk + j) * a.D; // k and v rows: (B, Hkv, Tk, D)
+        const dkj = ((b * a.Tk + j) * a.Hkv + kh) * a.D; // dk and dv rows: (B, Tk, Hkv, D)
+        let dz = 0; // dLoss / d(probability after dropout)
+        for (let d = 0; d < a.D; d++) dz += g[qi + d] * v[kj + d];
+        const ds = row.prob(j) * (dz * row.keepScale(j) - delta); // through the softmax
+        for (let d = 0; d < a.D; d++) {
+          dq[dqi + d] += ds * opts.scale * k[kj + d];
+          dk[dkj + d] += ds * opts.scale * q[qi + d];
+          dv[dkj + d] += row.p(j) * g[qi + d];
+        }
+      }
+    });
+    return { dq: dqS, dk: dkS, dv: dvS };
+  }
+
+  adamw(p: View, g: View, m: View, v: View, h: AdamWHyper): void {
     for (const x of [p, m, v]) if (!isContiguous(x.shape, x.strides)) throw new Error('adamw: the parameter and its moments must be contiguous');
     if (W.useWasm(store(p), store(g), store(m), store(v)) && W.adamw(p, g, m, v, h)) return;
     const [pd, md, vd] = [dataOf(p), dataOf(m), dataOf(v)];
@@ -443,39 +488,72 @@ export class CpuBackend implements Backend {
     const [c2, stepSize] = [f(Math.sqrt(1 - h.beta2 ** h.step)), f(h.lr / (1 - h.beta1 ** h.step))];
     for (let i = 0; i < gd.length; i++) {
       const [x, mi, vi] = [p.offset + i, m.offset + i, v.offset + i];
-      md[mi] = f(md[mi] + f(f(gd[i] - md[mi]) * b1));
-      vd[vi] = f(f(vd[vi] * b2) + f(f(gd[i] * gd[i]) * b2c));
+      md[mi] = f(md[mi] + f(f(gd[i] - md[mi]) * b1)); // m += (g - m) (1 - beta1)
+      vd[vi] = f(f(vd[vi] * b2) + f(f(gd[i] * gd[i]) * b2c)); // v = beta2 v + (1 - beta2) g^2
+      // p = p (1 - lr wd) - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
       pd[x] = f(f(pd[x] * decay) - f(f(md[mi] / f(f(f(Math.sqrt(vd[vi])) / c2) + eps)) * stepSize));
     }
   }
+}
 
-  multinomial(pv: View, uv: View): Storage {
-    const [rows, cols] = rowsCols(pv.shape);
-    const out = output('int32', rows);
-    const p = dense(pv);
-    const u = dense(uv);
-    const o = out.data;
-    for (let r = 0; r < rows; r++) {
-      let total = 0;
-      for (let c = 0; c < cols; c++) {
-        if (!(p[r * cols + c] >= 0)) throw new Error(`multinomial: probabilities must be non-negative and finite (row ${r})`);
-        total += p[r * cols + c];
-      }
-      if (!(total > 0)) throw new Error(`multinomial: row ${r} of the probabilities sums to zero`);
-      const target = u[r] * total;
-      let acc = 0;
-      let pick = cols - 1;
-      for (let c = 0; c < cols; c++) {
-        acc += p[r * cols + c];
-        if (acc > target && p[r * cols + c] > 0) {
-          pick = c;
-          break;
-        }
-      }
-      o[r] = pick;
+/** The sizes of an attention call: q (B, H, T, D), k and v (B, Hkv, Tk, D). */
+interface AttentionShape {
+  B: number;
+  H: number;
+  T: number;
+  D: number;
+  Hkv: number;
+  Tk: number;
+}
+
+function attentionShape(q: View, k: View): AttentionShape {
+  const [B, H, T, D] = q.shape;
+  return { B, H, T, D, Hkv: k.shape[1], Tk: k.shape[2] };
+}
+
+/** Calls fn for every query row with its key/value head and the last key it may see. */
+function forEachQuery(
+  a: AttentionShape,
+  opts: AttentionOptions,
+  fn: (b: number, h: number, t: number, kh: number, last: number) => void,
+): void {
+  const group = a.H / a.Hkv; // query heads per key/value head
+  for (let b = 0; b < a.B; b++) {
+    for (let h = 0; h < a.H; h++) {
+      for (let t = 0; t < a.T; t++) fn(b, h, t, Math.floor(h / group), opts.causal ? a.Tk - a.T + t : a.Tk - 1);
     }
-    return out;
   }
+}
+
+/**
+ * One query row's scores s_j = q . k_j * scale + mask (for j <= last) and
+ * their log-sum-exp. prob(j) is softmax(s)_j, keepScale(j) the dropout factor
+ * (0 or 1 / (1 - p)), p(j) their product: the weight of v_j in the output.
+ */
+function scoreRow(
+  a: AttentionShape, opts: AttentionOptions, q: TypedArray, k: TypedArray,
+  b: number, h: number, t: number, kh: number, last: number, s: Float64Array,
+) {
+  const m = opts.mask;
+  const maskData = m ? dataOf(m) : null;
+  const qi = ((b * a.H + h) * a.T + t) * a.D;
+  let max = -Infinity;
+  for (let j = 0; j <= last; j++) {
+    let dot = 0;
+    for (let d = 0; d < a.D; d++) dot += q[qi + d] * k[((b * a.Hkv + kh) * a.Tk + j) * a.D + d];
+    const bias = m ? maskData![m.offset + b * m.strides[0] + h * m.strides[1] + t * m.strides[2] + j * m.strides[3]] : 0;
+    s[j] = dot * opts.scale + bias;
+    max = Math.max(max, s[j]);
+  }
+  let sum = 0;
+  for (let j = 0; j <= last; j++) sum += Math.exp(s[j] - max);
+  const lse = max + Math.log(sum);
+  const drop = opts.dropout;
+  const threshold = drop ? Math.floor(drop.p * 2 ** 32) : 0;
+  const first = ((b * a.H + h) * a.T + t) * a.Tk; // flat index of score j = 0
+  const keepScale = (j: number) => (!drop ? 1 : dropoutKeeps(first + j, drop.seed, threshold) ? 1 / (1 - drop.p) : 0);
+  const prob = (j: number) => Math.exp(s[j] - lse);
+  return { lse, prob, keepScale, p: (j: number) => prob(j) * keepScale(j) };
 }
 
 /** log(sum(exp(x[base..base+n]))), computed stably by factoring out the max. */

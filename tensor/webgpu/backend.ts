@@ -15,15 +15,15 @@
 //
 // What a GPU cannot do like the CPU (it cannot throw from a kernel):
 // embedding ids outside the table read zeros, a crossEntropy target outside
-// [0, V) gives NaN, an invalid multinomial row (negative/NaN weights or a
-// zero sum) gives -1. float -> int32 casts wrap like a typed-array store.
+// [0, V) gives NaN. float -> int32 casts wrap like a typed-array store.
 
-import type { Backend, BinaryOp, ReduceOp, Storage, UnaryOp, View } from '../backend.ts';
+import type { AdamWHyper, AttentionOptions, Backend, BinaryOp, ReduceOp, Storage, UnaryOp, View } from '../backend.ts';
 import { type DType, type TypedArray, dtypeOf, makeTypedArray, toTypedArray } from '../dtype.ts';
 import { contiguousStrides, fmt, isContiguous, numel } from '../shape.ts';
 import { type Kernel, MAX_GROUPS_PER_DIM } from './kernels/common.ts';
-import { EW_WORKGROUP, binaryKernel, copyKernel, fillKernel, unaryKernel, whereKernel } from './kernels/elementwise.ts';
-import { SORT_TILE, gatherKernel, multinomialKernel, scatterSumKernel, sortKernel } from './kernels/indexing.ts';
+import { ATTENTION_MAX_HEAD_DIM, ATTENTION_WORKGROUP, attentionDkvKernel, attentionDqKernel, attentionKernel } from './kernels/attention.ts';
+import { EW_WORKGROUP, adamwKernel, binaryKernel, copyKernel, fillKernel, unaryKernel, whereKernel } from './kernels/elementwise.ts';
+import { SORT_TILE, gatherKernel, scatterSumKernel, sortKernel } from './kernels/indexing.ts';
 import { matmulKernel } from './kernels/matmul.ts';
 import { REDUCE_WORKGROUP, SHORT_AXIS, reduceKernel } from './kernels/reduce.ts';
 import { type RowOp, checkRowDtype, rowKernel, rowWorkgroup } from './kernels/rows.ts';
@@ -91,6 +91,10 @@ export class WebGPUBackend implements Backend {
     const bytes = this.rec.readBytes(src, temp ? 0 : x.offset * 4, n * 4);
     if (temp) this.rec.release(temp);
     return x.dtype === 'int32' ? new Int32Array(await bytes) : new Float32Array(await bytes);
+  }
+
+  readSync(): TypedArray {
+    throw new Error('dataSync: a GPU cannot be read synchronously; use await tensor.data()');
   }
 
   retain(s: Storage): void {
@@ -286,15 +290,88 @@ export class WebGPUBackend implements Backend {
     return this.sortRows(x, descending);
   }
 
-  multinomial(probs: View, u: View): Storage {
-    checkRowDtype('multinomial', probs.dtype);
-    const rv = this.rowsOf(probs, 'multinomial');
-    return this.output('int32', rv.rows, (out) =>
-      this.with1d(u, 'multinomial', (ub) => {
-        const groups = this.rec.groups(Math.ceil(rv.rows / EW_WORKGROUP));
-        this.rec.run('multinomial', multinomialKernel(rv.rank), [...rv.params, ub.offset, ub.stride], [this.whole(out, 'multinomial'), rv.arg, ub.arg], groups);
-      }),
-    );
+  // ------------------------------------------------------------ attention
+
+  attention(q: View, k: View, v: View, opts: AttentionOptions): { out: Storage; lse: Storage } {
+    const [B, H, T, D] = q.shape;
+    checkHeadDim(D);
+    const lse = this.rec.newStorage('float32', B * H * T);
+    try {
+      const out = this.output('float32', B * H * T * D, (o) => {
+        const views = this.attentionViews('attention', [q, k, v, opts.mask]);
+        const params = [...attentionParams(q, k, opts), ...views.params];
+        const args = [this.whole(o, 'attention'), this.whole(lse, 'attention'), ...views.args];
+        const groups = this.rec.groups(Math.ceil((B * H * T) / ATTENTION_WORKGROUP));
+        this.rec.run('attention', attentionKernel(D, opts.mask !== null), params, args, groups);
+      });
+      return { out, lse };
+    } catch (e) {
+      this.rec.release(lse);
+      throw e;
+    }
+  }
+
+  attentionBackward(
+    q: View, k: View, v: View, out: View, gradOut: View, lse: View, opts: AttentionOptions,
+  ): { dq: Storage; dk: Storage; dv: Storage } {
+    const [B, H, T, D] = q.shape;
+    const [Hkv, Tk] = [k.shape[1], k.shape[2]];
+    checkHeadDim(D);
+    const hasMask = opts.mask !== null;
+    const views = this.attentionViews('attention backward', [q, k, v, opts.mask, out, gradOut]);
+    const params = [...attentionParams(q, k, opts), ...views.params];
+    const [qkv, outArgs] = [views.args.slice(0, hasMask ? 4 : 3), views.args.slice(hasMask ? 4 : 3)];
+    const lseArg = this.whole(this.rec.check(lse.storage, 'attention backward'), 'attention backward');
+    const delta = this.rec.newStorage('float32', B * H * T);
+    const dk = this.rec.newStorage('float32', B * Hkv * Tk * D);
+    const dv = this.rec.newStorage('float32', B * Hkv * Tk * D);
+    try {
+      const dq = this.output('float32', B * H * T * D, (dqs) => {
+        const args = [this.whole(dqs, 'attention backward'), this.whole(delta, 'attention backward'), lseArg, ...outArgs, ...qkv];
+        const groups = this.rec.groups(Math.ceil((B * H * T) / ATTENTION_WORKGROUP));
+        this.rec.run('attention backward', attentionDqKernel(D, hasMask), params, args, groups);
+      });
+      const args = [this.whole(dk, 'attention backward'), this.whole(dv, 'attention backward'), lseArg, this.whole(delta, 'attention backward'), outArgs[1], ...qkv];
+      const groups = this.rec.groups(Math.ceil((B * Hkv * Tk) / ATTENTION_WORKGROUP));
+      this.rec.run('attention backward', attentionDkvKernel(D, hasMask), params, args, groups);
+      return { dq, dk, dv };
+    } catch (e) {
+      this.rec.release(dk);
+      this.rec.release(dv);
+      throw e;
+    } finally {
+      this.rec.release(delta);
+    }
+  }
+
+  /** The attention operands (a missing mask is skipped) bound, with their offsets and strides as params. */
+  private attentionViews(op: string, views: (View | null)[]): { params: number[]; args: Arg[] } {
+    const params: number[] = [];
+    const args: Arg[] = [];
+    for (const v of views) {
+      if (!v) {
+        params.push(0, 0, 0, 0, 0);
+        continue;
+      }
+      const b = this.bind(v, op);
+      params.push(b.offset, ...v.strides);
+      args.push(b.arg);
+    }
+    return { params, args };
+  }
+
+  // ------------------------------------------------------------ optimizer
+
+  adamw(p: View, g: View, m: View, v: View, h: AdamWHyper): void {
+    for (const x of [p, g, m, v]) {
+      if (!isContiguous(x.shape, x.strides)) throw new Error('webgpu adamw: the parameter, its gradient and its moments must be contiguous');
+    }
+    const n = numel(p.shape);
+    if (n === 0) return;
+    const [pb, gb, mb, vb] = [p, g, m, v].map((x) => this.bind(x, 'adamw'));
+    const consts = [1 - h.lr * h.weightDecay, 1 - h.beta1, h.beta2, 1 - h.beta2, Math.sqrt(1 - h.beta2 ** h.step), h.lr / (1 - h.beta1 ** h.step), h.eps];
+    const params = [n, pb.offset, gb.offset, mb.offset, vb.offset, ...consts.map(f32Bits)];
+    this.rec.run('adamw', adamwKernel(), params, [pb.arg, gb.arg, mb.arg, vb.arg], this.rec.groups(Math.ceil(n / EW_WORKGROUP)));
   }
 
   // ------------------------------------------------------------ helpers
@@ -407,4 +484,17 @@ export class WebGPUBackend implements Backend {
     const params = [n, ...c.shape, ...bound.flatMap((b, k) => [b.offset, ...c.strides[k]])];
     this.rec.run(op, kernel(c.shape.length), params, bound.map((b) => b.arg), this.rec.groups(Math.ceil(n / EW_WORKGROUP)));
   }
+}
+
+/** The scalar params of the attention kernels: sizes, scale, causal flag, dropout. */
+function attentionParams(q: View, k: View, opts: AttentionOptions): number[] {
+  const [B, H, T] = q.shape;
+  const d = opts.dropout;
+  const threshold = d ? Math.floor(d.p * 2 ** 32) : 0;
+  const dropScale = d ? 1 / (1 - d.p) : 1;
+  return [B, H, k.shape[1], T, k.shape[2], f32Bits(opts.scale), opts.causal ? 1 : 0, threshold, d ? d.seed : 0, f32Bits(dropScale), d ? 1 : 0];
+}
+
+function checkHeadDim(D: number): void {
+  if (D > ATTENTION_MAX_HEAD_DIM) throw new Error(`webgpu attention: head dim ${D} is over the supported ${ATTENTION_MAX_HEAD_DIM}`);
 }

@@ -134,3 +134,29 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, 
 }`;
   return { key: `fill:${dtype}`, code, workgroupSize: EW_WORKGROUP, storage: ['read_write'] };
 });
+
+/**
+ * One AdamW step in place over contiguous p, m, v (and g, read), in the
+ * order of torch.optim.AdamW's arithmetic (see the CPU backend's adamw).
+ * Params: [n, pOffset, gOffset, mOffset, vOffset, then f32 bits of
+ * 1 - lr wd, 1 - beta1, beta2, 1 - beta2, sqrt(1 - beta2^t), lr / (1 - beta1^t), eps].
+ */
+export const adamwKernel = memo((): Kernel => {
+  const code = /* wgsl */ `${prelude}
+${binding(1, 'pw', 'f32', 'read_write')}
+${binding(2, 'g', 'f32', 'read')}
+${binding(3, 'm', 'f32', 'read_write')}
+${binding(4, 'v', 'f32', 'read_write')}
+@compute @workgroup_size(${EW_WORKGROUP})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
+  let i = groupIndex(wid, nwg) * ${EW_WORKGROUP}u + lid;
+  if (i >= p(0u)) { return; }
+  let gi = g[p(2u) + i];
+  let mi = m[p(3u) + i] + (gi - m[p(3u) + i]) * pf(6u);
+  let vi = v[p(4u) + i] * pf(7u) + (gi * gi) * pf(8u);
+  m[p(3u) + i] = mi;
+  v[p(4u) + i] = vi;
+  pw[p(1u) + i] = pw[p(1u) + i] * pf(5u) - fdiv(mi, fdiv(sqrt(vi), pf(9u)) + pf(11u)) * pf(10u);
+}`;
+  return { key: 'adamw', code, workgroupSize: EW_WORKGROUP, storage: ['read_write', 'read', 'read_write', 'read_write'] };
+});

@@ -1,5 +1,5 @@
 // Indexing kernels: embedding lookup (gather) and its adjoint (scatter-add),
-// stable per-row sort, and one multinomial draw per row.
+// stable per-row sort.
 //
 // Scatter-add without float atomics, deterministically: sort the ids
 // (stable, so equal ids keep their original order), then give each output
@@ -129,44 +129,4 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, 
   }
 }`;
   return { key: `sort:${dtype}:${rank}:${descending ? 'desc' : 'asc'}`, code, workgroupSize: SORT_TILE, storage: ['read_write', 'read_write', 'read'] };
-});
-
-/**
- * One draw per row: the first index whose running sum exceeds u * total. One
- * thread per row walks it in order (as the CPU does, in float32 rather than
- * float64). Rows with a negative or NaN weight, or summing to zero, give -1:
- * the CPU throws there, a GPU cannot.
- * Params: [rows, cols, colStride, R outer dims: shape, offset, strides, uOffset, uStride].
- */
-export const multinomialKernel = memo((rank: number): Kernel => {
-  const u = 3 + rank + 1 + rank;
-  const code = /* wgsl */ `${prelude}
-${binding(1, 'out', 'i32', 'read_write')}
-${binding(2, 'x', 'f32', 'read')}
-${binding(3, 'u', 'f32', 'read')}
-@compute @workgroup_size(${EW_WORKGROUP})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
-  let row = groupIndex(wid, nwg) * ${EW_WORKGROUP}u + lid;
-  if (row >= p(0u)) { return; }
-  let cols = p(1u);
-  let cs = p(2u);
-  ${stridedOffsets('row', rank, 3, [3 + rank])}
-  var total = 0.0;
-  var bad = false;
-  for (var c = 0u; c < cols; c++) {
-    let v = x[o0 + c * cs];
-    if (isnan_(v) || v < 0.0) { bad = true; }
-    total += v;
-  }
-  if (bad || !(total > 0.0)) { out[row] = -1; return; }
-  let goal = u[p(${u}u) + row * p(${u + 1}u)] * total;
-  var acc = 0.0;
-  var pick = i32(cols) - 1;
-  for (var c = 0u; c < cols; c++) {
-    acc += x[o0 + c * cs];
-    if (acc > goal) { pick = i32(c); break; }
-  }
-  out[row] = pick;
-}`;
-  return { key: `multinomial:${rank}`, code, workgroupSize: EW_WORKGROUP, storage: ['read_write', 'read', 'read'] };
 });
