@@ -49,6 +49,9 @@ export function disposeKVCache(cache: KVCache): void {
  * Rotary position embeddings (RoPE): instead of adding a position vector, each
  * pair of features in q and k is rotated by an angle proportional to the
  * position, so q . k depends only on the distance between the two tokens.
+ *
+ * nanoVLM: RotaryEmbedding in https://github.com/huggingface/nanoVLM/blob/30b842b/models/language_model.py
+ * transformers: LlamaRotaryEmbedding in models/llama/modeling_llama.py
  */
 export class RotaryEmbedding extends Module {
   inv_freq: Tensor;
@@ -119,6 +122,9 @@ export function attentionMasks(T: number, Tk: number, attentionMask: Tensor | nu
  * Causal self-attention with grouped queries: n_heads query heads share
  * n_kv_heads key/value heads (each K/V head serves n_heads / n_kv_heads query
  * heads), which shrinks the K/V projections and the cache.
+ *
+ * nanoVLM: LanguageModelGroupedQueryAttention in https://github.com/huggingface/nanoVLM/blob/30b842b/models/language_model.py
+ * transformers: LlamaAttention in models/llama/modeling_llama.py
  */
 export class LanguageModelGroupedQueryAttention extends Module {
   nHeads: number;
@@ -174,7 +180,12 @@ export class LanguageModelGroupedQueryAttention extends Module {
   }
 }
 
-/** SwiGLU: a SiLU-gated linear unit, down-projected back to the hidden size. */
+/**
+ * SwiGLU: a SiLU-gated linear unit, down-projected back to the hidden size.
+ *
+ * nanoVLM: LanguageModelMLP in https://github.com/huggingface/nanoVLM/blob/30b842b/models/language_model.py
+ * transformers: LlamaMLP in models/llama/modeling_llama.py
+ */
 export class LanguageModelMLP extends Module {
   gate_proj: Linear;
   up_proj: Linear;
@@ -192,7 +203,12 @@ export class LanguageModelMLP extends Module {
   }
 }
 
-/** Pre-norm decoder block with residual connections around attention and MLP. */
+/**
+ * Pre-norm decoder block with residual connections around attention and MLP.
+ *
+ * nanoVLM: LanguageModelBlock in https://github.com/huggingface/nanoVLM/blob/30b842b/models/language_model.py
+ * transformers: LlamaDecoderLayer in models/llama/modeling_llama.py
+ */
 export class LanguageModelBlock extends Module {
   mlp: LanguageModelMLP;
   attn: LanguageModelGroupedQueryAttention;
@@ -214,7 +230,12 @@ export class LanguageModelBlock extends Module {
   }
 }
 
-/** The decoder: embeddings in, final-normed hidden states (or logits with lm_use_tokens) out. */
+/**
+ * The decoder: embeddings in, final-normed hidden states (or logits with lm_use_tokens) out.
+ *
+ * nanoVLM: LanguageModel in https://github.com/huggingface/nanoVLM/blob/30b842b/models/language_model.py
+ * transformers: LlamaModel and the LlamaForCausalLM head in models/llama/modeling_llama.py
+ */
 export class LanguageModel extends Module {
   lmUseTokens: boolean;
   token_embedding: Embedding;

@@ -11,7 +11,12 @@ import { Linear, Module } from '../nn/index.ts';
 import type { Tensor } from '../tensor/index.ts';
 import type { VLMConfig } from './config.ts';
 
-/** Pixel shuffle + a linear projection into the language model's embedding space. */
+/**
+ * Pixel shuffle + a linear projection into the language model's embedding space.
+ *
+ * nanoVLM: ModalityProjector in https://github.com/huggingface/nanoVLM/blob/30b842b/models/modality_projector.py
+ * transformers: Idefics3Connector in models/idefics3/modeling_idefics3.py
+ */
 export class ModalityProjector extends Module {
   scaleFactor: number;
   proj: Linear;

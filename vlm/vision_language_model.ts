@@ -34,7 +34,11 @@ export interface GenerateOptions {
   returnLogits?: boolean;
 }
 
-/** The vision-language model: ViT + modality projector + language model. */
+/**
+ * The vision-language model: ViT + modality projector + language model.
+ *
+ * nanoVLM: VisionLanguageModel in https://github.com/huggingface/nanoVLM/blob/30b842b/models/vision_language_model.py
+ */
 export class VisionLanguageModel extends Module {
   cfg: VLMConfig;
   vision_encoder: ViT;

@@ -11,7 +11,12 @@ import { cat, rand, scaledDotProductAttention, zeros, type Tensor } from '../ten
 import type { RawTensor } from '../nn/safetensors.ts';
 import type { VLMConfig } from './config.ts';
 
-/** Patches -> vectors, plus a learned position embedding (and an optional CLS token). */
+/**
+ * Patches -> vectors, plus a learned position embedding (and an optional CLS token).
+ *
+ * nanoVLM: ViTPatchEmbeddings in https://github.com/huggingface/nanoVLM/blob/30b842b/models/vision_transformer.py
+ * transformers: SiglipVisionEmbeddings in models/siglip/modeling_siglip.py
+ */
 export class ViTPatchEmbeddings extends Module {
   conv: Conv2d;
   cls_token: Tensor | null;
@@ -37,7 +42,12 @@ export class ViTPatchEmbeddings extends Module {
   }
 }
 
-/** Bidirectional multi-head self-attention with one fused q/k/v projection. */
+/**
+ * Bidirectional multi-head self-attention with one fused q/k/v projection.
+ *
+ * nanoVLM: ViTMultiHeadAttention in https://github.com/huggingface/nanoVLM/blob/30b842b/models/vision_transformer.py
+ * transformers: SiglipAttention in models/siglip/modeling_siglip.py
+ */
 export class ViTMultiHeadAttention extends Module {
   nHeads: number;
   headDim: number;
@@ -72,7 +82,12 @@ export class ViTMultiHeadAttention extends Module {
   }
 }
 
-/** Two linear layers with a GELU between them: the per-patch "thinking" step. */
+/**
+ * Two linear layers with a GELU between them: the per-patch "thinking" step.
+ *
+ * nanoVLM: ViTMLP in https://github.com/huggingface/nanoVLM/blob/30b842b/models/vision_transformer.py
+ * transformers: SiglipMLP in models/siglip/modeling_siglip.py
+ */
 export class ViTMLP extends Module {
   activation_fn = new GELU();
   fc1: Linear;
@@ -91,7 +106,12 @@ export class ViTMLP extends Module {
   }
 }
 
-/** Pre-LN transformer block: normalise, attend, add; normalise, MLP, add. */
+/**
+ * Pre-LN transformer block: normalise, attend, add; normalise, MLP, add.
+ *
+ * nanoVLM: ViTBlock in https://github.com/huggingface/nanoVLM/blob/30b842b/models/vision_transformer.py
+ * transformers: SiglipEncoderLayer in models/siglip/modeling_siglip.py
+ */
 export class ViTBlock extends Module {
   ln1: LayerNorm;
   attn: ViTMultiHeadAttention;
@@ -112,7 +132,12 @@ export class ViTBlock extends Module {
   }
 }
 
-/** The vision encoder: images (B, 3, S, S) -> patch vectors (B, num_patches, vit_hidden_dim). */
+/**
+ * The vision encoder: images (B, 3, S, S) -> patch vectors (B, num_patches, vit_hidden_dim).
+ *
+ * nanoVLM: ViT in https://github.com/huggingface/nanoVLM/blob/30b842b/models/vision_transformer.py
+ * transformers: SiglipVisionTransformer in models/siglip/modeling_siglip.py
+ */
 export class ViT extends Module {
   patch_embedding: ViTPatchEmbeddings;
   clsFlag: boolean;
