@@ -76,13 +76,6 @@ export class GELU extends Module {
   }
 }
 
-/** SiLU (x * sigmoid(x)), the gate activation of Llama's SwiGLU MLP. */
-export class SiLU extends Module {
-  forward(x: Tensor): Tensor {
-    return x.silu();
-  }
-}
-
 /** A Conv2d whose stride equals its kernel (ViT's patch embedding); weight [out, in, k, k] as PyTorch. */
 export class Conv2d extends Module {
   weight: Tensor;

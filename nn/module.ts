@@ -68,6 +68,22 @@ export class Module {
     return new Map(this.namedTensors());
   }
 
+  /** Every tensor once, with all the names it goes by (a tied weight has several). */
+  tensorNames(): Map<Tensor, string[]> {
+    const names = new Map<Tensor, string[]>();
+    for (const [name, t] of this.namedTensors()) names.set(t, [...(names.get(t) ?? []), name]);
+    return names;
+  }
+
+  /**
+   * The state dict as a file holds it: a tied tensor once, under the
+   * alphabetically first of its names (the rule of PyTorch's safetensors
+   * save_model, so nanoVLM's files hold decoder.head.weight, not the embedding).
+   */
+  stateDictForSaving(): Map<string, Tensor> {
+    return new Map([...this.tensorNames()].map(([t, names]) => [[...names].sort()[0], t]));
+  }
+
   /**
    * Copies values into the module's tensors. Strict by default: any missing or
    * unexpected key, or a wrong shape, is an error that lists them all. A tied
@@ -76,8 +92,7 @@ export class Module {
    */
   loadStateDict(state: Map<string, StateValue>, strict = true): void {
     const own = this.namedTensors();
-    const names = new Map<Tensor, string[]>();
-    for (const [name, t] of own) names.set(t, [...(names.get(t) ?? []), name]);
+    const names = this.tensorNames();
     const missing: string[] = [];
     const wrongShape: string[] = [];
     const unexpected = [...state.keys()].filter((k) => !own.some(([name]) => name === k));

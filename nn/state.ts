@@ -17,11 +17,9 @@ export async function toWriteTensors(tensors: Map<string, Tensor>, dtype: 'F32' 
   return out;
 }
 
-/** Saves a module's state dict (atomically: temp file, then rename). */
-export async function saveModule(file: string, module: Module, opts: { dtype?: 'F32' | 'BF16'; skip?: string[] } = {}): Promise<void> {
-  const state = module.stateDict();
-  for (const name of opts.skip ?? []) state.delete(name);
-  saveSafetensors(file, await toWriteTensors(state, opts.dtype), { format: 'pt' });
+/** Saves a module's state dict, tied weights once (atomically: temp file, then rename). */
+export async function saveModule(file: string, module: Module, opts: { dtype?: 'F32' | 'BF16' } = {}): Promise<void> {
+  saveSafetensors(file, await toWriteTensors(module.stateDictForSaving(), opts.dtype), { format: 'pt' });
 }
 
 /** Loads a safetensors file into a module (strict unless told otherwise). */

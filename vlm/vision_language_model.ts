@@ -84,19 +84,11 @@ export class VisionLanguageModel extends Module {
     return model;
   }
 
-  /**
-   * Saves config.json + model.safetensors exactly as nanoVLM does. Of two tied
-   * names only one is written, the alphabetically first (PyTorch's save_model
-   * rule), so the file holds decoder.head.weight and no token_embedding.
-   */
+  /** Saves config.json + model.safetensors exactly as nanoVLM does (tied weights once). */
   async savePretrained(dir: string): Promise<void> {
     const { writeCheckpoint } = await import('./files.ts');
     const { toWriteTensors } = await import('../nn/state.ts');
-    const state = this.stateDict();
-    const names = new Map<Tensor, string[]>();
-    for (const [name, t] of state) names.set(t, [...(names.get(t) ?? []), name]);
-    for (const aliases of names.values()) for (const name of aliases.sort().slice(1)) state.delete(name);
-    writeCheckpoint(dir, vlmConfigToJSON(this.cfg), await toWriteTensors(state));
+    writeCheckpoint(dir, vlmConfigToJSON(this.cfg), await toWriteTensors(this.stateDictForSaving()));
   }
 
   /** Where the parameters live. */
