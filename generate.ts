@@ -88,6 +88,7 @@ async function main(): Promise<void> {
     const answer: number[] = [];
     let printed = '';
     process.stdout.write(`  >> Generation ${g + 1}: `);
+    // sync point per token: the last position's logits are read back to choose the next token
     await model.generate(inputIds, image, null, {
       maxNewTokens: args.max_new_tokens,
       greedy: args.greedy || args.temperature === 0,

@@ -20,16 +20,25 @@ type Point = [x: number, y: number];
 type Panel = { id: string; top: number; bottom: number; ticks: number[]; y: (v: number) => number };
 
 /**
- * A centred moving average over 2h + 1 values (fewer near the ends, always symmetric). An
- * exponential average trails the data by about 1 / (1 - beta) steps; a centred one does not.
- * It averages logarithms, so on the log axis the curve runs through the middle of the noise.
+ * Smooths without lag: the value of a straight line fitted to the 2h + 1 points around each
+ * one. In the interior that is their centred average; at the ends, where the window is cut
+ * short, the line keeps the curve on the data instead of trailing it. (An exponential
+ * average trails the data by about 1 / (1 - beta) steps.) It fits the values themselves, so
+ * the curve is the mean train loss, comparable with the validation loss.
  */
 export function smooth(values: number[], h: number): number[] {
-  const prefix = [0];
-  for (const v of values) prefix.push(prefix[prefix.length - 1] + Math.log(v));
+  // running sums of 1, x, x^2, y and x*y, with x the index
+  const sums = [[0, 0, 0, 0, 0]];
+  values.forEach((y, x) => {
+    const [n, sx, sxx, sy, sxy] = sums[x];
+    sums.push([n + 1, sx + x, sxx + x * x, sy + y, sxy + x * y]);
+  });
   return values.map((_, i) => {
-    const k = Math.min(h, i, values.length - 1 - i);
-    return Math.exp((prefix[i + k + 1] - prefix[i - k]) / (2 * k + 1));
+    const [a, b] = [Math.max(0, i - h), Math.min(values.length - 1, i + h)];
+    const [n, sx, sxx, sy, sxy] = sums[b + 1].map((total, j) => total - sums[a][j]);
+    const slope = n > 1 ? (n * sxy - sx * sy) / (n * sxx - sx * sx) : 0;
+    const fit = sy / n + slope * (i - sx / n);
+    return fit > 0 ? fit : sy / n; // a steep fall can take the line below 0, off a log axis: the mean then
   });
 }
 

@@ -81,7 +81,7 @@ export async function saveResumeState(
   const dir = join(out, 'resume');
   const tmp = `${dir}.tmp`;
   rmSync(tmp, { recursive: true, force: true });
-  await run.model.savePretrained(tmp);
+  await run.model.savePretrained(tmp); // sync point: reads the weights back
   if (run.tokenizerJson) writeFileSync(join(tmp, 'tokenizer.json'), JSON.stringify(run.tokenizerJson));
   saveOptimizer(join(tmp, 'optimizer.safetensors'), await run.optimizer.stateDict()); // sync point: reads the moments
   // the default generator draws dropout masks: its state is part of where the run is

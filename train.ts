@@ -155,7 +155,7 @@ async function main(): Promise<void> {
     writeAtomic(join(out, 'loss.svg'), plotTrainingCurves({ ...curves, title }));
     if (val.accuracy > state.bestAccuracy) {
       state.bestAccuracy = val.accuracy;
-      await model.savePretrained(out);
+      await model.savePretrained(out); // sync point: reads the weights back
       if (tokenizerJson) writeAtomic(join(out, 'tokenizer.json'), JSON.stringify(tokenizerJson));
     }
     await saveResumeState(out, { model, optimizer, state, tokenizerJson });

@@ -78,13 +78,13 @@ describe('plotTrainingCurves', () => {
   });
 
   it('smooths without lag: a straight line stays where it is, a step is centred', () => {
-    const line = Array.from({ length: 200 }, (_, i) => Math.exp(-i / 50)); // straight on the log axis
-    smooth(line, 10).forEach((v, i) => expect(v).toBeCloseTo(line[i], 12));
+    const line = Array.from({ length: 200 }, (_, i) => 3 - i / 100);
+    smooth(line, 10).forEach((v, i) => expect(v).toBeCloseTo(line[i], 10)); // the ends too: no lag
     const step = [...Array(50).fill(1), ...Array(50).fill(4)];
     const s = smooth(step, 10);
-    for (let i = 0; i < 50; i++) expect(s[i] * s[99 - i]).toBeCloseTo(4, 10); // symmetric about the step
-    expect(s[49]).toBeLessThan(2);
-    expect(s[50]).toBeGreaterThan(2);
+    for (let i = 0; i < 50; i++) expect(s[i] + s[99 - i]).toBeCloseTo(5, 10); // symmetric about the step
+    expect(s[49]).toBeLessThan(2.5);
+    expect(s[50]).toBeGreaterThan(2.5);
     // the smoothed curve of a noisy run runs through the noiseless one (an exponential average
     // with beta 0.9 would trail it by about 10 steps: up to 10% too high here)
     const run = exampleRun();
