@@ -42,7 +42,8 @@ export function checkOutDir(out: string, opts: { resume?: boolean; overwrite?: b
   let existing = out; // the folder, or the nearest folder above it that exists: mkdir will need one
   while (!existsSync(existing)) existing = dirname(existing);
   if (!statSync(existing).isDirectory()) {
-    throw new UsageError(existing === out ? `--out ${out} is a file, not a folder` : `--out ${out}: ${existing} is a file`);
+    const what = existing === out ? 'is a file, not a folder' : `is inside ${existing}, a file`;
+    throw new UsageError(`--out ${out} ${what}`);
   }
   const stateFile = join(out, 'resume', 'state.json');
   if (opts.resume) {

@@ -10,7 +10,7 @@
 
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { minutes, openDevice, parseFlags, progress, reportError } from './cli.ts';
+import { minutes, openDevice, progress, reportError } from './cli.ts';
 import type { MMStarBatch, VQABatch, VQAItem } from './data/collators.ts';
 import { checkMultipleChoiceWithRegex } from './data/datasets.ts';
 import { DataLoader } from './data/loader.ts';
@@ -18,26 +18,14 @@ import type { Tokenizer } from './data/tokenizer.ts';
 import { checkTexts, getDataloaders, openSplits, runTokenizer, toTensors } from './dataloaders.ts';
 import { AdamW, clipGradNorm, getLr } from './nn/index.ts';
 import { plotTrainingCurves } from './plot.ts';
-import { appendMetrics, checkOutDir, curvesOf, loadResumeState, prepareOutDir, saveResumeState } from './run_state.ts';
+import { appendMetrics, curvesOf, loadResumeState, prepareOutDir, saveResumeState } from './run_state.ts';
 import { trimMetrics, writeAtomic, type MetricsRecord, type RunState } from './run_state.ts';
 import { manualSeed, noGrad, stack, tidy, type DeviceName, type Tensor } from './tensor/index.ts';
 import { closeWebGPU } from './tensor/webgpu/device.ts';
-import { allFlags, modelConfig, resolveRun, runFlags, trainHelp, type TrainRun } from './train_config.ts';
+import { configure, modelConfig } from './train_config.ts';
 import { VisionLanguageModel } from './vlm/vision_language_model.ts';
 
 const COMMAND = 'npm run train --';
-
-/** The run's flags, every one checked before anything is written; --help prints and exits here. */
-function configure(argv: string[]): { run: TrainRun; resumed: RunState | null } {
-  const { given, help } = parseFlags(allFlags, argv);
-  if (help) {
-    console.log(trainHelp(COMMAND, given.preset));
-    process.exit(0);
-  }
-  const out = given.out ?? runFlags.out.default; // on --resume too: the folder may have moved since
-  const resumed = checkOutDir(out, given);
-  return { run: resolveRun({ ...given, out }, resumed?.config), resumed };
-}
 
 /**
  * Validation loss and exact-match answer accuracy. With teacher forcing, a sample whose every
@@ -93,7 +81,8 @@ async function evaluateMMStar(
 }
 
 async function main(): Promise<void> {
-  const { run, resumed } = configure(process.argv.slice(2));
+  // every flag checked, and --out (a fresh run's must hold no run), before anything is written
+  const { run, resumed } = configure(process.argv.slice(2), COMMAND);
   const out = run.out;
   const device = await openDevice(run);
   manualSeed(run.seed);

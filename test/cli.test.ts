@@ -160,7 +160,7 @@ describe('the run folder (--out)', () => {
     const file = join(dir, 'file');
     writeFileSync(file, '');
     expect(() => checkOutDir(file, {})).toThrow(`--out ${file} is a file, not a folder`);
-    expect(() => checkOutDir(join(file, 'run'), {})).toThrow(`--out ${join(file, 'run')}: ${file} is a file`);
+    expect(() => checkOutDir(join(file, 'run'), {})).toThrow(`--out ${join(file, 'run')} is inside ${file}, a file`);
     expect(checkOutDir(join(dir, 'new'), {})).toBe(null);
     expect(() => checkOutDir(dir, { resume: true })).toThrow(`--resume: no run to resume in ${dir}`);
     const both = '--resume continues the run in --out, --overwrite replaces it';
