@@ -2,15 +2,15 @@
 // from a seed, with one-word questions about them. The default training run
 // needs no download and fits a 2-core CPU, yet the questions can only be
 // answered by looking: asking "What color is the triangle?" names no colour.
-// Also here: the built-in tokenizer, a tokenizer.json that covers every
-// prompt and answer of the set in a few dozen tokens.
+// Also here: the built-in tokenizer, a word-level tokenizer.json that covers
+// every prompt and answer of the set in a few dozen tokens.
 
 import { PNG } from 'pngjs';
 import { Generator } from '../tensor/random.ts';
 import type { VQAItem } from './collators.ts';
 import type { Dataset } from './datasets.ts';
 import { getImageProcessor, type ImageProcessor, type RGBImage } from './processors.ts';
-import type { Tokenizer } from './tokenizer.ts';
+import { buildWordTokenizer, type Tokenizer } from './tokenizer.ts';
 
 /** The shapes drawn. */
 export const SHAPES = ['circle', 'square', 'triangle'] as const;
@@ -169,54 +169,13 @@ export function builtinQuestionsAndAnswers(): { questions: string[]; answers: st
   return { questions, answers };
 }
 
-// Splits text into words with their leading space, numbers, punctuation and
-// whitespace (GPT-2's pattern without its contractions): "is the triangle? Answer:red"
-// -> "is", " the", " triangle", "?", " Answer", ":", "red". Each piece is one token, and
-// the pieces joined give back the text exactly.
-const SPLIT_PATTERN = ' ?[A-Za-z]+| ?[0-9]+| ?[^\\sA-Za-z0-9]+|\\s+';
-
 /**
- * The built-in tokenizer as a tokenizer.json object, for createTokenizer: one token per
- * piece of the set's prompts and answers, `<|endoftext|>` = 0 (eos and padding) and
- * `<unk>` = 1 for anything else. The pieces are WordPiece's whole words (it never needs its
- * "##" continuations here) and the Fuse decoder joins them back without adding spaces.
+ * The built-in tokenizer as a tokenizer.json object, for createTokenizer: a word-level
+ * tokenizer of the set's prompts and answers, `<|endoftext|>` = 0 and `<unk>` = 1.
  */
 export function buildBuiltinTokenizer(): object {
-  const vocab: Record<string, number> = { '<|endoftext|>': 0, '<unk>': 1 };
-  let size = 2;
   const { questions, answers } = builtinQuestionsAndAnswers();
-  const texts = [...questions.map((q) => `Question: ${q} Answer:`), ...answers];
-  for (const text of texts) {
-    for (const piece of text.match(new RegExp(SPLIT_PATTERN, 'g')) ?? []) {
-      if (!(piece in vocab)) vocab[piece] = size++;
-    }
-  }
-  const special = (id: number, content: string) => ({
-    id,
-    content,
-    single_word: false,
-    lstrip: false,
-    rstrip: false,
-    normalized: false,
-    special: true,
-  });
-  return {
-    version: '1.0',
-    truncation: null,
-    padding: null,
-    added_tokens: [special(0, '<|endoftext|>'), special(1, '<unk>')],
-    normalizer: null,
-    pre_tokenizer: { type: 'Split', pattern: { Regex: SPLIT_PATTERN }, behavior: 'Isolated', invert: false },
-    post_processor: null,
-    decoder: { type: 'Fuse' },
-    model: {
-      type: 'WordPiece',
-      unk_token: '<unk>',
-      continuing_subword_prefix: '##',
-      max_input_chars_per_word: 100,
-      vocab,
-    },
-  };
+  return buildWordTokenizer([...questions.map((q) => `Question: ${q} Answer:`), ...answers]);
 }
 
 /** Draws a question type, a scene it can be asked about, the question and the answer. */

@@ -3,13 +3,16 @@
 // Rust library and gives the same ids.
 // https://github.com/huggingface/nanoVLM/blob/main/data/processors.py
 //
+// Also here: buildWordTokenizer, a word-level tokenizer.json made from a
+// list of texts, for a model trained from scratch on a small vocabulary.
+//
 // Only readTokenizerFiles touches the file system; everything else also runs
 // in a browser (fetch the two JSON files and call createTokenizer).
 
-import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
-import { homedir } from 'node:os';
-import { basename, dirname, join } from 'node:path';
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { Tokenizer as HFTokenizer } from '@huggingface/tokenizers';
+import { hubCachePath, isHubName, resolveLocalDir } from '../vlm/files.ts';
 
 /** What the collators, training and generation need from a tokenizer. */
 export interface Tokenizer {
@@ -27,6 +30,10 @@ export interface Tokenizer {
   padTokenId: number;
   /** Number of ids, added tokens included (Python's `len(tokenizer)`). */
   vocabSize: number;
+  /** Id of the unknown token (word-level tokenizers); undefined where any text encodes (byte-level BPE). */
+  unkTokenId: number | undefined;
+  /** The words of `text` that encode to the unknown token, in order; [] for tokenizers without one. */
+  unknownWords(text: string): string[];
 }
 
 /** A left-padded batch; `input_ids` and `attention_mask` are (batchSize, seqLen) row-major. */
@@ -60,6 +67,8 @@ export function createTokenizer(
   const padTokenId = eosTokenId;
 
   const encode = (text: string) => tok.encode(text, { add_special_tokens: false }).ids;
+  const unk = (tokenizerJson as { model?: { unk_token?: unknown } }).model?.unk_token;
+  const unkTokenId = typeof unk === 'string' ? tok.token_to_id(unk) : undefined;
 
   return {
     encode,
@@ -89,6 +98,61 @@ export function createTokenizer(
     eosTokenId,
     padTokenId,
     vocabSize: tok.get_vocab(true).size,
+    unkTokenId,
+    unknownWords(text) {
+      if (unkTokenId === undefined) return [];
+      // Each word with the whitespace before it, encoded alone: pre-tokenizers split at whitespace.
+      const words = [...text.matchAll(/\s*\S+/g)].map((m) => m[0]);
+      return words.filter((word) => encode(word).includes(unkTokenId)).map((word) => word.trim());
+    },
+  };
+}
+
+// Splits text into words with their leading space, numbers, punctuation and
+// whitespace (GPT-2's pattern without its contractions): "is the triangle? Answer:red"
+// -> "is", " the", " triangle", "?", " Answer", ":", "red". Each piece is one token, and
+// the pieces joined give back the text exactly.
+const SPLIT_PATTERN = ' ?[A-Za-z]+| ?[0-9]+| ?[^\\sA-Za-z0-9]+|\\s+';
+
+/**
+ * A word-level tokenizer.json object, for createTokenizer: one token per distinct piece of
+ * `texts` (ids in order of first appearance), `<|endoftext|>` = 0 (eos and padding) and
+ * `<unk>` = 1 for anything else. The pieces are WordPiece's whole words (it never needs its
+ * "##" continuations here) and the Fuse decoder joins them back without adding spaces.
+ */
+export function buildWordTokenizer(texts: Iterable<string>): object {
+  const vocab: Record<string, number> = { '<|endoftext|>': 0, '<unk>': 1 };
+  let size = 2;
+  for (const text of texts) {
+    for (const piece of text.match(new RegExp(SPLIT_PATTERN, 'g')) ?? []) {
+      if (!(piece in vocab)) vocab[piece] = size++;
+    }
+  }
+  const special = (id: number, content: string) => ({
+    id,
+    content,
+    single_word: false,
+    lstrip: false,
+    rstrip: false,
+    normalized: false,
+    special: true,
+  });
+  return {
+    version: '1.0',
+    truncation: null,
+    padding: null,
+    added_tokens: [special(0, '<|endoftext|>'), special(1, '<unk>')],
+    normalizer: null,
+    pre_tokenizer: { type: 'Split', pattern: { Regex: SPLIT_PATTERN }, behavior: 'Isolated', invert: false },
+    post_processor: null,
+    decoder: { type: 'Fuse' },
+    model: {
+      type: 'WordPiece',
+      unk_token: '<unk>',
+      continuing_subword_prefix: '##',
+      max_input_chars_per_word: 100,
+      vocab,
+    },
   };
 }
 
@@ -118,49 +182,25 @@ function configEosToken(config: Record<string, unknown>): string | undefined {
 
 // The one function that reads files. Accepts a folder holding tokenizer.json,
 // the tokenizer.json file itself, a Hugging Face cache folder
-// (models--Org--Name), or a hub name ("Org/Name") already in the local cache:
-// there is no download, so anything else is an error that says what to pass.
+// (models--Org--Name), or a hub name ("Org/Name") already in the local cache
+// (vlm/files.ts resolves both, as for model folders): there is no download, so
+// anything else is an error that says what to pass.
 function readTokenizerFiles(nameOrPath: string): {
   tokenizerJson: object;
   tokenizerConfig: Record<string, unknown>;
 } {
   const fix = 'pass --tokenizer path/to/folder-with-tokenizer.json';
-  let file: string | undefined;
-  if (existsSync(nameOrPath)) {
-    file = statSync(nameOrPath).isFile()
-      ? nameOrPath
-      : (snapshotTokenizer(nameOrPath) ?? join(nameOrPath, 'tokenizer.json'));
-    if (!existsSync(file)) throw new Error(`tokenizer not found at ${file}: ${fix}`);
-  } else {
-    // The cache layout of huggingface_hub: $HF_HUB_CACHE, else $HF_HOME/hub,
-    // else ~/.cache/huggingface/hub; "Org/Name" lives in models--Org--Name.
-    const cacheHome = process.env.XDG_CACHE_HOME || join(homedir(), '.cache');
-    const hfHome = process.env.HF_HOME || join(cacheHome, 'huggingface');
-    const hub = process.env.HF_HUB_CACHE || join(hfHome, 'hub');
-    const cached = join(hub, `models--${nameOrPath.replaceAll('/', '--')}`);
-    file = existsSync(cached) ? snapshotTokenizer(cached) : undefined;
-    if (!file) {
-      throw new Error(
-        `tokenizer not found at ${nameOrPath} (nor in the Hugging Face cache at ${cached}); ` +
-          `hub downloads are not supported: ${fix}`,
-      );
-    }
+  const isFile = existsSync(nameOrPath) && statSync(nameOrPath).isFile();
+  const dir = isFile ? dirname(nameOrPath) : resolveLocalDir(nameOrPath, 'tokenizer.json');
+  if (!dir) {
+    const cache = isHubName(nameOrPath) ? ` (nor in the Hugging Face cache at ${hubCachePath(nameOrPath)})` : '';
+    throw new Error(`tokenizer not found at ${nameOrPath}${cache}; hub downloads are not supported: ${fix}`);
   }
-  const configFile = join(dirname(file), 'tokenizer_config.json');
+  const file = isFile ? nameOrPath : join(dir, 'tokenizer.json');
+  if (!existsSync(file)) throw new Error(`tokenizer not found at ${file}: ${fix}`);
+  const configFile = join(dir, 'tokenizer_config.json');
   return {
     tokenizerJson: JSON.parse(readFileSync(file, 'utf8')),
     tokenizerConfig: existsSync(configFile) ? JSON.parse(readFileSync(configFile, 'utf8')) : {},
   };
-}
-
-// In a cache folder, refs/main names the snapshot `from_pretrained` would use;
-// without it, take any snapshot that has a tokenizer.json.
-function snapshotTokenizer(modelDir: string): string | undefined {
-  const snapshots = join(modelDir, 'snapshots');
-  if (!basename(modelDir).startsWith('models--') || !existsSync(snapshots)) return undefined;
-  const ref = join(modelDir, 'refs', 'main');
-  const hashes = existsSync(ref) ? [readFileSync(ref, 'utf8').trim()] : [];
-  return [...hashes, ...readdirSync(snapshots).sort()]
-    .map((hash) => join(snapshots, hash, 'tokenizer.json'))
-    .find((file) => existsSync(file));
 }

@@ -3,12 +3,12 @@
 // skipping of malformed rows, the train/val split, and the MMStar scoring regex.
 
 import { GOLD } from './fixtures.ts';
-import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { asyncBufferFromFile, parquetReadObjects } from 'hyparquet';
 import { PNG } from 'pngjs';
-import { afterEach, beforeEach, describe, expect, test, vi, type MockInstance } from 'vitest';
+import { afterAll, afterEach, beforeEach, describe, expect, test, vi, type MockInstance } from 'vitest';
 import {
   checkMultipleChoiceWithRegex,
   concatenateRows,
@@ -126,6 +126,7 @@ describe('the cauldron parquet layout', () => {
 
 describe('unreadable files are errors with one clear line', () => {
   const dir = mkdtempSync(join(tmpdir(), 'nanovlm-datasets-'));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
   test('missing parquet file', async () => {
     await expect(openVQARows([join(dir, 'nope.parquet')])).rejects.toThrow(/^parquet file not found: .*nope\.parquet$/);
@@ -157,6 +158,7 @@ describe('unreadable files are errors with one clear line', () => {
 
 describe('JSONL files with images beside them', () => {
   const dir = mkdtempSync(join(tmpdir(), 'nanovlm-jsonl-'));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
   mkdirSync(join(dir, 'images'));
   writeFileSync(join(dir, 'images', 'red.png'), png([255, 0, 0]));
   writeFileSync(join(dir, 'images', 'blue.png'), png([0, 0, 255]));

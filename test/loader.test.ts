@@ -4,13 +4,13 @@
 
 import { GOLD } from './fixtures.ts';
 import { execFile } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import jpeg from 'jpeg-js';
-import { afterEach, beforeEach, describe, expect, test, vi, type MockInstance } from 'vitest';
+import { afterEach, beforeEach, describe, expect, test, vi, onTestFinished, type MockInstance } from 'vitest';
 import { BuiltinVQADataset, buildBuiltinTokenizer } from '../data/builtin.ts';
 import { MMStarCollator, VQACollator, type VQAItem } from '../data/collators.ts';
 import { openVQARows, VQADataset, type Dataset } from '../data/datasets.ts';
@@ -149,6 +149,7 @@ describe('DataLoader with worker threads', () => {
   test('worker threads decode the next batch while the main thread is busy, with the same pixels', async () => {
     // Cauldron-sized photos: each takes tens of milliseconds to decode and resize.
     const dir = mkdtempSync(join(tmpdir(), 'nanovlm-loader-'));
+    onTestFinished(() => rmSync(dir, { recursive: true, force: true }));
     const lines = [];
     for (let k = 0; k < 8; k++) {
       const [width, height] = [640, 480];
@@ -182,6 +183,7 @@ describe('DataLoader with worker threads', () => {
 
   test('worker threads never keep the process alive, closed or not', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'nanovlm-exit-'));
+    onTestFinished(() => rmSync(dir, { recursive: true, force: true }));
     const script = join(dir, 'run.mts');
     const data = (file: string) => JSON.stringify(fileURLToPath(new URL(`../data/${file}`, import.meta.url)));
     writeFileSync(

@@ -9,24 +9,52 @@ import type { RawTensor } from '../nn/safetensors.ts';
 import { loadSafetensors, saveSafetensors } from '../nn/safetensors_fs.ts';
 import type { WriteTensor } from '../nn/safetensors.ts';
 
+/** huggingface_hub's cache: $HF_HUB_CACHE, else $HF_HOME/hub, else $XDG_CACHE_HOME (or ~/.cache)/huggingface/hub. */
+export function hubCacheDir(): string {
+  const cacheHome = process.env.XDG_CACHE_HOME || join(homedir(), '.cache');
+  const hfHome = process.env.HF_HOME || join(cacheHome, 'huggingface');
+  return process.env.HF_HUB_CACHE || join(hfHome, 'hub');
+}
+
 /**
- * A local folder for a model: the path itself, or a Hugging Face cache folder
- * (models--org--name/snapshots/<hash>), or a hub name found in the local
- * cache. Nothing is downloaded.
+ * The local folder for a model or tokenizer, without downloading anything: an existing folder,
+ * a hub-cache folder (models--org--name) or a hub name ("org/name") found in the local cache.
+ * In a cache folder, the snapshot refs/main names comes first, then the others in sorted order;
+ * the first one holding `file` wins (if none does, the first, so the caller names what is missing).
+ * Undefined when nothing local matches.
  */
+export function resolveLocalDir(nameOrPath: string, file: string): string | undefined {
+  let dir = nameOrPath;
+  if (!existsSync(dir) || !statSync(dir).isDirectory()) {
+    if (!isHubName(nameOrPath)) return undefined;
+    dir = hubCachePath(nameOrPath);
+    if (!existsSync(dir)) return undefined;
+  }
+  const snapshots = join(dir, 'snapshots');
+  if (!existsSync(snapshots)) return dir;
+  const ref = join(dir, 'refs', 'main');
+  const hashes = [...(existsSync(ref) ? [readFileSync(ref, 'utf8').trim()] : []), ...readdirSync(snapshots).sort()];
+  const candidates = hashes.map((hash) => join(snapshots, hash));
+  return candidates.find((snapshot) => existsSync(join(snapshot, file))) ?? candidates[0] ?? dir;
+}
+
+/** Whether a name looks like a hub repository, "org/name". */
+export function isHubName(name: string): boolean {
+  return /^[\w.-]+\/[\w.-]+$/.test(name);
+}
+
+/** Where the hub cache keeps "org/name": models--org--name. */
+export function hubCachePath(name: string): string {
+  return join(hubCacheDir(), `models--${name.replaceAll('/', '--')}`);
+}
+
+/** resolveLocalDir for a model folder (config.json), or an error saying what to pass. */
 export function resolveModelDir(nameOrPath: string): string {
-  const snapshot = (dir: string): string => {
-    const snaps = join(dir, 'snapshots');
-    if (!existsSync(snaps)) return dir;
-    const ref = join(dir, 'refs', 'main');
-    const hash = existsSync(ref) ? readFileSync(ref, 'utf8').trim() : readdirSync(snaps)[0];
-    return join(snaps, hash);
-  };
-  if (existsSync(nameOrPath) && statSync(nameOrPath).isDirectory()) return snapshot(nameOrPath);
-  const hub = process.env.HF_HUB_CACHE ?? join(process.env.HF_HOME ?? join(homedir(), '.cache', 'huggingface'), 'hub');
-  const cached = join(hub, `models--${nameOrPath.replace('/', '--')}`);
-  if (/^[\w.-]+\/[\w.-]+$/.test(nameOrPath) && existsSync(cached)) return snapshot(cached);
-  throw new Error(`model folder not found: ${nameOrPath} (nanovlm-ts does not download from the Hugging Face Hub: pass a local folder with config.json and model.safetensors)`);
+  const dir = resolveLocalDir(nameOrPath, 'config.json');
+  if (dir) return dir;
+  const fix = 'pass a local folder with config.json and model.safetensors';
+  const why = 'nanovlm-ts does not download from the Hugging Face Hub';
+  throw new Error(`model folder not found: ${nameOrPath} (${why}: ${fix})`);
 }
 
 /** Parses dir/config.json, with a clear error when it is missing or broken. */
