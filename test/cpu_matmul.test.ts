@@ -191,7 +191,7 @@ for (const fma of cpuKernelInfo().relaxedSimd ? [true, false] : [false]) {
       };
       it('matches float64 on sizes that are not multiples of the tile, any transpose', () => {
         setup();
-        // M < 4 takes the unpacked path (gemv); 37 and 70 columns cover its 16-column blocks and their tail
+        // M < 6 (MR) takes the unpacked path (gemv); 37 and 70 columns cover its 16-column blocks and their tail
         for (const [M, K, N] of [...SIZES, [4, 8, 8], [130, 300, 9], [2, 40, 37], [1, 300, 70]] as [number, number, number][]) {
           for (const transA of [false, true]) for (const transB of [false, true]) checkTensor({ M, K, N, transA, transB });
         }
@@ -216,7 +216,7 @@ for (const fma of cpuKernelInfo().relaxedSimd ? [true, false] : [false]) {
           checkTensor(t);
           expect(wasmStats.parallelCalls - before, JSON.stringify(t)).toBe(threads > 1 ? 1 : 0);
         }
-        checkTensor({ M: 20, K: 30, N: 2100, transB: true }); // more columns than one packed slab (NC = 2048)
+        checkTensor({ M: 20, K: 30, N: 2100, transB: true }); // more columns than one packed slab (NC = 1024)
       });
     });
   }
