@@ -103,7 +103,12 @@ export function backward(root: Tensor, gradient: Tensor): void {
       const seen = new Set<Tensor>();
       t.ctx.inputs.forEach((input, k) => {
         let gi = inputGrads[k];
-        if (!gi || !input.requiresGrad) return;
+        if (!gi) return;
+        if (!input.requiresGrad) {
+          // a rule computed more than was needed: free it now, unless it is shared
+          if (gi !== g && !inputGrads.some((other, j) => j !== k && other === gi)) gi.dispose();
+          return;
+        }
         // A rule may hand the same tensor to two inputs (add) or pass g through:
         // give each owner its own view so disposing one leaves the other intact.
         if (gi === g || seen.has(gi)) gi = gi.view(gi.shape);

@@ -432,10 +432,17 @@ export class CpuBackend implements Backend {
    * moments, contiguous) are overwritten. Not part of the Backend interface:
    * nn/optim.ts may call it on the CPU instead of ~10 tensor ops per
    * parameter. Same operations, in the same order, as those ops.
+   *
+   * The moments are cold state: read and written once per step, by this
+   * kernel alone. So they move out of the WebAssembly memory on first use
+   * (which holds at most 4 GiB: nanoVLM-222M's weights, gradients and two
+   * moments together would not fit) and are streamed through it in chunks.
    */
   adamw(p: View, g: View, m: View, v: View, h: W.AdamWStep): void {
     for (const x of [p, m, v]) if (!isContiguous(x.shape, x.strides)) throw new Error('adamw: the parameter and its moments must be contiguous');
-    if (W.useWasm(store(p), store(g), store(m), store(v)) && W.adamw(p, g, m, v, h)) return;
+    store(m).moveToHost();
+    store(v).moveToHost();
+    if (W.useWasm(store(p), store(g)) && W.adamw(p, g, m, v, h)) return;
     const [pd, md, vd] = [dataOf(p), dataOf(m), dataOf(v)];
     const gd = dense(g);
     const f = p.dtype === 'float32' ? Math.fround : (x: number) => x; // each op rounds, as a tensor op would

@@ -49,7 +49,7 @@ export const sharedMemory = created?.shared ?? false;
 let buffer = memory?.buffer; // the current buffer: growing replaces it
 let top = ALIGN; // the next unallocated byte; address 0 stays unused
 const freeLists = new Map<number, number[]>();
-const stats = { grows: 0, reused: 0, fresh: 0 };
+const stats = { grows: 0, reused: 0, fresh: 0, inUseBytes: 0, peakInUseBytes: 0 };
 
 /** The size class of a request: a multiple of 64 of the form 4..7 x 2^k bytes. */
 export function sizeClass(bytes: number): number {
@@ -81,28 +81,41 @@ function reserve(end: number): boolean {
 /** Byte offset of a block of at least `bytes` (contents left as they were); -1 when the memory is full. */
 export function malloc(bytes: number): number {
   const size = sizeClass(bytes);
-  const reuse = freeLists.get(size)?.pop();
-  if (reuse !== undefined) {
-    stats.reused++;
-    return reuse;
-  }
-  if (!memory || !reserve(top + size)) return -1;
-  stats.fresh++;
-  top += size;
-  return top - size;
+  let ptr = freeLists.get(size)?.pop() ?? -1;
+  if (ptr >= 0) stats.reused++;
+  else if (memory && reserve(top + size)) {
+    stats.fresh++;
+    ptr = top;
+    top += size;
+  } else return -1;
+  stats.inUseBytes += size;
+  stats.peakInUseBytes = Math.max(stats.peakInUseBytes, stats.inUseBytes);
+  return ptr;
 }
 
 /** Returns a block to its size class's free list. */
 export function free(ptr: number, bytes: number): void {
   const size = sizeClass(bytes);
+  stats.inUseBytes -= size;
   let list = freeLists.get(size);
   if (!list) freeLists.set(size, (list = []));
   list.push(ptr);
 }
 
-/** Allocator counters: bytes reserved from the memory, blocks handed out new or reused, memory grows. */
-export function heapStats(): { reservedBytes: number; memoryBytes: number; fresh: number; reused: number; grows: number } {
+/**
+ * Allocator counters: bytes reserved from the memory (the high-water mark of
+ * the blocks ever made), bytes in blocks handed out now and at most so far,
+ * blocks handed out new or reused, memory grows.
+ */
+export function heapStats(): {
+  reservedBytes: number; memoryBytes: number; inUseBytes: number; peakInUseBytes: number; fresh: number; reused: number; grows: number;
+} {
   return { reservedBytes: top, memoryBytes: buffer?.byteLength ?? 0, ...stats };
+}
+
+/** Starts a new peak: peakInUseBytes becomes the bytes in use now (benchmarks measure one step's peak). */
+export function resetHeapPeak(): void {
+  stats.peakInUseBytes = stats.inUseBytes;
 }
 
 /** A typed-array view of `length` elements at byte offset `ptr`, over the current buffer. */
@@ -132,7 +145,7 @@ export class CpuStorage implements Storage {
   refs = 1;
   private view: TypedArray | null;
 
-  constructor(readonly dtype: DType, readonly length: number, readonly ptr: number, own: TypedArray | null = null) {
+  constructor(readonly dtype: DType, readonly length: number, public ptr: number, own: TypedArray | null = null) {
     this.view = own;
   }
 
@@ -159,6 +172,20 @@ export class CpuStorage implements Storage {
   /** Bytes held. */
   get bytes(): number {
     return this.length * bytesPerElement(this.dtype);
+  }
+
+  /**
+   * Moves the elements out of the memory into an array of their own, and
+   * gives the block back. For cold state (AdamW's moments, see
+   * CpuBackend.adamw): the 4 GiB memory is then left to what the kernels
+   * touch all the time.
+   */
+  moveToHost(): void {
+    if (this.ptr < 0) return;
+    const own = this.data.slice();
+    free(this.ptr, this.bytes);
+    this.ptr = -1;
+    this.view = own;
   }
 
   /** Gives the block back to the allocator (after the last release). */
