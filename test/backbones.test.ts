@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import {
-  LlamaShape, SIGLIP_B16_224, SMOLLM2_135M, type SiglipShape, llamaTensors, siglipTensors, writeRandomBackbones,
+  type LlamaShape, SIGLIP_B16_224, SMOLLM2_135M, type SiglipShape, llamaTensors, siglipTensors, writeRandomBackbones,
 } from '../bench/random_backbones.ts';
 import { VQACollator } from '../data/collators.ts';
 import { VQADataset, openVQARows } from '../data/datasets.ts';
