@@ -4,6 +4,7 @@
 // backward() sorts the recorded graph topologically, walks it from the loss
 // back to the leaves, and sums the gradients that reach each tensor.
 
+import { isOwnedByGraph, tidy } from './scope.ts';
 import type { Tensor } from './tensor.ts';
 
 /** What an op remembers for its backward pass. */
@@ -99,7 +100,9 @@ export function backward(root: Tensor, gradient: Tensor): void {
         accumulateLeaf(t, g);
         continue;
       }
-      const inputGrads = t.ctx.backward(g);
+      // a rule's own temporaries go as soon as it returns; only the gradients it gives are kept
+      const ctx = t.ctx;
+      const inputGrads = tidy(() => ctx.backward(g));
       const seen = new Set<Tensor>();
       t.ctx.inputs.forEach((input, k) => {
         let gi = inputGrads[k];
@@ -124,6 +127,9 @@ export function backward(root: Tensor, gradient: Tensor): void {
       });
       t.ctx = null; // release the graph: saved activations can be freed
       g.dispose();
+      // every op that read t is behind us (they come later in the order): an
+      // intermediate of a tidyForward() pass can go now
+      if (isOwnedByGraph(t)) t.dispose();
     }
   } finally {
     gradDisabled--;

@@ -49,7 +49,7 @@ export const sharedMemory = created?.shared ?? false;
 let buffer = memory?.buffer; // the current buffer: growing replaces it
 let top = ALIGN; // the next unallocated byte; address 0 stays unused
 const freeLists = new Map<number, number[]>();
-const stats = { grows: 0, reused: 0, fresh: 0, inUseBytes: 0, peakInUseBytes: 0 };
+const stats = { grows: 0, reused: 0, fresh: 0, carved: 0, inUseBytes: 0, peakInUseBytes: 0 };
 
 /** The size class of a request: a multiple of 64 of the form 4..7 x 2^k bytes. */
 export function sizeClass(bytes: number): number {
@@ -83,14 +83,65 @@ export function malloc(bytes: number): number {
   const size = sizeClass(bytes);
   let ptr = freeLists.get(size)?.pop() ?? -1;
   if (ptr >= 0) stats.reused++;
-  else if (memory && reserve(top + size)) {
-    stats.fresh++;
-    ptr = top;
-    top += size;
-  } else return -1;
+  else if ((ptr = fromRuns(size)) >= 0) stats.carved++;
+  else if ((ptr = fromTop(size)) >= 0) stats.fresh++;
+  else {
+    // The memory is full. Free lists may hold much of it in sizes no longer
+    // asked for (a 222M-parameter model's backward pass asks for other sizes
+    // than its forward pass): merge them into runs and cut the block from one.
+    compactHeap();
+    if ((ptr = fromRuns(size)) >= 0) stats.carved++;
+    else if ((ptr = fromTop(size)) >= 0) stats.fresh++;
+    else return -1;
+  }
   stats.inUseBytes += size;
   stats.peakInUseBytes = Math.max(stats.peakInUseBytes, stats.inUseBytes);
   return ptr;
+}
+
+/** A new block at the top of the memory (grown if needed); -1 when it cannot grow. */
+function fromTop(size: number): number {
+  if (!memory || !reserve(top + size)) return -1;
+  top += size;
+  return top - size;
+}
+
+// Free memory outside the size classes' lists: runs of merged free blocks (see compactHeap).
+let runs: { ptr: number; size: number }[] = [];
+
+/** `size` bytes cut from the first run long enough; -1 if none is. */
+function fromRuns(size: number): number {
+  const i = runs.findIndex((r) => r.size >= size);
+  if (i < 0) return -1;
+  const run = runs[i];
+  const ptr = run.ptr;
+  [run.ptr, run.size] = [run.ptr + size, run.size - size];
+  if (run.size === 0) runs.splice(i, 1);
+  return ptr;
+}
+
+/**
+ * Merges every free block (of every size class) with its free neighbours
+ * into runs, and lowers the top when the last run reaches it. malloc does
+ * this by itself when the memory is full, and cuts blocks from the runs
+ * before it grows the memory.
+ */
+export function compactHeap(): void {
+  const blocks = runs;
+  for (const [size, list] of freeLists) for (const ptr of list) blocks.push({ ptr, size });
+  freeLists.clear();
+  blocks.sort((a, b) => a.ptr - b.ptr);
+  runs = [];
+  for (const b of blocks) {
+    const last = runs[runs.length - 1];
+    if (last && last.ptr + last.size === b.ptr) last.size += b.size;
+    else runs.push({ ...b });
+  }
+  const last = runs[runs.length - 1];
+  if (last && last.ptr + last.size === top) {
+    top = last.ptr;
+    runs.pop();
+  }
 }
 
 /** Returns a block to its size class's free list. */
@@ -105,10 +156,11 @@ export function free(ptr: number, bytes: number): void {
 /**
  * Allocator counters: bytes reserved from the memory (the high-water mark of
  * the blocks ever made), bytes in blocks handed out now and at most so far,
- * blocks handed out new or reused, memory grows.
+ * blocks handed out new, reused or carved from merged free blocks, memory grows.
  */
 export function heapStats(): {
-  reservedBytes: number; memoryBytes: number; inUseBytes: number; peakInUseBytes: number; fresh: number; reused: number; grows: number;
+  reservedBytes: number; memoryBytes: number; inUseBytes: number; peakInUseBytes: number;
+  fresh: number; reused: number; carved: number; grows: number;
 } {
   return { reservedBytes: top, memoryBytes: buffer?.byteLength ?? 0, ...stats };
 }

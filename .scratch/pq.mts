@@ -1,0 +1,12 @@
+import { asyncBufferFromFile, parquetMetadataAsync, parquetReadObjects } from 'hyparquet';
+import { parquetWriteBuffer } from 'hyparquet-writer';
+const f = await asyncBufferFromFile('/work/wt/cpu/test/fixtures/gold/parquet/cauldron_sample.parquet');
+const md = await parquetMetadataAsync(f);
+console.log(JSON.stringify(md.schema.map((s) => ({ ...s, field_id: undefined }))));
+console.log(md.row_groups.length, md.row_groups.map((g) => Number(g.num_rows)), md.row_groups[0].columns.map((c) => c.meta_data?.codec));
+const rows = await parquetReadObjects({ file: f, utf8: false });
+console.log(Object.keys(rows[0]), rows.length);
+const buf = parquetWriteBuffer({ columnData: Object.keys(rows[0]).map((name) => ({ name, data: rows.map((r) => r[name]) })), schema: md.schema, codec: 'UNCOMPRESSED', rowGroupSize: 2 });
+const md2 = await parquetMetadataAsync(buf);
+const rows2 = await parquetReadObjects({ file: buf, utf8: false });
+console.log(md2.row_groups.length, (rows2[0] as any).texts, (rows[0] as any).texts, (rows2[0] as any).images[0].bytes.length, (rows[0] as any).images[0].bytes.length);
