@@ -244,6 +244,8 @@ export function trainValSplit(rows: VQARows, options: SplitOptions): { train: VQ
 // a whole group's decoding.
 const CACHED_ROW_GROUPS = 12;
 const decodedGroups = new Map<string, Promise<Record<string, unknown>[]>>(); // least recently used first
+/** Row groups decoded so far, over all files (benchmarks and tests read this). */
+export const parquetStats = { rowGroupsDecoded: 0 };
 
 /** A parquet file read one row group at a time, the last groups read kept decoded. */
 export class ParquetFile {
@@ -325,7 +327,10 @@ export class ParquetFile {
       const rowEnd = rowStart + Number(this.metadata.row_groups[g].num_rows);
       const { file, metadata, columns } = this;
       // utf8: false keeps unannotated byte arrays (the image bytes) as bytes.
-      const read = () => parquetReadObjects({ file, metadata, columns, rowStart, rowEnd, utf8: false, compressors });
+      const read = () => {
+        parquetStats.rowGroupsDecoded++;
+        return parquetReadObjects({ file, metadata, columns, rowStart, rowEnd, utf8: false, compressors });
+      };
       rows = this.reading.then(read, read);
       this.reading = rows;
       rows.catch(() => decodedGroups.delete(key)); // a failed read is not kept: the next one tries again
