@@ -43,16 +43,6 @@ export function cpuModel(): string {
   return os?.cpus()[0]?.model ?? 'unknown CPU';
 }
 
-/** True when `x` lives in memory that worker threads can see (a SharedArrayBuffer). */
-export function isShared(x: Float32Array): boolean {
-  return typeof SharedArrayBuffer === 'function' && x.buffer instanceof SharedArrayBuffer;
-}
-
-/** A zero-filled Float32Array in shared memory. */
-export function sharedFloat32(length: number): Float32Array {
-  return new Float32Array(new SharedArrayBuffer(length * 4));
-}
-
 /** An Int32Array in shared memory, for Atomics.wait / Atomics.notify. */
 export function sharedInt32(length: number): Int32Array {
   return new Int32Array(new SharedArrayBuffer(length * 4));

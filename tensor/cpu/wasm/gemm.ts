@@ -1,6 +1,7 @@
-// Matrix multiply in WebAssembly SIMD: the same GotoBLAS / BLIS recipe as
-// ../matmul.ts (pack, block for the caches, keep a tile of C in registers),
-// with four float32 lanes per instruction.
+// Matrix multiply in WebAssembly SIMD, the GotoBLAS / BLIS recipe (pack the
+// operands, block for the caches, keep a tile of C in registers), with four
+// float32 lanes per instruction. The TypeScript reference in ../backend.ts is
+// the plain triple loop this computes.
 //
 //  - The register tile is MR x NR = 6 x 8: twelve f32x4 accumulators. Each
 //    step along K loads 8 values of B (two vectors) and broadcasts 6 values of
