@@ -6,7 +6,8 @@
 // of loading real data) runs beside the training step instead of between steps.
 // Plays the part of PyTorch's torch.utils.data.DataLoader in nanoVLM's train.py.
 
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
+import { startWorker } from '../tensor/cpu/threads.ts';
 import { Generator } from '../tensor/random.ts';
 import type { AsyncImageProcessor, Dataset } from './datasets.ts';
 import type { ImageReply, ImageRequest } from './image_worker.ts';
@@ -143,13 +144,10 @@ class ImageWorkers {
   failure: Error | null = null;
 
   constructor(count: number, imgSize: number) {
-    // Node cannot start a worker from a .ts file, so a one-line script loads it
-    // through tsx, the way this process loaded its own TypeScript.
-    const script = new URL('./image_worker.ts', import.meta.url).href;
-    const tsx = import.meta.resolve('tsx/esm/api');
-    const boot = `import(${JSON.stringify(tsx)}).then((tsx) => tsx.tsImport(${JSON.stringify(script)}, ${JSON.stringify(script)}))`;
     for (let k = 0; k < count; k++) {
-      const thread = { worker: new Worker(boot, { eval: true, workerData: { imgSize } }), pending: new Map() };
+      const worker = startWorker(new URL('./image_worker.ts', import.meta.url), { imgSize });
+      if (!worker) throw new Error('numWorkers needs worker threads, which this platform lacks: use numWorkers 0');
+      const thread = { worker, pending: new Map() };
       thread.worker.on('message', (reply: ImageReply) => this.receive(thread, reply));
       thread.worker.on('error', (err) => this.fail(err));
       thread.worker.on('exit', (code) => {
