@@ -221,7 +221,9 @@ function emitVariant(m: ModuleBuilder, packA: Func, packB: Func, fma: boolean): 
     f.body = seq(
       ldc.set(i32.shl(ldc.get(), c(2))),
       end.set(i32.add(pa.get(), i32.mul(kc.get(), c(4 * MR)))),
-      doWhile(step, i32.ltU(pa.get(), end.get())),
+      // kc >= 1, so the test in front is redundant; but V8 compiled the loop
+      // 15-25% faster with it (measured against the same loop without, in one process)
+      if_(i32.ltU(pa.get(), end.get()), doWhile(step, i32.ltU(pa.get(), end.get()))),
       if_(i32.and(i32.eq(rows.get(), c(MR)), i32.eq(cols.get(), c(NR))),
         seq(...acc.flatMap(([lo, hi], row) => [put(lo, row, 0), put(hi, row, 16)])),
         seq(
