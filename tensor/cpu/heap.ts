@@ -4,17 +4,18 @@
 // threads see the same bytes. TypeScript code sees it through typed-array
 // views.
 //
-// The allocator is tinygrad's LRU allocator in miniature: a block is never
-// returned to the memory, only to a free list for its size class, and the
-// next request of that class reuses it. Sizes are rounded up to a class (a
-// multiple of 64 bytes of the form 4..7 x 2^k, at most 25% slack), so a
-// training step, which asks for the same sizes every time, allocates nothing
-// new after the first step. New blocks come from the top of the memory,
-// which grows as needed.
+// The allocator is tinygrad's LRU allocator in miniature: a freed block goes
+// to a free list for its size class, and the next request of that class
+// reuses it. Sizes are rounded up to a class (a multiple of 64 bytes of the
+// form 4..7 x 2^k, at most 25% slack), so a training step, which asks for
+// the same sizes every time, allocates nothing new after the first step. New
+// blocks come from the top of the memory, which grows as needed. Only when
+// it cannot grow (32-bit addresses: 4 GiB) are the free blocks of all sizes
+// merged with their neighbours, and new blocks cut from those runs.
 //
-// Float64 tensors (gradient checks only) and the rare tensor that does not
-// fit keep their own typed array outside the memory; the kernels run the
-// TypeScript path on them.
+// Float64 tensors (gradient checks only), state moved out on purpose (AdamW's
+// moments: moveToHost) and the rare tensor that does not fit keep their own
+// typed array outside the memory; the kernels run the TypeScript path on them.
 
 import type { Storage } from '../backend.ts';
 import { type DType, type TypedArray, bytesPerElement, makeTypedArray } from '../dtype.ts';
