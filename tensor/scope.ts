@@ -70,8 +70,10 @@ export function tidy<T>(fn: () => T): T {
  * as soon as the gradients below it are computed, the way PyTorch frees a
  * graph's saved activations. So the memory of a step peaks at about the
  * activations or the gradients, not both: what makes nanoVLM-222M train in
- * the CPU backend's 4 GiB. Whatever backward never reaches (no gradient flows
- * through it, or backward is not called) goes with the enclosing tidy().
+ * the CPU backend's 4 GiB. Tensors outside the graph that backward does not
+ * read (the activations of a frozen part that feeds nothing trainable) are
+ * disposed when fn returns. Whatever backward never reaches (no gradient
+ * flows through it, or backward is not called) goes with the enclosing tidy().
  *
  *   const loss = tidy(() => {
  *     const { loss } = tidyForward(() => model.forward(ids, image, mask, targets));
@@ -95,11 +97,18 @@ export function tidyForward<T>(fn: () => T): T {
   }
   scopes.pop();
   const returned = tensorsIn(result, new Set());
+  // what backward reads: every backward rule reads only its op's inputs and output
+  const read = new Set<Tensor>();
+  for (const t of scope) for (const input of t.ctx?.inputs ?? []) read.add(input);
   for (const t of scope) {
     if (t.kept) continue;
-    // graph nodes go to backward; the rest (masks, tables: inputs that backward reads) stay for the enclosing tidy
-    if (t.ctx && !returned.has(t)) ownedByGraph.add(t);
-    scopes[scopes.length - 1]?.add(t);
+    if (returned.has(t) || read.has(t) || t.ctx) {
+      // graph nodes go to backward; inputs it reads that are not nodes (masks, tables) stay for the enclosing tidy
+      if (t.ctx && !returned.has(t)) ownedByGraph.add(t);
+      scopes[scopes.length - 1]?.add(t);
+    } else {
+      t.dispose(); // outside the graph and read by none of it (a frozen ViT's activations, say): garbage already
+    }
   }
   return result;
 }

@@ -92,4 +92,23 @@ describe('memory', () => {
     expect(handed.grads).toEqual(plain.grads);
     expect(handed.peak).toBeLessThan(0.7 * plain.peak);
   });
+  it('tidyForward disposes at once what backward will not read (a frozen part\'s activations)', () => {
+    const frozen = randn([8, 8]).keep(); // no gradient: the part before the trainable weight
+    const w = randn([8, 8]).setRequiresGrad().keep();
+    const x = randn([4, 8]).keep();
+    const seen: Tensor[] = [];
+    tidy(() => {
+      const loss = tidyForward(() => {
+        const hidden = x.matmul(frozen); // outside the graph, read by nothing in it
+        const features = hidden.tanh(); // outside the graph, but the trainable matmul reads it
+        seen.push(hidden, features);
+        return features.matmul(w).sum();
+      });
+      expect(seen.map((t) => t.disposed)).toEqual([true, false]);
+      loss.backward();
+    });
+    expect(w.grad!.shape).toEqual([8, 8]);
+    for (const t of [frozen, w, x, w.grad!]) t.dispose();
+    w.grad = null;
+  });
 });
