@@ -5,8 +5,9 @@ tanh-GELU, pixel-shuffle projector, Llama decoder with grouped-query attention,
 RoPE, SwiGLU and a tied head), with random weights and the shapes of
 bench/vlm.ts, timed the way bench/vlm.ts times ours: one training step
 (forward, backward, AdamW) after a warm-up, median of several; decoding with a
-KV cache. The project itself never needs Python; this only gives benchmark
-figures a same-machine, same-minute reference.
+KV cache. Denormals are flushed to zero (see main). The project itself never
+needs Python; this only gives benchmark figures a same-machine, same-minute
+reference.
 
     python3 bench/reference.py --threads 1 --what matmul,small
     python3 bench/reference.py --threads 2 --what step222,decode222
@@ -231,6 +232,10 @@ def main():
     ap.add_argument('--runs', type=int, default=5)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    # Random weights send some activations (attention weights, products of them) into float32
+    # denormals, which x86 handles some 10x slower unless they are flushed to zero. Trained
+    # weights rarely do; flushing gives PyTorch its best case, the stronger reference.
+    torch.set_flush_denormal(True)
     info = {'torch': torch.__version__, 'threads': args.threads}
     for what in args.what.split(','):
         if what == 'matmul':
