@@ -254,11 +254,17 @@ export function matmul(a: Tensor, b: Tensor): Tensor {
   const out = wrap(a, a.backend.matmul(viewAs(a, [...batch, M, K]), viewAs(b, [...batch, K, N])), [...batch, M, N]);
   return recordGrad(out, 'matmul', [a, b], (g) => [
     ifNeeded(a, () => sumTo(g.matmul(b.transpose(-1, -2)), a.shape)),
-    // A weight shared by the whole batch (x @ W): one [K, batch*M] @ [batch*M, N]
-    // product, rather than a product per batch entry summed afterwards.
-    ifNeeded(b, () => b.ndim === 2 && a.ndim > 2
-      ? a.reshape([-1, K]).transpose(0, 1).matmul(g.reshape([-1, N]))
-      : sumTo(a.transpose(-1, -2).matmul(g), b.shape)),
+    ifNeeded(b, () => {
+      if (b.ndim !== 2) return sumTo(a.transpose(-1, -2).matmul(g), b.shape);
+      // A weight shared by the whole batch (x @ W): one [K, batch*M] @ [batch*M, N]
+      // product, rather than a product per batch entry summed afterwards.
+      const [a2, g2] = [a.reshape([-1, K]), g.reshape([-1, N])];
+      // A weight read transposed (Linear's x @ W^T, W stored [N, K]): make its
+      // gradient in W's own layout, (g^T a)^T, so that it reaches W contiguous
+      // instead of needing a strided copy. Same products, same sums.
+      if (b.strides[0] === 1 && b.strides[1] === K && K > 1) return g2.transpose(0, 1).matmul(a2).transpose(0, 1);
+      return a2.transpose(0, 1).matmul(g2);
+    }),
   ]);
 }
 
