@@ -106,8 +106,9 @@ async function benchDevice(device: DeviceName): Promise<void> {
     // the TypeScript reference loop runs on one thread; the wasm GEMM on one and two
     await benchMatmul([1], 3, { kernels: ['ts'], shapes: [[256, 256, 256], [1024, 576, 1536]] });
     await benchMatmul([1, 2], 5, { kernels: ['wasm', 'wasm-nofma'] });
+  } else {
+    await benchWebGPU({ quick: args.quick });
   }
-  else await benchWebGPU({ quick: args.quick });
 
   const decoderCfg: DecoderConfig = { blocks: 4, hidden: 128, heads: 4, mlp: 512, vocab: 512, batch: 8, seq: 128 };
   if (device === 'cpu') console.log(`decoder fwd+bwd (4 blocks, hidden 128, 4 heads, MLP 512, batch 8, seq 128, vocab 512): ${fmt(await benchDecoder(decoderCfg, device))} ms`);
@@ -122,7 +123,7 @@ async function benchDevice(device: DeviceName): Promise<void> {
     // the readable TypeScript kernels (one thread) against the generated WebAssembly ones (one and two)
     const [kernelsBefore, threadsBefore] = [getCpuKernels(), getCpuThreads()];
     for (const k of ['ts', 'wasm'] as const) {
-      for (const t of k === 'ts' ? [1] : [1, 2]) {
+      for (const t of k === 'ts' ? [1] : [...new Set([1, 2, threadsBefore])]) {
         setCpuKernels(k);
         setCpuThreads(t);
         const r = await step(`small config (hidden 128, 4+4 blocks, 64px), ${k} kernels, ${t} thread${t > 1 ? 's' : ''}`, smallConfig, 16, 48);
