@@ -113,8 +113,8 @@ async function benchDevice(device: DeviceName): Promise<void> {
   const decoderCfg: DecoderConfig = { blocks: 4, hidden: 128, heads: 4, mlp: 512, vocab: 512, batch: 8, seq: 128 };
   if (device === 'cpu') console.log(`decoder fwd+bwd (4 blocks, hidden 128, 4 heads, MLP 512, batch 8, seq 128, vocab 512): ${fmt(await benchDecoder(decoderCfg, device))} ms`);
 
-  const step = async (name: string, cfg: VLMConfig, batch: number, textLen: number, opts: Parameters<typeof benchTrainStep>[5] = {}) => {
-    const r = await benchTrainStep(cfg, batch, textLen, device, 3, opts);
+  const step = async (name: string, cfg: VLMConfig, batch: number, textLen: number, opts: Parameters<typeof benchTrainStep>[5] = {}, runs = 3) => {
+    const r = await benchTrainStep(cfg, batch, textLen, device, runs, opts);
     printStep(name, cfg, batch, textLen, r);
     return r;
   };
@@ -126,7 +126,8 @@ async function benchDevice(device: DeviceName): Promise<void> {
       for (const t of k === 'ts' ? [1] : [...new Set([1, 2, threadsBefore])]) {
         setCpuKernels(k);
         setCpuThreads(t);
-        const r = await step(`small config (hidden 128, 4+4 blocks, 64px), ${k} kernels, ${t} thread${t > 1 ? 's' : ''}`, smallConfig, 16, 48);
+        // the reference loops take half a minute a step: one timed step after the warm-up
+        const r = await step(`small config (hidden 128, 4+4 blocks, 64px), ${k} kernels, ${t} thread${t > 1 ? 's' : ''}`, smallConfig, 16, 48, {}, k === 'ts' ? 1 : 3);
         if (k === 'wasm' && t === threadsBefore) smallStep = r.ms;
       }
     }
@@ -175,19 +176,21 @@ function printStep(name: string, cfg: VLMConfig, batch: number, textLen: number,
   console.log(`train step ${name}, batch ${batch}, ${tokens}: ${fmt(r.ms)} ms [${fmt(r.spread[0])} .. ${fmt(r.spread[1])}] (${phases})${heap}, ${fmt(r.tokensPerSec, 0)} tokens/s`);
 }
 
-/** The PyTorch figures of the same workloads, on the same threads, in the same run. */
+/** The PyTorch figures of the same workloads in the same run: on one thread, and on `threads` (the 222M ones). */
 function printReference(threads: number): void {
-  const what = ['matmul', 'small', ...(args.skip_222m || args.quick ? [] : ['step222', 'decode222'])];
-  const ref = reference(what, threads);
-  if (!ref) return;
-  console.log(`PyTorch ${ref.matmul.torch} reference (bench/reference.py, ${threads} thread${threads > 1 ? 's' : ''}, same run):`);
-  for (const [shape, r] of Object.entries(ref.matmul) as [string, Reference][]) {
-    if (typeof r === 'object') console.log(`  matmul ${shape}: ${fmt(r.median, 2)} GFLOP/s [${fmt(r.min, 2)} .. ${fmt(r.max, 2)}]`);
+  const big = args.skip_222m || args.quick ? [] : ['step222', 'decode222'];
+  for (const [n, what] of threads === 1 ? [[1, ['matmul', 'small', ...big]]] as const : [[1, ['matmul', 'small']], [threads, ['small', ...big]]] as const) {
+    const ref = reference([...what], n);
+    if (!ref) return;
+    console.log(`PyTorch ${ref.small.torch} reference (bench/reference.py, ${n} thread${n > 1 ? 's' : ''}, same run):`);
+    for (const [shape, r] of Object.entries(ref.matmul ?? {}) as [string, Reference][]) {
+      if (typeof r === 'object') console.log(`  matmul ${shape}: ${fmt(r.median, 2)} GFLOP/s [${fmt(r.min, 2)} .. ${fmt(r.max, 2)}]`);
+    }
+    const line = (name: string, r: Reference) => console.log(`  train step ${name}: ${fmt(r.ms)} ms [${fmt(r.min)} .. ${fmt(r.max)}]`);
+    line('small config, batch 16', ref.small);
+    if (ref.step222) line('nanoVLM-222M, batch 2', ref.step222);
+    if (ref.decode222) console.log(`  generate nanoVLM-222M (KV cache): ${fmt(ref.decode222.tokens_per_sec)} tokens/s, first token ${fmt(ref.decode222.ttft_ms)} ms`);
   }
-  const line = (name: string, r: Reference) => console.log(`  train step ${name}: ${fmt(r.ms)} ms [${fmt(r.min)} .. ${fmt(r.max)}]`);
-  line('small config, batch 16', ref.small);
-  if (ref.step222) line('nanoVLM-222M, batch 2', ref.step222);
-  if (ref.decode222) console.log(`  generate nanoVLM-222M (KV cache): ${fmt(ref.decode222.tokens_per_sec)} tokens/s, first token ${fmt(ref.decode222.ttft_ms)} ms`);
 }
 
 for (const device of devices) await benchDevice(device);
