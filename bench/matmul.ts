@@ -8,7 +8,6 @@
 //   npx tsx bench/matmul.ts [--kernels ts|wasm|wasm-nofma|all] [--threads 1|2] [--runs 5] [--shapes 1024x576x1536,...]
 
 import { getBackend, randn, type Tensor } from '../tensor/index.ts';
-import { matmulStats } from '../tensor/cpu/matmul.ts';
 import { cpuCount, cpuModel, getCpuThreads, setCpuThreads } from '../tensor/cpu/threads.ts';
 import { cpuKernelInfo, wasmStats, getCpuKernels, setCpuKernels } from '../tensor/cpu/wasm/kernels.ts';
 
@@ -49,7 +48,7 @@ export async function benchMatmul(
           calls++;
         } while (performance.now() - start < 300);
         const reps = Math.ceil(100 / ((performance.now() - start) / calls));
-        const parallelBefore = matmulStats.parallelCalls + wasmStats.parallelCalls;
+        const parallelBefore = wasmStats.parallelCalls;
         const rates: number[] = [];
         for (let r = 0; r < runs; r++) {
           const t0 = performance.now();
@@ -61,7 +60,7 @@ export async function benchMatmul(
         b.dispose();
         rates.sort((x, y) => x - y);
         // A product below the parallel threshold (or a failed worker) runs on one thread: say so.
-        const used = matmulStats.parallelCalls + wasmStats.parallelCalls > parallelBefore ? threads : 1;
+        const used = wasmStats.parallelCalls > parallelBefore ? threads : 1; // the ts kernels run on one thread
         const row = { kernels, threads: used, M, K, N, median: rates[runs >> 1], min: rates[0], max: rates[runs - 1], runs };
         rows.push(row);
         const shape = `${M} x ${K} x ${N}`.padEnd(20);

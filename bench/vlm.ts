@@ -1,8 +1,10 @@
 // Timing the VLM: one full training step (forward, backward, AdamW) and
 // generation with and without the KV cache, on random weights and inputs.
+// The CPU figures in bench/RESULTS.md come from here.
 
 import { AdamW } from '../nn/index.ts';
-import { Generator, manualSeed, rand, tensor, tidy, type DeviceName } from '../tensor/index.ts';
+import { heapStats, resetHeapPeak } from '../tensor/cpu/heap.ts';
+import { Generator, manualSeed, rand, tensor, tidy, tidyForward, type DeviceName } from '../tensor/index.ts';
 import { defaultVLMConfig, type VLMConfig } from '../vlm/config.ts';
 import { VisionLanguageModel } from '../vlm/vision_language_model.ts';
 
@@ -19,7 +21,8 @@ export function imageTokens(cfg: VLMConfig): number {
   return (cfg.vit_img_size / cfg.vit_patch_size) ** 2 / cfg.mp_pixel_shuffle_factor ** 2;
 }
 
-async function makeModel(cfg: VLMConfig, device: DeviceName): Promise<VisionLanguageModel> {
+/** A seeded random model of `cfg` on `device`. */
+export async function makeModel(cfg: VLMConfig, device: DeviceName): Promise<VisionLanguageModel> {
   manualSeed(0);
   const model = new VisionLanguageModel(cfg);
   return device === 'cpu' ? model : model.to(device);
@@ -40,37 +43,98 @@ function median(xs: number[]): number {
   return s[Math.floor(s.length / 2)];
 }
 
-/** Median ms of one training step, and tokens/s counting image + text tokens as nanoVLM does. */
-export async function benchTrainStep(cfg: VLMConfig, batch: number, textLen: number, device: DeviceName, runs = 3): Promise<{ ms: number; tokensPerSec: number; spread: [number, number] }> {
-  const model = await makeModel(cfg, device);
+/** One training step's timing: median ms with the spread, tokens/s, the median of each phase, and the heap's peak. */
+export interface StepTiming {
+  ms: number; tokensPerSec: number; spread: [number, number];
+  phases: { forward: number; backward: number; optimizer: number };
+  /** The most bytes of the CPU backend's WebAssembly memory in use during a step (0 on other devices). */
+  peakHeapBytes: number;
+}
+
+/**
+ * Median ms of one training step (forward, backward, AdamW), as train.ts
+ * runs it: the forward pass under tidyForward, so backward frees it as it
+ * goes. tokens/s counts image + text tokens as nanoVLM does. `model` may be
+ * given (a large one takes long to make); `freeze` leaves parts untrained.
+ */
+export async function benchTrainStep(
+  cfg: VLMConfig, batch: number, textLen: number, device: DeviceName, runs = 3,
+  { model: given, freeze = [] }: { model?: VisionLanguageModel; freeze?: ('vit' | 'lm')[] } = {},
+): Promise<StepTiming> {
+  const model = given ?? await makeModel(cfg, device);
+  model.setRequiresGrad(true);
+  if (freeze.includes('vit')) model.vision_encoder.setRequiresGrad(false);
+  if (freeze.includes('lm')) model.decoder.setRequiresGrad(false);
   const mp = model.MP.parameters();
   const opt = new AdamW([{ params: mp, lr: 2e-3 }, { params: model.parameters().filter((p) => !mp.includes(p)), lr: 1e-4 }]);
   const { ids, targets, image } = randomBatch(cfg, batch, textLen, device);
-  const times: number[] = [];
+  const [times, forward, backward, optimizer, peaks]: number[][] = [[], [], [], [], []];
   for (let i = 0; i <= runs; i++) {
-    const t0 = performance.now();
+    if (device === 'cpu') resetHeapPeak();
+    const t: number[] = [performance.now()];
     const loss = tidy(() => {
-      const { loss } = model.forward(ids, image, null, targets);
+      const { loss } = tidyForward(() => model.forward(ids, image, null, targets));
+      t.push(performance.now());
       loss!.backward();
+      t.push(performance.now());
       opt.step();
       return loss!;
     });
     await loss.item(); // waits for the device to finish the step
+    t.push(performance.now());
     loss.dispose();
     opt.zeroGrad();
-    if (i > 0) times.push(performance.now() - t0); // the first step warms up (JIT, pipelines, pools)
+    if (i === 0) continue; // the first step warms up (JIT, pipelines, pools)
+    times.push(t[3] - t[0]);
+    forward.push(t[1] - t[0]);
+    backward.push(t[2] - t[1]);
+    optimizer.push(t[3] - t[2]);
+    if (device === 'cpu') peaks.push(heapStats().peakInUseBytes);
   }
+  for (const x of [ids, targets, image]) x.dispose();
+  opt.dispose();
+  if (!given) disposeModel(model);
   const ms = median(times);
-  return { ms, tokensPerSec: (batch * (imageTokens(cfg) + textLen) * 1000) / ms, spread: [Math.min(...times), Math.max(...times)] };
+  return {
+    ms, tokensPerSec: (batch * (imageTokens(cfg) + textLen) * 1000) / ms, spread: [Math.min(...times), Math.max(...times)],
+    phases: { forward: median(forward), backward: median(backward), optimizer: median(optimizer) },
+    peakHeapBytes: peaks.length ? Math.max(...peaks) : 0,
+  };
 }
 
-/** Generated tokens per second for one sequence (batch 1), with or without the KV cache. */
-export async function benchGenerate(cfg: VLMConfig, device: DeviceName, kvCache: boolean, newTokens = 32, promptLen = 16): Promise<number> {
-  const model = await makeModel(cfg, device);
+/** Generation timing: time to the first new token (the prefill: image and prompt) and tokens/s after it. */
+export interface GenerateTiming {
+  ttftMs: number; tokensPerSec: number;
+}
+
+/**
+ * Generates `newTokens` for one sequence (batch 1), with or without the KV
+ * cache: median over `runs` of the time to the first token and of the
+ * decoding speed after it, after a warm-up.
+ */
+export async function benchGenerate(
+  cfg: VLMConfig, device: DeviceName, kvCache: boolean,
+  { newTokens = 32, promptLen = 16, runs = 3, model: given }: { newTokens?: number; promptLen?: number; runs?: number; model?: VisionLanguageModel } = {},
+): Promise<GenerateTiming> {
+  const model = given ?? await makeModel(cfg, device);
   model.eval();
-  const { ids, image } = randomBatch(cfg, 1, promptLen, device);
-  await model.generate(ids, image, null, { greedy: true, maxNewTokens: 2, eosTokenId: null, kvCache }); // warm-up
-  const t0 = performance.now();
-  await model.generate(ids, image, null, { greedy: true, maxNewTokens: newTokens, eosTokenId: null, kvCache });
-  return (newTokens * 1000) / (performance.now() - t0);
+  const { ids, targets, image } = randomBatch(cfg, 1, promptLen, device);
+  const once = async (n: number) => {
+    const t0 = performance.now();
+    let first = 0;
+    await model.generate(ids, image, null, { greedy: true, maxNewTokens: n, eosTokenId: null, kvCache, onTokens: (_, step) => { if (step === 0) first = performance.now(); } });
+    return { ttftMs: first - t0, tokensPerSec: ((n - 1) * 1000) / (performance.now() - first) };
+  };
+  await once(3); // warm-up
+  const r: GenerateTiming[] = [];
+  for (let i = 0; i < runs; i++) r.push(await once(newTokens));
+  for (const x of [ids, targets, image]) x.dispose();
+  model.train();
+  if (!given) disposeModel(model);
+  return { ttftMs: median(r.map((x) => x.ttftMs)), tokensPerSec: median(r.map((x) => x.tokensPerSec)) };
+}
+
+/** Frees a model's parameters and buffers (a benchmark makes several). */
+export function disposeModel(model: VisionLanguageModel): void {
+  for (const [, t] of model.namedTensors()) t.dispose();
 }

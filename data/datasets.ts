@@ -2,7 +2,11 @@
 // cauldron's parquet files, from JSONL files with images beside them, or from
 // MMStar's parquet file. nanoVLM gets its rows from Hugging Face `datasets`
 // (Arrow, memory-mapped); here a parquet file is read one row group at a time,
-// so a dataset far larger than memory still has random access by index.
+// so a dataset far larger than memory still has random access by index. Row
+// groups are the unit of reading: rows say which of them belong together
+// (`groups`), and a shuffling DataLoader visits the groups in random order and
+// shuffles rows within a window of decoded groups, so each group is decoded
+// once per epoch instead of once per row.
 // https://github.com/huggingface/nanoVLM/blob/main/data/datasets.py
 
 import { readdirSync } from 'node:fs';
@@ -16,6 +20,7 @@ import {
   type AsyncBuffer,
   type FileMetaData,
 } from 'hyparquet';
+import { compressors } from 'hyparquet-compressors';
 import { Generator } from '../tensor/random.ts';
 import type { VQAItem } from './collators.ts';
 import { getImageProcessor, type ImageProcessor } from './processors.ts';
@@ -35,6 +40,11 @@ export interface VQARows {
   readonly length: number;
   /** Reads row i; a malformed row throws an error whose message starts with its file and row. */
   read(i: number): Promise<VQARow>;
+  /**
+   * Runs of row indices that are cheap to read together (a parquet row
+   * group), covering every row once; absent when each row is read on its own.
+   */
+  groups?(): number[][];
 }
 
 /** Decodes and resizes encoded image bytes; the DataLoader passes one that runs in worker threads. */
@@ -46,6 +56,8 @@ export interface Dataset<T> {
   /** Side of the square images the items hold. */
   readonly imgSize: number;
   get(i: number, processImage?: AsyncImageProcessor): Promise<T | null>;
+  /** Item indices best read together (see VQARows.groups); absent when any order costs the same. */
+  groups?(): number[][] | undefined;
 }
 
 /**
@@ -72,6 +84,11 @@ export class VQADataset implements Dataset<VQAItem> {
   /** Number of rows, skipped ones included (they are only found when read). */
   get length(): number {
     return this.rows.length;
+  }
+
+  /** The rows' row groups: a shuffling DataLoader reads the items group by group. */
+  groups(): number[][] | undefined {
+    return this.rows.groups?.();
   }
 
   /** Number of distinct rows skipped so far. */
@@ -166,7 +183,13 @@ export function concatenateRows(parts: VQARows[]): VQARows {
       while (starts[p] > i) p--;
       return parts[p].read(i - starts[p]);
     },
+    groups: parts.some((part) => part.groups) ? () => parts.flatMap((part, p) => ownGroups(part).map((g) => g.map((i) => i + starts[p]))) : undefined,
   };
+}
+
+/** A part's groups, or one group per row when it reads rows on their own. */
+function ownGroups(rows: VQARows): number[][] {
+  return rows.groups?.() ?? Array.from({ length: rows.length }, (_, i) => [i]);
 }
 
 /** The rows at `indices`, in that order (Hugging Face datasets' select). */
@@ -177,6 +200,15 @@ export function selectRows(rows: VQARows, indices: number[]): VQARows {
       checkIndex(i, indices.length);
       return rows.read(indices[i]);
     },
+    // the selected rows of each underlying group form a group
+    groups: rows.groups && (() => {
+      const groupOf = new Int32Array(rows.length);
+      const groups = rows.groups!();
+      groups.forEach((g, k) => g.forEach((i) => (groupOf[i] = k)));
+      const selected: number[][] = groups.map(() => []);
+      indices.forEach((row, i) => selected[groupOf[row]].push(i));
+      return selected.filter((g) => g.length > 0);
+    }),
   };
 }
 
@@ -205,15 +237,18 @@ export function trainValSplit(rows: VQARows, options: SplitOptions): { train: VQ
   };
 }
 
-// How many decoded row groups a parquet file keeps. Reading goes in row-group
-// units, so sequential reads cost one decode per group; shuffled reads hit a new
-// group almost every row (parquet has no cheaper way to reach one row without a
-// page index).
-const CACHED_ROW_GROUPS = 2;
+// How many decoded row groups are kept, over all parquet files: a DataLoader's
+// shuffle window (8 groups by default) and the groups its prefetched batches
+// reach into. Reading goes in row-group units (parquet has no cheaper way to
+// reach one row without a page index), so a row whose group is not kept costs
+// a whole group's decoding.
+const CACHED_ROW_GROUPS = 12;
+const decodedGroups = new Map<string, Promise<Record<string, unknown>[]>>(); // least recently used first
+/** Row groups decoded so far, over all files (benchmarks and tests read this). */
+export const parquetStats = { rowGroupsDecoded: 0 };
 
-/** A parquet file read one row group at a time, the last few groups kept decoded. */
+/** A parquet file read one row group at a time, the last groups read kept decoded. */
 export class ParquetFile {
-  private readonly cache = new Map<number, Promise<Record<string, unknown>[]>>();
   // The last read queued. Reads go one at a time: a shuffled batch touches many row
   // groups, and reading them all at once would hold them all in memory.
   private reading: Promise<unknown> = Promise.resolve();
@@ -247,12 +282,12 @@ export class ParquetFile {
     if (missing.length > 0) {
       throw new Error(`${path} lacks the column(s) ${missing.join(', ')} (it has ${names.join(', ')}): is it ${what}?`);
     }
-    // hyparquet alone reads uncompressed and snappy data; say so now rather than at every row.
+    // hyparquet-compressors reads every codec but LZO (deprecated in parquet); say so now rather than at every row.
     for (const group of metadata.row_groups) {
       for (const chunk of group.columns) {
         const codec = chunk.meta_data?.codec ?? 'UNCOMPRESSED';
-        if (codec !== 'UNCOMPRESSED' && codec !== 'SNAPPY') {
-          throw new Error(`${path} is compressed with ${codec}; nanovlm-ts reads uncompressed or snappy parquet`);
+        if (codec !== 'UNCOMPRESSED' && !(codec in compressors)) {
+          throw new Error(`${path} is compressed with ${codec}; nanovlm-ts reads uncompressed, snappy, gzip, brotli, zstd and lz4 parquet`);
         }
       }
     }
@@ -274,21 +309,34 @@ export class ParquetFile {
     return rows[i - this.groupStarts[g]];
   }
 
+  /** Row indices of each row group, in order. */
+  groups(): number[][] {
+    return this.groupStarts.map((start, g) => {
+      const n = Number(this.metadata.row_groups[g].num_rows);
+      return Array.from({ length: n }, (_, i) => start + i);
+    });
+  }
+
   private rowGroup(g: number): Promise<Record<string, unknown>[]> {
-    let rows = this.cache.get(g);
+    const key = `${this.path}#${this.columns.join(',')}#${g}`;
+    let rows = decodedGroups.get(key);
     if (rows) {
-      this.cache.delete(g); // re-inserted below as the most recently used
+      decodedGroups.delete(key); // re-inserted below as the most recently used
     } else {
       const rowStart = this.groupStarts[g];
       const rowEnd = rowStart + Number(this.metadata.row_groups[g].num_rows);
       const { file, metadata, columns } = this;
       // utf8: false keeps unannotated byte arrays (the image bytes) as bytes.
-      const read = () => parquetReadObjects({ file, metadata, columns, rowStart, rowEnd, utf8: false });
+      const read = () => {
+        parquetStats.rowGroupsDecoded++;
+        return parquetReadObjects({ file, metadata, columns, rowStart, rowEnd, utf8: false, compressors });
+      };
       rows = this.reading.then(read, read);
       this.reading = rows;
+      rows.catch(() => decodedGroups.delete(key)); // a failed read is not kept: the next one tries again
     }
-    this.cache.set(g, rows);
-    if (this.cache.size > CACHED_ROW_GROUPS) this.cache.delete(this.cache.keys().next().value!);
+    decodedGroups.set(key, rows);
+    if (decodedGroups.size > CACHED_ROW_GROUPS) decodedGroups.delete(decodedGroups.keys().next().value!);
     return rows;
   }
 }
@@ -302,6 +350,10 @@ class ParquetRows implements VQARows {
 
   get length(): number {
     return this.file.numRows;
+  }
+
+  groups(): number[][] {
+    return this.file.groups();
   }
 
   async read(i: number): Promise<VQARow> {

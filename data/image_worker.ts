@@ -1,7 +1,8 @@
 // The body of a DataLoader worker thread: it decodes and resizes the images
 // the main thread sends, so that this work overlaps with the training step.
 
-import { parentPort, workerData } from 'node:worker_threads';
+import { parentPort } from 'node:worker_threads';
+import { workerInput } from '../tensor/cpu/threads.ts';
 import { getImageProcessor } from './processors.ts';
 
 /** A request: encoded image bytes, and the file and row they came from (for error messages). */
@@ -14,7 +15,7 @@ export interface ImageRequest {
 /** The reply: the image as CHW floats, or why it could not be decoded. */
 export type ImageReply = { id: number; pixels: Float32Array } | { id: number; error: string };
 
-const processImage = getImageProcessor(workerData.imgSize);
+const processImage = getImageProcessor(workerInput<{ imgSize: number }>().imgSize);
 const port = parentPort!;
 
 port.on('message', ({ id, image, source }: ImageRequest) => {

@@ -1,10 +1,13 @@
 // DataLoader: a dataset in batches, shuffled anew each epoch, collated, and
 // loaded a few batches ahead so that the next batch is ready when a training
-// step ends. With worker threads, decoding and resizing images (the slow part
+// step ends. A dataset stored in row groups (parquet) is shuffled as
+// streaming datasets shuffle: the groups in random order, and the rows within
+// a window of a few groups, so that each group is decoded once per epoch. With worker threads, decoding and resizing images (the slow part
 // of loading real data) runs beside the training step instead of between steps.
 // Plays the part of PyTorch's torch.utils.data.DataLoader in nanoVLM's train.py.
 
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
+import { startWorker } from '../tensor/cpu/threads.ts';
 import { Generator } from '../tensor/random.ts';
 import type { AsyncImageProcessor, Dataset } from './datasets.ts';
 import type { ImageReply, ImageRequest } from './image_worker.ts';
@@ -16,6 +19,8 @@ export interface DataLoaderOptions<T, B> {
   collate: (items: T[]) => B;
   /** Visit the items in a new random order every epoch (default false, as in PyTorch). */
   shuffle?: boolean;
+  /** Row groups whose rows are shuffled together, for a dataset stored in groups (default 8). */
+  shuffleWindow?: number;
   /** Seed of the shuffles (default 0). */
   seed?: number;
   /** Leave out the last batch of an epoch if it is short (default false). */
@@ -36,6 +41,7 @@ export interface LoadedBatch<B> {
 export class DataLoader<T, B> {
   readonly batchSize: number;
   readonly shuffle: boolean;
+  readonly shuffleWindow: number;
   readonly seed: number;
   readonly dropLast: boolean;
   readonly prefetch: number;
@@ -52,6 +58,10 @@ export class DataLoader<T, B> {
     this.batchSize = options.batchSize;
     this.collate = options.collate;
     this.shuffle = options.shuffle ?? false;
+    this.shuffleWindow = options.shuffleWindow ?? 8;
+    if (!Number.isInteger(this.shuffleWindow) || this.shuffleWindow < 1) {
+      throw new Error(`shuffleWindow must be a positive integer (row groups shuffled together), got ${options.shuffleWindow}`);
+    }
     this.seed = options.seed ?? 0;
     this.dropLast = options.dropLast ?? false;
     this.prefetch = options.prefetch ?? 2;
@@ -74,7 +84,16 @@ export class DataLoader<T, B> {
     const indices = [...Array(this.dataset.length).keys()];
     if (!this.shuffle) return indices;
     // Mix the seed before adding the epoch, so that seeds 0 and 1 do not share orders one epoch apart.
-    return new Generator((Math.imul(this.seed, 0x9e3779b1) + epoch) >>> 0).shuffle(indices);
+    const g = new Generator((Math.imul(this.seed, 0x9e3779b1) + epoch) >>> 0);
+    const groups = this.dataset.groups?.();
+    if (!groups) return g.shuffle(indices);
+    // the groups in random order; then the items of each window of groups, shuffled together
+    const visit = g.shuffle(groups.map((_, k) => k));
+    const order: number[] = [];
+    for (let w = 0; w < visit.length; w += this.shuffleWindow) {
+      order.push(...g.shuffle(visit.slice(w, w + this.shuffleWindow).flatMap((k) => groups[k])));
+    }
+    return order;
   }
 
   /**
@@ -128,13 +147,10 @@ class ImageWorkers {
   failure: Error | null = null;
 
   constructor(count: number, imgSize: number) {
-    // Node cannot start a worker from a .ts file, so a one-line script loads it
-    // through tsx, the way this process loaded its own TypeScript.
-    const script = new URL('./image_worker.ts', import.meta.url).href;
-    const tsx = import.meta.resolve('tsx/esm/api');
-    const boot = `import(${JSON.stringify(tsx)}).then((tsx) => tsx.tsImport(${JSON.stringify(script)}, ${JSON.stringify(script)}))`;
     for (let k = 0; k < count; k++) {
-      const thread = { worker: new Worker(boot, { eval: true, workerData: { imgSize } }), pending: new Map() };
+      const worker = startWorker(new URL('./image_worker.ts', import.meta.url), { imgSize });
+      if (!worker) throw new Error('numWorkers needs worker threads, which this platform lacks: use numWorkers 0');
+      const thread = { worker, pending: new Map() };
       thread.worker.on('message', (reply: ImageReply) => this.receive(thread, reply));
       thread.worker.on('error', (err) => this.fail(err));
       thread.worker.on('exit', (code) => {

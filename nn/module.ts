@@ -58,6 +58,18 @@ export class Module {
     return this.namedParameters().map(([, t]) => t);
   }
 
+  /**
+   * Freezes (false) or unfreezes (true) every parameter here and below, as
+   * PyTorch's requires_grad_: a frozen parameter gets no gradient, so
+   * backward skips its weight-gradient matmuls (and everything before it
+   * that only it needed), and AdamW never makes moments for it.
+   * `model.vision_encoder.setRequiresGrad(false)` trains the rest on a frozen ViT.
+   */
+  setRequiresGrad(flag: boolean): this {
+    for (const p of this.parameters()) p.setRequiresGrad(flag);
+    return this;
+  }
+
   /** Number of trainable scalars. */
   numParameters(): number {
     return this.parameters().reduce((n, p) => n + p.size, 0);

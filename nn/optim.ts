@@ -83,6 +83,15 @@ export class AdamW {
     }
   }
 
+  /** Frees both moments of every parameter (an optimizer that will not step again). */
+  dispose(): void {
+    for (const s of this.state.values()) {
+      s.expAvg.dispose();
+      s.expAvgSq.dispose();
+    }
+    this.state.clear();
+  }
+
   private stateOf(p: Tensor): ParamState {
     let s = this.state.get(p);
     if (!s) {

@@ -4,6 +4,7 @@
 // backward() sorts the recorded graph topologically, walks it from the loss
 // back to the leaves, and sums the gradients that reach each tensor.
 
+import { isOwnedByGraph, tidy } from './scope.ts';
 import type { Tensor } from './tensor.ts';
 
 /** What an op remembers for its backward pass. */
@@ -12,6 +13,8 @@ export interface GradCtx {
   inputs: Tensor[];
   /** Given dLoss/dOut, returns dLoss/dInput for each input (null: no gradient). */
   backward: (gradOut: Tensor) => (Tensor | null)[];
+  /** What the rule reads besides the inputs and the output (attention's log-sum-exp), freed with the graph. */
+  saved: Tensor[];
 }
 
 let gradDisabled = 0;
@@ -43,10 +46,12 @@ export function noGrad<T>(fn: () => T): T {
 }
 
 /** Attaches a backward rule to `out` when any input needs a gradient. */
-export function recordGrad(out: Tensor, op: string, inputs: Tensor[], backward: GradCtx['backward']): Tensor {
+export function recordGrad(
+  out: Tensor, op: string, inputs: Tensor[], backward: GradCtx['backward'], saved: Tensor[] = [],
+): Tensor {
   if (isGradEnabled() && inputs.some((t) => t.requiresGrad)) {
     out.requiresGrad = true;
-    out.ctx = { op, inputs, backward };
+    out.ctx = { op, inputs, backward, saved };
   }
   return out;
 }
@@ -99,11 +104,18 @@ export function backward(root: Tensor, gradient: Tensor): void {
         accumulateLeaf(t, g);
         continue;
       }
-      const inputGrads = t.ctx.backward(g);
+      // a rule's own temporaries go as soon as it returns; only the gradients it gives are kept
+      const ctx = t.ctx;
+      const inputGrads = tidy(() => ctx.backward(g));
       const seen = new Set<Tensor>();
       t.ctx.inputs.forEach((input, k) => {
         let gi = inputGrads[k];
-        if (!gi || !input.requiresGrad) return;
+        if (!gi) return;
+        if (!input.requiresGrad) {
+          // a rule computed more than was needed: free it now, unless it is shared
+          if (gi !== g && !inputGrads.some((other, j) => j !== k && other === gi)) gi.dispose();
+          return;
+        }
         // A rule may hand the same tensor to two inputs (add) or pass g through:
         // give each owner its own view so disposing one leaves the other intact.
         if (gi === g || seen.has(gi)) gi = gi.view(gi.shape);
@@ -119,6 +131,10 @@ export function backward(root: Tensor, gradient: Tensor): void {
       });
       t.ctx = null; // release the graph: saved activations can be freed
       g.dispose();
+      // every op that read t is behind us (they come later in the order): an
+      // intermediate of a tidyForward() pass can go now, with what only its rule read
+      if (isOwnedByGraph(t)) t.dispose();
+      for (const s of ctx.saved) if (isOwnedByGraph(s)) s.dispose();
     }
   } finally {
     gradDisabled--;

@@ -5,7 +5,7 @@ export { tensor, zeros, ones, full, arange, rand, randn, causalMask, type Tensor
 export { crossEntropy, softmax, logSoftmax, dropout, split, chunk, stack, repeatInterleave, sort, topk, tril, conv2dPatch, mean } from './composite.ts';
 export { cat, where, matmul, embedding, layerNorm, rmsNorm, copyInto, scaledDotProductAttention } from './ops.ts';
 export { noGrad, isGradEnabled } from './autograd.ts';
-export { tidy } from './scope.ts';
+export { tidy, tidyForward } from './scope.ts';
 export { memory } from './memory.ts';
 export { Generator, manualSeed, defaultGenerator } from './random.ts';
 export { getBackend, setDefaultDevice, getDefaultDevice, registerBackend } from './device.ts';

@@ -71,6 +71,14 @@ export function fromHost(like: Tensor, data: TypedArray, shape: number[]): Tenso
   return t;
 }
 
+/**
+ * `grad()` when `t` needs a gradient, else null: backward rules skip the work
+ * for inputs nobody differentiates (frozen weights, masks, data).
+ */
+function ifNeeded(t: Tensor, grad: () => Tensor): Tensor | null {
+  return t.requiresGrad ? grad() : null;
+}
+
 /** Sums a broadcast gradient back down to `shape` (the adjoint of broadcasting). */
 export function sumTo(g: Tensor, shape: number[]): Tensor {
   const dims = broadcastReduceDims(shape, g.shape);
@@ -123,25 +131,29 @@ export function binary(op: BinaryOp, a: TensorLike, b: TensorLike): Tensor {
   const [x, y] = operands(op, a, b);
   const shape = broadcastShapes(op, x.shape, y.shape);
   const out = wrap(x, x.backend.binary(op, viewAs(x, shape), viewAs(y, shape)), shape);
-  const grads: Partial<Record<BinaryOp, (g: Tensor) => [Tensor, Tensor]>> = {
-    add: (g) => [g, g],
-    sub: (g) => [g, g.neg()],
-    mul: (g) => [g.mul(y), g.mul(x)],
-    div: (g) => [g.div(y), g.mul(x).div(y.square()).neg()],
+  // each rule gives dLoss/dx and dLoss/dy, computed only for the inputs that need them
+  const grads: Partial<Record<BinaryOp, (g: Tensor) => [() => Tensor, () => Tensor]>> = {
+    add: (g) => [() => g, () => g],
+    sub: (g) => [() => g, () => g.neg()],
+    mul: (g) => [() => g.mul(y), () => g.mul(x)],
+    div: (g) => [() => g.div(y), () => g.mul(x).div(y.square()).neg()],
     // d/dx x^y = y x^(y-1); d/dy x^y = x^y log x
-    pow: (g) => [g.mul(y).mul(x.pow(y.sub(1))), y.requiresGrad ? g.mul(out).mul(x.log()) : g],
+    pow: (g) => [() => g.mul(y).mul(x.pow(y.sub(1))), () => g.mul(out).mul(x.log())],
     // ties split the gradient in half, as PyTorch does
     maximum: (g) => minMaxGrad(g, x.gt(y), x.eq(y)),
     minimum: (g) => minMaxGrad(g, x.lt(y), x.eq(y)),
   };
   const rule = grads[op];
   if (!rule) return out; // comparisons have no gradient
-  return recordGrad(out, op, [x, y], (g) => rule(g).map((gi, i) => sumTo(gi, [x, y][i].shape)));
+  return recordGrad(out, op, [x, y], (g) => {
+    const [dx, dy] = rule(g);
+    return [ifNeeded(x, () => sumTo(dx(), x.shape)), ifNeeded(y, () => sumTo(dy(), y.shape))];
+  });
 }
 
-function minMaxGrad(g: Tensor, wins: Tensor, ties: Tensor): [Tensor, Tensor] {
+function minMaxGrad(g: Tensor, wins: Tensor, ties: Tensor): [() => Tensor, () => Tensor] {
   const wa = wins.cast(g.dtype).add(ties.cast(g.dtype).mul(0.5));
-  return [g.mul(wa), g.mul(wa.neg().add(1))];
+  return [() => g.mul(wa), () => g.mul(wa.neg().add(1))];
 }
 
 /** cond ? a : b, broadcasting all three. */
@@ -152,8 +164,8 @@ export function where(cond: Tensor, a: TensorLike, b: TensorLike): Tensor {
   const out = wrap(x, x.backend.where(viewAs(cond, shape), viewAs(x, shape), viewAs(y, shape)), shape);
   return recordGrad(out, 'where', [cond, x, y], (g) => [
     null,
-    sumTo(where(cond, g, 0), x.shape),
-    sumTo(where(cond, 0, g), y.shape),
+    ifNeeded(x, () => sumTo(where(cond, g, 0), x.shape)),
+    ifNeeded(y, () => sumTo(where(cond, 0, g), y.shape)),
   ]);
 }
 
@@ -242,12 +254,18 @@ export function matmul(a: Tensor, b: Tensor): Tensor {
   const batch = broadcastShapes('matmul', a.shape.slice(0, -2), b.shape.slice(0, -2));
   const out = wrap(a, a.backend.matmul(viewAs(a, [...batch, M, K]), viewAs(b, [...batch, K, N])), [...batch, M, N]);
   return recordGrad(out, 'matmul', [a, b], (g) => [
-    sumTo(g.matmul(b.transpose(-1, -2)), a.shape),
-    // A weight shared by the whole batch (x @ W): one [K, batch*M] @ [batch*M, N]
-    // product, rather than a product per batch entry summed afterwards.
-    b.ndim === 2 && a.ndim > 2
-      ? a.reshape([-1, K]).transpose(0, 1).matmul(g.reshape([-1, N]))
-      : sumTo(a.transpose(-1, -2).matmul(g), b.shape),
+    ifNeeded(a, () => sumTo(g.matmul(b.transpose(-1, -2)), a.shape)),
+    ifNeeded(b, () => {
+      if (b.ndim !== 2) return sumTo(a.transpose(-1, -2).matmul(g), b.shape);
+      // A weight shared by the whole batch (x @ W): one [K, batch*M] @ [batch*M, N]
+      // product, rather than a product per batch entry summed afterwards.
+      const [a2, g2] = [a.reshape([-1, K]), g.reshape([-1, N])];
+      // A weight read transposed (Linear's x @ W^T, W stored [N, K]): make its
+      // gradient in W's own layout, (g^T a)^T, so that it reaches W contiguous
+      // instead of needing a strided copy. Same products, same sums.
+      if (b.strides[0] === 1 && b.strides[1] === K && K > 1) return g2.transpose(0, 1).matmul(a2).transpose(0, 1);
+      return a2.transpose(0, 1).matmul(g2);
+    }),
   ]);
 }
 
@@ -329,7 +347,7 @@ export function cat(tensors: Tensor[], dim = 0): Tensor {
     first.backend.copyInto(part, t.view());
     at += t.shape[axis];
   }
-  return recordGrad(out, 'cat', tensors, (g) => tensors.map((t, i) => slice(g, axis, starts[i], starts[i] + t.shape[axis])));
+  return recordGrad(out, 'cat', tensors, (g) => tensors.map((t, i) => ifNeeded(t, () => slice(g, axis, starts[i], starts[i] + t.shape[axis]))));
 }
 
 // ---------------------------------------------------------------- indexing
@@ -376,8 +394,8 @@ export function layerNorm(x: Tensor, weight: Tensor, bias: Tensor, eps: number):
     const xhat = xc.mul(rstd);
     const gxhat = g.mul(weight);
     // dx = rstd * (gxhat - mean(gxhat) - xhat * mean(gxhat * xhat))
-    const gx = gxhat.sub(gxhat.mean(-1, true)).sub(xhat.mul(gxhat.mul(xhat).mean(-1, true))).mul(rstd);
-    return [gx, sumTo(g.mul(xhat), weight.shape), sumTo(g, bias.shape)];
+    const gx = ifNeeded(x, () => gxhat.sub(gxhat.mean(-1, true)).sub(xhat.mul(gxhat.mul(xhat).mean(-1, true))).mul(rstd));
+    return [gx, ifNeeded(weight, () => sumTo(g.mul(xhat), weight.shape)), ifNeeded(bias, () => sumTo(g, bias.shape))];
   });
 }
 
@@ -392,8 +410,8 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps: number): Tensor {
     const xhat = x.mul(irms);
     const gxhat = g.mul(weight);
     // dx = irms * (gxhat - xhat * mean(gxhat * xhat))
-    const gx = gxhat.sub(xhat.mul(gxhat.mul(xhat).mean(-1, true))).mul(irms);
-    return [gx, sumTo(g.mul(xhat), weight.shape)];
+    const gx = ifNeeded(x, () => gxhat.sub(xhat.mul(gxhat.mul(xhat).mean(-1, true))).mul(irms));
+    return [gx, ifNeeded(weight, () => sumTo(g.mul(xhat), weight.shape))];
   });
 }
 
@@ -471,10 +489,12 @@ export function scaledDotProductAttention(q: Tensor, k: Tensor, v: Tensor, args:
     new Tensor(q.backend, storage, [B, n, t, D], q.dtype, [t * n * D, D, n * D, 1], 0);
   const out = headsLast(r.out, H, T);
   const lse = wrap(q, r.lse, [B, H, T]);
-  recordGrad(out, 'attention', [q, k, v], (g) => {
+  const backwardRule = (g: Tensor) => {
     const grads = q.backend.attentionBackward(q.view(), k.view(), v.view(), out.view(), g.view(), lse.view(), opts);
-    return [headsLast(grads.dq, H, T), headsLast(grads.dk, Hkv, Tk), headsLast(grads.dv, Hkv, Tk)];
-  });
+    return [headsLast(grads.dq, H, T), headsLast(grads.dk, Hkv, Tk), headsLast(grads.dv, Hkv, Tk), null];
+  };
+  // the mask is an input without a gradient (the backward reads it); lse is this op's own, freed with its node
+  recordGrad(out, 'attention', mask ? [q, k, v, mask] : [q, k, v], backwardRule, [lse]);
   if (!out.ctx) lse.dispose(); // no backward pass will need it
   return out;
 }

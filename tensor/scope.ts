@@ -9,6 +9,8 @@ import type { Tensor } from './tensor.ts';
 
 const scopes: Set<Tensor>[] = [];
 let liveTensors = 0;
+// Intermediates of a tidyForward() pass: backward() disposes each once it is done with it.
+const ownedByGraph = new WeakSet<Tensor>();
 
 /** Called by the Tensor constructor: counts the tensor and files it in the current scope. */
 export function track(t: Tensor): void {
@@ -59,4 +61,62 @@ export function tidy<T>(fn: () => T): T {
   for (const t of scope) if (!returned.has(t) && !t.kept) t.dispose();
   for (const t of returned) scopes[scopes.length - 1]?.add(t);
   return result;
+}
+
+/**
+ * tidy() for the forward pass of a training step. The tensors fn creates and
+ * does not return are not disposed when it returns: the autograd graph still
+ * needs them. They are handed to it instead, and backward() disposes each one
+ * as soon as the gradients below it are computed, the way PyTorch frees a
+ * graph's saved activations. So the memory of a step peaks at about the
+ * activations or the gradients, not both: what makes nanoVLM-222M train in
+ * the CPU backend's 4 GiB. Tensors outside the graph that backward does not
+ * read (the activations of a frozen part that feeds nothing trainable) are
+ * disposed when fn returns. Whatever backward never reaches (no gradient
+ * flows through it, or backward is not called) goes with the enclosing tidy().
+ *
+ *   const loss = tidy(() => {
+ *     const { loss } = tidyForward(() => model.forward(ids, image, mask, targets));
+ *     loss!.backward();
+ *     return loss!;
+ *   });
+ *
+ * Only what fn returns may be read after backward.
+ */
+export function tidyForward<T>(fn: () => T): T {
+  const scope = new Set<Tensor>();
+  scopes.push(scope);
+  let result: T;
+  try {
+    result = fn();
+    if (result instanceof Promise) throw new Error('tidyForward: fn must be synchronous (it returned a Promise)');
+  } catch (e) {
+    scopes.pop();
+    for (const t of scope) if (!t.kept) t.dispose();
+    throw e;
+  }
+  scopes.pop();
+  const returned = tensorsIn(result, new Set());
+  // what backward reads: every backward rule reads its op's inputs, its output and what it saved
+  const read = new Set<Tensor>();
+  const saved = new Set<Tensor>();
+  for (const t of scope) for (const input of t.ctx?.inputs ?? []) read.add(input);
+  for (const t of scope) for (const s of t.ctx?.saved ?? []) saved.add(s);
+  for (const t of scope) {
+    if (t.kept) continue;
+    if (returned.has(t) || read.has(t) || saved.has(t) || t.ctx) {
+      // graph nodes and saved tensors go with backward; inputs it reads that are not nodes (masks, tables)
+      // stay for the enclosing tidy
+      if ((t.ctx || saved.has(t)) && !returned.has(t)) ownedByGraph.add(t);
+      scopes[scopes.length - 1]?.add(t);
+    } else {
+      t.dispose(); // outside the graph and read by none of it (a frozen ViT's activations, say): garbage already
+    }
+  }
+  return result;
+}
+
+/** True for an intermediate of a tidyForward() pass: backward() disposes it once it is done with it. */
+export function isOwnedByGraph(t: Tensor): boolean {
+  return ownedByGraph.has(t);
 }

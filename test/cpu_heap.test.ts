@@ -3,7 +3,7 @@
 
 import { describe, expect, it } from 'vitest';
 import { getBackend, memory as liveMemory, tensor, tidy, zeros } from '../tensor/index.ts';
-import { CpuStorage, free, heapStats, malloc, memory, sizeClass } from '../tensor/cpu/heap.ts';
+import { CpuStorage, compactHeap, free, heapStats, malloc, memory, sizeClass } from '../tensor/cpu/heap.ts';
 
 describe('size classes', () => {
   it('are multiples of 64 bytes, at most 25% above the request, and fixed points of themselves', () => {
@@ -84,5 +84,27 @@ describe('live bytes', () => {
     for (let i = 0; i < 5; i++) step();
     expect(heapStats().fresh).toBe(fresh);
     w.dispose();
+  });
+
+  it('merges free blocks of other sizes when compacted, and gives the top back', () => {
+    // four neighbouring 64 KiB blocks, freed, then compacted: one 256 KiB run (or the top lowered)
+    const blocks = [0, 1, 2, 3].map(() => malloc(65536));
+    for (let i = 1; i < 4; i++) expect(blocks[i]).toBe(blocks[i - 1] + 65536);
+    const guard = malloc(64); // keeps the run from touching the top
+    for (const p of blocks) free(p, 65536);
+    compactHeap();
+    const before = heapStats();
+    const big = malloc(200_000); // size class 229376: no free list has it, a merged run does
+    expect(heapStats()).toMatchObject({ carved: before.carved + 1, fresh: before.fresh, reservedBytes: before.reservedBytes });
+    expect(big).toBeLessThanOrEqual(blocks[0]);
+    free(big, 200_000);
+    free(guard, 64);
+    // a block made at the top, freed: compaction gives its bytes back to the top
+    const reserved = heapStats().reservedBytes;
+    const top = malloc(1 << 26);
+    expect(top).toBe(reserved);
+    free(top, 1 << 26);
+    compactHeap();
+    expect(heapStats().reservedBytes).toBeLessThanOrEqual(reserved);
   });
 });

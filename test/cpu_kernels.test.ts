@@ -8,6 +8,7 @@ import {
   Generator, cat, crossEntropy, getBackend, layerNorm, rmsNorm, softmax, tensor, where, type Tensor,
 } from '../tensor/index.ts';
 import { setCpuThreads } from '../tensor/cpu/threads.ts';
+import { CpuStorage } from '../tensor/cpu/heap.ts';
 import { cpuKernelInfo, getCpuKernels, mergeDims, setCpuKernels, wasmStats } from '../tensor/cpu/wasm/kernels.ts';
 
 /** A float32 tensor of uniform values in [lo, hi), seeded. */
@@ -218,9 +219,10 @@ describe('fused AdamW', () => {
   it('updates in place exactly as the tensor ops of nn/optim.ts do, on both kernel sets', () => {
     const h = { lr: 2e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01 };
     const backend = getBackend('cpu') as ReturnType<typeof getBackend> & { adamw(p: unknown, g: unknown, m: unknown, v: unknown, h: unknown): void };
-    for (const kind of ['ts', 'wasm'] as const) {
+    // 70,000 elements: the moments (kept outside the WebAssembly memory) stream through it in three chunks
+    for (const [kind, n] of [['ts', 1027], ['wasm', 1027], ['wasm', 70_000]] as const) {
       setCpuKernels(kind);
-      const [n, steps] = [1027, 3];
+      const steps = 3;
       let p = rand([n], 20);
       let [m, v] = [rand([n], 21).mul(0), rand([n], 22).mul(0)];
       const [pf, mf, vf] = [p.mul(1), m.mul(1), v.mul(1)];
@@ -234,7 +236,9 @@ describe('fused AdamW', () => {
         p = decayed.sub(m.div(denom).mul(h.lr / (1 - h.beta1 ** step)));
         backend.adamw(pf.view(), g.view(), mf.view(), vf.view(), { ...h, step });
       }
-      expect(Array.from(pf.dataSync()), kind).toEqual(Array.from(p.dataSync()));
+      expect((mf.storage as CpuStorage).ptr, 'moments outside the memory').toBe(-1);
+      expect((pf.storage as CpuStorage).ptr, 'the parameter stays in it').toBeGreaterThan(0);
+      expect(Array.from(pf.dataSync()), `${kind}, ${n}`).toEqual(Array.from(p.dataSync()));
       expect(Array.from(mf.dataSync())).toEqual(Array.from(m.dataSync()));
       expect(Array.from(vf.dataSync())).toEqual(Array.from(v.dataSync()));
     }

@@ -4,9 +4,10 @@
 
 import { GOLD } from './fixtures.ts';
 import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { brotliCompressSync, gzipSync } from 'node:zlib';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { asyncBufferFromFile, parquetReadObjects } from 'hyparquet';
+import { asyncBufferFromFile, parquetMetadata, parquetReadObjects } from 'hyparquet';
 import { PNG } from 'pngjs';
 import { afterAll, afterEach, beforeEach, describe, expect, test, vi, type MockInstance } from 'vitest';
 import {
@@ -23,6 +24,7 @@ import {
   type VQARows,
 } from '../data/datasets.ts';
 import { getImageProcessor } from '../data/processors.ts';
+import { type Compressor, writeCauldronParquet } from '../bench/data.ts';
 
 const CAULDRON = `${GOLD}parquet/cauldron_sample.parquet`;
 const MMSTAR = `${GOLD}parquet/mmstar_sample.parquet`;
@@ -293,5 +295,67 @@ describe('MMStar', () => {
       ),
     ).toEqual(cases.map((c) => c[2]));
     expect(() => checkMultipleChoiceWithRegex(['A', 'B'], ['A'])).toThrow('2 outputs but 1 answers');
+  });
+});
+
+/**
+ * A zstd frame of raw (stored) blocks: valid zstd that every decoder reads,
+ * made without a zstd compressor (Node 20 has none). Enough to check that the
+ * codec reaches the decompressor.
+ */
+function zstdStored(input: Uint8Array): Uint8Array {
+  const MAX_BLOCK = 1 << 17;
+  const parts: number[] = [0x28, 0xb5, 0x2f, 0xfd, 0xa0, ...new Uint8Array(new Uint32Array([input.length]).buffer)]; // magic; single segment, 4-byte size
+  for (let at = 0; at < input.length || at === 0; at += MAX_BLOCK) {
+    const size = Math.min(MAX_BLOCK, input.length - at);
+    const header = (size << 3) | (at + size >= input.length ? 1 : 0); // block type 0 (raw), last-block bit
+    parts.push(header & 0xff, (header >> 8) & 0xff, (header >> 16) & 0xff, ...input.subarray(at, at + size));
+    if (input.length === 0) break;
+  }
+  return new Uint8Array(parts);
+}
+
+describe('compressed parquet', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'nanovlm-codecs-'));
+  const rowsOf = async (file: string) => readAll(await openVQARows([file]));
+
+  test('gzip, brotli and zstd files read as the snappy original', async () => {
+    const original = await rowsOf(CAULDRON);
+    const rows = original.map((r) => ({ image: r.image, question: r.question, answer: r.answer }));
+    const codecs: Record<string, Compressor> = {
+      GZIP: (b) => gzipSync(b),
+      BROTLI: (b) => brotliCompressSync(b),
+      ZSTD: zstdStored,
+    };
+    for (const [codec, compress] of Object.entries(codecs)) {
+      const file = join(dir, `${codec}.parquet`);
+      writeCauldronParquet(file, rows, { rowGroupSize: 2, codec, compressors: { [codec]: compress } });
+      const metadata = parquetMetadata(new Uint8Array(readFileSync(file)).buffer);
+      expect(metadata.row_groups[0].columns[0].meta_data?.codec).toBe(codec);
+      const got = await rowsOf(file);
+      expect(got.map((r) => [r.question, r.answer, Array.from(r.image)]), codec)
+        .toEqual(original.map((r) => [r.question, r.answer, Array.from(r.image)]));
+    }
+  });
+
+  test('LZO, which no reader here has, is refused at open with the codec named', async () => {
+    const file = join(dir, 'lzo.parquet');
+    writeCauldronParquet(file, [{ image: png([1, 2, 3]), question: 'q', answer: 'a' }], { codec: 'LZO', compressors: { LZO: (b) => b } });
+    await expect(openVQARows([file])).rejects.toThrow(/lzo\.parquet is compressed with LZO; nanovlm-ts reads uncompressed, snappy, gzip, brotli, zstd/);
+  });
+});
+
+describe('row groups', () => {
+  test('a parquet file lists its row groups; concatenation and selection keep them', async () => {
+    const file = await openVQARows([CAULDRON]); // row groups of 2, 2 and 1
+    expect(file.groups!()).toEqual([[0, 1], [2, 3], [4]]);
+    const two = concatenateRows([file, await openVQARows([CAULDRON])]);
+    expect(two.groups!()).toEqual([[0, 1], [2, 3], [4], [5, 6], [7, 8], [9]]);
+    // selected rows 4, 1, 0, 3: positions grouped by the group their row is in
+    expect(selectRows(file, [4, 1, 0, 3]).groups!()).toEqual([[1, 2], [3], [0]]);
+    // rows read on their own (JSONL, in memory) have none; mixed with a file, each is its own group
+    expect(numberedRows(3).groups).toBeUndefined();
+    expect(concatenateRows([numberedRows(2), file]).groups!()).toEqual([[0], [1], [2, 3], [4, 5], [6]]);
+    expect(new VQADataset(file, tokenizer, S).groups()).toEqual([[0, 1], [2, 3], [4]]);
   });
 });

@@ -13,7 +13,9 @@ import jpeg from 'jpeg-js';
 import { afterEach, beforeEach, describe, expect, test, vi, onTestFinished, type MockInstance } from 'vitest';
 import { BuiltinVQADataset, buildBuiltinTokenizer } from '../data/builtin.ts';
 import { MMStarCollator, VQACollator, type VQAItem } from '../data/collators.ts';
-import { openVQARows, VQADataset, type Dataset } from '../data/datasets.ts';
+import { openVQARows, parquetStats, VQADataset, type Dataset } from '../data/datasets.ts';
+import { writeCauldronParquet } from '../bench/data.ts';
+import { PNG } from 'pngjs';
 import { DataLoader, type LoadedBatch } from '../data/loader.ts';
 import { createTokenizer } from '../data/tokenizer.ts';
 
@@ -21,6 +23,11 @@ const CAULDRON = `${GOLD}parquet/cauldron_sample.parquet`;
 const tok = createTokenizer(buildBuiltinTokenizer());
 const collator = new VQACollator(tok, 16);
 const collate = (items: VQAItem[]) => collator.call(items);
+const TINY_PNG = (() => {
+  const image = new PNG({ width: 4, height: 4 });
+  image.data.fill(200);
+  return new Uint8Array(PNG.sync.write(image));
+})();
 
 let warn: MockInstance<typeof console.warn>;
 beforeEach(() => {
@@ -125,6 +132,51 @@ describe('DataLoader', () => {
     await new Promise((resolve) => setTimeout(resolve, 20));
     expect(dataset.calls).toEqual([0, 1, 2, 3, 4, 5]);
     await batches.return(undefined);
+  });
+});
+
+describe('DataLoader over row groups', () => {
+  /** NumberDataset stored in groups of `size` (the last one shorter). */
+  class GroupedDataset extends NumberDataset {
+    constructor(length: number, readonly size: number) {
+      super(length);
+    }
+    groups(): number[][] {
+      return Array.from({ length: Math.ceil(this.length / this.size) }, (_, g) =>
+        Array.from({ length: Math.min(this.size, this.length - g * this.size) }, (_, i) => g * this.size + i));
+    }
+  }
+
+  test('shuffles the groups, then the items within each window of groups', () => {
+    const dataset = new GroupedDataset(1003, 50); // 21 groups
+    const loader = new DataLoader(dataset, { batchSize: 8, collate: (items) => items, shuffle: true, seed: 3, shuffleWindow: 4 });
+    const order = loader.order(0);
+    expect([...order].sort((a, b) => a - b)).toEqual([...Array(1003).keys()]); // every item once
+    const windows: number[][] = [];
+    for (let at = 0; at < order.length;) {
+      const groupsHere = new Set<number>();
+      let end = at;
+      while (end < order.length && (groupsHere.has(Math.floor(order[end] / 50)) || groupsHere.size < 4)) groupsHere.add(Math.floor(order[end++] / 50));
+      windows.push(order.slice(at, end));
+      at = end;
+    }
+    expect(windows.length).toBe(6); // ceil(21 / 4) windows of at most 4 groups
+    expect(order.slice(0, 50)).not.toEqual([...order.slice(0, 50)].sort((a, b) => a - b)); // shuffled within
+    expect(loader.order(0)).toEqual(order);
+    expect(loader.order(1)).not.toEqual(order);
+  });
+
+  test('a shuffled epoch over parquet row groups decodes each group once', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'nanovlm-groups-'));
+    const file = join(dir, 'groups.parquet');
+    const rows = Array.from({ length: 120 }, (_, i) => ({ image: TINY_PNG, question: `q${i}`, answer: 'a' }));
+    writeCauldronParquet(file, rows, { rowGroupSize: 10 }); // 12 groups
+    const dataset = new VQADataset(await openVQARows([file]), tok, 8);
+    const loader = new DataLoader(dataset, { batchSize: 8, collate, shuffle: true });
+    const before = parquetStats.rowGroupsDecoded;
+    const batches = await collect(loader.epoch(0));
+    expect(batches.reduce((n, b) => n + b.batch.batchSize, 0)).toBe(120);
+    expect(parquetStats.rowGroupsDecoded - before).toBe(12);
   });
 });
 

@@ -6,7 +6,7 @@
 // fail with one line that says why.
 
 import { describe, expect, it } from 'vitest';
-import { Generator, manualSeed, randn, tensor, type DeviceName, type Tensor } from '../tensor/index.ts';
+import { Generator, manualSeed, randn, tensor, tidyForward, type DeviceName, type Tensor } from '../tensor/index.ts';
 import { defaultVLMConfig, type VLMConfig } from '../vlm/config.ts';
 import { VisionLanguageModel } from '../vlm/vision_language_model.ts';
 import { describeWebGPU, expectAllClose } from './webgpu_helpers.ts';
@@ -108,7 +108,8 @@ describeWebGPU('configurations on webgpu', () => {
       for (const [model, device] of [[cpuModel, 'cpu'], [gpuModel, 'webgpu']] as const) {
         const { image, ids, mask } = batch(cfg, device);
         const targets = ids.mul(mask).sub(mask.neg().add(1).mul(100)); // -100 at padded positions
-        const { logits, loss } = model.forward(ids, image, mask, targets);
+        // tidyForward, as train.ts runs a step: backward frees the forward's intermediates as it goes
+        const { logits, loss } = tidyForward(() => model.forward(ids, image, mask, targets));
         loss!.backward();
         results.push({
           logits: (await logits.data()) as Float32Array,

@@ -3,16 +3,15 @@
 // the default where the platform has it); when that is switched off
 // (setCpuKernels('ts')) or does not apply (float64, an op without a wasm
 // version), the reference runs: plain TypeScript loops that turn their
-// strided inputs into dense arrays (`dense`) and then loop simply; only the
-// TypeScript matmul is tuned (matmul.ts). The WebGPU backend is checked
-// against this one, op for op.
+// strided inputs into dense arrays (`dense`) and then loop simply, short
+// enough to check by eye. The WebGPU backend is checked against this one, op
+// for op.
 
 import type { AdamWHyper, AttentionOptions, Backend, BinaryOp, ReduceOp, Storage, UnaryOp, View } from '../backend.ts';
 import { type DType, type TypedArray, makeTypedArray } from '../dtype.ts';
 import { dropoutKeeps } from '../random.ts';
 import { fmt, isContiguous, numel } from '../shape.ts';
 import { CpuStorage } from './heap.ts';
-import { matmulF32, matmulF64 } from './matmul.ts';
 import * as W from './wasm/kernels.ts';
 
 export { CpuStorage };
@@ -276,21 +275,29 @@ export class CpuBackend implements Backend {
       aOffsets[i] = ao;
       bOffsets[i] = bo;
     }
+    if (a.dtype === 'int32') throw new Error('matmul: int32 is not supported, cast to float32 first');
     const out = output(a.dtype, batch * M * N);
-    const args = {
-      batch, M, N, K,
-      aOffsets, aRowStride: a.strides[r - 2], aColStride: a.strides[r - 1],
-      bOffsets, bRowStride: b.strides[r - 2], bColStride: b.strides[r - 1],
-    };
+    const [ars, acs, brs, bcs] = [a.strides[r - 2], a.strides[r - 1], b.strides[r - 2], b.strides[r - 1]];
     const [sa, sb] = [a.storage as CpuStorage, b.storage as CpuStorage];
     if (a.dtype === 'float32' && W.useWasm(sa, sb, out)) {
-      W.gemm({ ...args, a: sa.ptr, b: sb.ptr, c: out.ptr });
+      W.gemm({ batch, M, N, K, a: sa.ptr, aOffsets, aRowStride: ars, aColStride: acs, b: sb.ptr, bOffsets, bRowStride: brs, bColStride: bcs, c: out.ptr });
       return out;
     }
-    const c = out.data;
-    if (a.dtype === 'float32') matmulF32({ ...args, a: dataOf(a) as Float32Array, b: dataOf(b) as Float32Array, c: c as Float32Array });
-    else if (a.dtype === 'float64') matmulF64({ ...args, a: dataOf(a) as Float64Array, b: dataOf(b) as Float64Array, c: c as Float64Array });
-    else throw new Error(`matmul: ${a.dtype} is not supported, cast to float32 first`);
+    // C[p][i][j] = sum over k of A[p][i][k] B[p][k][j], summed in float64 and
+    // rounded once: row i of C gathers A[i][k] times row k of B, for each k
+    const [A, B, C] = [dataOf(a), dataOf(b), out.data];
+    const row = new Float64Array(N);
+    for (let p = 0; p < batch; p++) {
+      for (let i = 0; i < M; i++) {
+        row.fill(0);
+        for (let k = 0; k < K; k++) {
+          const aik = A[aOffsets[p] + i * ars + k * acs];
+          const bk = bOffsets[p] + k * brs;
+          for (let j = 0; j < N; j++) row[j] += aik * B[bk + j * bcs];
+        }
+        C.set(row, (p * M + i) * N);
+      }
+    }
     return out;
   }
 
@@ -478,9 +485,17 @@ export class CpuBackend implements Backend {
     return { dq: dqS, dk: dkS, dv: dvS };
   }
 
+  /**
+   * The moments are cold state: read and written once per step, by this
+   * kernel alone. So they move out of the WebAssembly memory on first use
+   * (which holds at most 4 GiB: nanoVLM-222M's weights, gradients and two
+   * moments together would not fit) and are streamed through it in chunks.
+   */
   adamw(p: View, g: View, m: View, v: View, h: AdamWHyper): void {
     for (const x of [p, m, v]) if (!isContiguous(x.shape, x.strides)) throw new Error('adamw: the parameter and its moments must be contiguous');
-    if (W.useWasm(store(p), store(g), store(m), store(v)) && W.adamw(p, g, m, v, h)) return;
+    store(m).moveToHost();
+    store(v).moveToHost();
+    if (W.useWasm(store(p), store(g)) && W.adamw(p, g, m, v, h)) return;
     const [pd, md, vd] = [dataOf(p), dataOf(m), dataOf(v)];
     const gd = dense(g);
     const f = p.dtype === 'float32' ? Math.fround : (x: number) => x; // each op rounds, as a tensor op would

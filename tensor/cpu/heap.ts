@@ -4,17 +4,18 @@
 // threads see the same bytes. TypeScript code sees it through typed-array
 // views.
 //
-// The allocator is tinygrad's LRU allocator in miniature: a block is never
-// returned to the memory, only to a free list for its size class, and the
-// next request of that class reuses it. Sizes are rounded up to a class (a
-// multiple of 64 bytes of the form 4..7 x 2^k, at most 25% slack), so a
-// training step, which asks for the same sizes every time, allocates nothing
-// new after the first step. New blocks come from the top of the memory,
-// which grows as needed.
+// The allocator is tinygrad's LRU allocator in miniature: a freed block goes
+// to a free list for its size class, and the next request of that class
+// reuses it. Sizes are rounded up to a class (a multiple of 64 bytes of the
+// form 4..7 x 2^k, at most 25% slack), so a training step, which asks for
+// the same sizes every time, allocates nothing new after the first step. New
+// blocks come from the top of the memory, which grows as needed. Only when
+// it cannot grow (32-bit addresses: 4 GiB) are the free blocks of all sizes
+// merged with their neighbours, and new blocks cut from those runs.
 //
-// Float64 tensors (gradient checks only) and the rare tensor that does not
-// fit keep their own typed array outside the memory; the kernels run the
-// TypeScript path on them.
+// Float64 tensors (gradient checks only), state moved out on purpose (AdamW's
+// moments: moveToHost) and the rare tensor that does not fit keep their own
+// typed array outside the memory; the kernels run the TypeScript path on them.
 
 import type { Storage } from '../backend.ts';
 import { type DType, type TypedArray, bytesPerElement, makeTypedArray } from '../dtype.ts';
@@ -49,7 +50,7 @@ export const sharedMemory = created?.shared ?? false;
 let buffer = memory?.buffer; // the current buffer: growing replaces it
 let top = ALIGN; // the next unallocated byte; address 0 stays unused
 const freeLists = new Map<number, number[]>();
-const stats = { grows: 0, reused: 0, fresh: 0 };
+const stats = { grows: 0, reused: 0, fresh: 0, carved: 0, inUseBytes: 0, peakInUseBytes: 0 };
 
 /** The size class of a request: a multiple of 64 of the form 4..7 x 2^k bytes. */
 export function sizeClass(bytes: number): number {
@@ -81,28 +82,93 @@ function reserve(end: number): boolean {
 /** Byte offset of a block of at least `bytes` (contents left as they were); -1 when the memory is full. */
 export function malloc(bytes: number): number {
   const size = sizeClass(bytes);
-  const reuse = freeLists.get(size)?.pop();
-  if (reuse !== undefined) {
-    stats.reused++;
-    return reuse;
+  let ptr = freeLists.get(size)?.pop() ?? -1;
+  if (ptr >= 0) stats.reused++;
+  else if ((ptr = fromRuns(size)) >= 0) stats.carved++;
+  else if ((ptr = fromTop(size)) >= 0) stats.fresh++;
+  else {
+    // The memory is full. Free lists may hold much of it in sizes no longer
+    // asked for (a 222M-parameter model's backward pass asks for other sizes
+    // than its forward pass): merge them into runs and cut the block from one.
+    compactHeap();
+    if ((ptr = fromRuns(size)) >= 0) stats.carved++;
+    else if ((ptr = fromTop(size)) >= 0) stats.fresh++;
+    else return -1;
   }
+  stats.inUseBytes += size;
+  stats.peakInUseBytes = Math.max(stats.peakInUseBytes, stats.inUseBytes);
+  return ptr;
+}
+
+/** A new block at the top of the memory (grown if needed); -1 when it cannot grow. */
+function fromTop(size: number): number {
   if (!memory || !reserve(top + size)) return -1;
-  stats.fresh++;
   top += size;
   return top - size;
+}
+
+// Free memory outside the size classes' lists: runs of merged free blocks (see compactHeap).
+let runs: { ptr: number; size: number }[] = [];
+
+/** `size` bytes cut from the first run long enough; -1 if none is. */
+function fromRuns(size: number): number {
+  const i = runs.findIndex((r) => r.size >= size);
+  if (i < 0) return -1;
+  const run = runs[i];
+  const ptr = run.ptr;
+  [run.ptr, run.size] = [run.ptr + size, run.size - size];
+  if (run.size === 0) runs.splice(i, 1);
+  return ptr;
+}
+
+/**
+ * Merges every free block (of every size class) with its free neighbours
+ * into runs, and lowers the top when the last run reaches it. malloc does
+ * this by itself when the memory is full, and cuts blocks from the runs
+ * before it grows the memory.
+ */
+export function compactHeap(): void {
+  const blocks = runs;
+  for (const [size, list] of freeLists) for (const ptr of list) blocks.push({ ptr, size });
+  freeLists.clear();
+  blocks.sort((a, b) => a.ptr - b.ptr);
+  runs = [];
+  for (const b of blocks) {
+    const last = runs[runs.length - 1];
+    if (last && last.ptr + last.size === b.ptr) last.size += b.size;
+    else runs.push({ ...b });
+  }
+  const last = runs[runs.length - 1];
+  if (last && last.ptr + last.size === top) {
+    top = last.ptr;
+    runs.pop();
+  }
 }
 
 /** Returns a block to its size class's free list. */
 export function free(ptr: number, bytes: number): void {
   const size = sizeClass(bytes);
+  stats.inUseBytes -= size;
   let list = freeLists.get(size);
   if (!list) freeLists.set(size, (list = []));
   list.push(ptr);
 }
 
-/** Allocator counters: bytes reserved from the memory, blocks handed out new or reused, memory grows. */
-export function heapStats(): { reservedBytes: number; memoryBytes: number; fresh: number; reused: number; grows: number } {
+/**
+ * Allocator counters: bytes reserved from the memory (the high-water mark of
+ * the blocks ever made), bytes in blocks handed out now and at most so far,
+ * blocks handed out new, reused or carved from merged free blocks, memory grows.
+ */
+export function heapStats(): {
+  reservedBytes: number; memoryBytes: number; inUseBytes: number; peakInUseBytes: number;
+  fresh: number; reused: number; carved: number; grows: number;
+} {
   return { reservedBytes: top, memoryBytes: buffer?.byteLength ?? 0, ...stats };
+}
+
+/** Starts a new peak: peakInUseBytes becomes the bytes in use now (benchmarks measure one step's peak). */
+export function resetHeapPeak(): void {
+  stats.peakInUseBytes = stats.inUseBytes;
 }
 
 /** A typed-array view of `length` elements at byte offset `ptr`, over the current buffer. */
@@ -132,7 +198,7 @@ export class CpuStorage implements Storage {
   refs = 1;
   private view: TypedArray | null;
 
-  constructor(readonly dtype: DType, readonly length: number, readonly ptr: number, own: TypedArray | null = null) {
+  constructor(readonly dtype: DType, readonly length: number, public ptr: number, own: TypedArray | null = null) {
     this.view = own;
   }
 
@@ -159,6 +225,20 @@ export class CpuStorage implements Storage {
   /** Bytes held. */
   get bytes(): number {
     return this.length * bytesPerElement(this.dtype);
+  }
+
+  /**
+   * Moves the elements out of the memory into an array of their own, and
+   * gives the block back. For cold state (AdamW's moments, see
+   * CpuBackend.adamw): the 4 GiB memory is then left to what the kernels
+   * touch all the time.
+   */
+  moveToHost(): void {
+    if (this.ptr < 0) return;
+    const own = this.data.slice();
+    free(this.ptr, this.bytes);
+    this.ptr = -1;
+    this.view = own;
   }
 
   /** Gives the block back to the allocator (after the last release). */

@@ -43,22 +43,40 @@ export function cpuModel(): string {
   return os?.cpus()[0]?.model ?? 'unknown CPU';
 }
 
-/** True when `x` lives in memory that worker threads can see (a SharedArrayBuffer). */
-export function isShared(x: Float32Array): boolean {
-  return typeof SharedArrayBuffer === 'function' && x.buffer instanceof SharedArrayBuffer;
-}
-
-/** A zero-filled Float32Array in shared memory. */
-export function sharedFloat32(length: number): Float32Array {
-  return new Float32Array(new SharedArrayBuffer(length * 4));
-}
-
 /** An Int32Array in shared memory, for Atomics.wait / Atomics.notify. */
 export function sharedInt32(length: number): Int32Array {
   return new Int32Array(new SharedArrayBuffer(length * 4));
 }
 
-/** A running worker. `failed` turns true if it crashes. */
+/**
+ * Starts a worker thread on a TypeScript module: the one worker bootstrap of
+ * the project (the kernel threads here, the DataLoader's image threads).
+ * Node 20 ignores loader flags in a worker's execArgv, so the worker boots
+ * from a small script that registers tsx's loader itself, then imports the
+ * module (the same under `npx tsx` and vitest). The script avoids `require`
+ * and `import` statements: workers inherit flags like --input-type, so it
+ * must parse as CommonJS and as a module. `input` reaches the module as
+ * workerInput(); `loaded`, if given, is set to 1 once the module has loaded
+ * (2 if it failed) and notified, for a caller that waits. Null where there
+ * are no worker threads.
+ */
+export function startWorker(url: URL, input?: unknown, loaded?: Int32Array): Worker | null {
+  if (!wt) return null;
+  const boot = `
+    const { workerData } = process.getBuiltinModule('node:worker_threads');
+    const report = (s) => { if (workerData.loaded) { Atomics.store(workerData.loaded, 0, s); Atomics.notify(workerData.loaded, 0); } };
+    import(${JSON.stringify(import.meta.resolve('tsx/esm/api'))})
+      .then((tsx) => { tsx.register(); return import(${JSON.stringify(url.href)}); })
+      .then(() => report(1), (e) => { report(2); throw e; });`;
+  return new wt.Worker(boot, { eval: true, workerData: { input, loaded } });
+}
+
+/** Inside a worker started by startWorker: its `input`. */
+export function workerInput<T>(): T {
+  return wt?.workerData?.input as T;
+}
+
+/** A running kernel worker. `failed` turns true if it crashes. */
 export interface WorkerHandle {
   post(message: unknown): void;
   readonly failed: boolean;
@@ -67,25 +85,13 @@ export interface WorkerHandle {
 /**
  * Starts a worker on a TypeScript module and blocks until the module has
  * loaded; null where workers are unavailable or the module failed to load.
- * Node 20 ignores loader flags in a worker's execArgv, so the worker boots
- * from a small script that registers tsx's loader itself, imports the module
- * (the same under `npx tsx` and vitest), then reports through shared memory,
- * which this thread can wait on. The script avoids `require` and `import`
- * statements: workers inherit flags like --input-type, so it must parse as
- * CommonJS and as a module. The worker is unref'd: an idle worker never keeps
- * the process alive.
+ * The worker is unref'd: an idle worker never keeps the process alive.
  */
 export function spawnWorker(url: URL, timeoutMs = 30_000): WorkerHandle | null {
-  if (!wt) return null;
   try {
     const status = sharedInt32(1); // 0: loading, 1: loaded, 2: failed
-    const boot = `
-      const status = process.getBuiltinModule('node:worker_threads').workerData;
-      const report = (s) => { Atomics.store(status, 0, s); Atomics.notify(status, 0); };
-      import(${JSON.stringify(import.meta.resolve('tsx/esm/api'))})
-        .then((tsx) => { tsx.register(); return import(${JSON.stringify(url.href)}); })
-        .then(() => report(1), (e) => { report(2); throw e; });`;
-    const worker: Worker = new wt.Worker(boot, { eval: true, workerData: status });
+    const worker = startWorker(url, undefined, status);
+    if (!worker) return null;
     const handle = { failed: false, post: (m: unknown) => worker.postMessage(m) };
     worker.on('error', () => { handle.failed = true; });
     worker.on('exit', () => { handle.failed = true; });

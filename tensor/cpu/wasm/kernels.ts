@@ -446,12 +446,41 @@ export interface AdamWStep {
   step: number;
 }
 
-/** One fused AdamW update of a float32 parameter and its two moments, in place (all contiguous, same length). */
+const ADAMW_CHUNK = 1 << 15; // elements of each moment streamed through the memory at a time (256 KiB for both)
+
+/**
+ * One fused AdamW update of a float32 parameter and its two moments, in
+ * place (all contiguous, same length). The parameter and its gradient are in
+ * the memory; the moments may be outside it (CpuBackend.adamw keeps them
+ * there), and then go through a scratch block a chunk at a time: copied in,
+ * updated, copied back.
+ */
 export function adamw(p: View, g: View, m: View, v: View, h: AdamWStep): boolean {
   if (![p, g, m, v].every((x) => x.dtype === 'float32' && isContiguous(x.shape, x.strides))) return false;
   const n = numel(p.shape);
   const c2 = Math.sqrt(1 - h.beta2 ** h.step);
   const stepSize = h.lr / (1 - h.beta1 ** h.step);
-  run('adamw', [[addr(p), addr(g), addr(m), addr(v), n, 1 - h.lr * h.weightDecay, 1 - h.beta1, h.beta2, 1 - h.beta2, c2, stepSize, h.eps]]);
+  const consts = [1 - h.lr * h.weightDecay, 1 - h.beta1, h.beta2, 1 - h.beta2, c2, stepSize, h.eps];
+  const [ms, vs] = [m.storage as CpuStorage, v.storage as CpuStorage];
+  if (ms.ptr >= 0 && vs.ptr >= 0) {
+    run('adamw', [[addr(p), addr(g), addr(m), addr(v), n, ...consts]]);
+    return true;
+  }
+  const chunk = Math.min(n, ADAMW_CHUNK);
+  const tmp = block(8 * chunk); // [m chunk, v chunk]
+  try {
+    const [md, vd] = [ms.data, vs.data];
+    for (let at = 0; at < n; at += chunk) {
+      const len = Math.min(chunk, n - at);
+      const heap = heapF32(); // taken after block(): a grow replaces the buffer
+      heap.set(md.subarray(m.offset + at, m.offset + at + len), tmp / 4);
+      heap.set(vd.subarray(v.offset + at, v.offset + at + len), tmp / 4 + chunk);
+      fns.adamw(addr(p) + 4 * at, addr(g) + 4 * at, tmp, tmp + 4 * chunk, len, ...consts);
+      md.set(heap.subarray(tmp / 4, tmp / 4 + len), m.offset + at);
+      vd.set(heap.subarray(tmp / 4 + chunk, tmp / 4 + chunk + len), v.offset + at);
+    }
+  } finally {
+    free(tmp, 8 * chunk);
+  }
   return true;
 }
