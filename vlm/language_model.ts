@@ -7,7 +7,7 @@
 //
 // Reference: https://github.com/huggingface/transformers/blob/main/src/transformers/models/llama/modeling_llama.py
 
-import { Dropout, Embedding, Linear, Module, RMSNorm, buffer } from '../nn/index.ts';
+import { Dropout, Embedding, Linear, Module, RMSNorm, buffer, init } from '../nn/index.ts';
 import { arange, cat, scaledDotProductAttention, tensor, type Tensor } from '../tensor/index.ts';
 import type { RawTensor } from '../nn/safetensors.ts';
 import type { VLMConfig } from './config.ts';
@@ -308,7 +308,11 @@ export function lmConfigFromLlama(json: Record<string, unknown>, cfg: VLMConfig)
  * over the first rows of `init` (the freshly initialised embedding) and the
  * extra tokens keep their random init.
  */
-export function llamaToLMStateDict(hf: Map<string, RawTensor>, cfg: VLMConfig, init: Float32Array): Map<string, RawTensor> {
+export function llamaToLMStateDict(
+  hf: Map<string, RawTensor>,
+  cfg: VLMConfig,
+  init: () => Float32Array,
+): Map<string, RawTensor> {
   const missing: string[] = [];
   const get = (key: string): RawTensor | undefined => {
     const t = hf.get(key);
@@ -318,7 +322,7 @@ export function llamaToLMStateDict(hf: Map<string, RawTensor>, cfg: VLMConfig, i
   const out = new Map<string, RawTensor>();
   const extend = (t: RawTensor | undefined): RawTensor | undefined => {
     if (!t || t.shape[0] === cfg.lm_vocab_size) return t;
-    const data = init.slice();
+    const data = init();
     data.set(t.data);
     return { dtype: 'float32', shape: [cfg.lm_vocab_size, t.shape[1]], data };
   };
@@ -344,13 +348,17 @@ export async function lmFromPretrained(cfg: VLMConfig, nameOrPath: string): Prom
   const { readConfigJSON, readWeights, resolveModelDir } = await import('./files.ts');
   const dir = resolveModelDir(nameOrPath);
   const lmCfg = lmConfigFromLlama(readConfigJSON(dir), cfg);
-  const model = new LanguageModel(lmCfg);
-  const init = model.token_embedding.weight.dataSync() as Float32Array;
+  const model = init.skipInit(() => new LanguageModel(lmCfg)); // the file's weights replace these zeros...
+  // ...except the rows of a vocabulary larger than the file's, which keep nanoVLM's init (normal, std 0.02)
+  const fresh = () => init.normal(model.token_embedding.weight.shape, 0.02).dataSync() as Float32Array;
   try {
-    const state = llamaToLMStateDict(readWeights(dir), lmCfg, init);
+    const state = llamaToLMStateDict(readWeights(dir), lmCfg, fresh);
     // the rotary frequencies are computed, not stored, in Hugging Face files
     state.set('rotary_embd.inv_freq', { dtype: 'float32', shape: model.rotary_embd.inv_freq.shape, data: model.rotary_embd.inv_freq.dataSync() as Float32Array });
-    if (!lmCfg.lm_tie_weights && !state.has('head.weight')) state.set('head.weight', { dtype: 'float32', shape: model.head.weight.shape, data: model.head.weight.dataSync() as Float32Array });
+    if (!lmCfg.lm_tie_weights && !state.has('head.weight')) {
+      const shape = model.head.weight.shape; // an untied head the file lacks starts from nanoVLM's init
+      state.set('head.weight', { dtype: 'float32', shape, data: init.normal(shape, 0.02).dataSync() as Float32Array });
+    }
     model.loadStateDict(state);
   } catch (e) {
     throw new Error(`${dir}: ${(e as Error).message}`);

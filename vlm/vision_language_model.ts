@@ -5,7 +5,7 @@
 //   [image vectors, text vectors] -> decoder (LanguageModel, language_model.ts)
 //         -> decoder.head: next-token logits; the loss only counts text positions.
 
-import { Module } from '../nn/index.ts';
+import { Module, init } from '../nn/index.ts';
 import {
   Generator, cat, crossEntropy, noGrad, ones, tensor, tidy, type DeviceName, type Tensor,
 } from '../tensor/index.ts';
@@ -71,7 +71,8 @@ export class VisionLanguageModel extends Module {
     const dir = resolveModelDir(nameOrPath);
     let model: VisionLanguageModel;
     try {
-      model = new VisionLanguageModel(vlmConfigFromJSON(readConfigJSON(dir), `${dir}/config.json`));
+      const cfg = vlmConfigFromJSON(readConfigJSON(dir), `${dir}/config.json`);
+      model = init.skipInit(() => new VisionLanguageModel(cfg)); // every weight comes from the file
     } catch (e) {
       const message = (e as Error).message;
       throw new Error(message.startsWith(dir) ? message : `${dir}/config.json: ${message}`);

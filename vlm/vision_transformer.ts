@@ -6,8 +6,8 @@
 //
 // Reference: https://github.com/huggingface/transformers/blob/main/src/transformers/models/siglip/modeling_siglip.py
 
-import { Conv2d, Dropout, GELU, LayerNorm, Linear, Module, parameter } from '../nn/index.ts';
-import { cat, rand, scaledDotProductAttention, zeros, type Tensor } from '../tensor/index.ts';
+import { Conv2d, Dropout, GELU, LayerNorm, Linear, Module, init, parameter } from '../nn/index.ts';
+import { cat, scaledDotProductAttention, zeros, type Tensor } from '../tensor/index.ts';
 import type { RawTensor } from '../nn/safetensors.ts';
 import type { VLMConfig } from './config.ts';
 
@@ -31,7 +31,7 @@ export class ViTPatchEmbeddings extends Module {
     this.conv = new Conv2d(3, cfg.vit_hidden_dim, cfg.vit_patch_size, cfg.vit_patch_size);
     this.cls_token = cfg.vit_cls_flag ? parameter(zeros([1, 1, cfg.vit_hidden_dim])) : null;
     const positions = this.numPatches + (cfg.vit_cls_flag ? 1 : 0);
-    this.position_embedding = parameter(rand([1, positions, cfg.vit_hidden_dim]));
+    this.position_embedding = parameter(init.uniform([1, positions, cfg.vit_hidden_dim]));
   }
 
   forward(x: Tensor): Tensor {
@@ -227,7 +227,7 @@ export async function vitFromPretrained(cfg: VLMConfig, nameOrPath: string): Pro
   const { readConfigJSON, readWeights, resolveModelDir } = await import('./files.ts');
   const dir = resolveModelDir(nameOrPath);
   const vitCfg = vitConfigFromSiglip(readConfigJSON(dir), cfg);
-  const model = new ViT(vitCfg);
+  const model = init.skipInit(() => new ViT(vitCfg)); // every weight comes from the file
   try {
     model.loadStateDict(siglipToViTStateDict(readWeights(dir), vitCfg));
   } catch (e) {
