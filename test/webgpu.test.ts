@@ -9,7 +9,7 @@ import {
   Generator, cat, causalMask, conv2dPatch, copyInto, crossEntropy, full, layerNorm, multinomial, rmsNorm, stack,
   tensor, tril, where, zeros, type Tensor,
 } from '../tensor/index.ts';
-import { compareDevices, describeWebGPU, expectAllClose } from './webgpu_helpers.ts';
+import { compareDevices, describeWebGPU, expectAllClose, expectRelClose } from './webgpu_helpers.ts';
 
 const gpu = (t: Tensor) => t.to('webgpu');
 
@@ -40,20 +40,47 @@ describeWebGPU('webgpu unary ops', () => {
       await compareDevices((x) => f(x.expand([3, 2, 4])), [{ shape: [2, 1], lo, hi }]);
     });
   }
-  it('is accurate where GPU builtins are not: tanh and log near 0 and 1, sin of large angles', async () => {
+  it('is accurate where GPU builtins are not: tanh and log near 0 and 1, exp over its range', async () => {
     const x = tensor([1e-6, -3e-5, 0.001, 0.29, 0.31, 1, 20, -20]);
     expectAllClose(await (await gpu(x)).tanh().data(), await x.tanh().data(), 1e-6);
     const y = tensor([1 + 1e-6, 1 - 3e-5, 1.001, 0.5, 2, 1e-20, 1e20]);
     expectAllClose(await (await gpu(y)).log().data(), await y.log().data(), 1e-6);
-    const z = tensor([100, 127.5, -300, 1000]);
-    expectAllClose(await (await gpu(z)).sin().data(), await z.sin().data(), 1e-4);
+    // relative error per element: a few float32 ulp from -87 to 88
+    const e = tensor(Float32Array.from({ length: 400 }, (_, i) => -87 + (175 * i) / 399));
+    expectRelClose(await (await gpu(e)).exp().data(), await e.exp().data(), 5e-7, 'exp');
+  });
+  it('sin and cos within 2 ulp of 1 for every float32, however large (exact range reduction)', async () => {
+    const g = new Generator(5);
+    const values = [
+      ...Array.from({ length: 300 }, () => (g.random() * 2 - 1) * 10),
+      ...Array.from({ length: 300 }, () => (g.random() * 2 - 1) * 1e4), // RoPE angles reach thousands
+      ...Array.from({ length: 300 }, () => (g.random() * 2 - 1) * 3e38 * g.random() ** 30),
+      0.7853982, 0.7853981, 1.5707964, 3.1415927, 6.2831855, 127.5, -300, 1e30, -1e30, 3.4028235e38, 1e-30,
+    ];
+    const x = tensor(values);
+    const gx = await gpu(x);
+    expectAllClose(await gx.sin().data(), await x.sin().data(), 1.2e-7, 'sin');
+    expectAllClose(await gx.cos().data(), await x.cos().data(), 1.2e-7, 'cos');
   });
   it('int32 neg, abs and relu stay int32', async () => {
     await compareDevices((x) => [x.neg(), x.abs(), x.relu()], [{ shape: [7], dtype: 'int32', lo: -5, hi: 5 }]);
   });
   it('special values match the CPU (Inf, NaN, division by zero)', async () => {
     const v = [0, -0, 1, -1, Infinity, -Infinity, NaN, 1e-30, 88, -100];
-    await compareDevices((x) => [x.exp(), x.log(), x.sqrt(), x.sigmoid(), x.relu(), x.tanh(), x.reciprocal(), x.rsqrt()], [{ shape: [10], values: v, grad: false }]);
+    const ops = (x: Tensor) => [x.exp(), x.log(), x.sqrt(), x.sigmoid(), x.relu(), x.tanh(), x.reciprocal(), x.rsqrt(), x.sin(), x.cos(), x.abs(), x.neg()];
+    await compareDevices(ops, [{ shape: [10], values: v, grad: false }]);
+    expect(Array.from(await (await gpu(tensor([NaN, NaN]))).silu().data()).every(Number.isNaN)).toBe(true);
+    expect(Array.from(await (await gpu(tensor([NaN, NaN]))).gelu().data()).every(Number.isNaN)).toBe(true);
+  });
+  it('special values in div and pow match the CPU (Math.pow: 1^Inf is NaN)', async () => {
+    const s = [0, -0, 1, -1, 2, -2, 0.5, -3, 1e30, Infinity, -Infinity, NaN];
+    const [a, b] = [tensor(s, { shape: [s.length, 1] }), tensor(s, { shape: [1, s.length] })];
+    const [ga, gb] = [await gpu(a), await gpu(b)];
+    expectRelClose(await ga.div(gb).data(), await a.div(b).data(), 1e-6, 'div');
+    expectRelClose(await ga.pow(gb).data(), await a.pow(b).data(), 1e-6, 'pow');
+    // a divisor beyond 2^126, where the WGSL builtin may be inaccurate (quotients stay above the denormals)
+    const big = tensor([1e30, -3e30, 5, -2, Infinity, NaN, 0]);
+    expectRelClose(await (await gpu(big)).div(1e38).data(), await big.div(1e38).data(), 1e-6, 'div by 1e38');
   });
 });
 

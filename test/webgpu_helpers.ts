@@ -59,6 +59,20 @@ export function expectAllClose(actual: ArrayLike<number>, expected: ArrayLike<nu
   }
 }
 
+/**
+ * Asserts |actual - expected| <= rtol * |expected| for every element (no
+ * absolute floor: for values of very different magnitudes, such as special
+ * values or exp over its range). NaN must match NaN, infinities and zeros exactly.
+ */
+export function expectRelClose(actual: ArrayLike<number>, expected: ArrayLike<number>, rtol: number, label = ''): void {
+  expect(actual.length, `${label} length`).toBe(expected.length);
+  for (let i = 0; i < actual.length; i++) {
+    const [a, b] = [actual[i], expected[i]];
+    if (Number.isNaN(b) ? Number.isNaN(a) : Math.abs(a - b) <= rtol * Math.abs(b) || a === b) continue;
+    expect.fail(`${label} element ${i}: webgpu ${a}, cpu ${b} (rtol ${rtol})`);
+  }
+}
+
 /** Values for an input: fixed ones, or seeded uniform draws (integers for int32). */
 function valuesFor(spec: InputSpec, seed: number): Float32Array | Int32Array {
   const n = numel(spec.shape);

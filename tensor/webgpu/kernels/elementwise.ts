@@ -18,22 +18,27 @@ function viewParamAt(rank: number, k: number): number {
   return 1 + rank + k * (1 + rank);
 }
 
-/** Float unary ops as WGSL expressions of `x` (see the helpers in common.ts). */
+/**
+ * Float unary ops as WGSL expressions of `x` (the helpers are in common.ts).
+ * unaryKernel maps a NaN input to NaN itself for all but relu, which gives 0
+ * like the CPU's `x > 0 ? x : 0`.
+ */
 const unaryF32: Record<UnaryOp, string> = {
   neg: '-x',
   abs: 'abs(x)',
-  exp: 'exp(x)',
+  exp: 'exp_(x)',
   log: 'log_(x)',
-  sqrt: 'sqrt(x)',
-  rsqrt: 'fdiv(1.0, sqrt(x))',
-  sin: 'sin(reduce2pi(x))',
-  cos: 'cos(reduce2pi(x))',
+  sqrt: 'sqrt_(x)',
+  rsqrt: 'fdiv(1.0, sqrt_(x))',
+  sin: 'sin_(x)',
+  cos: 'cos_(x)',
   tanh: 'tanh_(x)',
-  sigmoid: '1.0 / (1.0 + exp(-x))',
-  relu: 'select(0.0, x, x > 0.0)',
-  silu: 'x / (1.0 + exp(-x))',
-  // GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
-  gelu: '0.5 * x * (1.0 + tanh_(0.7978845608028654 * (x + 0.044715 * x * x * x)))',
+  sigmoid: 'fdiv(1.0, 1.0 + exp_(-x))',
+  relu: 'select(0.0, x, x > 0.0 && !isnan_(x))',
+  silu: 'fdiv(x, 1.0 + exp_(-x))',
+  // GELU, tanh approximation: 0.5 x (1 + tanh(u)) = x sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3);
+  // the sigmoid form does not cancel for large negative x (the CPU's WebAssembly kernel uses it too)
+  gelu: 'fdiv(x, 1.0 + exp_(-1.5957691216057308 * (x + 0.044715 * x * x * x)))',
 };
 
 /** The unary ops defined on int32 (ops.ts casts ints to float for the others). */
@@ -99,7 +104,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, 
 
 /** y = op(x). */
 export const unaryKernel = memo((op: UnaryOp, dtype: DType, rank: number): Kernel => {
-  const expr = dtype === 'int32' ? unaryI32[op] : unaryF32[op];
+  const expr = dtype === 'int32' ? unaryI32[op] : op === 'relu' ? unaryF32[op] : `select(${unaryF32[op]}, x, isnan_(x))`;
   if (!expr) throw new Error(`webgpu unary: ${op} is not defined for ${dtype}`);
   return mapKernel(`unary.${op}`, rank, dtype, [{ name: 'x', dtype }], expr);
 });

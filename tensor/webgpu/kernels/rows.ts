@@ -66,7 +66,7 @@ const logSumExp = /* wgsl */ `
   for (var c = lid; c < cols; c += WG) { m = maxNaN(m, x[o0 + c * cs]); }
   m = wgMax(m, lid);
   var s = 0.0;
-  for (var c = lid; c < cols; c += WG) { s += exp(x[o0 + c * cs] - m); }
+  for (var c = lid; c < cols; c += WG) { s += exp_(x[o0 + c * cs] - m); }
   s = wgSum(s, lid);
   let lse = select(m + log_(s), -inf(), m == -inf());`;
 
@@ -79,9 +79,9 @@ function body(op: RowOp, e: number): string {
   for (var c = lid; c < cols; c += WG) { m = maxNaN(m, x[o0 + c * cs]); }
   m = wgMax(m, lid);
   var s = 0.0;
-  for (var c = lid; c < cols; c += WG) { s += exp(x[o0 + c * cs] - m); }
+  for (var c = lid; c < cols; c += WG) { s += exp_(x[o0 + c * cs] - m); }
   s = wgSum(s, lid);
-  for (var c = lid; c < cols; c += WG) { out[dst + c] = fdiv(exp(x[o0 + c * cs] - m), s); }`;
+  for (var c = lid; c < cols; c += WG) { out[dst + c] = fdiv(exp_(x[o0 + c * cs] - m), s); }`;
     case 'logSoftmax':
       return /* wgsl */ `${logSumExp}
   for (var c = lid; c < cols; c += WG) { out[dst + c] = x[o0 + c * cs] - lse; }`;
