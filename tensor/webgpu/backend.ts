@@ -27,10 +27,10 @@ import { SORT_TILE, gatherKernel, multinomialKernel, scatterSumKernel, sortKerne
 import { matmulKernel } from './kernels/matmul.ts';
 import { REDUCE_WORKGROUP, SHORT_AXIS, reduceKernel } from './kernels/reduce.ts';
 import { type RowOp, checkRowDtype, rowKernel, rowWorkgroup } from './kernels/rows.ts';
-import { type Arg, CommandRecorder, GpuStorage } from './recorder.ts';
+import { type Arg, CommandRecorder, type GpuCounters, GpuStorage } from './recorder.ts';
 import { collapse, elementRange, f32Bits, i32Bits } from './strides.ts';
 
-export { GpuStorage } from './recorder.ts';
+export { GpuStorage, type GpuCounters } from './recorder.ts';
 
 /** A strided operand bound to one binding, with its offset relative to the binding window. */
 interface Bound {
@@ -114,9 +114,14 @@ export class WebGPUBackend implements Backend {
     return this.rec.sync();
   }
 
-  /** Live, pooled and allocated bytes, buffers and compiled pipelines. */
+  /** Live, pooled and allocated bytes, buffers, compiled pipelines and cached bind groups. */
   memoryStats(): ReturnType<CommandRecorder['stats']> {
     return this.rec.stats();
+  }
+
+  /** Host-side costs since the device was opened: dispatches, passes, submits, buffers, bind groups, bytes. */
+  counters(): GpuCounters {
+    return this.rec.counters();
   }
 
   /** Frees every GPU resource and the device (closeWebGPU). */
@@ -141,12 +146,8 @@ export class WebGPUBackend implements Backend {
   }
 
   copy(x: View, dtype: DType): Storage {
-    if (dtype !== x.dtype || !isContiguous(x.shape, x.strides)) {
-      return this.mapOp('copy', dtype, x.shape, [x], (r) => copyKernel(x.dtype, dtype, r));
-    }
-    // contiguous and same dtype: a plain buffer copy, no kernel
-    const src = this.rec.check(x.storage, 'copy');
-    return this.output(dtype, numel(x.shape), (out) => this.rec.copy(src, x.offset * 4, out, 0, out.length * 4));
+    // a kernel even where a buffer copy would do: it stays in the compute pass (recorder.ts)
+    return this.mapOp('copy', dtype, x.shape, [x], (r) => copyKernel(x.dtype, dtype, r));
   }
 
   copyInto(dst: View, src: View): void {
@@ -164,7 +165,7 @@ export class WebGPUBackend implements Backend {
     const bits = dtype === 'int32' ? i32Bits(value) : f32Bits(value);
     if (bits === 0) return this.rec.newStorage(dtype, length, true); // zeros: a clearBuffer when first used
     return this.output(dtype, length, (out) => {
-      this.rec.run('fill', fillKernel(dtype), [length, bits], [this.whole(out, 'fill')], this.rec.groups(Math.ceil(length / EW_WORKGROUP)));
+      this.rec.run('fill', fillKernel(dtype), [length, bits], [this.whole(out, 'fill')], this.rec.groupsFor(Math.ceil(length / EW_WORKGROUP)));
     });
   }
 
@@ -184,7 +185,7 @@ export class WebGPUBackend implements Backend {
       const xb = this.bind(x, op);
       const long = len > SHORT_AXIS; // a workgroup per output instead of a thread
       const params = [nOut, len, x.strides[axis], ...outer.shape, xb.offset, ...outer.strides[0]];
-      const groups = this.rec.groups(long ? nOut : Math.ceil(nOut / REDUCE_WORKGROUP));
+      const groups = this.rec.groupsFor(long ? nOut : Math.ceil(nOut / REDUCE_WORKGROUP));
       this.rec.run(op, reduceKernel(op, x.dtype, outer.shape.length, long), params, [this.whole(out, op), xb.arg], groups);
     });
   }
@@ -225,7 +226,7 @@ export class WebGPUBackend implements Backend {
       this.with1d(ids, 'embedding', (id) => {
         const tb = this.bind(table, 'embedding');
         const params = [out.length, D, V, tb.offset, table.strides[0], table.strides[1], id.offset, id.stride];
-        const groups = this.rec.groups(Math.ceil(out.length / EW_WORKGROUP));
+        const groups = this.rec.groupsFor(Math.ceil(out.length / EW_WORKGROUP));
         this.rec.run('embedding', gatherKernel(table.dtype), params, [this.whole(out, 'embedding'), tb.arg, id.arg], groups);
       }),
     );
@@ -247,7 +248,7 @@ export class WebGPUBackend implements Backend {
         const sb = this.bind(rowsView, 'scatterAdd');
         const params = [out.length, D, N, sb.offset, rowStride, rowsView.strides[rowsView.strides.length - 1]];
         const args = [this.whole(out, 'scatterAdd'), this.whole(sorted.values, 'scatterAdd'), this.whole(sorted.indices, 'scatterAdd'), sb.arg];
-        this.rec.run('scatterAdd', scatterSumKernel(src.dtype), params, args, this.rec.groups(Math.ceil(out.length / EW_WORKGROUP)));
+        this.rec.run('scatterAdd', scatterSumKernel(src.dtype), params, args, this.rec.groupsFor(Math.ceil(out.length / EW_WORKGROUP)));
       } finally {
         this.release(sorted.values);
         this.release(sorted.indices);
@@ -291,7 +292,7 @@ export class WebGPUBackend implements Backend {
     const rv = this.rowsOf(probs, 'multinomial');
     return this.output('int32', rv.rows, (out) =>
       this.with1d(u, 'multinomial', (ub) => {
-        const groups = this.rec.groups(Math.ceil(rv.rows / EW_WORKGROUP));
+        const groups = this.rec.groupsFor(Math.ceil(rv.rows / EW_WORKGROUP));
         this.rec.run('multinomial', multinomialKernel(rv.rank), [...rv.params, ub.offset, ub.stride], [this.whole(out, 'multinomial'), rv.arg, ub.arg], groups);
       }),
     );
@@ -311,22 +312,25 @@ export class WebGPUBackend implements Backend {
     return out;
   }
 
-  /** A whole output storage as one binding. */
+  /**
+   * A whole output storage as one binding. Where it fits, the binding covers
+   * the whole pooled buffer (its bucket size), so the bind group is the same
+   * whatever length the tensor in it has (recorder.ts caches bind groups).
+   */
   private whole(s: GpuStorage, op: string): Arg {
     const size = Math.max(4, s.length * 4);
     const max = this.device.limits.maxStorageBufferBindingSize;
     if (size > max) {
       throw new Error(`webgpu ${op}: an output of ${size} bytes exceeds this device's maxStorageBufferBindingSize (${max} bytes); split the op into smaller pieces`);
     }
-    return { storage: s, offset: 0, size };
+    return { storage: s, offset: 0, size: s.buffer.size <= max ? s.buffer.size : size };
   }
 
   /** Binds the part of a view's buffer that the view touches: the whole buffer if it fits one binding, else an aligned window. */
   private bind(v: View, op: string): Bound {
     const s = this.rec.check(v.storage, op);
     const max = this.device.limits.maxStorageBufferBindingSize;
-    const full = Math.max(4, s.length * 4);
-    if (full <= max) return { arg: { storage: s, offset: 0, size: full }, offset: v.offset };
+    if (s.buffer.size <= max) return { arg: { storage: s, offset: 0, size: s.buffer.size }, offset: v.offset };
     const [lo, hi] = elementRange(v.shape, v.strides, v.offset);
     const align = this.device.limits.minStorageBufferOffsetAlignment;
     const start = Math.floor((lo * 4) / align) * align;
@@ -372,7 +376,7 @@ export class WebGPUBackend implements Backend {
     const rv = this.rowsOf(x, op);
     return this.output('float32', op === 'crossEntropy' ? rv.rows : rv.rows * rv.cols, (out) => {
       const kernel = rowKernel(op, rv.rank, rowWorkgroup(rv.cols));
-      this.rec.run(op, kernel, [...rv.params, ...extras], [this.whole(out, op), rv.arg, ...extraArgs], this.rec.groups(rv.rows));
+      this.rec.run(op, kernel, [...rv.params, ...extras], [this.whole(out, op), rv.arg, ...extraArgs], this.rec.groupsFor(rv.rows));
     });
   }
 
@@ -382,7 +386,7 @@ export class WebGPUBackend implements Backend {
     const values = this.rec.newStorage(x.dtype, n);
     try {
       const indices = this.output('int32', n, (idx) => {
-        const groups = this.rec.groups(rv.rows * Math.ceil(rv.cols / SORT_TILE));
+        const groups = this.rec.groupsFor(rv.rows * Math.ceil(rv.cols / SORT_TILE));
         this.rec.run('sort', sortKernel(x.dtype, rv.rank, descending), rv.params, [this.whole(values, 'sort'), this.whole(idx, 'sort'), rv.arg], groups);
       });
       return { values, indices };
@@ -405,6 +409,6 @@ export class WebGPUBackend implements Backend {
     const c = collapse(out.shape, views.map((v) => v.strides));
     const bound = views.map((v) => this.bind(v, op));
     const params = [n, ...c.shape, ...bound.flatMap((b, k) => [b.offset, ...c.strides[k]])];
-    this.rec.run(op, kernel(c.shape.length), params, bound.map((b) => b.arg), this.rec.groups(Math.ceil(n / EW_WORKGROUP)));
+    this.rec.run(op, kernel(c.shape.length), params, bound.map((b) => b.arg), this.rec.groupsFor(Math.ceil(n / EW_WORKGROUP)));
   }
 }

@@ -139,3 +139,20 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, 
 }`;
   return { key: `fill:${dtype}`, code, workgroupSize: EW_WORKGROUP, storage: ['read_write'] };
 });
+
+/**
+ * The upload copy: out[i] = src[p(1) + i] for i < p(0), 32-bit words. src is the
+ * recorder's staging area; the copy runs in command order (recorder.ts).
+ */
+export const uploadKernel = memo((): Kernel => {
+  const code = /* wgsl */ `${prelude}
+${binding(1, 'out', 'u32', 'read_write')}
+${binding(2, 'src', 'u32', 'read')}
+@compute @workgroup_size(${EW_WORKGROUP})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
+  let i = groupIndex(wid, nwg) * ${EW_WORKGROUP}u + lid;
+  if (i >= p(0u)) { return; }
+  out[i] = src[p(1u) + i];
+}`;
+  return { key: 'upload', code, workgroupSize: EW_WORKGROUP, storage: ['read_write', 'read'] };
+});
