@@ -73,7 +73,7 @@ export class WebGPUBackend implements Backend {
   // ------------------------------------------------------------ storage
 
   alloc(dtype: DType, length: number): Storage {
-    return this.rec.newStorage(dtype, length, true);
+    return this.rec.newStorage(dtype, length, true, 'alloc');
   }
 
   write(dst: Storage, src: TypedArray): void {
@@ -163,8 +163,8 @@ export class WebGPUBackend implements Backend {
 
   fill(dtype: DType, length: number, value: number): Storage {
     const bits = dtype === 'int32' ? i32Bits(value) : f32Bits(value);
-    if (bits === 0) return this.rec.newStorage(dtype, length, true); // zeros: a clearBuffer when first used
-    return this.output(dtype, length, (out) => {
+    if (bits === 0) return this.rec.newStorage(dtype, length, true, 'fill'); // zeros: cleared when first used
+    return this.output('fill', dtype, length, (out) => {
       this.rec.run('fill', fillKernel(dtype), [length, bits], [this.whole(out, 'fill')], this.rec.groupsFor(Math.ceil(length / EW_WORKGROUP)));
     });
   }
@@ -178,9 +178,9 @@ export class WebGPUBackend implements Backend {
     const dtype = op === 'argmax' ? 'int32' : x.dtype;
     if (len === 0 && nOut > 0) {
       if (op !== 'sum') throw new Error(`${op}: cannot reduce over an empty dim of ${fmt(x.shape)}`);
-      return this.rec.newStorage(dtype, nOut, true); // an empty sum is 0
+      return this.rec.newStorage(dtype, nOut, true, op); // an empty sum is 0
     }
-    return this.output(dtype, nOut, (out) => {
+    return this.output(op, dtype, nOut, (out) => {
       const outer = collapse(outShape, [x.strides.filter((_, i) => i !== axis)]);
       const xb = this.bind(x, op);
       const long = len > SHORT_AXIS; // a workgroup per output instead of a thread
@@ -200,8 +200,8 @@ export class WebGPUBackend implements Backend {
     const [M, K, N] = [a.shape[r - 2], a.shape[r - 1], b.shape[r - 1]];
     const batchShape = a.shape.slice(0, r - 2);
     const batch = numel(batchShape);
-    if (K === 0) return this.rec.newStorage('float32', batch * M * N, true);
-    return this.output('float32', batch * M * N, (out) => {
+    if (K === 0) return this.rec.newStorage('float32', batch * M * N, true, 'matmul');
+    return this.output('matmul', 'float32', batch * M * N, (out) => {
       const bs = collapse(batchShape, [a.strides.slice(0, r - 2), b.strides.slice(0, r - 2)]);
       const [ab, bb] = [this.bind(a, 'matmul'), this.bind(b, 'matmul')];
       const [aRS, aCS, bRS, bCS] = [a.strides[r - 2], a.strides[r - 1], b.strides[r - 2], b.strides[r - 1]];
@@ -222,7 +222,7 @@ export class WebGPUBackend implements Backend {
 
   gather(table: View, ids: View): Storage {
     const [V, D] = table.shape;
-    return this.output(table.dtype, numel(ids.shape) * D, (out) =>
+    return this.output('embedding', table.dtype, numel(ids.shape) * D, (out) =>
       this.with1d(ids, 'embedding', (id) => {
         const tb = this.bind(table, 'embedding');
         const params = [out.length, D, V, tb.offset, table.strides[0], table.strides[1], id.offset, id.stride];
@@ -235,8 +235,8 @@ export class WebGPUBackend implements Backend {
   scatterAdd(ids: View, src: View, rows: number): Storage {
     const N = numel(ids.shape);
     const D = N === 0 ? 0 : numel(src.shape) / N;
-    if (N === 0) return this.rec.newStorage(src.dtype, rows * D, true);
-    return this.output(src.dtype, rows * D, (out) => {
+    if (N === 0) return this.rec.newStorage(src.dtype, rows * D, true, 'scatterAdd');
+    return this.output('scatterAdd', src.dtype, rows * D, (out) => {
       // sort the ids (stable): equal ids become runs, kept in their original order
       const sorted = this.withFlat(ids, (flat) => this.sortRows(flat, false));
       // src as [N, D] rows with one row stride (a contiguous copy if its leading dims do not merge)
@@ -290,7 +290,7 @@ export class WebGPUBackend implements Backend {
   multinomial(probs: View, u: View): Storage {
     checkRowDtype('multinomial', probs.dtype);
     const rv = this.rowsOf(probs, 'multinomial');
-    return this.output('int32', rv.rows, (out) =>
+    return this.output('multinomial', 'int32', rv.rows, (out) =>
       this.with1d(u, 'multinomial', (ub) => {
         const groups = this.rec.groupsFor(Math.ceil(rv.rows / EW_WORKGROUP));
         this.rec.run('multinomial', multinomialKernel(rv.rank), [...rv.params, ub.offset, ub.stride], [this.whole(out, 'multinomial'), rv.arg, ub.arg], groups);
@@ -301,8 +301,8 @@ export class WebGPUBackend implements Backend {
   // ------------------------------------------------------------ helpers
 
   /** A fresh storage whose contents `fill` records (skipped when empty); released again if it throws. */
-  private output(dtype: DType, length: number, fill: (out: GpuStorage) => void): GpuStorage {
-    const out = this.rec.newStorage(dtype, length);
+  private output(op: string, dtype: DType, length: number, fill: (out: GpuStorage) => void): GpuStorage {
+    const out = this.rec.newStorage(dtype, length, false, op);
     try {
       if (length > 0) fill(out);
     } catch (e) {
@@ -374,7 +374,7 @@ export class WebGPUBackend implements Backend {
   private rowOp(op: RowOp, x: View, extras: number[], extraArgs: Arg[]): Storage {
     checkRowDtype(op, x.dtype);
     const rv = this.rowsOf(x, op);
-    return this.output('float32', op === 'crossEntropy' ? rv.rows : rv.rows * rv.cols, (out) => {
+    return this.output(op, 'float32', op === 'crossEntropy' ? rv.rows : rv.rows * rv.cols, (out) => {
       const kernel = rowKernel(op, rv.rank, rowWorkgroup(rv.cols));
       this.rec.run(op, kernel, [...rv.params, ...extras], [this.whole(out, op), rv.arg, ...extraArgs], this.rec.groupsFor(rv.rows));
     });
@@ -383,9 +383,9 @@ export class WebGPUBackend implements Backend {
   private sortRows(x: View, descending: boolean): { values: GpuStorage; indices: GpuStorage } {
     const rv = this.rowsOf(x, 'sort');
     const n = rv.rows * rv.cols;
-    const values = this.rec.newStorage(x.dtype, n);
+    const values = this.rec.newStorage(x.dtype, n, false, 'sort');
     try {
-      const indices = this.output('int32', n, (idx) => {
+      const indices = this.output('sort', 'int32', n, (idx) => {
         const groups = this.rec.groupsFor(rv.rows * Math.ceil(rv.cols / SORT_TILE));
         this.rec.run('sort', sortKernel(x.dtype, rv.rank, descending), rv.params, [this.whole(values, 'sort'), this.whole(idx, 'sort'), rv.arg], groups);
       });
@@ -398,7 +398,7 @@ export class WebGPUBackend implements Backend {
 
   /** An elementwise op into a fresh contiguous output. */
   private mapOp(op: string, dtype: DType, shape: number[], ins: View[], kernel: (rank: number) => Kernel): GpuStorage {
-    return this.output(dtype, numel(shape), (out) => this.map(op, { storage: out, shape, strides: contiguousStrides(shape), offset: 0, dtype }, ins, kernel));
+    return this.output(op, dtype, numel(shape), (out) => this.map(op, { storage: out, shape, strides: contiguousStrides(shape), offset: 0, dtype }, ins, kernel));
   }
 
   /** out[view] = f(ins[views]) for same-shape strided views; `out` may itself be a strided destination. */

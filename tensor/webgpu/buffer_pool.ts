@@ -66,8 +66,12 @@ export class BufferPool {
     private budget: () => number = () => 0,
   ) {}
 
-  /** A buffer of at least `bytes` (its size is the bucket size): the free one with the smallest id. */
-  acquire(bytes: number): PooledBuffer {
+  /**
+   * A buffer of at least `bytes` (its size is the bucket size): the free one
+   * with the smallest id. A new one is labelled with `what` it was made for
+   * (Dawn's out-of-memory messages quote the label).
+   */
+  acquire(bytes: number, what = ''): PooledBuffer {
     const size = bucketSize(bytes);
     const reused = this.free.get(size)?.pop(); // lists are sorted by descending id
     if (reused) {
@@ -77,7 +81,8 @@ export class BufferPool {
     this.allocatedBytes += size;
     this.allocatedCount++;
     this.createdCount++;
-    const gpu = this.device.createBuffer({ size, usage: this.usage, label: `${this.label} ${size}` });
+    const label = `${this.label}${what ? ` output of ${what}` : ''} (${size} bytes)`;
+    const gpu = this.device.createBuffer({ size, usage: this.usage, label });
     return { gpu, id: nextId++, size, lastBatch: -1 };
   }
 

@@ -141,8 +141,8 @@ export class CommandRecorder {
 
   // ------------------------------------------------------------ storages
 
-  /** A new storage of `length` elements (contents undefined unless `zero`). */
-  newStorage(dtype: DType, length: number, zero = false): GpuStorage {
+  /** A new storage of `length` elements (contents undefined unless `zero`) for the output of `op`. */
+  newStorage(dtype: DType, length: number, zero = false, op = 'tensor'): GpuStorage {
     this.assertUsable();
     wgslType(dtype); // float64: a clear error
     const bytes = Math.max(4, length * 4);
@@ -150,7 +150,7 @@ export class CommandRecorder {
     if (bytes > max) throw new Error(`webgpu: a tensor of ${bytes} bytes exceeds this device's maxBufferSize (${max} bytes)`);
     this.liveBytes += length * 4;
     this.peakLiveBytes = Math.max(this.peakLiveBytes, this.liveBytes);
-    const s = new GpuStorage(this.pool.acquire(bytes), dtype, length);
+    const s = new GpuStorage(this.pool.acquire(bytes, op), dtype, length);
     s.needsZero = zero;
     return s;
   }
@@ -214,6 +214,8 @@ export class CommandRecorder {
   run(op: string, kernel: Kernel, params: number[], args: Arg[], groups: [number, number, number]): void {
     this.assertUsable();
     if (params.length > PARAM_WORDS) throw new Error(`webgpu ${op}: the view has too many dims for one kernel (${params.length} param words > ${PARAM_WORDS})`);
+    const max = this.device.limits.maxComputeWorkgroupsPerDimension;
+    if (groups.some((g) => g > max)) throw new Error(`webgpu ${op}: ${groups.join(' x ')} workgroups, over this device's ${max} per dimension`);
     for (const a of args) this.use(a.storage); // may record lazy clears first
     this.dispatch(op, kernel, params, args, groups);
   }
@@ -430,7 +432,9 @@ export class CommandRecorder {
   /** One error naming the op: Dawn's messages carry the labels of the kernels involved. */
   private describe(kind: string, message: string, ops: [string, string][]): Error {
     const unique = [...new Set(ops.map(([op]) => op))];
-    const named = ops.find(([, key]) => message.includes(`"${key}"`))?.[0] ?? (unique.length === 1 ? unique[0] : null);
+    // the kernel of a pipeline or bind group, or the op whose output a buffer was created for
+    const named = ops.find(([, key]) => message.includes(`"${key}"`))?.[0] ?? /output of ([\w.]+) \(/.exec(message)?.[1] ??
+      (unique.length === 1 ? unique[0] : null);
     const where = named ? `webgpu ${named}` : `webgpu (one of ${unique.slice(0, 12).join(', ')}${unique.length > 12 ? ', ...' : ''})`;
     const text = message.trim().split('\n').map((l) => l.trim()).filter(Boolean).join('; ');
     return new Error(`${where}: ${kind} error, the GPU dropped the work it was part of and later results are invalid: ${text}`);
