@@ -308,6 +308,18 @@ describeWebGPU('webgpu nn ops', () => {
 });
 
 describeWebGPU('webgpu backend', () => {
+  it('opens the device with every limit at the adapter maximum and the optional features it offers', async () => {
+    const { webgpuBackend } = await import('../tensor/webgpu/device.ts');
+    const b = webgpuBackend()!;
+    const adapter = (await b.gpu!.requestAdapter(b.adapter.featureLevel === 'compatibility' ? { featureLevel: 'compatibility' } : {}))!;
+    for (const k of ['maxStorageBufferBindingSize', 'maxBufferSize', 'maxComputeWorkgroupStorageSize', 'maxComputeInvocationsPerWorkgroup'] as const) {
+      expect(b.device.limits[k], k).toBe(adapter.limits[k]);
+    }
+    for (const f of ['shader-f16', 'subgroups', 'timestamp-query']) {
+      expect(b.device.features.has(f), f).toBe(adapter.features.has(f));
+      expect(b.adapter.features.includes(f), f).toBe(adapter.features.has(f));
+    }
+  });
   it('refuses float64 with a clear error', async () => {
     await expect(tensor(new Float64Array([1, 2])).to('webgpu')).rejects.toThrow(/float64 is not supported on the GPU/);
   });

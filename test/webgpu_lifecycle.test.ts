@@ -4,9 +4,13 @@
 // device resolution gives one clear line when there is no adapter.
 
 import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { initWebGPU, resolveDevice } from '../tensor/index.ts';
+import { hasVulkanDriver } from '../tensor/webgpu/device.ts';
 import { describeWebGPU } from './webgpu_helpers.ts';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
@@ -105,5 +109,40 @@ describeWebGPU('webgpu device lifetime', () => {
     expect(await resolveDevice('auto', { quiet: true })).toBe(b.adapter.software ? 'cpu' : 'webgpu');
     expect(await resolveDevice('webgpu')).toBe('webgpu');
     expect(await resolveDevice('cpu')).toBe('cpu');
+  });
+});
+
+describe('quiet device probing', () => {
+  it('a Vulkan driver counts only if a manifest names a library that exists', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'icd-'));
+    try {
+      const empty = { HOME: dir, XDG_CONFIG_DIRS: dir, XDG_DATA_DIRS: dir };
+      expect(hasVulkanDriver({ ...empty, VK_DRIVER_FILES: join(dir, 'missing.json') })).toBe(false);
+      writeFileSync(join(dir, 'broken.json'), JSON.stringify({ ICD: { library_path: '/nonexistent/libvk_none.so' } }));
+      expect(hasVulkanDriver({ ...empty, VK_DRIVER_FILES: join(dir, 'broken.json') })).toBe(false);
+      expect(hasVulkanDriver({ ...empty, VK_ICD_FILENAMES: dir })).toBe(false); // a folder of manifests
+    } finally {
+      rmSync(dir, { recursive: true });
+    }
+  });
+
+  it('--device auto without a GPU driver prints one line of ours, none of the Vulkan loader\'s', () => {
+    // a manifest whose library is missing: Dawn would print "Found no drivers!" and a C++ trace
+    const dir = mkdtempSync(join(tmpdir(), 'icd-'));
+    try {
+      writeFileSync(join(dir, 'broken.json'), JSON.stringify({ ICD: { library_path: '/nonexistent/libvk_none.so' } }));
+      const env = { VK_DRIVER_FILES: join(dir, 'broken.json'), VK_ICD_FILENAMES: join(dir, 'broken.json'), NANOVLM_WEBGPU_BACKEND: '' };
+      const r = child(`
+        const T = await import(${JSON.stringify(lib)});
+        console.log('device', await T.resolveDevice('auto'));`, { env, timeoutMs: 60_000 });
+      expect(r.status, r.stderr).toBe(0);
+      expect(r.stderr).not.toMatch(/vkCreateInstance|Found no drivers|loader_icd_scan/);
+      const lines = r.stdout.trim().split('\n');
+      expect(lines.at(-1)).toMatch(/^device (cpu|webgpu)$/);
+      expect(lines.slice(0, -1).length, r.stdout).toBe(1);
+      expect(lines[0]).toMatch(/^webgpu: /);
+    } finally {
+      rmSync(dir, { recursive: true });
+    }
   });
 });

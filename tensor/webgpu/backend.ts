@@ -50,6 +50,8 @@ export interface AdapterDescription {
   featureLevel: string;
   /** A CPU rasteriser (llvmpipe, SwiftShader): exact but slow. */
   software: boolean;
+  /** The optional features the device was opened with (shader-f16, subgroups, timestamp-query). */
+  features: string[];
 }
 
 /** The WebGPU backend. */
