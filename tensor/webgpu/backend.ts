@@ -24,7 +24,7 @@ import { contiguousStrides, fmt, isContiguous, numel } from '../shape.ts';
 import { type Kernel, MAX_GROUPS_PER_DIM } from './kernels/common.ts';
 import { EW_WORKGROUP, binaryKernel, copyKernel, fillKernel, unaryKernel, whereKernel } from './kernels/elementwise.ts';
 import { SORT_TILE, gatherKernel, multinomialKernel, scatterSumKernel, sortKernel } from './kernels/indexing.ts';
-import { matmulKernel } from './kernels/matmul.ts';
+import { GEMV_OUTPUTS, TILES, type TileConfig, gemvKernel, matmulKernel, packHalfKernel } from './kernels/matmul.ts';
 import { REDUCE_WORKGROUP, SHORT_AXIS, reduceKernel } from './kernels/reduce.ts';
 import { type RowOp, checkRowDtype, rowKernel, rowWorkgroup } from './kernels/rows.ts';
 import { type Arg, CommandRecorder, type GpuCounters, GpuStorage } from './recorder.ts';
@@ -43,6 +43,25 @@ interface Bound1d extends Bound {
   stride: number;
 }
 
+/** How a matmul runs: GEMV for one row (two variants), or tiles of one size with K split `splits` ways. */
+export interface MatmulPlan {
+  kind: 'tiled' | 'gemv.dot' | 'gemv.axpy';
+  tile: keyof typeof TILES;
+  splits: number;
+}
+
+/** One matmul's operands as the kernels see them. */
+interface MatmulOperands {
+  op: string;
+  a: View;
+  b: View;
+  M: number;
+  N: number;
+  K: number;
+  batchShape: number[];
+  half: boolean;
+}
+
 /** Where the adapter came from, for messages and benchmarks. */
 export interface AdapterDescription {
   name: string;
@@ -58,8 +77,6 @@ export interface AdapterDescription {
 export class WebGPUBackend implements Backend {
   readonly name = 'webgpu' as const;
   readonly rec: CommandRecorder;
-  /** Threads per side of a large-matrix matmul workgroup (each computes 4x4 outputs). */
-  private matmulThreads: number;
 
   constructor(
     readonly device: GPUDevice,
@@ -68,8 +85,6 @@ export class WebGPUBackend implements Backend {
     public gpu: GPU | null,
   ) {
     this.rec = new CommandRecorder(device);
-    // 16x16 threads x 4x4 outputs = 64x64 tiles where 256 invocations per workgroup are allowed
-    this.matmulThreads = device.limits.maxComputeInvocationsPerWorkgroup >= 256 ? 16 : 8;
   }
 
   // ------------------------------------------------------------ storage
@@ -194,30 +209,130 @@ export class WebGPUBackend implements Backend {
 
   // ------------------------------------------------------------ matmul
 
-  matmul(a: View, b: View): Storage {
+  matmul(a: View, b: View, plan?: MatmulPlan): Storage {
+    return this.matmulWith('matmul', a, b, false, plan);
+  }
+
+  /**
+   * A kernel option, not yet used by the model: a @ b with both operands
+   * rounded to float16 (packed on the device, round to nearest even) and
+   * float32 accumulation. The result is float32.
+   */
+  matmulF16(a: View, b: View, plan?: MatmulPlan): Storage {
+    return this.matmulWith('matmulF16', a, b, true, plan);
+  }
+
+  /**
+   * How a matmul of this shape runs: GEMV for one row; otherwise the tile
+   * size that fits the output (big tiles only where there are enough of them
+   * to keep a GPU busy), and split-K where a single product has few tiles and
+   * a long K (weight gradients). Not tuned on a GPU yet: bench/gpu.ts prints
+   * what each choice does.
+   */
+  planMatmul(M: number, N: number, K: number, batch: number, bKFast: boolean, gemv = true): MatmulPlan {
+    if (M === 1 && gemv) return { kind: bKFast ? 'gemv.dot' : 'gemv.axpy', tile: 'small', splits: 1 };
+    const wide = this.device.limits.maxComputeInvocationsPerWorkgroup >= 256;
+    const count = (t: TileConfig) => Math.ceil(M / t.BM) * Math.ceil(N / t.BN) * batch;
+    const fits = (t: TileConfig) => M >= t.BM && N >= t.BN; // at most half of an edge tile is wasted
+    const tile = !wide ? 'small' : fits(TILES.large) && count(TILES.large) >= 16 ? 'large' : fits(TILES.medium) ? 'medium' : 'small';
+    const tiles = count(TILES[tile]);
+    const splits = batch === 1 && tiles < 64 && K >= 1024 ? Math.min(16, Math.ceil(64 / tiles), Math.floor(K / 256)) : 1;
+    return { kind: 'tiled', tile, splits };
+  }
+
+  private matmulWith(op: string, a: View, b: View, half: boolean, forced?: MatmulPlan): Storage {
     if (a.dtype !== 'float32' || b.dtype !== 'float32') {
-      throw new Error(`matmul: ${a.dtype === 'float32' ? b.dtype : a.dtype} is not supported on webgpu, cast to float32 first`);
+      throw new Error(`${op}: ${a.dtype === 'float32' ? b.dtype : a.dtype} is not supported on webgpu, cast to float32 first`);
     }
     const r = a.shape.length;
     const [M, K, N] = [a.shape[r - 2], a.shape[r - 1], b.shape[r - 1]];
     const batchShape = a.shape.slice(0, r - 2);
     const batch = numel(batchShape);
-    if (K === 0) return this.rec.newStorage('float32', batch * M * N, true, 'matmul');
-    return this.output('matmul', 'float32', batch * M * N, (out) => {
-      const bs = collapse(batchShape, [a.strides.slice(0, r - 2), b.strides.slice(0, r - 2)]);
-      const [ab, bb] = [this.bind(a, 'matmul'), this.bind(b, 'matmul')];
-      const [aRS, aCS, bRS, bCS] = [a.strides[r - 2], a.strides[r - 1], b.strides[r - 2], b.strides[r - 1]];
-      // small matrices (attention heads, matrix-vector) waste less of a 32-wide tile
-      const td = M <= 32 || N <= 32 ? 8 : this.matmulThreads;
-      const tile = td * 4;
-      // the slab copy walks the operand's contiguous index (kernels/matmul.ts)
-      const kernel = matmulKernel(bs.shape.length, aCS <= aRS, bCS <= bRS, td, 4);
-      for (let z0 = 0; z0 < batch; z0 += MAX_GROUPS_PER_DIM) {
-        const params = [M, N, K, aRS, aCS, bRS, bCS, z0, ...bs.shape, ab.offset, ...bs.strides[0], bb.offset, ...bs.strides[1]];
-        const groups: [number, number, number] = [Math.ceil(N / tile), Math.ceil(M / tile), Math.min(MAX_GROUPS_PER_DIM, batch - z0)];
-        this.rec.run('matmul', kernel, params, [this.whole(out, 'matmul'), ab.arg, bb.arg], groups);
+    if (K === 0) return this.rec.newStorage('float32', batch * M * N, true, op);
+    if (batch * M * N === 0) return this.rec.newStorage('float32', 0, false, op);
+    const bKFast = b.strides[r - 2] === 1 && b.strides[r - 1] !== 1;
+    const plan = forced ?? this.planMatmul(M, N, K, batch, bKFast, !half);
+    if (plan.kind !== 'tiled' && half) throw new Error(`${op}: float16 operands only run in tiles`);
+    const ha = half ? this.packHalf(a) : null;
+    const hb = half ? this.packHalf(b) : null;
+    try {
+      const [av, bv] = [ha?.view ?? a, hb?.view ?? b];
+      const ops = { op, a: av, b: bv, M, N, K, batchShape, half };
+      if (plan.kind !== 'tiled') return this.output(op, 'float32', batch * M * N, (out) => this.gemv(ops, plan.kind === 'gemv.dot' ? 'dot' : 'axpy', out));
+      const t = TILES[plan.tile];
+      const Kc = Math.ceil(Math.ceil(K / plan.splits) / t.BK) * t.BK;
+      const splits = Math.ceil(K / Kc);
+      if (splits === 1) return this.output(op, 'float32', batch * M * N, (out) => this.tiled(ops, t, 1, K, out));
+      // split-K: the partial products of each K chunk, then their sum in chunk order
+      if (batch !== 1) throw new Error(`${op}: split-K needs a single product, not a batch of ${batch}`);
+      const parts = this.output(op, 'float32', splits * M * N, (out) => this.tiled(ops, t, splits, Kc, out));
+      try {
+        return this.reduce('sum', { storage: parts, shape: [splits, M * N], strides: [M * N, 1], offset: 0, dtype: 'float32' }, 0);
+      } finally {
+        this.rec.release(parts);
       }
-    });
+    } finally {
+      if (ha) this.rec.release(ha.storage);
+      if (hb) this.rec.release(hb.storage);
+    }
+  }
+
+  /** The params every matmul kernel reads (see kernels/matmul.ts), and the bound operands. */
+  private matmulParams(m: MatmulOperands, splits: number, Kc: number) {
+    const r = m.a.shape.length;
+    const bs = collapse(m.batchShape, [m.a.strides.slice(0, r - 2), m.b.strides.slice(0, r - 2)]);
+    // packed float16 operands are fresh contiguous buffers: bound whole, offsets in elements
+    const [ab, bb] = m.half ? [{ arg: this.whole(m.a.storage as GpuStorage, m.op), offset: 0 }, { arg: this.whole(m.b.storage as GpuStorage, m.op), offset: 0 }] : [this.bind(m.a, m.op), this.bind(m.b, m.op)];
+    const [aRS, aCS, bRS, bCS] = [m.a.strides[r - 2], m.a.strides[r - 1], m.b.strides[r - 2], m.b.strides[r - 1]];
+    const params = (z0: number) => [m.M, m.N, m.K, aRS, aCS, bRS, bCS, z0, splits, Kc, ...bs.shape, ab.offset, ...bs.strides[0], bb.offset, ...bs.strides[1]];
+    return { bs, ab, bb, strides: { aRS, aCS, bRS, bCS }, params };
+  }
+
+  private tiled(m: MatmulOperands, t: TileConfig, splits: number, Kc: number, out: GpuStorage): void {
+    const { bs, ab, bb, strides, params } = this.matmulParams(m, splits, Kc);
+    const { aRS, aCS, bRS, bCS } = strides;
+    // an operand is read as vec4s along its contiguous dim when everything else is 4-aligned too
+    const aligned = (offset: number, batchStrides: number[], other: number) =>
+      offset % 4 === 0 && other % 4 === 0 && batchStrides.every((x) => x % 4 === 0);
+    const aFast = aCS === 1 || (aRS !== 1 && aCS <= aRS) ? 'k' : 'm';
+    const bFast = bCS === 1 || (bRS !== 1 && bCS <= bRS) ? 'n' : 'k';
+    const aVec = aFast === 'k' ? aCS === 1 && m.K % 4 === 0 && aligned(ab.offset, bs.strides[0], m.M === 1 ? 0 : aRS)
+      : aRS === 1 && m.M % 4 === 0 && aligned(ab.offset, bs.strides[0], aCS);
+    const bVec = bFast === 'n' ? bCS === 1 && m.N % 4 === 0 && aligned(bb.offset, bs.strides[1], bRS)
+      : bRS === 1 && m.K % 4 === 0 && aligned(bb.offset, bs.strides[1], m.N === 1 ? 0 : bCS);
+    const kernel = matmulKernel(bs.shape.length, t.name, aFast, aVec, bFast, bVec, m.N % 4 === 0, m.half);
+    const total = (m.batchShape.length ? numel(m.batchShape) : 1) * splits;
+    for (let z0 = 0; z0 < total; z0 += MAX_GROUPS_PER_DIM) {
+      const groups: [number, number, number] = [Math.ceil(m.N / t.BN), Math.ceil(m.M / t.BM), Math.min(MAX_GROUPS_PER_DIM, total - z0)];
+      this.rec.run(m.op, kernel, params(z0), [this.whole(out, m.op), ab.arg, bb.arg], groups);
+    }
+  }
+
+  private gemv(m: MatmulOperands, variant: 'dot' | 'axpy', out: GpuStorage): void {
+    const { bs, ab, bb, params } = this.matmulParams(m, 1, m.K);
+    const kernel = gemvKernel(bs.shape.length, variant);
+    const total = m.batchShape.length ? numel(m.batchShape) : 1;
+    for (let z0 = 0; z0 < total; z0 += MAX_GROUPS_PER_DIM) {
+      const groups: [number, number, number] = [Math.ceil(m.N / GEMV_OUTPUTS[variant]), 1, Math.min(MAX_GROUPS_PER_DIM, total - z0)];
+      this.rec.run(m.op, kernel, params(z0), [this.whole(out, m.op), ab.arg, bb.arg], groups);
+    }
+  }
+
+  /** A view's elements rounded to float16, packed two per u32 word in a fresh contiguous buffer. */
+  private packHalf(v: View): { storage: GpuStorage; view: View } {
+    const n = numel(v.shape);
+    const flat = isContiguous(v.shape, v.strides) ? null : (this.copy(v, 'float32') as GpuStorage);
+    try {
+      const src = flat ?? this.rec.check(v.storage, 'matmulF16');
+      const offset = flat ? 0 : v.offset;
+      const packed = this.output('matmulF16', 'int32', Math.ceil(n / 2), (out) => {
+        const x = this.bind({ storage: src, shape: [n], strides: [1], offset, dtype: 'float32' }, 'matmulF16');
+        this.rec.run('matmulF16', packHalfKernel(), [n, x.offset], [this.whole(out, 'matmulF16'), x.arg], this.rec.groupsFor(Math.ceil(n / 2 / EW_WORKGROUP)));
+      });
+      return { storage: packed, view: { storage: packed, shape: v.shape, strides: contiguousStrides(v.shape), offset: 0, dtype: 'float32' } };
+    } finally {
+      if (flat) this.rec.release(flat);
+    }
   }
 
   // ------------------------------------------------------------ indexing
