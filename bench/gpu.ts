@@ -20,7 +20,17 @@
 import { writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { AdamW, clipGradNorm } from '../nn/index.ts';
-import { Generator, closeWebGPU, initWebGPU, manualSeed, setCpuThreads, tensor, tidy, type Tensor, type View } from '../tensor/index.ts';
+import {
+  Generator,
+  closeWebGPU,
+  initWebGPU,
+  manualSeed,
+  setCpuThreads,
+  tensor,
+  tidy,
+  type Tensor,
+  type View,
+} from '../tensor/index.ts';
 import { contiguousStrides } from '../tensor/shape.ts';
 import type { MatmulPlan, WebGPUBackend } from '../tensor/webgpu/backend.ts';
 import { describeAdapter } from '../tensor/webgpu/device.ts';
@@ -73,7 +83,16 @@ interface DawnCalls {
 }
 
 function countDawnCalls(device: GPUDevice): DawnCalls {
-  const n: DawnCalls = { createBuffer: 0, createBindGroup: 0, submit: 0, beginComputePass: 0, dispatchWorkgroups: 0, writeBufferBytes: 0, mapAsync: 0, mapBytes: 0 };
+  const n: DawnCalls = {
+    createBuffer: 0,
+    createBindGroup: 0,
+    submit: 0,
+    beginComputePass: 0,
+    dispatchWorkgroups: 0,
+    writeBufferBytes: 0,
+    mapAsync: 0,
+    mapBytes: 0,
+  };
   const d = device as unknown as Record<string, (...a: unknown[]) => unknown>;
   const wrap = <T extends object>(obj: T, name: string, after: (result: unknown, a: unknown[]) => void) => {
     const o = obj as unknown as Record<string, (...a: unknown[]) => unknown>;
@@ -93,7 +112,11 @@ function countDawnCalls(device: GPUDevice): DawnCalls {
   });
   wrap(d, 'createBindGroup', () => n.createBindGroup++);
   wrap(device.queue, 'submit', () => n.submit++);
-  wrap(device.queue, 'writeBuffer', (_, a) => (n.writeBufferBytes += (a[4] as number | undefined) ?? (a[2] as ArrayBuffer).byteLength));
+  wrap(
+    device.queue,
+    'writeBuffer',
+    (_, a) => (n.writeBufferBytes += (a[4] as number | undefined) ?? (a[2] as ArrayBuffer).byteLength),
+  );
   wrap(d, 'createCommandEncoder', (encoder) => {
     wrap(encoder as object, 'beginComputePass', (pass) => {
       n.beginComputePass++;
@@ -106,14 +129,20 @@ function countDawnCalls(device: GPUDevice): DawnCalls {
 /** b - a, per step, for every numeric field. */
 function perStep<T extends object>(a: T, b: T, steps: number): T {
   const out: Record<string, number> = {};
-  for (const k of Object.keys(b)) out[k] = +(((b as Record<string, number>)[k] - (a as Record<string, number>)[k]) / steps).toFixed(1);
+  for (const k of Object.keys(b))
+    out[k] = +(((b as Record<string, number>)[k] - (a as Record<string, number>)[k]) / steps).toFixed(1);
   return out as T;
 }
 
 // ---------------------------------------------------------------- matmul
 
 /** A host matrix of uniform values in [-1, 1) and its device copy, as a view. */
-async function matrix(b: WebGPUBackend, rows: number, cols: number, seed: number): Promise<{ host: Float32Array; view: View }> {
+async function matrix(
+  b: WebGPUBackend,
+  rows: number,
+  cols: number,
+  seed: number,
+): Promise<{ host: Float32Array; view: View }> {
   const g = new Generator(seed);
   const host = Float32Array.from({ length: rows * cols }, () => g.random() * 2 - 1);
   const storage = b.alloc('float32', host.length);
@@ -136,7 +165,13 @@ async function timeMatmul(b: WebGPUBackend, n: number, plan: MatmulPlan | undefi
   const [A, B] = [await matrix(b, n, n, 1), await matrix(b, n, n, 2)];
   const run = () => (half ? b.matmulF16(A.view, B.view, plan) : b.matmul(A.view, B.view, plan));
   const first = run();
-  const got = await b.read({ storage: first, shape: [n, n], strides: contiguousStrides([n, n]), offset: 0, dtype: 'float32' });
+  const got = await b.read({
+    storage: first,
+    shape: [n, n],
+    strides: contiguousStrides([n, n]),
+    offset: 0,
+    dtype: 'float32',
+  });
   b.release(first);
   // error per output over sqrt(K) (a float32 dot product of K terms drifts like sqrt(K) ulp)
   const [ra, rb] = half ? [A.host.map(roundHalf), B.host.map(roundHalf)] : [A.host, B.host];
@@ -158,7 +193,8 @@ async function timeMatmul(b: WebGPUBackend, n: number, plan: MatmulPlan | undefi
   await b.sync();
   const ms = (performance.now() - t1) / reps;
   for (const m of [A, B]) b.release(m.view.storage);
-  return { ms: +ms.toFixed(3), tflops: +((2 * n ** 3) / ms / 1e9).toFixed(4), maxErrOverSqrtK: +err.toExponential(2) };
+  const gflops = (2 * n ** 3) / ms / 1e6;
+  return { ms: +ms.toFixed(3), gflops: +gflops.toPrecision(4), maxErrOverSqrtK: +err.toExponential(2) };
 }
 
 // ---------------------------------------------------------------- host overhead
@@ -185,9 +221,22 @@ async function dispatchCost(b: WebGPUBackend) {
 
 /** train.ts's default preset: the small VLM of `npm run train` (copied: importing train.ts would run it). */
 const defaultPreset: Partial<VLMConfig> = {
-  vit_hidden_dim: 64, vit_inter_dim: 256, vit_patch_size: 8, vit_img_size: 32, vit_n_heads: 4, vit_n_blocks: 2,
-  lm_hidden_dim: 64, lm_inter_dim: 192, lm_n_heads: 4, lm_n_kv_heads: 2, lm_n_blocks: 2, lm_vocab_size: 64,
-  IMAGE_TOKEN_LENGTH: 4, lm_max_length: 16, TOTAL_SEQUENCE_LENGTH: 20, vlm_load_backbone_weights: false,
+  vit_hidden_dim: 64,
+  vit_inter_dim: 256,
+  vit_patch_size: 8,
+  vit_img_size: 32,
+  vit_n_heads: 4,
+  vit_n_blocks: 2,
+  lm_hidden_dim: 64,
+  lm_inter_dim: 192,
+  lm_n_heads: 4,
+  lm_n_kv_heads: 2,
+  lm_n_blocks: 2,
+  lm_vocab_size: 64,
+  IMAGE_TOKEN_LENGTH: 4,
+  lm_max_length: 16,
+  TOTAL_SEQUENCE_LENGTH: 20,
+  vlm_load_backbone_weights: false,
 };
 
 /**
@@ -197,11 +246,21 @@ const defaultPreset: Partial<VLMConfig> = {
  * on the device and reading the sum once after all the steps (the target: a
  * read only per log line, as nanoGPT does).
  */
-async function trainSteps(b: WebGPUBackend, calls: DawnCalls, name: string, cfg: VLMConfig, batch: number, steps: number) {
+async function trainSteps(
+  b: WebGPUBackend,
+  calls: DawnCalls,
+  name: string,
+  cfg: VLMConfig,
+  batch: number,
+  steps: number,
+) {
   manualSeed(0);
   const model = await new VisionLanguageModel(cfg).to('webgpu');
   const mp = model.MP.parameters();
-  const opt = new AdamW([{ params: mp, lr: 1e-3 }, { params: model.parameters().filter((p) => !mp.includes(p)), lr: 1e-3 }]);
+  const opt = new AdamW([
+    { params: mp, lr: 1e-3 },
+    { params: model.parameters().filter((p) => !mp.includes(p)), lr: 1e-3 },
+  ]);
   const g = new Generator(1);
   const T = cfg.lm_max_length;
   const S = cfg.vit_img_size;
@@ -243,11 +302,18 @@ async function trainSteps(b: WebGPUBackend, calls: DawnCalls, name: string, cfg:
     const backend = perStep(c0, b.counters(), steps);
     const dawn = perStep(d0, calls, steps);
     lossSum.dispose();
-    report(`train ${name}`, { mode, batch, msPerStep: ms, tokensPerSec: (tokens * 1000) / ms, backend, dawn },
-      `${mode}: ${ms.toFixed(1)} ms/step, ${Math.round((tokens * 1000) / ms)} tokens/s; per step: ${backend.dispatches} dispatches, ${backend.computePasses} passes, ` +
-      `${backend.submits} submits, ${backend.buffersCreated} buffers and ${backend.bindGroupsCreated} bind groups created, ${(backend.bytesWritten / 1024).toFixed(1)} KiB written, ` +
-      `${backend.bytesRead} B read in ${backend.reads} reads (Dawn calls seen: ${dawn.dispatchWorkgroups} dispatches, ${dawn.beginComputePass} passes, ${dawn.submit} submits, ` +
-      `${dawn.createBuffer} createBuffer, ${dawn.createBindGroup} createBindGroup, ${(dawn.writeBufferBytes / 1024).toFixed(1)} KiB writeBuffer, ${dawn.mapAsync} maps)`);
+    const c = backend;
+    const kib = (bytes: number) => `${(bytes / 1024).toFixed(1)} KiB`;
+    const line = [
+      `${mode}: ${ms.toFixed(1)} ms/step, ${Math.round((tokens * 1000) / ms)} tokens/s; per step:`,
+      `${c.dispatches} dispatches, ${c.computePasses} passes, ${c.submits} submits,`,
+      `${c.buffersCreated} buffers and ${c.bindGroupsCreated} bind groups created,`,
+      `${kib(c.bytesWritten)} written, ${c.bytesRead} B read in ${c.reads} reads`,
+      `(Dawn calls seen: ${dawn.dispatchWorkgroups} dispatches, ${dawn.beginComputePass} passes, ${dawn.submit} submits,`,
+      `${dawn.createBuffer} createBuffer, ${dawn.createBindGroup} createBindGroup,`,
+      `${kib(dawn.writeBufferBytes)} writeBuffer, ${dawn.mapAsync} maps)`,
+    ].join(' ');
+    report(`train ${name}`, { mode, batch, msPerStep: ms, tokensPerSec: (tokens * 1000) / ms, backend, dawn }, line);
   }
   for (const p of model.parameters()) p.dispose();
   opt.zeroGrad();
@@ -260,26 +326,48 @@ const b = await initWebGPU({ quiet: true, backend: args.backend, adapter: args.a
 const calls = countDawnCalls(b.device);
 const l = b.device.limits;
 report('adapter', { ...b.adapter, date: new Date().toISOString() }, describeAdapter(b.adapter));
-report('limits', { maxStorageBufferBindingSize: l.maxStorageBufferBindingSize, maxBufferSize: l.maxBufferSize, maxComputeInvocationsPerWorkgroup: l.maxComputeInvocationsPerWorkgroup, maxComputeWorkgroupStorageSize: l.maxComputeWorkgroupStorageSize },
-  `binding ${l.maxStorageBufferBindingSize} B, buffer ${l.maxBufferSize} B, ${l.maxComputeInvocationsPerWorkgroup} invocations and ${l.maxComputeWorkgroupStorageSize} B workgroup memory per workgroup`);
+report(
+  'limits',
+  {
+    maxStorageBufferBindingSize: l.maxStorageBufferBindingSize,
+    maxBufferSize: l.maxBufferSize,
+    maxComputeInvocationsPerWorkgroup: l.maxComputeInvocationsPerWorkgroup,
+    maxComputeWorkgroupStorageSize: l.maxComputeWorkgroupStorageSize,
+  },
+  `binding ${l.maxStorageBufferBindingSize} B, buffer ${l.maxBufferSize} B, ` +
+    `${l.maxComputeInvocationsPerWorkgroup} invocations and ${l.maxComputeWorkgroupStorageSize} B workgroup memory per workgroup`,
+);
 const cost = await dispatchCost(b);
-report('host overhead', cost, `${cost.usPerOp} us per small op (2000 in a row), ${cost.readbackMs} ms for a submit + 4-byte readback`);
+report(
+  'host overhead',
+  cost,
+  `${cost.usPerOp} us per small op (2000 in a row), ${cost.readbackMs} ms for a submit + 4-byte readback`,
+);
 
 const n = Number(args.size ?? (args.quick ? 256 : 4096));
 const plans: [string, MatmulPlan | undefined, boolean][] = [
   ['planned', undefined, false],
-  ...(['small', 'medium', 'large'] as const).map((tile): [string, MatmulPlan, boolean] => [tile, { kind: 'tiled', tile, splits: 1 }, false]),
+  ...(['small', 'medium', 'large'] as const).map((tile): [string, MatmulPlan, boolean] => [
+    tile,
+    { kind: 'tiled', tile, splits: 1 },
+    false,
+  ]),
   ['f16 storage, planned', undefined, true],
 ];
 for (const [label, plan, half] of plans) {
   if (plan && plan.tile !== 'small' && l.maxComputeInvocationsPerWorkgroup < 256) continue;
   const r = await timeMatmul(b, n, plan, half);
-  report(`matmul ${n} ${label}`, { n, plan: plan ?? b.planMatmul(n, n, n, 1, false, !half), half, ...r }, `${r.tflops} TFLOP/s (${r.ms} ms), max error / sqrt(K) ${r.maxErrOverSqrtK}`);
+  report(
+    `matmul ${n} ${label}`,
+    { n, plan: plan ?? b.planMatmul(n, n, n, 1, false, !half), half, ...r },
+    `${(r.gflops / 1000).toFixed(3)} TFLOP/s = ${r.gflops} GFLOP/s (${r.ms} ms), max error / sqrt(K) ${r.maxErrOverSqrtK}`,
+  );
 }
 
 const steps = Number(args.steps ?? (args.quick ? 3 : 10));
 await trainSteps(b, calls, 'default preset', { ...defaultVLMConfig, ...defaultPreset }, 32, steps);
-if (!args.quick && !args.skip_222m) await trainSteps(b, calls, 'nanoVLM-222M', { ...defaultVLMConfig, vlm_load_backbone_weights: false }, 8, steps);
+if (!args.quick && !args.skip_222m)
+  await trainSteps(b, calls, 'nanoVLM-222M', { ...defaultVLMConfig, vlm_load_backbone_weights: false }, 8, steps);
 
 if (args.json) writeFileSync(args.json, JSON.stringify(records, null, 1));
 closeWebGPU();

@@ -41,7 +41,13 @@ describeWebGPU('webgpu device errors', () => {
   it('a binding past the end of its buffer (a validation error in a bind group) names the op', async () => {
     const b = await fresh();
     const out = b.rec.newStorage('float32', 4);
-    b.rec.run('fill', fillKernel('float32'), [4, 0], [{ storage: out, offset: 0, size: out.buffer.size + 256 }], [1, 1, 1]);
+    b.rec.run(
+      'fill',
+      fillKernel('float32'),
+      [4, 0],
+      [{ storage: out, offset: 0, size: out.buffer.size + 256 }],
+      [1, 1, 1],
+    );
     await expect(b.sync()).rejects.toThrow(/^webgpu fill: validation error, .*binding/i);
   });
 
@@ -49,7 +55,9 @@ describeWebGPU('webgpu device errors', () => {
     const b = await fresh();
     const out = b.rec.newStorage('float32', 4);
     const args = [{ storage: out, offset: 0, size: 256 }];
-    expect(() => b.rec.run('fill', fillKernel('float32'), [4, 0], args, [70000, 1, 1])).toThrow(/^webgpu fill: 70000 x 1 x 1 workgroups, over/);
+    expect(() => b.rec.run('fill', fillKernel('float32'), [4, 0], args, [70000, 1, 1])).toThrow(
+      /^webgpu fill: 70000 x 1 x 1 workgroups, over/,
+    );
     b.rec.release(out);
   });
 
@@ -81,12 +89,18 @@ describeWebGPU('webgpu device errors', () => {
         console.log('no error after', keep.length);
       } catch (e) { console.log('error:', e.message); }
       process.exit(0);`;
-    const r = spawnSync('bash', ['-c', `ulimit -d 2000000 && exec "${process.execPath}" --import tsx --input-type=module -e "$CODE"`], {
-      cwd: root,
-      env: { ...process.env, CODE: code },
-      encoding: 'utf8',
-      timeout: 90_000,
-    });
-    expect(r.stdout, r.stderr).toMatch(/error: webgpu (alloc|add|fill|zeros): out-of-memory error, .*later results are invalid/);
+    const r = spawnSync(
+      'bash',
+      ['-c', `ulimit -d 2000000 && exec "${process.execPath}" --import tsx --input-type=module -e "$CODE"`],
+      {
+        cwd: root,
+        env: { ...process.env, CODE: code },
+        encoding: 'utf8',
+        timeout: 90_000,
+      },
+    );
+    expect(r.stdout, r.stderr).toMatch(
+      /error: webgpu (alloc|add|fill|zeros): out-of-memory error, .*later results are invalid/,
+    );
   });
 });

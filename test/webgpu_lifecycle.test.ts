@@ -29,7 +29,8 @@ function child(code: string, opts: { flags?: string[]; env?: Record<string, stri
 
 describeWebGPU('webgpu device lifetime', () => {
   it('survives garbage collection between ops: reads still resolve (Dawn instance kept referenced)', () => {
-    const r = child(`
+    const r = child(
+      `
       const T = await import(${JSON.stringify(lib)});
       await T.initWebGPU({ quiet: true });
       const work = async (seed) => {
@@ -46,7 +47,9 @@ describeWebGPU('webgpu device lifetime', () => {
       }
       T.closeWebGPU();
       console.log('gc ok');
-    `, { flags: ['--expose-gc'] });
+    `,
+      { flags: ['--expose-gc'] },
+    );
     expect(r.timedOut, `hung: ${r.stderr}`).toBe(false);
     expect(r.signal, r.stderr).toBeNull();
     expect(r.stdout).toContain('gc ok');
@@ -56,7 +59,8 @@ describeWebGPU('webgpu device lifetime', () => {
   it('survives garbage collection after the device is closed, and after a backend that found no adapter', () => {
     // Vulkan is asked first: where it has no driver that instance finds nothing; it, and the
     // closed device's instance, must never be collected (Dawn crashes when they are).
-    const r = child(`
+    const r = child(
+      `
       const T = await import(${JSON.stringify(lib)});
       console.log('device', await T.resolveDevice('auto', { quiet: true, backend: 'vulkan' }));
       await T.initWebGPU({ quiet: true });
@@ -67,14 +71,17 @@ describeWebGPU('webgpu device lifetime', () => {
         await new Promise((r) => setTimeout(r, 20));
       }
       console.log('gc ok');
-    `, { flags: ['--expose-gc'] });
+    `,
+      { flags: ['--expose-gc'] },
+    );
     expect(r.signal, r.stderr).toBeNull();
     expect(r.stdout).toContain('gc ok');
     expect(r.status).toBe(0);
   });
 
   it('the process exits by itself after closeWebGPU(), and the device can be reopened', () => {
-    const r = child(`
+    const r = child(
+      `
       const T = await import(${JSON.stringify(lib)});
       await T.initWebGPU({ quiet: true });
       const x = await T.tensor([1, 2, 3]).to('webgpu');
@@ -84,7 +91,9 @@ describeWebGPU('webgpu device lifetime', () => {
       const y = await T.tensor([4, 5]).to('webgpu');
       console.log('again', await y.sum().item());
       T.closeWebGPU();
-    `, { timeoutMs: 60_000 });
+    `,
+      { timeoutMs: 60_000 },
+    );
     expect(r.timedOut, `did not exit: ${r.stderr}`).toBe(false);
     expect(r.stdout).toContain('sum 12');
     expect(r.stdout).toContain('again 9');
@@ -94,11 +103,14 @@ describeWebGPU('webgpu device lifetime', () => {
   it('with no adapter: auto falls back to the cpu, webgpu fails with one line naming what to install', () => {
     // a backend that does not exist on this OS stands in for a machine without a GPU
     const missing = process.platform === 'darwin' ? 'd3d12' : 'metal';
-    const r = child(`
+    const r = child(
+      `
       const T = await import(${JSON.stringify(lib)});
       console.log('auto ->', await T.resolveDevice('auto', { quiet: true }));
       try { await T.resolveDevice('webgpu'); } catch (e) { console.log('error:', e.message); }
-    `, { env: { NANOVLM_WEBGPU_BACKEND: missing }, timeoutMs: 60_000 });
+    `,
+      { env: { NANOVLM_WEBGPU_BACKEND: missing }, timeoutMs: 60_000 },
+    );
     expect(r.status, r.stderr).toBe(0);
     expect(r.stdout).toContain('auto -> cpu');
     expect(r.stdout).toMatch(/error: no WebGPU adapter found: install .*apt-get install/);
@@ -126,15 +138,22 @@ describe('quiet device probing', () => {
     }
   });
 
-  it('--device auto without a GPU driver prints one line of ours, none of the Vulkan loader\'s', () => {
+  it("--device auto without a GPU driver prints one line of ours, none of the Vulkan loader's", () => {
     // a manifest whose library is missing: Dawn would print "Found no drivers!" and a C++ trace
     const dir = mkdtempSync(join(tmpdir(), 'icd-'));
     try {
       writeFileSync(join(dir, 'broken.json'), JSON.stringify({ ICD: { library_path: '/nonexistent/libvk_none.so' } }));
-      const env = { VK_DRIVER_FILES: join(dir, 'broken.json'), VK_ICD_FILENAMES: join(dir, 'broken.json'), NANOVLM_WEBGPU_BACKEND: '' };
-      const r = child(`
+      const env = {
+        VK_DRIVER_FILES: join(dir, 'broken.json'),
+        VK_ICD_FILENAMES: join(dir, 'broken.json'),
+        NANOVLM_WEBGPU_BACKEND: '',
+      };
+      const r = child(
+        `
         const T = await import(${JSON.stringify(lib)});
-        console.log('device', await T.resolveDevice('auto'));`, { env, timeoutMs: 60_000 });
+        console.log('device', await T.resolveDevice('auto'));`,
+        { env, timeoutMs: 60_000 },
+      );
       expect(r.status, r.stderr).toBe(0);
       expect(r.stderr).not.toMatch(/vkCreateInstance|Found no drivers|loader_icd_scan/);
       const lines = r.stdout.trim().split('\n');

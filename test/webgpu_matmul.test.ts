@@ -29,7 +29,12 @@ function operands(M: number, K: number, N: number, layout: string, batch: number
 }
 
 /** backend.matmul (or matmulF16) with a forced plan against the CPU's matmul (of `ref` operands, if given). */
-async function check(b: WebGPUBackend, c: Case, plan: MatmulPlan | undefined, opts: { half?: boolean; ref?: [Tensor, Tensor]; rtol?: number } = {}) {
+async function check(
+  b: WebGPUBackend,
+  c: Case,
+  plan: MatmulPlan | undefined,
+  opts: { half?: boolean; ref?: [Tensor, Tensor]; rtol?: number } = {},
+) {
   const [ca, cb] = c.views(c.a, c.b);
   const [ga, gb] = c.views(await c.a.to('webgpu'), await c.b.to('webgpu'));
   const out = opts.half ? b.matmulF16(ga.view(), gb.view(), plan) : b.matmul(ga.view(), gb.view(), plan);
@@ -37,7 +42,12 @@ async function check(b: WebGPUBackend, c: Case, plan: MatmulPlan | undefined, op
   const got = await b.read({ storage: out, shape, strides: contiguousStrides(shape), offset: 0, dtype: 'float32' });
   b.release(out);
   const [ra, rb] = opts.ref ?? [ca, cb];
-  expectAllClose(got, await ra.matmul(rb).data(), opts.rtol ?? 1e-5, `${plan?.kind ?? 'planned'} ${plan?.tile ?? ''} x${plan?.splits ?? 1} ${ca.shape}@${cb.shape}`);
+  expectAllClose(
+    got,
+    await ra.matmul(rb).data(),
+    opts.rtol ?? 1e-5,
+    `${plan?.kind ?? 'planned'} ${plan?.tile ?? ''} x${plan?.splits ?? 1} ${ca.shape}@${cb.shape}`,
+  );
 }
 
 /** float32 -> nearest float16 (ties to even), as a float32 value. */
@@ -46,7 +56,7 @@ function roundHalf(x: number): number {
   const u = new Uint32Array(f.buffer)[0];
   const e = ((u >>> 23) & 0xff) - 127;
   if (e < -24) return 0 * Math.sign(x);
-  if (e < -14) return Math.sign(x) * Math.round(Math.abs(x) * 2 ** 24) / 2 ** 24; // denormal: steps of 2^-24
+  if (e < -14) return (Math.sign(x) * Math.round(Math.abs(x) * 2 ** 24)) / 2 ** 24; // denormal: steps of 2^-24
   const step = 2 ** (e - 10);
   const q = Math.abs(x) / step;
   const r = Math.floor(q);
@@ -55,14 +65,22 @@ function roundHalf(x: number): number {
 }
 
 describeWebGPU('webgpu matmul kernels', () => {
-  const shapes: [number, number, number][] = [[1, 1, 1], [3, 17, 5], [17, 67, 3], [67, 130, 33], [20, 8, 68], [130, 67, 140]];
+  const shapes: [number, number, number][] = [
+    [1, 1, 1],
+    [3, 17, 5],
+    [17, 67, 3],
+    [67, 130, 33],
+    [20, 8, 68],
+    [130, 67, 140],
+  ];
   const layouts = ['nn', 'tn', 'nt', 'tt'];
   const tiled = (tile: MatmulPlan['tile'], splits = 1): MatmulPlan => ({ kind: 'tiled', tile, splits });
 
   for (const tile of ['small', 'medium', 'large'] as const) {
     it(`${tile} tiles on awkward sizes, every layout, with and without vec4 loads`, async () => {
       const b = webgpuBackend()!;
-      for (const [M, K, N] of shapes) for (const layout of layouts) await check(b, operands(M, K, N, layout), tiled(tile));
+      for (const [M, K, N] of shapes)
+        for (const layout of layouts) await check(b, operands(M, K, N, layout), tiled(tile));
       // multiples of 4: the vectorised loads and stores (both layouts of each operand)
       for (const layout of layouts) await check(b, operands(36, 44, 40, layout), tiled(tile));
     });
@@ -74,7 +92,17 @@ describeWebGPU('webgpu matmul kernels', () => {
       await check(b, operands(17, 12, 9, 'nn', [2, 3]), tiled(tile));
       // a batch dim broadcast (stride 0) in each operand, and a sliced batch
       const c = operands(8, 16, 12, 'nt', [3]);
-      await check(b, { ...c, views: (x, y) => { const [va, vb] = c.views(x, y); return [va.unsqueeze(0).expand([2, 3, 8, 16]), vb.unsqueeze(1).expand([3, 3, 16, 12]).slice(0, 1, 3)]; } }, tiled(tile));
+      await check(
+        b,
+        {
+          ...c,
+          views: (x, y) => {
+            const [va, vb] = c.views(x, y);
+            return [va.unsqueeze(0).expand([2, 3, 8, 16]), vb.unsqueeze(1).expand([3, 3, 16, 12]).slice(0, 1, 3)];
+          },
+        },
+        tiled(tile),
+      );
     }
   });
 
@@ -90,17 +118,29 @@ describeWebGPU('webgpu matmul kernels', () => {
     const b = webgpuBackend()!;
     for (const kind of ['gemv.dot', 'gemv.axpy'] as const) {
       const plan: MatmulPlan = { kind, tile: 'small', splits: 1 };
-      for (const [K, N] of [[1, 1], [3, 5], [67, 130], [577, 33]]) for (const layout of layouts) await check(b, operands(1, K, N, layout), plan);
+      for (const [K, N] of [
+        [1, 1],
+        [3, 5],
+        [67, 130],
+        [577, 33],
+      ])
+        for (const layout of layouts) await check(b, operands(1, K, N, layout), plan);
       await check(b, operands(1, 20, 9, 'nt', [2, 3]), plan);
     }
   });
 
   it('float16 storage, float32 accumulation: equals the CPU on the inputs rounded to float16', async () => {
     const b = webgpuBackend()!;
-    for (const [M, K, N] of [[3, 17, 5], [67, 130, 33], [36, 44, 40], [1, 9, 7]]) {
+    for (const [M, K, N] of [
+      [3, 17, 5],
+      [67, 130, 33],
+      [36, 44, 40],
+      [1, 9, 7],
+    ]) {
       for (const layout of ['nn', 'tt']) {
         const c = operands(M, K, N, layout);
-        const rounded = (t: Tensor) => tensor(Float32Array.from(t.contiguous().dataSync(), roundHalf), { shape: t.shape });
+        const rounded = (t: Tensor) =>
+          tensor(Float32Array.from(t.contiguous().dataSync(), roundHalf), { shape: t.shape });
         const ref = c.views(c.a, c.b).map(rounded) as [Tensor, Tensor];
         await check(b, c, undefined, { half: true, ref });
         await check(b, c, tiled('large'), { half: true, ref });

@@ -4,7 +4,17 @@
 
 import { expect, it } from 'vitest';
 import { makeDecoder, type DecoderConfig } from '../bench/decoder.ts';
-import { Generator, crossEntropy, memory, randn, tensor, tidy, zeros, type DeviceName, type Tensor } from '../tensor/index.ts';
+import {
+  Generator,
+  crossEntropy,
+  memory,
+  randn,
+  tensor,
+  tidy,
+  zeros,
+  type DeviceName,
+  type Tensor,
+} from '../tensor/index.ts';
 import { webgpuBackend } from '../tensor/webgpu/device.ts';
 import { describeWebGPU, expectAllClose } from './webgpu_helpers.ts';
 
@@ -22,11 +32,17 @@ function sgd(params: Tensor[], lr: number): void {
 async function mlpCurve(device: DeviceName, steps: number): Promise<number[]> {
   const g = new Generator(0);
   const x = randn([64, 2], { generator: g, device }).keep();
-  const y = tensor(Int32Array.from({ length: 64 }, () => g.randint(2)), { device }).keep();
+  const y = tensor(
+    Int32Array.from({ length: 64 }, () => g.randint(2)),
+    { device },
+  ).keep();
   const params = [
-    randn([2, 32], { std: 0.7, generator: g, device }), zeros([32], { device }),
-    randn([32, 32], { std: 0.25, generator: g, device }), zeros([32], { device }),
-    randn([32, 2], { std: 0.25, generator: g, device }), zeros([2], { device }),
+    randn([2, 32], { std: 0.7, generator: g, device }),
+    zeros([32], { device }),
+    randn([32, 32], { std: 0.25, generator: g, device }),
+    zeros([32], { device }),
+    randn([32, 2], { std: 0.25, generator: g, device }),
+    zeros([2], { device }),
   ].map((p) => p.setRequiresGrad().keep());
   const losses: number[] = [];
   for (let step = 0; step < steps; step++) {
@@ -52,8 +68,14 @@ async function decoderCurve(device: DeviceName, steps: number, onStep?: (step: n
   const model = makeDecoder(cfg, device);
   const g = new Generator(1);
   const n = cfg.batch * cfg.seq;
-  const ids = tensor(Int32Array.from({ length: n }, () => g.randint(cfg.vocab)), { shape: [cfg.batch, cfg.seq], device }).keep();
-  const targets = tensor(Int32Array.from({ length: n }, (_, i) => (i % 5 === 4 ? -100 : g.randint(cfg.vocab))), { shape: [cfg.batch, cfg.seq], device }).keep();
+  const ids = tensor(
+    Int32Array.from({ length: n }, () => g.randint(cfg.vocab)),
+    { shape: [cfg.batch, cfg.seq], device },
+  ).keep();
+  const targets = tensor(
+    Int32Array.from({ length: n }, (_, i) => (i % 5 === 4 ? -100 : g.randint(cfg.vocab))),
+    { shape: [cfg.batch, cfg.seq], device },
+  ).keep();
   const losses: number[] = [];
   for (let step = 0; step < steps; step++) {
     const loss = tidy(() => {
@@ -90,7 +112,17 @@ describeWebGPU('training on webgpu', () => {
       const s = backend.memoryStats();
       // buffers and bind groups created so far: flat once warm (pooled buffers, cached bind groups)
       const { buffersCreated, bindGroupsCreated } = backend.counters();
-      if (step >= 3) seen.push(JSON.stringify({ ...m, pooled: s.pooledBytes, allocated: s.allocatedBytes, buffers: s.buffers, buffersCreated, bindGroupsCreated }));
+      if (step >= 3)
+        seen.push(
+          JSON.stringify({
+            ...m,
+            pooled: s.pooledBytes,
+            allocated: s.allocatedBytes,
+            buffers: s.buffers,
+            buffersCreated,
+            bindGroupsCreated,
+          }),
+        );
     });
     expect(new Set(seen).size, `memory changed between steps:\n${[...new Set(seen)].join('\n')}`).toBe(1);
   });

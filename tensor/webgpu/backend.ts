@@ -95,7 +95,8 @@ export class WebGPUBackend implements Backend {
 
   write(dst: Storage, src: TypedArray): void {
     const s = this.rec.check(dst, 'write');
-    if (src.length > s.length) throw new Error(`webgpu write: ${src.length} values do not fit a storage of ${s.length}`);
+    if (src.length > s.length)
+      throw new Error(`webgpu write: ${src.length} values do not fit a storage of ${s.length}`);
     this.rec.upload(s, (dtypeOf(src) === s.dtype ? src : toTypedArray(s.dtype, src)) as Float32Array | Int32Array);
   }
 
@@ -182,7 +183,13 @@ export class WebGPUBackend implements Backend {
     const bits = dtype === 'int32' ? i32Bits(value) : f32Bits(value);
     if (bits === 0) return this.rec.newStorage(dtype, length, true, 'fill'); // zeros: cleared when first used
     return this.output('fill', dtype, length, (out) => {
-      this.rec.run('fill', fillKernel(dtype), [length, bits], [this.whole(out, 'fill')], this.rec.groupsFor(Math.ceil(length / EW_WORKGROUP)));
+      this.rec.run(
+        'fill',
+        fillKernel(dtype),
+        [length, bits],
+        [this.whole(out, 'fill')],
+        this.rec.groupsFor(Math.ceil(length / EW_WORKGROUP)),
+      );
     });
   }
 
@@ -203,7 +210,13 @@ export class WebGPUBackend implements Backend {
       const long = len > SHORT_AXIS; // a workgroup per output instead of a thread
       const params = [nOut, len, x.strides[axis], ...outer.shape, xb.offset, ...outer.strides[0]];
       const groups = this.rec.groupsFor(long ? nOut : Math.ceil(nOut / REDUCE_WORKGROUP));
-      this.rec.run(op, reduceKernel(op, x.dtype, outer.shape.length, long), params, [this.whole(out, op), xb.arg], groups);
+      this.rec.run(
+        op,
+        reduceKernel(op, x.dtype, outer.shape.length, long),
+        params,
+        [this.whole(out, op), xb.arg],
+        groups,
+      );
     });
   }
 
@@ -234,15 +247,24 @@ export class WebGPUBackend implements Backend {
     const wide = this.device.limits.maxComputeInvocationsPerWorkgroup >= 256;
     const count = (t: TileConfig) => Math.ceil(M / t.BM) * Math.ceil(N / t.BN) * batch;
     const fits = (t: TileConfig) => M >= t.BM && N >= t.BN; // at most half of an edge tile is wasted
-    const tile = !wide ? 'small' : fits(TILES.large) && count(TILES.large) >= 16 ? 'large' : fits(TILES.medium) ? 'medium' : 'small';
+    const tile = !wide
+      ? 'small'
+      : fits(TILES.large) && count(TILES.large) >= 16
+        ? 'large'
+        : fits(TILES.medium)
+          ? 'medium'
+          : 'small';
     const tiles = count(TILES[tile]);
-    const splits = batch === 1 && tiles < 64 && K >= 1024 ? Math.min(16, Math.ceil(64 / tiles), Math.floor(K / 256)) : 1;
+    const splits =
+      batch === 1 && tiles < 64 && K >= 1024 ? Math.min(16, Math.ceil(64 / tiles), Math.floor(K / 256)) : 1;
     return { kind: 'tiled', tile, splits };
   }
 
   private matmulWith(op: string, a: View, b: View, half: boolean, forced?: MatmulPlan): Storage {
     if (a.dtype !== 'float32' || b.dtype !== 'float32') {
-      throw new Error(`${op}: ${a.dtype === 'float32' ? b.dtype : a.dtype} is not supported on webgpu, cast to float32 first`);
+      throw new Error(
+        `${op}: ${a.dtype === 'float32' ? b.dtype : a.dtype} is not supported on webgpu, cast to float32 first`,
+      );
     }
     const r = a.shape.length;
     const [M, K, N] = [a.shape[r - 2], a.shape[r - 1], b.shape[r - 1]];
@@ -258,7 +280,10 @@ export class WebGPUBackend implements Backend {
     try {
       const [av, bv] = [ha?.view ?? a, hb?.view ?? b];
       const ops = { op, a: av, b: bv, M, N, K, batchShape, half };
-      if (plan.kind !== 'tiled') return this.output(op, 'float32', batch * M * N, (out) => this.gemv(ops, plan.kind === 'gemv.dot' ? 'dot' : 'axpy', out));
+      if (plan.kind !== 'tiled')
+        return this.output(op, 'float32', batch * M * N, (out) =>
+          this.gemv(ops, plan.kind === 'gemv.dot' ? 'dot' : 'axpy', out),
+        );
       const t = TILES[plan.tile];
       const Kc = Math.ceil(Math.ceil(K / plan.splits) / t.BK) * t.BK;
       const splits = Math.ceil(K / Kc);
@@ -267,7 +292,11 @@ export class WebGPUBackend implements Backend {
       if (batch !== 1) throw new Error(`${op}: split-K needs a single product, not a batch of ${batch}`);
       const parts = this.output(op, 'float32', splits * M * N, (out) => this.tiled(ops, t, splits, Kc, out));
       try {
-        return this.reduce('sum', { storage: parts, shape: [splits, M * N], strides: [M * N, 1], offset: 0, dtype: 'float32' }, 0);
+        return this.reduce(
+          'sum',
+          { storage: parts, shape: [splits, M * N], strides: [M * N, 1], offset: 0, dtype: 'float32' },
+          0,
+        );
       } finally {
         this.rec.release(parts);
       }
@@ -282,9 +311,30 @@ export class WebGPUBackend implements Backend {
     const r = m.a.shape.length;
     const bs = collapse(m.batchShape, [m.a.strides.slice(0, r - 2), m.b.strides.slice(0, r - 2)]);
     // packed float16 operands are fresh contiguous buffers: bound whole, offsets in elements
-    const [ab, bb] = m.half ? [{ arg: this.whole(m.a.storage as GpuStorage, m.op), offset: 0 }, { arg: this.whole(m.b.storage as GpuStorage, m.op), offset: 0 }] : [this.bind(m.a, m.op), this.bind(m.b, m.op)];
+    const [ab, bb] = m.half
+      ? [
+          { arg: this.whole(m.a.storage as GpuStorage, m.op), offset: 0 },
+          { arg: this.whole(m.b.storage as GpuStorage, m.op), offset: 0 },
+        ]
+      : [this.bind(m.a, m.op), this.bind(m.b, m.op)];
     const [aRS, aCS, bRS, bCS] = [m.a.strides[r - 2], m.a.strides[r - 1], m.b.strides[r - 2], m.b.strides[r - 1]];
-    const params = (z0: number) => [m.M, m.N, m.K, aRS, aCS, bRS, bCS, z0, splits, Kc, ...bs.shape, ab.offset, ...bs.strides[0], bb.offset, ...bs.strides[1]];
+    const params = (z0: number) => [
+      m.M,
+      m.N,
+      m.K,
+      aRS,
+      aCS,
+      bRS,
+      bCS,
+      z0,
+      splits,
+      Kc,
+      ...bs.shape,
+      ab.offset,
+      ...bs.strides[0],
+      bb.offset,
+      ...bs.strides[1],
+    ];
     return { bs, ab, bb, strides: { aRS, aCS, bRS, bCS }, params };
   }
 
@@ -296,14 +346,22 @@ export class WebGPUBackend implements Backend {
       offset % 4 === 0 && other % 4 === 0 && batchStrides.every((x) => x % 4 === 0);
     const aFast = aCS === 1 || (aRS !== 1 && aCS <= aRS) ? 'k' : 'm';
     const bFast = bCS === 1 || (bRS !== 1 && bCS <= bRS) ? 'n' : 'k';
-    const aVec = aFast === 'k' ? aCS === 1 && m.K % 4 === 0 && aligned(ab.offset, bs.strides[0], m.M === 1 ? 0 : aRS)
-      : aRS === 1 && m.M % 4 === 0 && aligned(ab.offset, bs.strides[0], aCS);
-    const bVec = bFast === 'n' ? bCS === 1 && m.N % 4 === 0 && aligned(bb.offset, bs.strides[1], bRS)
-      : bRS === 1 && m.K % 4 === 0 && aligned(bb.offset, bs.strides[1], m.N === 1 ? 0 : bCS);
+    const aVec =
+      aFast === 'k'
+        ? aCS === 1 && m.K % 4 === 0 && aligned(ab.offset, bs.strides[0], m.M === 1 ? 0 : aRS)
+        : aRS === 1 && m.M % 4 === 0 && aligned(ab.offset, bs.strides[0], aCS);
+    const bVec =
+      bFast === 'n'
+        ? bCS === 1 && m.N % 4 === 0 && aligned(bb.offset, bs.strides[1], bRS)
+        : bRS === 1 && m.K % 4 === 0 && aligned(bb.offset, bs.strides[1], m.N === 1 ? 0 : bCS);
     const kernel = matmulKernel(bs.shape.length, t.name, aFast, aVec, bFast, bVec, m.N % 4 === 0, m.half);
     const total = (m.batchShape.length ? numel(m.batchShape) : 1) * splits;
     for (let z0 = 0; z0 < total; z0 += MAX_GROUPS_PER_DIM) {
-      const groups: [number, number, number] = [Math.ceil(m.N / t.BN), Math.ceil(m.M / t.BM), Math.min(MAX_GROUPS_PER_DIM, total - z0)];
+      const groups: [number, number, number] = [
+        Math.ceil(m.N / t.BN),
+        Math.ceil(m.M / t.BM),
+        Math.min(MAX_GROUPS_PER_DIM, total - z0),
+      ];
       this.rec.run(m.op, kernel, params(z0), [this.whole(out, m.op), ab.arg, bb.arg], groups);
     }
   }
@@ -313,7 +371,11 @@ export class WebGPUBackend implements Backend {
     const kernel = gemvKernel(bs.shape.length, variant);
     const total = m.batchShape.length ? numel(m.batchShape) : 1;
     for (let z0 = 0; z0 < total; z0 += MAX_GROUPS_PER_DIM) {
-      const groups: [number, number, number] = [Math.ceil(m.N / GEMV_OUTPUTS[variant]), 1, Math.min(MAX_GROUPS_PER_DIM, total - z0)];
+      const groups: [number, number, number] = [
+        Math.ceil(m.N / GEMV_OUTPUTS[variant]),
+        1,
+        Math.min(MAX_GROUPS_PER_DIM, total - z0),
+      ];
       this.rec.run(m.op, kernel, params(z0), [this.whole(out, m.op), ab.arg, bb.arg], groups);
     }
   }
@@ -327,9 +389,18 @@ export class WebGPUBackend implements Backend {
       const offset = flat ? 0 : v.offset;
       const packed = this.output('matmulF16', 'int32', Math.ceil(n / 2), (out) => {
         const x = this.bind({ storage: src, shape: [n], strides: [1], offset, dtype: 'float32' }, 'matmulF16');
-        this.rec.run('matmulF16', packHalfKernel(), [n, x.offset], [this.whole(out, 'matmulF16'), x.arg], this.rec.groupsFor(Math.ceil(n / 2 / EW_WORKGROUP)));
+        this.rec.run(
+          'matmulF16',
+          packHalfKernel(),
+          [n, x.offset],
+          [this.whole(out, 'matmulF16'), x.arg],
+          this.rec.groupsFor(Math.ceil(n / 2 / EW_WORKGROUP)),
+        );
       });
-      return { storage: packed, view: { storage: packed, shape: v.shape, strides: contiguousStrides(v.shape), offset: 0, dtype: 'float32' } };
+      return {
+        storage: packed,
+        view: { storage: packed, shape: v.shape, strides: contiguousStrides(v.shape), offset: 0, dtype: 'float32' },
+      };
     } finally {
       if (flat) this.rec.release(flat);
     }
@@ -344,7 +415,13 @@ export class WebGPUBackend implements Backend {
         const tb = this.bind(table, 'embedding');
         const params = [out.length, D, V, tb.offset, table.strides[0], table.strides[1], id.offset, id.stride];
         const groups = this.rec.groupsFor(Math.ceil(out.length / EW_WORKGROUP));
-        this.rec.run('embedding', gatherKernel(table.dtype), params, [this.whole(out, 'embedding'), tb.arg, id.arg], groups);
+        this.rec.run(
+          'embedding',
+          gatherKernel(table.dtype),
+          params,
+          [this.whole(out, 'embedding'), tb.arg, id.arg],
+          groups,
+        );
       }),
     );
   }
@@ -364,8 +441,19 @@ export class WebGPUBackend implements Backend {
         const rowStride = temp ? D : (lead.strides[0][0] ?? 0);
         const sb = this.bind(rowsView, 'scatterAdd');
         const params = [out.length, D, N, sb.offset, rowStride, rowsView.strides[rowsView.strides.length - 1]];
-        const args = [this.whole(out, 'scatterAdd'), this.whole(sorted.values, 'scatterAdd'), this.whole(sorted.indices, 'scatterAdd'), sb.arg];
-        this.rec.run('scatterAdd', scatterSumKernel(src.dtype), params, args, this.rec.groupsFor(Math.ceil(out.length / EW_WORKGROUP)));
+        const args = [
+          this.whole(out, 'scatterAdd'),
+          this.whole(sorted.values, 'scatterAdd'),
+          this.whole(sorted.indices, 'scatterAdd'),
+          sb.arg,
+        ];
+        this.rec.run(
+          'scatterAdd',
+          scatterSumKernel(src.dtype),
+          params,
+          args,
+          this.rec.groupsFor(Math.ceil(out.length / EW_WORKGROUP)),
+        );
       } finally {
         this.release(sorted.values);
         this.release(sorted.indices);
@@ -386,7 +474,9 @@ export class WebGPUBackend implements Backend {
 
   layerNorm(x: View, weight: View, bias: View, eps: number): Storage {
     return this.with1d(weight, 'layerNorm', (w) =>
-      this.with1d(bias, 'layerNorm', (b) => this.rowOp('layerNorm', x, [w.offset, w.stride, b.offset, b.stride, f32Bits(eps)], [w.arg, b.arg])),
+      this.with1d(bias, 'layerNorm', (b) =>
+        this.rowOp('layerNorm', x, [w.offset, w.stride, b.offset, b.stride, f32Bits(eps)], [w.arg, b.arg]),
+      ),
     );
   }
 
@@ -395,7 +485,9 @@ export class WebGPUBackend implements Backend {
   }
 
   crossEntropy(logits: View, targets: View, ignoreIndex: number): Storage {
-    return this.with1d(targets, 'crossEntropy', (t) => this.rowOp('crossEntropy', logits, [t.offset, t.stride, i32Bits(ignoreIndex)], [t.arg]));
+    return this.with1d(targets, 'crossEntropy', (t) =>
+      this.rowOp('crossEntropy', logits, [t.offset, t.stride, i32Bits(ignoreIndex)], [t.arg]),
+    );
   }
 
   // ------------------------------------------------------------ sampling helpers
@@ -410,7 +502,13 @@ export class WebGPUBackend implements Backend {
     return this.output('multinomial', 'int32', rv.rows, (out) =>
       this.with1d(u, 'multinomial', (ub) => {
         const groups = this.rec.groupsFor(Math.ceil(rv.rows / EW_WORKGROUP));
-        this.rec.run('multinomial', multinomialKernel(rv.rank), [...rv.params, ub.offset, ub.stride], [this.whole(out, 'multinomial'), rv.arg, ub.arg], groups);
+        this.rec.run(
+          'multinomial',
+          multinomialKernel(rv.rank),
+          [...rv.params, ub.offset, ub.stride],
+          [this.whole(out, 'multinomial'), rv.arg, ub.arg],
+          groups,
+        );
       }),
     );
   }
@@ -438,12 +536,15 @@ export class WebGPUBackend implements Backend {
     const size = Math.max(4, s.length * 4);
     const max = this.device.limits.maxStorageBufferBindingSize;
     if (size > max) {
-      throw new Error(`webgpu ${op}: an output of ${size} bytes exceeds this device's maxStorageBufferBindingSize (${max} bytes); split the op into smaller pieces`);
+      throw new Error(
+        `webgpu ${op}: an output of ${size} bytes exceeds this device's maxStorageBufferBindingSize (${max} bytes); ` +
+          'split the op into smaller pieces',
+      );
     }
     return { storage: s, offset: 0, size: s.buffer.size <= max ? s.buffer.size : size };
   }
 
-  /** Binds the part of a view's buffer that the view touches: the whole buffer if it fits one binding, else an aligned window. */
+  /** Binds the part of a view's buffer that the view touches: the whole buffer if it fits one binding, else a window. */
   private bind(v: View, op: string): Bound {
     const s = this.rec.check(v.storage, op);
     const max = this.device.limits.maxStorageBufferBindingSize;
@@ -453,7 +554,10 @@ export class WebGPUBackend implements Backend {
     const start = Math.floor((lo * 4) / align) * align;
     const size = (hi + 1) * 4 - start;
     if (size > max) {
-      throw new Error(`webgpu ${op}: a view of ${fmt(v.shape)} spans ${size} bytes, over this device's maxStorageBufferBindingSize (${max} bytes); split the op into smaller pieces`);
+      throw new Error(
+        `webgpu ${op}: a view of ${fmt(v.shape)} spans ${size} bytes, over this device's maxStorageBufferBindingSize ` +
+          `(${max} bytes); split the op into smaller pieces`,
+      );
     }
     return { arg: { storage: s, offset: start, size }, offset: v.offset - start / 4 };
   }
@@ -476,7 +580,7 @@ export class WebGPUBackend implements Backend {
     return this.withFlat(v, (flat) => fn({ ...this.bind(flat, op), stride: flat.strides[0] }));
   }
 
-  /** A view as rows of its last axis, with the row kernels' params: [rows, cols, colStride, R, outer shape, offset, outer strides]. */
+  /** A view as rows of its last axis, with the row kernels' params: [rows, cols, colStride, R, shape, offset, strides]. */
   private rowsOf(x: View, op: string): { rows: number; cols: number; rank: number; params: number[]; arg: Arg } {
     const shape = x.shape.length ? x.shape : [1];
     const strides = x.shape.length ? x.strides : [1];
@@ -493,7 +597,13 @@ export class WebGPUBackend implements Backend {
     const rv = this.rowsOf(x, op);
     return this.output(op, 'float32', op === 'crossEntropy' ? rv.rows : rv.rows * rv.cols, (out) => {
       const kernel = rowKernel(op, rv.rank, rowWorkgroup(rv.cols));
-      this.rec.run(op, kernel, [...rv.params, ...extras], [this.whole(out, op), rv.arg, ...extraArgs], this.rec.groupsFor(rv.rows));
+      this.rec.run(
+        op,
+        kernel,
+        [...rv.params, ...extras],
+        [this.whole(out, op), rv.arg, ...extraArgs],
+        this.rec.groupsFor(rv.rows),
+      );
     });
   }
 
@@ -504,7 +614,13 @@ export class WebGPUBackend implements Backend {
     try {
       const indices = this.output('sort', 'int32', n, (idx) => {
         const groups = this.rec.groupsFor(rv.rows * Math.ceil(rv.cols / SORT_TILE));
-        this.rec.run('sort', sortKernel(x.dtype, rv.rank, descending), rv.params, [this.whole(values, 'sort'), this.whole(idx, 'sort'), rv.arg], groups);
+        this.rec.run(
+          'sort',
+          sortKernel(x.dtype, rv.rank, descending),
+          rv.params,
+          [this.whole(values, 'sort'), this.whole(idx, 'sort'), rv.arg],
+          groups,
+        );
       });
       return { values, indices };
     } catch (e) {
@@ -515,7 +631,9 @@ export class WebGPUBackend implements Backend {
 
   /** An elementwise op into a fresh contiguous output. */
   private mapOp(op: string, dtype: DType, shape: number[], ins: View[], kernel: (rank: number) => Kernel): GpuStorage {
-    return this.output(op, dtype, numel(shape), (out) => this.map(op, { storage: out, shape, strides: contiguousStrides(shape), offset: 0, dtype }, ins, kernel));
+    return this.output(op, dtype, numel(shape), (out) =>
+      this.map(op, { storage: out, shape, strides: contiguousStrides(shape), offset: 0, dtype }, ins, kernel),
+    );
   }
 
   /** out[view] = f(ins[views]) for same-shape strided views; `out` may itself be a strided destination. */
@@ -523,9 +641,18 @@ export class WebGPUBackend implements Backend {
     const n = numel(out.shape);
     if (n === 0) return;
     const views = [out, ...ins];
-    const c = collapse(out.shape, views.map((v) => v.strides));
+    const c = collapse(
+      out.shape,
+      views.map((v) => v.strides),
+    );
     const bound = views.map((v) => this.bind(v, op));
     const params = [n, ...c.shape, ...bound.flatMap((b, k) => [b.offset, ...c.strides[k]])];
-    this.rec.run(op, kernel(c.shape.length), params, bound.map((b) => b.arg), this.rec.groupsFor(Math.ceil(n / EW_WORKGROUP)));
+    this.rec.run(
+      op,
+      kernel(c.shape.length),
+      params,
+      bound.map((b) => b.arg),
+      this.rec.groupsFor(Math.ceil(n / EW_WORKGROUP)),
+    );
   }
 }

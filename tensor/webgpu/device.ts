@@ -54,8 +54,10 @@ export interface WebGPUOptions {
 
 /** What to install when no adapter exists: the one line every entry point prints. */
 export const NO_ADAPTER_MESSAGE =
-  'no WebGPU adapter found: install a GPU driver with Vulkan support (e.g. apt-get install libvulkan1 mesa-vulkan-drivers), ' +
-  "or Mesa's EGL for the software path (apt-get install libegl-dev libgl1-mesa-dri; Dawn opens the unversioned libEGL.so)";
+  'no WebGPU adapter found: install a GPU driver with Vulkan support ' +
+  '(e.g. apt-get install libvulkan1 mesa-vulkan-drivers), ' +
+  "or Mesa's EGL for the software path (apt-get install libegl-dev libgl1-mesa-dri; " +
+  'Dawn opens the unversioned libEGL.so)';
 
 // The open backend; it also holds the Dawn instance (see above) until closeWebGPU().
 let backend: WebGPUBackend | null = null;
@@ -72,7 +74,10 @@ const FEATURES = ['shader-f16', 'subgroups', 'timestamp-query'] as const;
 const TOGGLES = 'enable-dawn-features=vulkan_enable_f16_on_nvidia';
 
 /** The backends to try, in order: the platform's own (Vulkan, Metal, D3D12), then GLES (Linux only). */
-function candidates(forced: string | undefined, hardwareOnly: boolean): { options: string[]; name: string; compat: boolean }[] {
+function candidates(
+  forced: string | undefined,
+  hardwareOnly: boolean,
+): { options: string[]; name: string; compat: boolean }[] {
   if (forced) return [{ options: [`backend=${forced}`], name: forced, compat: forced.startsWith('opengl') }];
   const native = { linux: 'vulkan', darwin: 'metal', win32: 'd3d12' }[process.platform as string] ?? 'default';
   const list = [{ options: [] as string[], name: native, compat: false }];
@@ -95,7 +100,15 @@ function hasRenderNode(): boolean {
 
 /** Library folders the dynamic loader searches (LD_LIBRARY_PATH first). */
 function libraryDirs(): string[] {
-  const standard = ['/usr/lib/x86_64-linux-gnu', '/usr/lib/aarch64-linux-gnu', '/usr/lib64', '/usr/lib', '/usr/local/lib', '/lib/x86_64-linux-gnu', '/lib64'];
+  const standard = [
+    '/usr/lib/x86_64-linux-gnu',
+    '/usr/lib/aarch64-linux-gnu',
+    '/usr/lib64',
+    '/usr/lib',
+    '/usr/local/lib',
+    '/lib/x86_64-linux-gnu',
+    '/lib64',
+  ];
   return [...(process.env.LD_LIBRARY_PATH ?? '').split(':').filter(Boolean), ...standard];
 }
 
@@ -112,15 +125,28 @@ export function hasVulkanDriver(env: NodeJS.ProcessEnv = process.env): boolean {
   const listed = (v: string | undefined) => (v ?? '').split(':').filter(Boolean);
   const jsonIn = (p: string): string[] => {
     try {
-      return fs.statSync(p).isDirectory() ? fs.readdirSync(p).filter((f) => f.endsWith('.json')).map((f) => path.join(p, f)) : [p];
+      return fs.statSync(p).isDirectory()
+        ? fs
+            .readdirSync(p)
+            .filter((f) => f.endsWith('.json'))
+            .map((f) => path.join(p, f))
+        : [p];
     } catch {
       return [];
     }
   };
   const explicit = listed(env.VK_DRIVER_FILES ?? env.VK_ICD_FILENAMES);
   const home = env.HOME ?? '';
-  const config = [env.XDG_CONFIG_HOME ?? `${home}/.config`, ...listed(env.XDG_CONFIG_DIRS ?? '/etc/xdg'), '/usr/local/etc', '/etc'];
-  const data = [env.XDG_DATA_HOME ?? `${home}/.local/share`, ...listed(env.XDG_DATA_DIRS ?? '/usr/local/share:/usr/share')];
+  const config = [
+    env.XDG_CONFIG_HOME ?? `${home}/.config`,
+    ...listed(env.XDG_CONFIG_DIRS ?? '/etc/xdg'),
+    '/usr/local/etc',
+    '/etc',
+  ];
+  const data = [
+    env.XDG_DATA_HOME ?? `${home}/.local/share`,
+    ...listed(env.XDG_DATA_DIRS ?? '/usr/local/share:/usr/share'),
+  ];
   const searched = explicit.length ? explicit : [...config, ...data].map((d) => `${d}/vulkan/icd.d`);
   const manifests = [...searched, ...listed(env.VK_ADD_DRIVER_FILES)].flatMap(jsonIn);
   return manifests.some((file) => {
@@ -149,9 +175,12 @@ async function open(opts: WebGPUOptions): Promise<WebGPUBackend> {
     try {
       gpu = create([...c.options, TOGGLES, ...(wanted ? [`adapter=${wanted}`] : [])]);
       instances.push(gpu);
-      adapter = await gpu.requestAdapter(c.compat ? { featureLevel: 'compatibility' } : { powerPreference: 'high-performance' });
+      adapter = await gpu.requestAdapter(
+        c.compat ? { featureLevel: 'compatibility' } : { powerPreference: 'high-performance' },
+      );
     } catch (e) {
-      // no adapter of that name (Dawn lists the ones there are), a backend Dawn was not built with, or a driver that fails to load
+      // no adapter of that name (Dawn lists the ones there are), a backend Dawn was not built with,
+      // or a driver that fails to load
       if (wanted) failures.push(`${c.name}: ${(e as Error).message.replace(/\n\s*/g, ' ')}`);
       continue;
     }
@@ -173,14 +202,26 @@ async function open(opts: WebGPUOptions): Promise<WebGPUBackend> {
     const info = adapter.info;
     const name = [info.device, info.description].filter((s) => s).join(', ') || info.vendor || 'unknown adapter';
     // llvmpipe, SwiftShader and friends run shaders on the CPU: correct, but slower than our CPU backend
-    const software = info.isFallbackAdapter || /llvmpipe|softpipe|swiftshader|lavapipe/i.test(`${name} ${info.vendor} ${info.architecture}`);
+    const software =
+      info.isFallbackAdapter ||
+      /llvmpipe|softpipe|swiftshader|lavapipe/i.test(`${name} ${info.vendor} ${info.architecture}`);
     const features = requiredFeatures.filter((f) => device.features.has(f));
-    const desc: AdapterDescription = { name, backend: c.name, featureLevel: c.compat ? 'compatibility' : 'core', software, features };
+    const desc: AdapterDescription = {
+      name,
+      backend: c.name,
+      featureLevel: c.compat ? 'compatibility' : 'core',
+      software,
+      features,
+    };
     const b = new WebGPUBackend(device, desc, gpu);
     if (!opts.quiet) console.log(`webgpu: ${describeAdapter(desc)}`);
     return b;
   }
-  if (wanted) throw new Error(`no WebGPU adapter named like '${wanted}' (NANOVLM_WEBGPU_ADAPTER / adapter option): ${failures.join('; ') || 'no adapter at all'}`);
+  if (wanted)
+    throw new Error(
+      `no WebGPU adapter named like '${wanted}' (NANOVLM_WEBGPU_ADAPTER / adapter option): ` +
+        (failures.join('; ') || 'no adapter at all'),
+    );
   throw new Error(failures.length ? `${NO_ADAPTER_MESSAGE} (${failures.join('; ')})` : NO_ADAPTER_MESSAGE);
 }
 
@@ -231,12 +272,16 @@ export function closeWebGPU(): void {
  */
 export async function resolveDevice(requested: 'auto' | DeviceName, opts: WebGPUOptions = {}): Promise<DeviceName> {
   if (requested === 'cpu') return 'cpu';
-  if (requested !== 'auto' && requested !== 'webgpu') throw new Error(`unknown device '${requested}': use auto, webgpu or cpu`);
+  if (requested !== 'auto' && requested !== 'webgpu')
+    throw new Error(`unknown device '${requested}': use auto, webgpu or cpu`);
   try {
     const auto = requested === 'auto';
     const b = await initWebGPU({ ...opts, quiet: opts.quiet || auto, hardwareOnly: opts.hardwareOnly ?? auto });
     if (requested === 'auto' && b.adapter.software) {
-      if (!opts.quiet) console.log(`webgpu: only a software adapter (${b.adapter.name}), slower than the cpu backend: using the cpu (--device webgpu to use it anyway)`);
+      if (!opts.quiet) {
+        const why = `only a software adapter (${b.adapter.name}), slower than the cpu backend`;
+        console.log(`webgpu: ${why}: using the cpu (--device webgpu to use it anyway)`);
+      }
       closeWebGPU();
       return 'cpu';
     }
@@ -244,7 +289,10 @@ export async function resolveDevice(requested: 'auto' | DeviceName, opts: WebGPU
     return 'webgpu';
   } catch (e) {
     if (requested === 'webgpu') throw e;
-    if (!opts.quiet) console.log(`webgpu: ${(e as Error).message.replace(/^no WebGPU adapter found: .*/, 'no adapter found')}, using the cpu`);
+    if (!opts.quiet)
+      console.log(
+        `webgpu: ${(e as Error).message.replace(/^no WebGPU adapter found: .*/, 'no adapter found')}, using the cpu`,
+      );
     return 'cpu';
   }
 }

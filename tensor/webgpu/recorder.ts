@@ -17,12 +17,13 @@
 // one's.
 //
 // Uploads. queue.writeBuffer runs at call time, ahead of everything still
-// sitting in the unsubmitted encoder, so tensor data goes through the arena
-// too: it is staged there and a copy kernel, recorded in command order,
-// moves it to its storage. Only data too large for the arena is written
-// directly, and if unsubmitted commands use that buffer they are submitted
-// first. Released buffers go back to the pool at once: a later command that
-// overwrites one runs after the earlier commands that read it.
+// sitting in the unsubmitted encoder. That is harmless for a buffer no
+// unsubmitted command uses (the usual case: writeBuffer directly), but a
+// buffer the encoder still reads or writes, which a released buffer handed
+// out again may be, must get its data in command order: it is staged in the
+// arena and a copy kernel moves it. Data too large for the arena submits the
+// encoder first. Released buffers go back to the pool at once: a later
+// command that overwrites one runs after the earlier commands that read it.
 //
 // Lazy zeroing. A fresh storage that must start as zeros (alloc(), fill(0))
 // is marked `needsZero`; a fill kernel is recorded, in command order, the
@@ -115,16 +116,34 @@ export class CommandRecorder {
   private checked: Promise<void> = Promise.resolve();
   private lost: Promise<void>;
   private closed = false;
-  private n = { dispatches: 0, computePasses: 0, submits: 0, bindGroupsCreated: 0, bytesWritten: 0, bytesRead: 0, reads: 0 };
+  private n = {
+    dispatches: 0,
+    computePasses: 0,
+    submits: 0,
+    bindGroupsCreated: 0,
+    bytesWritten: 0,
+    bytesRead: 0,
+    reads: 0,
+  };
   /** Bytes held by live storages, and their peak (the pool's budget). */
   liveBytes = 0;
   peakLiveBytes = 0;
 
   constructor(readonly device: GPUDevice) {
     const forget = (b: PooledBuffer) => this.forgetGroups(b.id);
-    this.pool = new BufferPool(device, USAGE.STORAGE | USAGE.COPY_SRC | USAGE.COPY_DST, 'tensor', forget, 256 << 20, () => this.peakLiveBytes);
+    this.pool = new BufferPool(
+      device,
+      USAGE.STORAGE | USAGE.COPY_SRC | USAGE.COPY_DST,
+      'tensor',
+      forget,
+      256 << 20,
+      () => this.peakLiveBytes,
+    );
     this.staging = new BufferPool(device, USAGE.MAP_READ | USAGE.COPY_DST, 'staging', forget, 64 << 20);
-    const align = Math.max(device.limits.minUniformBufferOffsetAlignment, device.limits.minStorageBufferOffsetAlignment);
+    const align = Math.max(
+      device.limits.minUniformBufferOffsetAlignment,
+      device.limits.minStorageBufferOffsetAlignment,
+    );
     this.slotBytes = Math.ceil((PARAM_WORDS * 4) / align) * align;
     this.uploadAt = SUBMIT_EVERY * this.slotBytes;
     this.openScopes();
@@ -133,9 +152,13 @@ export class CommandRecorder {
     const size = this.arenaHost.byteLength;
     const gpu = device.createBuffer({ size, usage: USAGE.UNIFORM | USAGE.STORAGE | USAGE.COPY_DST, label: 'arena' });
     this.arena = { gpu, id: 0, size, lastBatch: -1 };
-    device.addEventListener('uncapturederror', (e) => this.fail(this.describe('uncaptured', (e as GPUUncapturedErrorEvent).error.message, this.batchOps)));
+    device.addEventListener('uncapturederror', (e) =>
+      this.fail(this.describe('uncaptured', (e as GPUUncapturedErrorEvent).error.message, this.batchOps)),
+    );
     this.lost = device.lost.then((info) => {
-      if (!this.closed) this.fail(new Error(`webgpu: the device was lost (${info.reason}): ${info.message.trim() || 'no message'}; close it (closeWebGPU()) and open it again`));
+      if (this.closed) return;
+      const why = `${info.reason}): ${info.message.trim() || 'no message'}`;
+      this.fail(new Error(`webgpu: the device was lost (${why}; close it (closeWebGPU()) and open it again`));
     });
   }
 
@@ -147,7 +170,8 @@ export class CommandRecorder {
     wgslType(dtype); // float64: a clear error
     const bytes = Math.max(4, length * 4);
     const max = this.device.limits.maxBufferSize;
-    if (bytes > max) throw new Error(`webgpu: a tensor of ${bytes} bytes exceeds this device's maxBufferSize (${max} bytes)`);
+    if (bytes > max)
+      throw new Error(`webgpu: a tensor of ${bytes} bytes exceeds this device's maxBufferSize (${max} bytes)`);
     this.liveBytes += length * 4;
     this.peakLiveBytes = Math.max(this.peakLiveBytes, this.liveBytes);
     const s = new GpuStorage(this.pool.acquire(bytes, op), dtype, length);
@@ -176,6 +200,12 @@ export class CommandRecorder {
     if (s.needsZero && data.length < s.length) this.use(s); // a partial upload over zeros: record the clear first
     s.needsZero = false;
     if (bytes === 0) return;
+    if (s.buffer.lastBatch !== this.batch) {
+      // no unsubmitted command uses the buffer: writeBuffer, though it runs at once, overtakes none
+      this.device.queue.writeBuffer(s.buffer.gpu, 0, data.buffer, data.byteOffset, bytes);
+      this.n.bytesWritten += bytes;
+      return;
+    }
     if (bytes <= UPLOAD_BYTES) {
       if (this.uploadAt + bytes > this.arenaHost.byteLength || this.paramSlot === SUBMIT_EVERY) this.flush();
       const start = SUBMIT_EVERY * this.slotBytes;
@@ -183,12 +213,21 @@ export class CommandRecorder {
       this.arenaHost.set(new Uint8Array(data.buffer, data.byteOffset, bytes), at);
       this.uploadAt += bytes;
       const dstSize = s.buffer.size <= this.device.limits.maxStorageBufferBindingSize ? s.buffer.size : bytes;
-      const args = [{ storage: s, offset: 0, size: dstSize }, { storage: null, offset: start, size: UPLOAD_BYTES }];
+      const args = [
+        { storage: s, offset: 0, size: dstSize },
+        { storage: null, offset: start, size: UPLOAD_BYTES },
+      ];
       const words = bytes / 4;
-      this.dispatch('upload', uploadKernel(), [words, (at - start) / 4], args, this.groupsFor(Math.ceil(words / EW_WORKGROUP)));
+      this.dispatch(
+        'upload',
+        uploadKernel(),
+        [words, (at - start) / 4],
+        args,
+        this.groupsFor(Math.ceil(words / EW_WORKGROUP)),
+      );
       return;
     }
-    if (s.buffer.lastBatch === this.batch) this.flush(); // unsubmitted commands use it: submit them before writeBuffer overtakes them
+    this.flush(); // too large to stage: submit the commands that use the buffer before writeBuffer overtakes them
     this.device.queue.writeBuffer(s.buffer.gpu, 0, data.buffer, data.byteOffset, bytes);
     this.n.bytesWritten += bytes;
   }
@@ -202,7 +241,13 @@ export class CommandRecorder {
     s.needsZero = false;
     const bytes = Math.max(4, s.length * 4);
     if (bytes <= this.device.limits.maxStorageBufferBindingSize) {
-      this.dispatch('zeros', fillKernel('int32'), [bytes / 4, 0], [{ storage: s, offset: 0, size: bytes }], this.groupsFor(Math.ceil(bytes / 4 / EW_WORKGROUP)));
+      this.dispatch(
+        'zeros',
+        fillKernel('int32'),
+        [bytes / 4, 0],
+        [{ storage: s, offset: 0, size: bytes }],
+        this.groupsFor(Math.ceil(bytes / 4 / EW_WORKGROUP)),
+      );
     } else {
       this.endPass(); // too large for one binding: a clear command (it ends the compute pass)
       this.commands().clearBuffer(s.buffer.gpu);
@@ -213,9 +258,13 @@ export class CommandRecorder {
   /** Records one dispatch of `kernel`: params into binding 0, `args` into bindings 1..n. */
   run(op: string, kernel: Kernel, params: number[], args: Arg[], groups: [number, number, number]): void {
     this.assertUsable();
-    if (params.length > PARAM_WORDS) throw new Error(`webgpu ${op}: the view has too many dims for one kernel (${params.length} param words > ${PARAM_WORDS})`);
+    if (params.length > PARAM_WORDS)
+      throw new Error(
+        `webgpu ${op}: the view has too many dims for one kernel (${params.length} param words > ${PARAM_WORDS})`,
+      );
     const max = this.device.limits.maxComputeWorkgroupsPerDimension;
-    if (groups.some((g) => g > max)) throw new Error(`webgpu ${op}: ${groups.join(' x ')} workgroups, over this device's ${max} per dimension`);
+    if (groups.some((g) => g > max))
+      throw new Error(`webgpu ${op}: ${groups.join(' x ')} workgroups, over this device's ${max} per dimension`);
     for (const a of args) this.use(a.storage); // may record lazy clears first
     this.dispatch(op, kernel, params, args, groups);
   }
@@ -286,7 +335,14 @@ export class CommandRecorder {
   }
 
   /** Pool and cache statistics (for memory tests and benchmarks). */
-  stats(): { liveBytes: number; pooledBytes: number; allocatedBytes: number; buffers: number; pipelines: number; bindGroups: number } {
+  stats(): {
+    liveBytes: number;
+    pooledBytes: number;
+    allocatedBytes: number;
+    buffers: number;
+    pipelines: number;
+    bindGroups: number;
+  } {
     return {
       liveBytes: this.liveBytes,
       pooledBytes: this.pool.pooledBytes,
@@ -326,11 +382,18 @@ export class CommandRecorder {
   /** Throws the recorded device failure, or after close. */
   private assertUsable(): void {
     if (this.failure) throw this.failure;
-    if (this.closed) throw new Error('webgpu: the device was closed (closeWebGPU()); tensors on it can no longer be used');
+    if (this.closed)
+      throw new Error('webgpu: the device was closed (closeWebGPU()); tensors on it can no longer be used');
   }
 
   /** Records a dispatch (a null storage binds the arena's upload area). */
-  private dispatch(op: string, kernel: Kernel, params: number[], args: { storage: GpuStorage | null; offset: number; size: number }[], groups: [number, number, number]): void {
+  private dispatch(
+    op: string,
+    kernel: Kernel,
+    params: number[],
+    args: { storage: GpuStorage | null; offset: number; size: number }[],
+    groups: [number, number, number],
+  ): void {
     const pipeline = this.pipeline(kernel);
     if (this.paramSlot === SUBMIT_EVERY) this.flush();
     const slot = this.paramSlot++;
@@ -366,7 +429,10 @@ export class CommandRecorder {
       label: kernel.key,
       entries: [
         { binding: 0, resource: { buffer: this.arena.gpu, offset: 0, size: PARAM_WORDS * 4 } },
-        ...args.map((a, i) => ({ binding: i + 1, resource: { buffer: buffers[i].gpu, offset: a.offset, size: a.size } })),
+        ...args.map((a, i) => ({
+          binding: i + 1,
+          resource: { buffer: buffers[i].gpu, offset: a.offset, size: a.size },
+        })),
       ],
     });
     this.n.bindGroupsCreated++;
@@ -433,11 +499,22 @@ export class CommandRecorder {
   private describe(kind: string, message: string, ops: [string, string][]): Error {
     const unique = [...new Set(ops.map(([op]) => op))];
     // the kernel of a pipeline or bind group, or the op whose output a buffer was created for
-    const named = ops.find(([, key]) => message.includes(`"${key}"`))?.[0] ?? /output of ([\w.]+) \(/.exec(message)?.[1] ??
+    const named =
+      ops.find(([, key]) => message.includes(`"${key}"`))?.[0] ??
+      /output of ([\w.]+) \(/.exec(message)?.[1] ??
       (unique.length === 1 ? unique[0] : null);
-    const where = named ? `webgpu ${named}` : `webgpu (one of ${unique.slice(0, 12).join(', ')}${unique.length > 12 ? ', ...' : ''})`;
-    const text = message.trim().split('\n').map((l) => l.trim()).filter(Boolean).join('; ');
-    return new Error(`${where}: ${kind} error, the GPU dropped the work it was part of and later results are invalid: ${text}`);
+    const where = named
+      ? `webgpu ${named}`
+      : `webgpu (one of ${unique.slice(0, 12).join(', ')}${unique.length > 12 ? ', ...' : ''})`;
+    const text = message
+      .trim()
+      .split('\n')
+      .map((l) => l.trim())
+      .filter(Boolean)
+      .join('; ');
+    return new Error(
+      `${where}: ${kind} error, the GPU dropped the work it was part of and later results are invalid: ${text}`,
+    );
   }
 
   private fail(e: Error): void {

@@ -85,26 +85,42 @@ const binaryI32: Record<BinaryOp, string> = {
  * The generic strided map: out[view 0] = body(in1[view 1], in2[view 2], ...).
  * `body` declares nothing; it is an expression of the `let` names in `names`.
  */
-function mapKernel(name: string, rank: number, outType: DType, ins: { name: string; dtype: DType }[], body: string): Kernel {
+function mapKernel(
+  name: string,
+  rank: number,
+  outType: DType,
+  ins: { name: string; dtype: DType }[],
+  body: string,
+): Kernel {
   const views = [0, ...ins.map((_, k) => k + 1)].map((k) => viewParamAt(rank, k));
   const loads = ins.map((x, k) => `let ${x.name} = in${k}[o${k + 1}];`).join('\n    ');
   const code = /* wgsl */ `${prelude}
 ${binding(1, 'out', wgslType(outType), 'read_write')}
 ${ins.map((x, k) => binding(k + 2, `in${k}`, wgslType(x.dtype), 'read')).join('\n')}
 @compute @workgroup_size(${EW_WORKGROUP})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
+fn main(
+  @builtin(workgroup_id) wid: vec3u,
+  @builtin(num_workgroups) nwg: vec3u,
+  @builtin(local_invocation_index) lid: u32,
+) {
   let i = groupIndex(wid, nwg) * ${EW_WORKGROUP}u + lid;
   if (i >= p(0u)) { return; }
   ${stridedOffsets('i', rank, 1, views)}
   ${loads}
   out[o0] = ${body};
 }`;
-  return { key: `${name}:${rank}:${outType}:${ins.map((x) => x.dtype).join(',')}`, code, workgroupSize: EW_WORKGROUP, storage: ['read_write', ...ins.map(() => 'read' as const)] };
+  return {
+    key: `${name}:${rank}:${outType}:${ins.map((x) => x.dtype).join(',')}`,
+    code,
+    workgroupSize: EW_WORKGROUP,
+    storage: ['read_write', ...ins.map(() => 'read' as const)],
+  };
 }
 
 /** y = op(x). */
 export const unaryKernel = memo((op: UnaryOp, dtype: DType, rank: number): Kernel => {
-  const expr = dtype === 'int32' ? unaryI32[op] : op === 'relu' ? unaryF32[op] : `select(${unaryF32[op]}, x, isnan_(x))`;
+  const expr =
+    dtype === 'int32' ? unaryI32[op] : op === 'relu' ? unaryF32[op] : `select(${unaryF32[op]}, x, isnan_(x))`;
   if (!expr) throw new Error(`webgpu unary: ${op} is not defined for ${dtype}`);
   return mapKernel(`unary.${op}`, rank, dtype, [{ name: 'x', dtype }], expr);
 });
@@ -112,13 +128,32 @@ export const unaryKernel = memo((op: UnaryOp, dtype: DType, rank: number): Kerne
 /** out = a op b (comparisons give 1/0 in the inputs' dtype). */
 export const binaryKernel = memo((op: BinaryOp, dtype: DType, rank: number): Kernel => {
   const expr = (dtype === 'int32' ? binaryI32 : binaryF32)[op];
-  return mapKernel(`binary.${op}`, rank, dtype, [{ name: 'a', dtype }, { name: 'b', dtype }], expr);
+  return mapKernel(
+    `binary.${op}`,
+    rank,
+    dtype,
+    [
+      { name: 'a', dtype },
+      { name: 'b', dtype },
+    ],
+    expr,
+  );
 });
 
 /** out = cond != 0 ? a : b. A float cond tests its bits, so -0 counts as 0 and NaN as true, like the CPU. */
 export const whereKernel = memo((condType: DType, dtype: DType, rank: number): Kernel => {
   const test = condType === 'int32' ? 'c != 0' : '(bitcast<u32>(c) & 0x7fffffffu) != 0u';
-  return mapKernel('where', rank, dtype, [{ name: 'c', dtype: condType }, { name: 'a', dtype }, { name: 'b', dtype }], `select(b, a, ${test})`);
+  return mapKernel(
+    'where',
+    rank,
+    dtype,
+    [
+      { name: 'c', dtype: condType },
+      { name: 'a', dtype },
+      { name: 'b', dtype },
+    ],
+    `select(b, a, ${test})`,
+  );
 });
 
 /** out = cast(x): materialises a view (contiguous or not, depending on the output strides). */
@@ -132,7 +167,11 @@ export const fillKernel = memo((dtype: DType): Kernel => {
   const code = /* wgsl */ `${prelude}
 ${binding(1, 'out', t, 'read_write')}
 @compute @workgroup_size(${EW_WORKGROUP})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
+fn main(
+  @builtin(workgroup_id) wid: vec3u,
+  @builtin(num_workgroups) nwg: vec3u,
+  @builtin(local_invocation_index) lid: u32,
+) {
   let i = groupIndex(wid, nwg) * ${EW_WORKGROUP}u + lid;
   if (i >= p(0u)) { return; }
   out[i] = bitcast<${t}>(p(1u));
@@ -149,7 +188,11 @@ export const uploadKernel = memo((): Kernel => {
 ${binding(1, 'out', 'u32', 'read_write')}
 ${binding(2, 'src', 'u32', 'read')}
 @compute @workgroup_size(${EW_WORKGROUP})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
+fn main(
+  @builtin(workgroup_id) wid: vec3u,
+  @builtin(num_workgroups) nwg: vec3u,
+  @builtin(local_invocation_index) lid: u32,
+) {
   let i = groupIndex(wid, nwg) * ${EW_WORKGROUP}u + lid;
   if (i >= p(0u)) { return; }
   out[i] = src[p(1u) + i];

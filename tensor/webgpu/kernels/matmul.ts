@@ -70,14 +70,19 @@ export interface OperandLayout {
   vec: boolean;
 }
 
-/** The load of one operand's element e: a scalar (xAt), or 4 elements from e, a multiple of 4 (xAt4); f32 or packed f16. */
+/** The load of one operand's element e (xAt), or of 4 elements from e, a multiple of 4 (xAt4); f32 or packed f16. */
 function loader(name: string, vec: boolean, half: boolean): string {
   if (vec) {
     return half
-      ? `fn ${name}At4(e: u32) -> vec4<f32> { let w = ${name}4[e / 4u]; return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)); }`
+      ? `fn ${name}At4(e: u32) -> vec4<f32> {
+  let w = ${name}4[e / 4u];
+  return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));
+}`
       : `fn ${name}At4(e: u32) -> vec4<f32> { return ${name}4[e / 4u]; }`;
   }
-  return half ? `fn ${name}At(e: u32) -> f32 { return unpack2x16float(${name}[e / 2u])[e & 1u]; }` : `fn ${name}At(e: u32) -> f32 { return ${name}[e]; }`;
+  return half
+    ? `fn ${name}At(e: u32) -> f32 { return unpack2x16float(${name}[e / 2u])[e & 1u]; }`
+    : `fn ${name}At(e: u32) -> f32 { return ${name}[e]; }`;
 }
 
 /** The bindings of an operand: scalar and vec4 views of the same buffer cannot both be declared, so one of them. */
@@ -91,7 +96,15 @@ function operandBinding(n: number, name: string, vec: boolean, half: boolean): s
  * k-major: dst[k * (W / 4) + w / 4][w % 4] for slab row k, position w < W).
  * `rows` is the operand's non-K dim (M for a, N for b).
  */
-function slabLoad(o: { name: string; dst: string; W: number; BK: number; threads: number; layout: OperandLayout; kIsRow: boolean }): string {
+function slabLoad(o: {
+  name: string;
+  dst: string;
+  W: number;
+  BK: number;
+  threads: number;
+  layout: OperandLayout;
+  kIsRow: boolean;
+}): string {
   const { name, dst, W, BK, threads, layout } = o;
   // element offset of (w, k) within the operand: the w dim has stride wS, the k dim kS
   const wS = o.kIsRow ? 'CS' : 'RS';
@@ -137,26 +150,38 @@ function slabLoad(o: { name: string; dst: string; W: number; BK: number; threads
  * The tiled batched matmul. `vecOut`: N is a multiple of 4, so rows of the
  * output are written as vec4s. `half`: a and b are packed float16.
  */
-export const matmulKernel = memo((batchRank: number, tile: string, aFast: string, aVec: boolean, bFast: string, bVec: boolean, vecOut: boolean, half: boolean): Kernel => {
-  const t: TileConfig = TILES[tile as keyof typeof TILES];
-  const { BM, BN, BK, TM, TN } = t;
-  const TX = BN / TN;
-  const TY = BM / TM;
-  const threads = TX * TY;
-  const R = batchRank;
-  const aView = MATMUL_BATCH_AT + R;
-  const bView = aView + 1 + R;
-  const aLayout: OperandLayout = { fast: aFast as OperandLayout['fast'], vec: aVec };
-  const bLayout: OperandLayout = { fast: bFast as OperandLayout['fast'], vec: bVec };
-  // the TM x TN block: acc[i * (TN / 4) + j] holds row i, columns 4j .. 4j + 3
-  const fma: string[] = [];
-  for (let i = 0; i < TM; i++) {
-    for (let j = 0; j < TN / 4; j++) fma.push(`acc[${i * (TN / 4) + j}] += av[${i >> 2}][${i & 3}] * bv[${j}];`);
-  }
-  const store = vecOut
-    ? `if (r < M && c < N) { out4[(base + r * N + c) / 4u] = acc[i * ${TN / 4}u + j]; }`
-    : `for (var q = 0u; q < 4u; q++) { if (r < M && c + q < N) { out[base + r * N + c + q] = acc[i * ${TN / 4}u + j][q]; } }`;
-  const code = /* wgsl */ `${prelude}
+export const matmulKernel = memo(
+  (
+    batchRank: number,
+    tile: string,
+    aFast: string,
+    aVec: boolean,
+    bFast: string,
+    bVec: boolean,
+    vecOut: boolean,
+    half: boolean,
+  ): Kernel => {
+    const t: TileConfig = TILES[tile as keyof typeof TILES];
+    const { BM, BN, BK, TM, TN } = t;
+    const TX = BN / TN;
+    const TY = BM / TM;
+    const threads = TX * TY;
+    const R = batchRank;
+    const aView = MATMUL_BATCH_AT + R;
+    const bView = aView + 1 + R;
+    const aLayout: OperandLayout = { fast: aFast as OperandLayout['fast'], vec: aVec };
+    const bLayout: OperandLayout = { fast: bFast as OperandLayout['fast'], vec: bVec };
+    // the TM x TN block: acc[i * (TN / 4) + j] holds row i, columns 4j .. 4j + 3
+    const fma: string[] = [];
+    for (let i = 0; i < TM; i++) {
+      for (let j = 0; j < TN / 4; j++) fma.push(`acc[${i * (TN / 4) + j}] += av[${i >> 2}][${i & 3}] * bv[${j}];`);
+    }
+    const store = vecOut
+      ? `if (r < M && c < N) { out4[(base + r * N + c) / 4u] = acc[i * ${TN / 4}u + j]; }`
+      : `for (var q = 0u; q < 4u; q++) {
+        if (r < M && c + q < N) { out[base + r * N + c + q] = acc[i * ${TN / 4}u + j][q]; }
+      }`;
+    const code = /* wgsl */ `${prelude}
 ${vecOut ? binding(1, 'out4', 'vec4<f32>', 'read_write') : binding(1, 'out', 'f32', 'read_write')}
 ${operandBinding(2, 'a', aVec, half)}
 ${operandBinding(3, 'b', bVec, half)}
@@ -204,13 +229,14 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
     }
   }
 }`;
-  return {
-    key: `matmul.${tile}:${R}:a${aFast}${aVec ? '4' : '1'}:b${bFast}${bVec ? '4' : '1'}:${vecOut ? 'o4' : 'o1'}${half ? ':f16' : ''}`,
-    code,
-    workgroupSize: threads,
-    storage: ['read_write', 'read', 'read'],
-  };
-});
+    return {
+      key: `matmul.${tile}:${R}:a${aFast}${aVec ? 4 : 1}:b${bFast}${bVec ? 4 : 1}:o${vecOut ? 4 : 1}${half ? ':f16' : ''}`,
+      code,
+      workgroupSize: threads,
+      storage: ['read_write', 'read', 'read'],
+    };
+  },
+);
 
 /** Outputs per GEMV workgroup of each variant (256 threads either way). */
 export const GEMV_OUTPUTS = { dot: 8, axpy: 64 } as const;
@@ -296,7 +322,11 @@ fn halfBits(v: f32) -> u32 {
   return sign | (q + select(0u, 1u, rest > 0x1000u || (rest == 0x1000u && (q & 1u) == 1u)));
 }
 @compute @workgroup_size(${EW_WORKGROUP})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
+fn main(
+  @builtin(workgroup_id) wid: vec3u,
+  @builtin(num_workgroups) nwg: vec3u,
+  @builtin(local_invocation_index) lid: u32,
+) {
   let w = groupIndex(wid, nwg) * ${EW_WORKGROUP}u + lid;
   let n = p(0u);
   if (2u * w >= n) { return; }

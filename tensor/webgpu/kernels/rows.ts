@@ -139,7 +139,11 @@ ${extra[op].join('\n')}
 ${reducers(wg)}
 const WG = ${wg}u;
 @compute @workgroup_size(${wg})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
+fn main(
+  @builtin(workgroup_id) wid: vec3u,
+  @builtin(num_workgroups) nwg: vec3u,
+  @builtin(local_invocation_index) lid: u32,
+) {
   let row = groupIndex(wid, nwg);
   if (row >= p(0u)) { return; }
   let cols = p(1u);
@@ -148,7 +152,12 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, 
   ${stridedOffsets('row', rank, 3, [3 + rank])}
   ${body(op, e)}
 }`;
-  return { key: `row.${op}:${rank}:${wg}`, code, workgroupSize: wg, storage: ['read_write', 'read', ...extra[op].map(() => 'read' as const)] };
+  return {
+    key: `row.${op}:${rank}:${wg}`,
+    code,
+    workgroupSize: wg,
+    storage: ['read_write', 'read', ...extra[op].map(() => 'read' as const)],
+  };
 });
 
 /** Row ops compute in float32 only. */
