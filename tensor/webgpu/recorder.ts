@@ -157,8 +157,8 @@ export class CommandRecorder {
     );
     this.lost = device.lost.then((info) => {
       if (this.closed) return;
-      const why = `${info.reason}): ${info.message.trim() || 'no message'}`;
-      this.fail(new Error(`webgpu: the device was lost (${why}; close it (closeWebGPU()) and open it again`));
+      const what = `the device was lost (${info.reason}): ${info.message.trim() || 'no message'}`;
+      this.fail(new Error(`webgpu: ${what}; close it (closeWebGPU()) and open it again`));
     });
   }
 
