@@ -9,7 +9,7 @@ import { defineConfig } from 'vitest/config';
 // runs the WebGPU files a second time on Dawn's Vulkan backend over
 // SwiftShader: core WebGPU with subgroups, like a real GPU, and a driver that
 // uses the freedom WGSL gives in float math. It runs where SwiftShader's
-// Vulkan driver is installed (Debian's `chromium` package ships it).
+// Vulkan driver is installed (Debian's `chromium-common` package ships it).
 // NANOVLM_SWIFTSHADER=0 skips it, =1 requires it (CI), =path/to/icd.json
 // points at another copy.
 
@@ -17,7 +17,8 @@ const choice = process.env.NANOVLM_SWIFTSHADER ?? '';
 const icd = choice.endsWith('.json') ? choice : '/usr/lib/chromium/vk_swiftshader_icd.json';
 const required = choice === '1' || choice.endsWith('.json');
 if (required && !existsSync(icd)) {
-  throw new Error(`NANOVLM_SWIFTSHADER=${choice}: no SwiftShader Vulkan driver at ${icd} (apt-get install --no-install-recommends chromium)`);
+  const install = 'apt-get install --no-install-recommends chromium-common libvulkan1';
+  throw new Error(`NANOVLM_SWIFTSHADER=${choice}: no SwiftShader Vulkan driver at ${icd} (${install})`);
 }
 const swiftshader = choice !== '0' && process.env.NANOVLM_SKIP_WEBGPU !== '1' && existsSync(icd);
 
