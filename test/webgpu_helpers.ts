@@ -16,7 +16,9 @@ export function describeWebGPU(name: string, fn: () => void, opts: { quiet?: boo
       try {
         await initWebGPU({ quiet: opts.quiet ?? true });
       } catch (e) {
-        throw new Error(`${(e as Error).message}\n(the WebGPU tests need an adapter; set NANOVLM_SKIP_WEBGPU=1 to skip them explicitly)`);
+        throw new Error(
+          `${(e as Error).message}\n(the WebGPU tests need an adapter; set NANOVLM_SKIP_WEBGPU=1 to skip them explicitly)`,
+        );
       }
     });
     afterAll(() => closeWebGPU());
@@ -51,11 +53,33 @@ function outputsOf(o: Outputs): Tensor[] {
 export function expectAllClose(actual: ArrayLike<number>, expected: ArrayLike<number>, rtol: number, label = ''): void {
   expect(actual.length, `${label} length`).toBe(expected.length);
   let scale = 0;
-  for (let i = 0; i < expected.length; i++) if (Number.isFinite(expected[i])) scale = Math.max(scale, Math.abs(expected[i]));
+  for (let i = 0; i < expected.length; i++)
+    if (Number.isFinite(expected[i])) scale = Math.max(scale, Math.abs(expected[i]));
   for (let i = 0; i < actual.length; i++) {
     const [a, b] = [actual[i], expected[i]];
-    if (Number.isNaN(b) ? Number.isNaN(a) : !Number.isFinite(b) ? a === b : Math.abs(a - b) <= rtol * (Math.abs(b) + scale)) continue;
+    if (
+      Number.isNaN(b)
+        ? Number.isNaN(a)
+        : !Number.isFinite(b)
+          ? a === b
+          : Math.abs(a - b) <= rtol * (Math.abs(b) + scale)
+    )
+      continue;
     expect.fail(`${label} element ${i}: webgpu ${a}, cpu ${b} (rtol ${rtol}, scale ${scale})`);
+  }
+}
+
+/**
+ * Asserts |actual - expected| <= rtol * |expected| for every element (no
+ * absolute floor: for values of very different magnitudes, such as special
+ * values or exp over its range). NaN must match NaN, infinities and zeros exactly.
+ */
+export function expectRelClose(actual: ArrayLike<number>, expected: ArrayLike<number>, rtol: number, label = ''): void {
+  expect(actual.length, `${label} length`).toBe(expected.length);
+  for (let i = 0; i < actual.length; i++) {
+    const [a, b] = [actual[i], expected[i]];
+    if (Number.isNaN(b) ? Number.isNaN(a) : Math.abs(a - b) <= rtol * Math.abs(b) || a === b) continue;
+    expect.fail(`${label} element ${i}: webgpu ${a}, cpu ${b} (rtol ${rtol})`);
   }
 }
 

@@ -4,9 +4,13 @@
 // device resolution gives one clear line when there is no adapter.
 
 import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { initWebGPU, resolveDevice } from '../tensor/index.ts';
+import { hasVulkanDriver } from '../tensor/webgpu/device.ts';
 import { describeWebGPU } from './webgpu_helpers.ts';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
@@ -25,7 +29,8 @@ function child(code: string, opts: { flags?: string[]; env?: Record<string, stri
 
 describeWebGPU('webgpu device lifetime', () => {
   it('survives garbage collection between ops: reads still resolve (Dawn instance kept referenced)', () => {
-    const r = child(`
+    const r = child(
+      `
       const T = await import(${JSON.stringify(lib)});
       await T.initWebGPU({ quiet: true });
       const work = async (seed) => {
@@ -42,7 +47,9 @@ describeWebGPU('webgpu device lifetime', () => {
       }
       T.closeWebGPU();
       console.log('gc ok');
-    `, { flags: ['--expose-gc'] });
+    `,
+      { flags: ['--expose-gc'] },
+    );
     expect(r.timedOut, `hung: ${r.stderr}`).toBe(false);
     expect(r.signal, r.stderr).toBeNull();
     expect(r.stdout).toContain('gc ok');
@@ -52,7 +59,8 @@ describeWebGPU('webgpu device lifetime', () => {
   it('survives garbage collection after the device is closed, and after a backend that found no adapter', () => {
     // Vulkan is asked first: where it has no driver that instance finds nothing; it, and the
     // closed device's instance, must never be collected (Dawn crashes when they are).
-    const r = child(`
+    const r = child(
+      `
       const T = await import(${JSON.stringify(lib)});
       console.log('device', await T.resolveDevice('auto', { quiet: true, backend: 'vulkan' }));
       await T.initWebGPU({ quiet: true });
@@ -63,14 +71,17 @@ describeWebGPU('webgpu device lifetime', () => {
         await new Promise((r) => setTimeout(r, 20));
       }
       console.log('gc ok');
-    `, { flags: ['--expose-gc'] });
+    `,
+      { flags: ['--expose-gc'] },
+    );
     expect(r.signal, r.stderr).toBeNull();
     expect(r.stdout).toContain('gc ok');
     expect(r.status).toBe(0);
   });
 
   it('the process exits by itself after closeWebGPU(), and the device can be reopened', () => {
-    const r = child(`
+    const r = child(
+      `
       const T = await import(${JSON.stringify(lib)});
       await T.initWebGPU({ quiet: true });
       const x = await T.tensor([1, 2, 3]).to('webgpu');
@@ -80,7 +91,9 @@ describeWebGPU('webgpu device lifetime', () => {
       const y = await T.tensor([4, 5]).to('webgpu');
       console.log('again', await y.sum().item());
       T.closeWebGPU();
-    `, { timeoutMs: 60_000 });
+    `,
+      { timeoutMs: 60_000 },
+    );
     expect(r.timedOut, `did not exit: ${r.stderr}`).toBe(false);
     expect(r.stdout).toContain('sum 12');
     expect(r.stdout).toContain('again 9');
@@ -90,11 +103,14 @@ describeWebGPU('webgpu device lifetime', () => {
   it('with no adapter: auto falls back to the cpu, webgpu fails with one line naming what to install', () => {
     // a backend that does not exist on this OS stands in for a machine without a GPU
     const missing = process.platform === 'darwin' ? 'd3d12' : 'metal';
-    const r = child(`
+    const r = child(
+      `
       const T = await import(${JSON.stringify(lib)});
       console.log('auto ->', await T.resolveDevice('auto', { quiet: true }));
       try { await T.resolveDevice('webgpu'); } catch (e) { console.log('error:', e.message); }
-    `, { env: { NANOVLM_WEBGPU_BACKEND: missing }, timeoutMs: 60_000 });
+    `,
+      { env: { NANOVLM_WEBGPU_BACKEND: missing }, timeoutMs: 60_000 },
+    );
     expect(r.status, r.stderr).toBe(0);
     expect(r.stdout).toContain('auto -> cpu');
     expect(r.stdout).toMatch(/error: no WebGPU adapter found: install .*apt-get install/);
@@ -105,5 +121,47 @@ describeWebGPU('webgpu device lifetime', () => {
     expect(await resolveDevice('auto', { quiet: true })).toBe(b.adapter.software ? 'cpu' : 'webgpu');
     expect(await resolveDevice('webgpu')).toBe('webgpu');
     expect(await resolveDevice('cpu')).toBe('cpu');
+  });
+});
+
+describe('quiet device probing', () => {
+  it('a Vulkan driver counts only if a manifest names a library that exists', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'icd-'));
+    try {
+      const empty = { HOME: dir, XDG_CONFIG_DIRS: dir, XDG_DATA_DIRS: dir };
+      expect(hasVulkanDriver({ ...empty, VK_DRIVER_FILES: join(dir, 'missing.json') })).toBe(false);
+      writeFileSync(join(dir, 'broken.json'), JSON.stringify({ ICD: { library_path: '/nonexistent/libvk_none.so' } }));
+      expect(hasVulkanDriver({ ...empty, VK_DRIVER_FILES: join(dir, 'broken.json') })).toBe(false);
+      expect(hasVulkanDriver({ ...empty, VK_ICD_FILENAMES: dir })).toBe(false); // a folder of manifests
+    } finally {
+      rmSync(dir, { recursive: true });
+    }
+  });
+
+  it("--device auto without a GPU driver prints one line of ours, none of the Vulkan loader's", () => {
+    // a manifest whose library is missing: Dawn would print "Found no drivers!" and a C++ trace
+    const dir = mkdtempSync(join(tmpdir(), 'icd-'));
+    try {
+      writeFileSync(join(dir, 'broken.json'), JSON.stringify({ ICD: { library_path: '/nonexistent/libvk_none.so' } }));
+      const env = {
+        VK_DRIVER_FILES: join(dir, 'broken.json'),
+        VK_ICD_FILENAMES: join(dir, 'broken.json'),
+        NANOVLM_WEBGPU_BACKEND: '',
+      };
+      const r = child(
+        `
+        const T = await import(${JSON.stringify(lib)});
+        console.log('device', await T.resolveDevice('auto'));`,
+        { env, timeoutMs: 60_000 },
+      );
+      expect(r.status, r.stderr).toBe(0);
+      expect(r.stderr).not.toMatch(/vkCreateInstance|Found no drivers|loader_icd_scan/);
+      const lines = r.stdout.trim().split('\n');
+      expect(lines.at(-1)).toMatch(/^device (cpu|webgpu)$/);
+      expect(lines.slice(0, -1).length, r.stdout).toBe(1);
+      expect(lines[0]).toMatch(/^webgpu: /);
+    } finally {
+      rmSync(dir, { recursive: true });
+    }
   });
 });

@@ -24,13 +24,13 @@ import { type Kernel, MAX_GROUPS_PER_DIM } from './kernels/common.ts';
 import { ATTENTION_MAX_HEAD_DIM, ATTENTION_WORKGROUP, attentionDkvKernel, attentionDqKernel, attentionKernel } from './kernels/attention.ts';
 import { EW_WORKGROUP, adamwKernel, binaryKernel, copyKernel, fillKernel, unaryKernel, whereKernel } from './kernels/elementwise.ts';
 import { SORT_TILE, gatherKernel, scatterSumKernel, sortKernel } from './kernels/indexing.ts';
-import { matmulKernel } from './kernels/matmul.ts';
+import { GEMV_OUTPUTS, TILES, type TileConfig, gemvKernel, matmulKernel, packHalfKernel } from './kernels/matmul.ts';
 import { REDUCE_WORKGROUP, SHORT_AXIS, reduceKernel } from './kernels/reduce.ts';
 import { type RowOp, checkRowDtype, rowKernel, rowWorkgroup } from './kernels/rows.ts';
-import { type Arg, CommandRecorder, GpuStorage } from './recorder.ts';
+import { type Arg, CommandRecorder, type GpuCounters, GpuStorage } from './recorder.ts';
 import { collapse, elementRange, f32Bits, i32Bits } from './strides.ts';
 
-export { GpuStorage } from './recorder.ts';
+export { GpuStorage, type GpuCounters } from './recorder.ts';
 
 /** A strided operand bound to one binding, with its offset relative to the binding window. */
 interface Bound {
@@ -43,6 +43,25 @@ interface Bound1d extends Bound {
   stride: number;
 }
 
+/** How a matmul runs: GEMV for one row (two variants), or tiles of one size with K split `splits` ways. */
+export interface MatmulPlan {
+  kind: 'tiled' | 'gemv.dot' | 'gemv.axpy';
+  tile: keyof typeof TILES;
+  splits: number;
+}
+
+/** One matmul's operands as the kernels see them. */
+interface MatmulOperands {
+  op: string;
+  a: View;
+  b: View;
+  M: number;
+  N: number;
+  K: number;
+  batchShape: number[];
+  half: boolean;
+}
+
 /** Where the adapter came from, for messages and benchmarks. */
 export interface AdapterDescription {
   name: string;
@@ -50,14 +69,14 @@ export interface AdapterDescription {
   featureLevel: string;
   /** A CPU rasteriser (llvmpipe, SwiftShader): exact but slow. */
   software: boolean;
+  /** The optional features the device was opened with (shader-f16, subgroups, timestamp-query). */
+  features: string[];
 }
 
 /** The WebGPU backend. */
 export class WebGPUBackend implements Backend {
   readonly name = 'webgpu' as const;
   readonly rec: CommandRecorder;
-  /** Threads per side of a large-matrix matmul workgroup (each computes 4x4 outputs). */
-  private matmulThreads: number;
 
   constructor(
     readonly device: GPUDevice,
@@ -66,19 +85,18 @@ export class WebGPUBackend implements Backend {
     public gpu: GPU | null,
   ) {
     this.rec = new CommandRecorder(device);
-    // 16x16 threads x 4x4 outputs = 64x64 tiles where 256 invocations per workgroup are allowed
-    this.matmulThreads = device.limits.maxComputeInvocationsPerWorkgroup >= 256 ? 16 : 8;
   }
 
   // ------------------------------------------------------------ storage
 
   alloc(dtype: DType, length: number): Storage {
-    return this.rec.newStorage(dtype, length, true);
+    return this.rec.newStorage(dtype, length, true, 'alloc');
   }
 
   write(dst: Storage, src: TypedArray): void {
     const s = this.rec.check(dst, 'write');
-    if (src.length > s.length) throw new Error(`webgpu write: ${src.length} values do not fit a storage of ${s.length}`);
+    if (src.length > s.length)
+      throw new Error(`webgpu write: ${src.length} values do not fit a storage of ${s.length}`);
     this.rec.upload(s, (dtypeOf(src) === s.dtype ? src : toTypedArray(s.dtype, src)) as Float32Array | Int32Array);
   }
 
@@ -118,9 +136,14 @@ export class WebGPUBackend implements Backend {
     return this.rec.sync();
   }
 
-  /** Live, pooled and allocated bytes, buffers and compiled pipelines. */
+  /** Live, pooled and allocated bytes, buffers, compiled pipelines and cached bind groups. */
   memoryStats(): ReturnType<CommandRecorder['stats']> {
     return this.rec.stats();
+  }
+
+  /** Host-side costs since the device was opened: dispatches, passes, submits, buffers, bind groups, bytes. */
+  counters(): GpuCounters {
+    return this.rec.counters();
   }
 
   /** Frees every GPU resource and the device (closeWebGPU). */
@@ -145,12 +168,8 @@ export class WebGPUBackend implements Backend {
   }
 
   copy(x: View, dtype: DType): Storage {
-    if (dtype !== x.dtype || !isContiguous(x.shape, x.strides)) {
-      return this.mapOp('copy', dtype, x.shape, [x], (r) => copyKernel(x.dtype, dtype, r));
-    }
-    // contiguous and same dtype: a plain buffer copy, no kernel
-    const src = this.rec.check(x.storage, 'copy');
-    return this.output(dtype, numel(x.shape), (out) => this.rec.copy(src, x.offset * 4, out, 0, out.length * 4));
+    // a kernel even where a buffer copy would do: it stays in the compute pass (recorder.ts)
+    return this.mapOp('copy', dtype, x.shape, [x], (r) => copyKernel(x.dtype, dtype, r));
   }
 
   copyInto(dst: View, src: View): void {
@@ -166,9 +185,15 @@ export class WebGPUBackend implements Backend {
 
   fill(dtype: DType, length: number, value: number): Storage {
     const bits = dtype === 'int32' ? i32Bits(value) : f32Bits(value);
-    if (bits === 0) return this.rec.newStorage(dtype, length, true); // zeros: a clearBuffer when first used
-    return this.output(dtype, length, (out) => {
-      this.rec.run('fill', fillKernel(dtype), [length, bits], [this.whole(out, 'fill')], this.rec.groups(Math.ceil(length / EW_WORKGROUP)));
+    if (bits === 0) return this.rec.newStorage(dtype, length, true, 'fill'); // zeros: cleared when first used
+    return this.output('fill', dtype, length, (out) => {
+      this.rec.run(
+        'fill',
+        fillKernel(dtype),
+        [length, bits],
+        [this.whole(out, 'fill')],
+        this.rec.groupsFor(Math.ceil(length / EW_WORKGROUP)),
+      );
     });
   }
 
@@ -181,56 +206,226 @@ export class WebGPUBackend implements Backend {
     const dtype = op === 'argmax' ? 'int32' : x.dtype;
     if (len === 0 && nOut > 0) {
       if (op !== 'sum') throw new Error(`${op}: cannot reduce over an empty dim of ${fmt(x.shape)}`);
-      return this.rec.newStorage(dtype, nOut, true); // an empty sum is 0
+      return this.rec.newStorage(dtype, nOut, true, op); // an empty sum is 0
     }
-    return this.output(dtype, nOut, (out) => {
+    return this.output(op, dtype, nOut, (out) => {
       const outer = collapse(outShape, [x.strides.filter((_, i) => i !== axis)]);
       const xb = this.bind(x, op);
       const long = len > SHORT_AXIS; // a workgroup per output instead of a thread
       const params = [nOut, len, x.strides[axis], ...outer.shape, xb.offset, ...outer.strides[0]];
-      const groups = this.rec.groups(long ? nOut : Math.ceil(nOut / REDUCE_WORKGROUP));
-      this.rec.run(op, reduceKernel(op, x.dtype, outer.shape.length, long), params, [this.whole(out, op), xb.arg], groups);
+      const groups = this.rec.groupsFor(long ? nOut : Math.ceil(nOut / REDUCE_WORKGROUP));
+      this.rec.run(
+        op,
+        reduceKernel(op, x.dtype, outer.shape.length, long),
+        params,
+        [this.whole(out, op), xb.arg],
+        groups,
+      );
     });
   }
 
   // ------------------------------------------------------------ matmul
 
-  matmul(a: View, b: View): Storage {
+  matmul(a: View, b: View, plan?: MatmulPlan): Storage {
+    return this.matmulWith('matmul', a, b, false, plan);
+  }
+
+  /**
+   * A kernel option, not yet used by the model: a @ b with both operands
+   * rounded to float16 (packed on the device, round to nearest even) and
+   * float32 accumulation. The result is float32.
+   */
+  matmulF16(a: View, b: View, plan?: MatmulPlan): Storage {
+    return this.matmulWith('matmulF16', a, b, true, plan);
+  }
+
+  /**
+   * How a matmul of this shape runs: GEMV for one row; otherwise the tile
+   * size that fits the output (big tiles only where there are enough of them
+   * to keep a GPU busy), and split-K where a single product has few tiles and
+   * a long K (weight gradients). Not tuned on a GPU yet: bench/gpu.ts prints
+   * what each choice does.
+   */
+  planMatmul(M: number, N: number, K: number, batch: number, bKFast: boolean, gemv = true): MatmulPlan {
+    if (M === 1 && gemv) return { kind: bKFast ? 'gemv.dot' : 'gemv.axpy', tile: 'small', splits: 1 };
+    const wide = this.device.limits.maxComputeInvocationsPerWorkgroup >= 256;
+    const count = (t: TileConfig) => Math.ceil(M / t.BM) * Math.ceil(N / t.BN) * batch;
+    const fits = (t: TileConfig) => M >= t.BM && N >= t.BN; // at most half of an edge tile is wasted
+    const tile = !wide
+      ? 'small'
+      : fits(TILES.large) && count(TILES.large) >= 16
+        ? 'large'
+        : fits(TILES.medium)
+          ? 'medium'
+          : 'small';
+    const tiles = count(TILES[tile]);
+    const splits =
+      batch === 1 && tiles < 64 && K >= 1024 ? Math.min(16, Math.ceil(64 / tiles), Math.floor(K / 256)) : 1;
+    return { kind: 'tiled', tile, splits };
+  }
+
+  private matmulWith(op: string, a: View, b: View, half: boolean, forced?: MatmulPlan): Storage {
     if (a.dtype !== 'float32' || b.dtype !== 'float32') {
-      throw new Error(`matmul: ${a.dtype === 'float32' ? b.dtype : a.dtype} is not supported on webgpu, cast to float32 first`);
+      throw new Error(
+        `${op}: ${a.dtype === 'float32' ? b.dtype : a.dtype} is not supported on webgpu, cast to float32 first`,
+      );
     }
     const r = a.shape.length;
     const [M, K, N] = [a.shape[r - 2], a.shape[r - 1], b.shape[r - 1]];
     const batchShape = a.shape.slice(0, r - 2);
     const batch = numel(batchShape);
-    if (K === 0) return this.rec.newStorage('float32', batch * M * N, true);
-    return this.output('float32', batch * M * N, (out) => {
-      const bs = collapse(batchShape, [a.strides.slice(0, r - 2), b.strides.slice(0, r - 2)]);
-      const [ab, bb] = [this.bind(a, 'matmul'), this.bind(b, 'matmul')];
-      const [aRS, aCS, bRS, bCS] = [a.strides[r - 2], a.strides[r - 1], b.strides[r - 2], b.strides[r - 1]];
-      // small matrices (attention heads, matrix-vector) waste less of a 32-wide tile
-      const td = M <= 32 || N <= 32 ? 8 : this.matmulThreads;
-      const tile = td * 4;
-      // the slab copy walks the operand's contiguous index (kernels/matmul.ts)
-      const kernel = matmulKernel(bs.shape.length, aCS <= aRS, bCS <= bRS, td, 4);
-      for (let z0 = 0; z0 < batch; z0 += MAX_GROUPS_PER_DIM) {
-        const params = [M, N, K, aRS, aCS, bRS, bCS, z0, ...bs.shape, ab.offset, ...bs.strides[0], bb.offset, ...bs.strides[1]];
-        const groups: [number, number, number] = [Math.ceil(N / tile), Math.ceil(M / tile), Math.min(MAX_GROUPS_PER_DIM, batch - z0)];
-        this.rec.run('matmul', kernel, params, [this.whole(out, 'matmul'), ab.arg, bb.arg], groups);
+    if (K === 0) return this.rec.newStorage('float32', batch * M * N, true, op);
+    if (batch * M * N === 0) return this.rec.newStorage('float32', 0, false, op);
+    const bKFast = b.strides[r - 2] === 1 && b.strides[r - 1] !== 1;
+    const plan = forced ?? this.planMatmul(M, N, K, batch, bKFast, !half);
+    if (plan.kind !== 'tiled' && half) throw new Error(`${op}: float16 operands only run in tiles`);
+    const ha = half ? this.packHalf(a) : null;
+    const hb = half ? this.packHalf(b) : null;
+    try {
+      const [av, bv] = [ha?.view ?? a, hb?.view ?? b];
+      const ops = { op, a: av, b: bv, M, N, K, batchShape, half };
+      if (plan.kind !== 'tiled')
+        return this.output(op, 'float32', batch * M * N, (out) =>
+          this.gemv(ops, plan.kind === 'gemv.dot' ? 'dot' : 'axpy', out),
+        );
+      const t = TILES[plan.tile];
+      const Kc = Math.ceil(Math.ceil(K / plan.splits) / t.BK) * t.BK;
+      const splits = Math.ceil(K / Kc);
+      if (splits === 1) return this.output(op, 'float32', batch * M * N, (out) => this.tiled(ops, t, 1, K, out));
+      // split-K: the partial products of each K chunk, then their sum in chunk order
+      if (batch !== 1) throw new Error(`${op}: split-K needs a single product, not a batch of ${batch}`);
+      const parts = this.output(op, 'float32', splits * M * N, (out) => this.tiled(ops, t, splits, Kc, out));
+      try {
+        return this.reduce(
+          'sum',
+          { storage: parts, shape: [splits, M * N], strides: [M * N, 1], offset: 0, dtype: 'float32' },
+          0,
+        );
+      } finally {
+        this.rec.release(parts);
       }
-    });
+    } finally {
+      if (ha) this.rec.release(ha.storage);
+      if (hb) this.rec.release(hb.storage);
+    }
+  }
+
+  /** The params every matmul kernel reads (see kernels/matmul.ts), and the bound operands. */
+  private matmulParams(m: MatmulOperands, splits: number, Kc: number) {
+    const r = m.a.shape.length;
+    const bs = collapse(m.batchShape, [m.a.strides.slice(0, r - 2), m.b.strides.slice(0, r - 2)]);
+    // packed float16 operands are fresh contiguous buffers: bound whole, offsets in elements
+    const [ab, bb] = m.half
+      ? [
+          { arg: this.whole(m.a.storage as GpuStorage, m.op), offset: 0 },
+          { arg: this.whole(m.b.storage as GpuStorage, m.op), offset: 0 },
+        ]
+      : [this.bind(m.a, m.op), this.bind(m.b, m.op)];
+    const [aRS, aCS, bRS, bCS] = [m.a.strides[r - 2], m.a.strides[r - 1], m.b.strides[r - 2], m.b.strides[r - 1]];
+    const params = (z0: number) => [
+      m.M,
+      m.N,
+      m.K,
+      aRS,
+      aCS,
+      bRS,
+      bCS,
+      z0,
+      splits,
+      Kc,
+      ...bs.shape,
+      ab.offset,
+      ...bs.strides[0],
+      bb.offset,
+      ...bs.strides[1],
+    ];
+    return { bs, ab, bb, strides: { aRS, aCS, bRS, bCS }, params };
+  }
+
+  private tiled(m: MatmulOperands, t: TileConfig, splits: number, Kc: number, out: GpuStorage): void {
+    const { bs, ab, bb, strides, params } = this.matmulParams(m, splits, Kc);
+    const { aRS, aCS, bRS, bCS } = strides;
+    // an operand is read as vec4s along its contiguous dim when everything else is 4-aligned too
+    const aligned = (offset: number, batchStrides: number[], other: number) =>
+      offset % 4 === 0 && other % 4 === 0 && batchStrides.every((x) => x % 4 === 0);
+    const aFast = aCS === 1 || (aRS !== 1 && aCS <= aRS) ? 'k' : 'm';
+    const bFast = bCS === 1 || (bRS !== 1 && bCS <= bRS) ? 'n' : 'k';
+    const aVec =
+      aFast === 'k'
+        ? aCS === 1 && m.K % 4 === 0 && aligned(ab.offset, bs.strides[0], m.M === 1 ? 0 : aRS)
+        : aRS === 1 && m.M % 4 === 0 && aligned(ab.offset, bs.strides[0], aCS);
+    const bVec =
+      bFast === 'n'
+        ? bCS === 1 && m.N % 4 === 0 && aligned(bb.offset, bs.strides[1], bRS)
+        : bRS === 1 && m.K % 4 === 0 && aligned(bb.offset, bs.strides[1], m.N === 1 ? 0 : bCS);
+    const kernel = matmulKernel(bs.shape.length, t.name, aFast, aVec, bFast, bVec, m.N % 4 === 0, m.half);
+    const total = (m.batchShape.length ? numel(m.batchShape) : 1) * splits;
+    for (let z0 = 0; z0 < total; z0 += MAX_GROUPS_PER_DIM) {
+      const groups: [number, number, number] = [
+        Math.ceil(m.N / t.BN),
+        Math.ceil(m.M / t.BM),
+        Math.min(MAX_GROUPS_PER_DIM, total - z0),
+      ];
+      this.rec.run(m.op, kernel, params(z0), [this.whole(out, m.op), ab.arg, bb.arg], groups);
+    }
+  }
+
+  private gemv(m: MatmulOperands, variant: 'dot' | 'axpy', out: GpuStorage): void {
+    const { bs, ab, bb, params } = this.matmulParams(m, 1, m.K);
+    const kernel = gemvKernel(bs.shape.length, variant);
+    const total = m.batchShape.length ? numel(m.batchShape) : 1;
+    for (let z0 = 0; z0 < total; z0 += MAX_GROUPS_PER_DIM) {
+      const groups: [number, number, number] = [
+        Math.ceil(m.N / GEMV_OUTPUTS[variant]),
+        1,
+        Math.min(MAX_GROUPS_PER_DIM, total - z0),
+      ];
+      this.rec.run(m.op, kernel, params(z0), [this.whole(out, m.op), ab.arg, bb.arg], groups);
+    }
+  }
+
+  /** A view's elements rounded to float16, packed two per u32 word in a fresh contiguous buffer. */
+  private packHalf(v: View): { storage: GpuStorage; view: View } {
+    const n = numel(v.shape);
+    const flat = isContiguous(v.shape, v.strides) ? null : (this.copy(v, 'float32') as GpuStorage);
+    try {
+      const src = flat ?? this.rec.check(v.storage, 'matmulF16');
+      const offset = flat ? 0 : v.offset;
+      const packed = this.output('matmulF16', 'int32', Math.ceil(n / 2), (out) => {
+        const x = this.bind({ storage: src, shape: [n], strides: [1], offset, dtype: 'float32' }, 'matmulF16');
+        this.rec.run(
+          'matmulF16',
+          packHalfKernel(),
+          [n, x.offset],
+          [this.whole(out, 'matmulF16'), x.arg],
+          this.rec.groupsFor(Math.ceil(n / 2 / EW_WORKGROUP)),
+        );
+      });
+      return {
+        storage: packed,
+        view: { storage: packed, shape: v.shape, strides: contiguousStrides(v.shape), offset: 0, dtype: 'float32' },
+      };
+    } finally {
+      if (flat) this.rec.release(flat);
+    }
   }
 
   // ------------------------------------------------------------ indexing
 
   gather(table: View, ids: View): Storage {
     const [V, D] = table.shape;
-    return this.output(table.dtype, numel(ids.shape) * D, (out) =>
+    return this.output('embedding', table.dtype, numel(ids.shape) * D, (out) =>
       this.with1d(ids, 'embedding', (id) => {
         const tb = this.bind(table, 'embedding');
         const params = [out.length, D, V, tb.offset, table.strides[0], table.strides[1], id.offset, id.stride];
-        const groups = this.rec.groups(Math.ceil(out.length / EW_WORKGROUP));
-        this.rec.run('embedding', gatherKernel(table.dtype), params, [this.whole(out, 'embedding'), tb.arg, id.arg], groups);
+        const groups = this.rec.groupsFor(Math.ceil(out.length / EW_WORKGROUP));
+        this.rec.run(
+          'embedding',
+          gatherKernel(table.dtype),
+          params,
+          [this.whole(out, 'embedding'), tb.arg, id.arg],
+          groups,
+        );
       }),
     );
   }
@@ -238,8 +433,8 @@ export class WebGPUBackend implements Backend {
   scatterAdd(ids: View, src: View, rows: number): Storage {
     const N = numel(ids.shape);
     const D = N === 0 ? 0 : numel(src.shape) / N;
-    if (N === 0) return this.rec.newStorage(src.dtype, rows * D, true);
-    return this.output(src.dtype, rows * D, (out) => {
+    if (N === 0) return this.rec.newStorage(src.dtype, rows * D, true, 'scatterAdd');
+    return this.output('scatterAdd', src.dtype, rows * D, (out) => {
       // sort the ids (stable): equal ids become runs, kept in their original order
       const sorted = this.withFlat(ids, (flat) => this.sortRows(flat, false));
       // src as [N, D] rows with one row stride (a contiguous copy if its leading dims do not merge)
@@ -250,8 +445,19 @@ export class WebGPUBackend implements Backend {
         const rowStride = temp ? D : (lead.strides[0][0] ?? 0);
         const sb = this.bind(rowsView, 'scatterAdd');
         const params = [out.length, D, N, sb.offset, rowStride, rowsView.strides[rowsView.strides.length - 1]];
-        const args = [this.whole(out, 'scatterAdd'), this.whole(sorted.values, 'scatterAdd'), this.whole(sorted.indices, 'scatterAdd'), sb.arg];
-        this.rec.run('scatterAdd', scatterSumKernel(src.dtype), params, args, this.rec.groups(Math.ceil(out.length / EW_WORKGROUP)));
+        const args = [
+          this.whole(out, 'scatterAdd'),
+          this.whole(sorted.values, 'scatterAdd'),
+          this.whole(sorted.indices, 'scatterAdd'),
+          sb.arg,
+        ];
+        this.rec.run(
+          'scatterAdd',
+          scatterSumKernel(src.dtype),
+          params,
+          args,
+          this.rec.groupsFor(Math.ceil(out.length / EW_WORKGROUP)),
+        );
       } finally {
         this.release(sorted.values);
         this.release(sorted.indices);
@@ -272,7 +478,9 @@ export class WebGPUBackend implements Backend {
 
   layerNorm(x: View, weight: View, bias: View, eps: number): Storage {
     return this.with1d(weight, 'layerNorm', (w) =>
-      this.with1d(bias, 'layerNorm', (b) => this.rowOp('layerNorm', x, [w.offset, w.stride, b.offset, b.stride, f32Bits(eps)], [w.arg, b.arg])),
+      this.with1d(bias, 'layerNorm', (b) =>
+        this.rowOp('layerNorm', x, [w.offset, w.stride, b.offset, b.stride, f32Bits(eps)], [w.arg, b.arg]),
+      ),
     );
   }
 
@@ -281,7 +489,9 @@ export class WebGPUBackend implements Backend {
   }
 
   crossEntropy(logits: View, targets: View, ignoreIndex: number): Storage {
-    return this.with1d(targets, 'crossEntropy', (t) => this.rowOp('crossEntropy', logits, [t.offset, t.stride, i32Bits(ignoreIndex)], [t.arg]));
+    return this.with1d(targets, 'crossEntropy', (t) =>
+      this.rowOp('crossEntropy', logits, [t.offset, t.stride, i32Bits(ignoreIndex)], [t.arg]),
+    );
   }
 
   // ------------------------------------------------------------ sampling helpers
@@ -295,13 +505,13 @@ export class WebGPUBackend implements Backend {
   attention(q: View, k: View, v: View, opts: AttentionOptions): { out: Storage; lse: Storage } {
     const [B, H, T, D] = q.shape;
     checkHeadDim(D);
-    const lse = this.rec.newStorage('float32', B * H * T);
+    const lse = this.rec.newStorage('float32', B * H * T, false, 'attention');
     try {
-      const out = this.output('float32', B * H * T * D, (o) => {
+      const out = this.output('attention', 'float32', B * H * T * D, (o) => {
         const views = this.attentionViews('attention', [q, k, v, opts.mask]);
         const params = [...attentionParams(q, k, opts), ...views.params];
         const args = [this.whole(o, 'attention'), this.whole(lse, 'attention'), ...views.args];
-        const groups = this.rec.groups(Math.ceil((B * H * T) / ATTENTION_WORKGROUP));
+        const groups = this.rec.groupsFor(Math.ceil((B * H * T) / ATTENTION_WORKGROUP));
         this.rec.run('attention', attentionKernel(D, opts.mask !== null), params, args, groups);
       });
       return { out, lse };
@@ -322,17 +532,17 @@ export class WebGPUBackend implements Backend {
     const params = [...attentionParams(q, k, opts), ...views.params];
     const [qkv, outArgs] = [views.args.slice(0, hasMask ? 4 : 3), views.args.slice(hasMask ? 4 : 3)];
     const lseArg = this.whole(this.rec.check(lse.storage, 'attention backward'), 'attention backward');
-    const delta = this.rec.newStorage('float32', B * H * T);
-    const dk = this.rec.newStorage('float32', B * Hkv * Tk * D);
-    const dv = this.rec.newStorage('float32', B * Hkv * Tk * D);
+    const delta = this.rec.newStorage('float32', B * H * T, false, 'attention');
+    const dk = this.rec.newStorage('float32', B * Hkv * Tk * D, false, 'attention backward');
+    const dv = this.rec.newStorage('float32', B * Hkv * Tk * D, false, 'attention backward');
     try {
-      const dq = this.output('float32', B * H * T * D, (dqs) => {
+      const dq = this.output('attention backward', 'float32', B * H * T * D, (dqs) => {
         const args = [this.whole(dqs, 'attention backward'), this.whole(delta, 'attention backward'), lseArg, ...outArgs, ...qkv];
-        const groups = this.rec.groups(Math.ceil((B * H * T) / ATTENTION_WORKGROUP));
+        const groups = this.rec.groupsFor(Math.ceil((B * H * T) / ATTENTION_WORKGROUP));
         this.rec.run('attention backward', attentionDqKernel(D, hasMask), params, args, groups);
       });
       const args = [this.whole(dk, 'attention backward'), this.whole(dv, 'attention backward'), lseArg, this.whole(delta, 'attention backward'), outArgs[1], ...qkv];
-      const groups = this.rec.groups(Math.ceil((B * Hkv * Tk) / ATTENTION_WORKGROUP));
+      const groups = this.rec.groupsFor(Math.ceil((B * Hkv * Tk) / ATTENTION_WORKGROUP));
       this.rec.run('attention backward', attentionDkvKernel(D, hasMask), params, args, groups);
       return { dq, dk, dv };
     } catch (e) {
@@ -371,14 +581,14 @@ export class WebGPUBackend implements Backend {
     const [pb, gb, mb, vb] = [p, g, m, v].map((x) => this.bind(x, 'adamw'));
     const consts = [1 - h.lr * h.weightDecay, 1 - h.beta1, h.beta2, 1 - h.beta2, Math.sqrt(1 - h.beta2 ** h.step), h.lr / (1 - h.beta1 ** h.step), h.eps];
     const params = [n, pb.offset, gb.offset, mb.offset, vb.offset, ...consts.map(f32Bits)];
-    this.rec.run('adamw', adamwKernel(), params, [pb.arg, gb.arg, mb.arg, vb.arg], this.rec.groups(Math.ceil(n / EW_WORKGROUP)));
+    this.rec.run('adamw', adamwKernel(), params, [pb.arg, gb.arg, mb.arg, vb.arg], this.rec.groupsFor(Math.ceil(n / EW_WORKGROUP)));
   }
 
   // ------------------------------------------------------------ helpers
 
   /** A fresh storage whose contents `fill` records (skipped when empty); released again if it throws. */
-  private output(dtype: DType, length: number, fill: (out: GpuStorage) => void): GpuStorage {
-    const out = this.rec.newStorage(dtype, length);
+  private output(op: string, dtype: DType, length: number, fill: (out: GpuStorage) => void): GpuStorage {
+    const out = this.rec.newStorage(dtype, length, false, op);
     try {
       if (length > 0) fill(out);
     } catch (e) {
@@ -388,28 +598,37 @@ export class WebGPUBackend implements Backend {
     return out;
   }
 
-  /** A whole output storage as one binding. */
+  /**
+   * A whole output storage as one binding. Where it fits, the binding covers
+   * the whole pooled buffer (its bucket size), so the bind group is the same
+   * whatever length the tensor in it has (recorder.ts caches bind groups).
+   */
   private whole(s: GpuStorage, op: string): Arg {
     const size = Math.max(4, s.length * 4);
     const max = this.device.limits.maxStorageBufferBindingSize;
     if (size > max) {
-      throw new Error(`webgpu ${op}: an output of ${size} bytes exceeds this device's maxStorageBufferBindingSize (${max} bytes); split the op into smaller pieces`);
+      throw new Error(
+        `webgpu ${op}: an output of ${size} bytes exceeds this device's maxStorageBufferBindingSize (${max} bytes); ` +
+          'split the op into smaller pieces',
+      );
     }
-    return { storage: s, offset: 0, size };
+    return { storage: s, offset: 0, size: s.buffer.size <= max ? s.buffer.size : size };
   }
 
-  /** Binds the part of a view's buffer that the view touches: the whole buffer if it fits one binding, else an aligned window. */
+  /** Binds the part of a view's buffer that the view touches: the whole buffer if it fits one binding, else a window. */
   private bind(v: View, op: string): Bound {
     const s = this.rec.check(v.storage, op);
     const max = this.device.limits.maxStorageBufferBindingSize;
-    const full = Math.max(4, s.length * 4);
-    if (full <= max) return { arg: { storage: s, offset: 0, size: full }, offset: v.offset };
+    if (s.buffer.size <= max) return { arg: { storage: s, offset: 0, size: s.buffer.size }, offset: v.offset };
     const [lo, hi] = elementRange(v.shape, v.strides, v.offset);
     const align = this.device.limits.minStorageBufferOffsetAlignment;
     const start = Math.floor((lo * 4) / align) * align;
     const size = (hi + 1) * 4 - start;
     if (size > max) {
-      throw new Error(`webgpu ${op}: a view of ${fmt(v.shape)} spans ${size} bytes, over this device's maxStorageBufferBindingSize (${max} bytes); split the op into smaller pieces`);
+      throw new Error(
+        `webgpu ${op}: a view of ${fmt(v.shape)} spans ${size} bytes, over this device's maxStorageBufferBindingSize ` +
+          `(${max} bytes); split the op into smaller pieces`,
+      );
     }
     return { arg: { storage: s, offset: start, size }, offset: v.offset - start / 4 };
   }
@@ -432,7 +651,7 @@ export class WebGPUBackend implements Backend {
     return this.withFlat(v, (flat) => fn({ ...this.bind(flat, op), stride: flat.strides[0] }));
   }
 
-  /** A view as rows of its last axis, with the row kernels' params: [rows, cols, colStride, R, outer shape, offset, outer strides]. */
+  /** A view as rows of its last axis, with the row kernels' params: [rows, cols, colStride, R, shape, offset, strides]. */
   private rowsOf(x: View, op: string): { rows: number; cols: number; rank: number; params: number[]; arg: Arg } {
     const shape = x.shape.length ? x.shape : [1];
     const strides = x.shape.length ? x.strides : [1];
@@ -447,20 +666,32 @@ export class WebGPUBackend implements Backend {
   private rowOp(op: RowOp, x: View, extras: number[], extraArgs: Arg[]): Storage {
     checkRowDtype(op, x.dtype);
     const rv = this.rowsOf(x, op);
-    return this.output('float32', op === 'crossEntropy' ? rv.rows : rv.rows * rv.cols, (out) => {
+    return this.output(op, 'float32', op === 'crossEntropy' ? rv.rows : rv.rows * rv.cols, (out) => {
       const kernel = rowKernel(op, rv.rank, rowWorkgroup(rv.cols));
-      this.rec.run(op, kernel, [...rv.params, ...extras], [this.whole(out, op), rv.arg, ...extraArgs], this.rec.groups(rv.rows));
+      this.rec.run(
+        op,
+        kernel,
+        [...rv.params, ...extras],
+        [this.whole(out, op), rv.arg, ...extraArgs],
+        this.rec.groupsFor(rv.rows),
+      );
     });
   }
 
   private sortRows(x: View, descending: boolean): { values: GpuStorage; indices: GpuStorage } {
     const rv = this.rowsOf(x, 'sort');
     const n = rv.rows * rv.cols;
-    const values = this.rec.newStorage(x.dtype, n);
+    const values = this.rec.newStorage(x.dtype, n, false, 'sort');
     try {
-      const indices = this.output('int32', n, (idx) => {
-        const groups = this.rec.groups(rv.rows * Math.ceil(rv.cols / SORT_TILE));
-        this.rec.run('sort', sortKernel(x.dtype, rv.rank, descending), rv.params, [this.whole(values, 'sort'), this.whole(idx, 'sort'), rv.arg], groups);
+      const indices = this.output('sort', 'int32', n, (idx) => {
+        const groups = this.rec.groupsFor(rv.rows * Math.ceil(rv.cols / SORT_TILE));
+        this.rec.run(
+          'sort',
+          sortKernel(x.dtype, rv.rank, descending),
+          rv.params,
+          [this.whole(values, 'sort'), this.whole(idx, 'sort'), rv.arg],
+          groups,
+        );
       });
       return { values, indices };
     } catch (e) {
@@ -471,7 +702,9 @@ export class WebGPUBackend implements Backend {
 
   /** An elementwise op into a fresh contiguous output. */
   private mapOp(op: string, dtype: DType, shape: number[], ins: View[], kernel: (rank: number) => Kernel): GpuStorage {
-    return this.output(dtype, numel(shape), (out) => this.map(op, { storage: out, shape, strides: contiguousStrides(shape), offset: 0, dtype }, ins, kernel));
+    return this.output(op, dtype, numel(shape), (out) =>
+      this.map(op, { storage: out, shape, strides: contiguousStrides(shape), offset: 0, dtype }, ins, kernel),
+    );
   }
 
   /** out[view] = f(ins[views]) for same-shape strided views; `out` may itself be a strided destination. */
@@ -479,10 +712,19 @@ export class WebGPUBackend implements Backend {
     const n = numel(out.shape);
     if (n === 0) return;
     const views = [out, ...ins];
-    const c = collapse(out.shape, views.map((v) => v.strides));
+    const c = collapse(
+      out.shape,
+      views.map((v) => v.strides),
+    );
     const bound = views.map((v) => this.bind(v, op));
     const params = [n, ...c.shape, ...bound.flatMap((b, k) => [b.offset, ...c.strides[k]])];
-    this.rec.run(op, kernel(c.shape.length), params, bound.map((b) => b.arg), this.rec.groups(Math.ceil(n / EW_WORKGROUP)));
+    this.rec.run(
+      op,
+      kernel(c.shape.length),
+      params,
+      bound.map((b) => b.arg),
+      this.rec.groupsFor(Math.ceil(n / EW_WORKGROUP)),
+    );
   }
 }
 

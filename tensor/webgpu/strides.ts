@@ -9,7 +9,10 @@
  * with fewer div/mod steps per element: a contiguous tensor becomes rank 1,
  * a transposed matrix stays rank 2.
  */
-export function collapse(shape: readonly number[], stridesList: readonly (readonly number[])[]): { shape: number[]; strides: number[][] } {
+export function collapse(
+  shape: readonly number[],
+  stridesList: readonly (readonly number[])[],
+): { shape: number[]; strides: number[][] } {
   const out: number[] = [];
   const outStrides: number[][] = stridesList.map(() => []);
   for (let i = 0; i < shape.length; i++) {

@@ -87,8 +87,8 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, 
     if (isNegInf(s)) { continue; } // contributes exp(-inf) = 0
     // online softmax: rescale what was summed so far to the new running max
     let mNew = max(m, s);
-    let corr = select(exp(m - mNew), 0.0, isNegInf(m));
-    let e = exp(s - mNew);
+    let corr = select(exp_(m - mNew), 0.0, isNegInf(m));
+    let e = exp_(s - mNew);
     l = l * corr + e;
     let w = e * keepScale(row * nTk() + j);
     for (var d = 0u; d < ${D}u; d++) { acc[d] = acc[d] * corr + w * v[at(2u, b, kh, j, d)]; }
@@ -133,7 +133,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, 
     if (isNegInf(s)) { continue; }
     var dz = 0.0;
     for (var d = 0u; d < ${D}u; d++) { dz += gr[d] * v[at(2u, b, kh, j, d)]; }
-    let ds = exp(s - lse[row]) * (dz * keepScale(row * nTk() + j) - dlt) * pf(5u);
+    let ds = exp_(s - lse[row]) * (dz * keepScale(row * nTk() + j) - dlt) * pf(5u);
     for (var d = 0u; d < ${D}u; d++) { acc[d] += ds * k[at(1u, b, kh, j, d)]; }
   }
   let base = ((b * nT() + t) * nH() + h) * ${D}u;
@@ -173,7 +173,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, 
       let s = score(&qr, b, h, kh, t, j);
       if (isNegInf(s)) { continue; }
       let row = (b * nH() + h) * nT() + t;
-      let pr = exp(s - lse[row]);
+      let pr = exp_(s - lse[row]);
       let keep = keepScale(row * nTk() + j);
       var dz = 0.0;
       for (var d = 0u; d < ${D}u; d++) { dz += g[at(5u, b, h, t, d)] * vr[d]; }

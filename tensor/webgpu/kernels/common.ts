@@ -55,10 +55,21 @@ export function binding(n: number, name: string, type: string, access: Access): 
 /**
  * The prelude of every kernel. Parameters live in a uniform block of vec4s
  * (uniform arrays need a 16-byte element stride), read one u32 at a time with
- * p(i). The float helpers exist because WGSL leaves NaN/Inf behaviour and the
- * accuracy of some builtins to the implementation: on Mesa llvmpipe, x / 0.0
- * gives 0, tanh(1e-5) is off by 0.3%, log(1 + 1e-5) by 0.1%. INF and NAN come
- * from private variables because a constant NaN is a WGSL compile error.
+ * p(i).
+ *
+ * Then the float math. WGSL promises little: builtins such as sin, cos, exp
+ * and log have loose error bounds (sin and cos only inside [-pi, pi]),
+ * division is only accurate for |b| in [2^-126, 2^126], and an implementation
+ * may assume that no NaN or infinity ever occurs. Real drivers use all of
+ * that freedom: on SwiftShader exp(NaN) is Inf, 1 / NaN is Inf and sin(1) is
+ * off by 2e-5; on llvmpipe x / 0 is 0. So every function below decides
+ * NaN/Inf cases from the bits before any builtin sees them, and computes
+ * exp, log, sin and cos from range reductions and polynomials that use only
+ * +, - and *, which WGSL requires to be correctly rounded. The results then
+ * carry the same error on every conforming driver (a few float32 ulp).
+ * Denormals may still flush to zero (WGSL allows it): results below 1.2e-38
+ * can read 0 where the CPU keeps a denormal. INF and NAN come from private
+ * variables because a constant NaN is a WGSL compile error.
  */
 export const prelude = /* wgsl */ `
 struct Params { v: array<vec4<u32>, ${PARAM_WORDS / 4}> }
@@ -73,13 +84,52 @@ fn inf() -> f32 { return bitcast<f32>(INF_BITS); }
 fn nan() -> f32 { return bitcast<f32>(NAN_BITS); }
 fn isnan_(x: f32) -> bool { return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u; }
 fn isinf_(x: f32) -> bool { return (bitcast<u32>(x) & 0x7fffffffu) == 0x7f800000u; }
+fn signbit(x: f32) -> bool { return (bitcast<u32>(x) & 0x80000000u) != 0u; }
+// +-Inf with the sign of a * b
+fn signedInf(a: f32, b: f32) -> f32 { return select(inf(), -inf(), signbit(a) != signbit(b)); }
 
-// IEEE division: a / 0 is +-Inf (NaN for 0/0), which some drivers do not give.
+// IEEE division: NaN in, NaN out; x / 0 is +-Inf (0 / 0 NaN); x / Inf is +-0;
+// a huge divisor is scaled first (the builtin is only accurate up to 2^126).
 fn fdiv(a: f32, b: f32) -> f32 {
-  if (b != 0.0) { return a / b; }
-  if (a == 0.0 || isnan_(a)) { return nan(); }
-  let negative = (a < 0.0) != ((bitcast<u32>(b) & 0x80000000u) != 0u);
-  return select(inf(), -inf(), negative);
+  if (isnan_(a) || isnan_(b)) { return nan(); }
+  if (isinf_(b)) {
+    if (isinf_(a)) { return nan(); }
+    return select(0.0, -0.0, signbit(a) != signbit(b));
+  }
+  if (isinf_(a)) { return signedInf(a, b); }
+  if (b == 0.0) { return select(signedInf(a, b), nan(), a == 0.0); }
+  if (abs(b) > 8.5070592e37) { return (a * 0.25) / (b * 0.25); }
+  return a / b;
+}
+
+fn sqrt_(x: f32) -> f32 {
+  if (isnan_(x) || x < 0.0) { return nan(); }
+  if (isinf_(x)) { return x; }
+  return sqrt(x);
+}
+
+// 2^n for n in [-126, 127], from the exponent bits.
+fn pow2i(n: i32) -> f32 { return bitcast<f32>(u32(n + 127) << 23u); }
+
+// e^x as Cephes' expf: x = n ln2 + r with |r| <= ln2 / 2 (ln2 in two parts, so
+// n ln2 is exact: Cody and Waite), a polynomial for e^r, then times 2^n.
+fn exp_(x: f32) -> f32 {
+  if (isnan_(x)) { return x; }
+  if (x > 88.72283) { return inf(); }
+  if (x < -87.33654) { return 0.0; }
+  let n = round(x * 1.44269504);
+  let r = (x - n * 0.693359375) + n * 2.12194440e-4;
+  let z = r * r;
+  var q = 1.9875691500e-4;
+  q = q * r + 1.3981999507e-3;
+  q = q * r + 8.3334519073e-3;
+  q = q * r + 4.1665795894e-2;
+  q = q * r + 1.6666665459e-1;
+  q = q * r + 5.0000001201e-1;
+  let e = q * z + r + 1.0;
+  // 2^n in two halves: n may be 128, which has no float32 power of two
+  let h = i32(n) / 2;
+  return e * pow2i(h) * pow2i(i32(n) - h);
 }
 
 // log via x = m 2^e, m in [sqrt(1/2), sqrt(2)): log m = 2 atanh(s), s = (m-1)/(m+1).
@@ -102,28 +152,128 @@ fn log_(x: f32) -> f32 {
 // tanh without cancellation near 0 (a Taylor series there) and without
 // Inf/Inf for large |x| (exp(-2|x|) only goes to 0).
 fn tanh_(x: f32) -> f32 {
+  if (isnan_(x)) { return x; }
   let a = abs(x);
   if (a < 0.3) {
     let z = x * x;
     return x * (1.0 + z * (-0.3333333333 + z * (0.1333333333 + z * (-0.0539682540 + z * 0.0218694885))));
   }
-  let e = exp(-2.0 * a);
+  let e = exp_(-2.0 * a);
   return select(1.0, -1.0, x < 0.0) * (1.0 - e) / (1.0 + e);
 }
 
-// sin/cos of large arguments (rotary tables reach hundreds of radians):
-// reduce into [-pi, pi] with 2 pi split in two parts (Cody-Waite) first.
-fn reduce2pi(x: f32) -> f32 {
-  let k = round(x * 0.15915494309189535);
-  return (x - k * 6.28125) - k * 0.0019353071795864769;
+// --- sin and cos: exact range reduction (Payne and Hanek), then Cephes' polynomials ---
+// A float32 x is M 2^(e-23) with a 24-bit integer M. x (2/pi) mod 4 needs only
+// the 96 bits of 2/pi from bit e-24 on (earlier bits only add multiples of 4,
+// later ones less than 2^-70), so it is an exact integer product M * W, done
+// in 16-bit halves because WGSL has no 64-bit integers. Its top two bits give
+// the quadrant, the rest the fraction. Right for every finite float32, where
+// any float-only reduction loses all digits at large |x|.
+
+// 2/pi in binary: 0.a2f9836e 4e441529 ..., behind one zero word for windows that start before the point
+var<private> TWO_OVER_PI: array<u32, 9> = array<u32, 9>(0u, 0xa2f9836eu, 0x4e441529u, 0xfc2757d1u,
+  0xf534ddc0u, 0xdb629599u, 0x3c439041u, 0xfe5163abu, 0xdebbc561u);
+
+// 32 bits of 2/pi from bit i on (bit 1 is the first after the point; i >= -31).
+fn twoOverPiBits(i: i32) -> u32 {
+  let j = u32(i + 31);
+  let w = j / 32u;
+  let o = j % 32u;
+  if (o == 0u) { return TWO_OVER_PI[w]; }
+  return (TWO_OVER_PI[w] << o) | (TWO_OVER_PI[w + 1u] >> (32u - o));
+}
+
+// The 64-bit product a * b as (high word, low word).
+fn mulWide(a: u32, b: u32) -> vec2u {
+  let a0 = a & 0xffffu; let a1 = a >> 16u;
+  let b0 = b & 0xffffu; let b1 = b >> 16u;
+  let lo = a0 * b0; let m1 = a1 * b0; let m2 = a0 * b1;
+  let t = lo + (m1 << 16u);
+  let t2 = t + (m2 << 16u);
+  let carry = select(0u, 1u, t < lo) + select(0u, 1u, t2 < t);
+  return vec2u(a1 * b1 + (m1 >> 16u) + (m2 >> 16u) + carry, t2);
+}
+
+// |x| = (4k + q) pi/2 + r with r in [-pi/4, pi/4]: returns (r, q).
+fn reduceHalfPi(ax: f32) -> vec2f {
+  if (ax <= 0.7853982) { return vec2f(ax, 0.0); }
+  let bits = bitcast<u32>(ax);
+  let e = i32(bits >> 23u) - 127;
+  let M = (bits & 0x7fffffu) | 0x800000u;
+  let i0 = e - 24;
+  let p2 = mulWide(M, twoOverPiBits(i0 + 64));
+  let p1 = mulWide(M, twoOverPiBits(i0 + 32));
+  // the low 96 bits of M * W: w2 w1 w0
+  let w0 = p2.y;
+  let w1 = p2.x + p1.y;
+  var w2 = p1.x + M * twoOverPiBits(i0) + select(0u, 1u, w1 < p2.x);
+  var q = w2 >> 30u;
+  var a = w2 & 0x3fffffffu;
+  var b = w1;
+  var c = w0;
+  var sign = 1.0;
+  if ((a & 0x20000000u) != 0u) {
+    // fraction >= 1/2: use fraction - 1 (negate the 94-bit fraction) and the next quadrant
+    c = ~c + 1u;
+    b = ~b + select(0u, 1u, c == 0u);
+    a = (~a + select(0u, 1u, c == 0u && b == 0u)) & 0x3fffffffu;
+    q = (q + 1u) & 3u;
+    sign = -1.0;
+  }
+  let frac = f32(a) * 9.313225746154785e-10 + f32(b) * 2.168404344971009e-19;
+  return vec2f(sign * frac * 1.5707963267948966, f32(q));
+}
+
+// Cephes' sinf/cosf polynomials on [-pi/4, pi/4].
+fn sinPoly(x: f32) -> f32 {
+  let z = x * x;
+  return ((-1.9515295891e-4 * z + 8.3321608736e-3) * z - 1.6666654611e-1) * z * x + x;
+}
+fn cosPoly(x: f32) -> f32 {
+  let z = x * x;
+  return ((2.443315711809948e-5 * z - 1.388731625493765e-3) * z + 4.166664568298827e-2) * z * z - 0.5 * z + 1.0;
+}
+
+fn sin_(x: f32) -> f32 {
+  if (isnan_(x) || isinf_(x)) { return nan(); }
+  let rq = reduceHalfPi(abs(x));
+  let s = sinPoly(rq.x);
+  let c = cosPoly(rq.x);
+  let q = u32(rq.y);
+  var v = select(s, c, q == 1u || q == 3u);
+  if (q >= 2u) { v = -v; }
+  return select(v, -v, x < 0.0);
+}
+
+fn cos_(x: f32) -> f32 {
+  if (isnan_(x) || isinf_(x)) { return nan(); }
+  let rq = reduceHalfPi(abs(x));
+  let s = sinPoly(rq.x);
+  let c = cosPoly(rq.x);
+  let q = u32(rq.y);
+  let v = select(c, s, q == 1u || q == 3u);
+  return select(v, -v, q == 1u || q == 2u);
 }
 
 // x^y as Math.pow: small integer exponents by repeated squaring (exact like the CPU),
-// negative bases with integer exponents, NaN for a negative base with a fractional one.
+// negative bases with integer exponents, NaN for a negative base with a fractional
+// one, and JavaScript's special cases (1^Inf is NaN there).
 fn pow_(a: f32, b: f32) -> f32 {
   if (b == 0.0) { return 1.0; }
   if (isnan_(a) || isnan_(b)) { return nan(); }
+  if (isinf_(b)) {
+    let m = abs(a);
+    if (m == 1.0) { return nan(); }
+    return select(0.0, inf(), (m > 1.0) == (b > 0.0));
+  }
   let integral = round(b) == b;
+  let odd = integral && abs(b) % 2.0 == 1.0;
+  if (isinf_(a) || a == 0.0) {
+    // |a| ^ b is Inf or 0; the sign of a survives an odd integer exponent
+    let big = isinf_(a) == (b > 0.0);
+    let m = select(0.0, inf(), big);
+    return select(m, -m, odd && signbit(a));
+  }
   if (integral && abs(b) <= 64.0) {
     var r = 1.0;
     var base = a;
@@ -136,11 +286,9 @@ fn pow_(a: f32, b: f32) -> f32 {
     }
     return select(r, fdiv(1.0, r), b < 0.0);
   }
-  if (a == 0.0) { return select(0.0, inf(), b < 0.0); }
-  let m = exp2(b * log2(abs(a)));
-  if (a > 0.0) { return m; }
-  if (!integral) { return nan(); }
-  return select(m, -m, abs(b) % 2.0 == 1.0);
+  if (a < 0.0 && !integral) { return nan(); }
+  let m = exp_(b * log_(abs(a)));
+  return select(m, -m, a < 0.0 && odd);
 }
 
 // Integer power with wrap-around, and JS truncation for negative exponents.

@@ -18,22 +18,27 @@ function viewParamAt(rank: number, k: number): number {
   return 1 + rank + k * (1 + rank);
 }
 
-/** Float unary ops as WGSL expressions of `x` (see the helpers in common.ts). */
+/**
+ * Float unary ops as WGSL expressions of `x` (the helpers are in common.ts).
+ * unaryKernel maps a NaN input to NaN itself for all but relu, which gives 0
+ * like the CPU's `x > 0 ? x : 0`.
+ */
 const unaryF32: Record<UnaryOp, string> = {
   neg: '-x',
   abs: 'abs(x)',
-  exp: 'exp(x)',
+  exp: 'exp_(x)',
   log: 'log_(x)',
-  sqrt: 'sqrt(x)',
-  rsqrt: 'fdiv(1.0, sqrt(x))',
-  sin: 'sin(reduce2pi(x))',
-  cos: 'cos(reduce2pi(x))',
+  sqrt: 'sqrt_(x)',
+  rsqrt: 'fdiv(1.0, sqrt_(x))',
+  sin: 'sin_(x)',
+  cos: 'cos_(x)',
   tanh: 'tanh_(x)',
-  sigmoid: '1.0 / (1.0 + exp(-x))',
-  relu: 'select(0.0, x, x > 0.0)',
-  silu: 'x / (1.0 + exp(-x))',
-  // GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
-  gelu: '0.5 * x * (1.0 + tanh_(0.7978845608028654 * (x + 0.044715 * x * x * x)))',
+  sigmoid: 'fdiv(1.0, 1.0 + exp_(-x))',
+  relu: 'select(0.0, x, x > 0.0 && !isnan_(x))',
+  silu: 'fdiv(x, 1.0 + exp_(-x))',
+  // GELU, tanh approximation: 0.5 x (1 + tanh(u)) = x sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3);
+  // the sigmoid form does not cancel for large negative x (the CPU's WebAssembly kernel uses it too)
+  gelu: 'fdiv(x, 1.0 + exp_(-1.5957691216057308 * (x + 0.044715 * x * x * x)))',
 };
 
 /** The unary ops defined on int32 (ops.ts casts ints to float for the others). */
@@ -80,26 +85,42 @@ const binaryI32: Record<BinaryOp, string> = {
  * The generic strided map: out[view 0] = body(in1[view 1], in2[view 2], ...).
  * `body` declares nothing; it is an expression of the `let` names in `names`.
  */
-function mapKernel(name: string, rank: number, outType: DType, ins: { name: string; dtype: DType }[], body: string): Kernel {
+function mapKernel(
+  name: string,
+  rank: number,
+  outType: DType,
+  ins: { name: string; dtype: DType }[],
+  body: string,
+): Kernel {
   const views = [0, ...ins.map((_, k) => k + 1)].map((k) => viewParamAt(rank, k));
   const loads = ins.map((x, k) => `let ${x.name} = in${k}[o${k + 1}];`).join('\n    ');
   const code = /* wgsl */ `${prelude}
 ${binding(1, 'out', wgslType(outType), 'read_write')}
 ${ins.map((x, k) => binding(k + 2, `in${k}`, wgslType(x.dtype), 'read')).join('\n')}
 @compute @workgroup_size(${EW_WORKGROUP})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
+fn main(
+  @builtin(workgroup_id) wid: vec3u,
+  @builtin(num_workgroups) nwg: vec3u,
+  @builtin(local_invocation_index) lid: u32,
+) {
   let i = groupIndex(wid, nwg) * ${EW_WORKGROUP}u + lid;
   if (i >= p(0u)) { return; }
   ${stridedOffsets('i', rank, 1, views)}
   ${loads}
   out[o0] = ${body};
 }`;
-  return { key: `${name}:${rank}:${outType}:${ins.map((x) => x.dtype).join(',')}`, code, workgroupSize: EW_WORKGROUP, storage: ['read_write', ...ins.map(() => 'read' as const)] };
+  return {
+    key: `${name}:${rank}:${outType}:${ins.map((x) => x.dtype).join(',')}`,
+    code,
+    workgroupSize: EW_WORKGROUP,
+    storage: ['read_write', ...ins.map(() => 'read' as const)],
+  };
 }
 
 /** y = op(x). */
 export const unaryKernel = memo((op: UnaryOp, dtype: DType, rank: number): Kernel => {
-  const expr = dtype === 'int32' ? unaryI32[op] : unaryF32[op];
+  const expr =
+    dtype === 'int32' ? unaryI32[op] : op === 'relu' ? unaryF32[op] : `select(${unaryF32[op]}, x, isnan_(x))`;
   if (!expr) throw new Error(`webgpu unary: ${op} is not defined for ${dtype}`);
   return mapKernel(`unary.${op}`, rank, dtype, [{ name: 'x', dtype }], expr);
 });
@@ -107,13 +128,32 @@ export const unaryKernel = memo((op: UnaryOp, dtype: DType, rank: number): Kerne
 /** out = a op b (comparisons give 1/0 in the inputs' dtype). */
 export const binaryKernel = memo((op: BinaryOp, dtype: DType, rank: number): Kernel => {
   const expr = (dtype === 'int32' ? binaryI32 : binaryF32)[op];
-  return mapKernel(`binary.${op}`, rank, dtype, [{ name: 'a', dtype }, { name: 'b', dtype }], expr);
+  return mapKernel(
+    `binary.${op}`,
+    rank,
+    dtype,
+    [
+      { name: 'a', dtype },
+      { name: 'b', dtype },
+    ],
+    expr,
+  );
 });
 
 /** out = cond != 0 ? a : b. A float cond tests its bits, so -0 counts as 0 and NaN as true, like the CPU. */
 export const whereKernel = memo((condType: DType, dtype: DType, rank: number): Kernel => {
   const test = condType === 'int32' ? 'c != 0' : '(bitcast<u32>(c) & 0x7fffffffu) != 0u';
-  return mapKernel('where', rank, dtype, [{ name: 'c', dtype: condType }, { name: 'a', dtype }, { name: 'b', dtype }], `select(b, a, ${test})`);
+  return mapKernel(
+    'where',
+    rank,
+    dtype,
+    [
+      { name: 'c', dtype: condType },
+      { name: 'a', dtype },
+      { name: 'b', dtype },
+    ],
+    `select(b, a, ${test})`,
+  );
 });
 
 /** out = cast(x): materialises a view (contiguous or not, depending on the output strides). */
@@ -127,12 +167,37 @@ export const fillKernel = memo((dtype: DType): Kernel => {
   const code = /* wgsl */ `${prelude}
 ${binding(1, 'out', t, 'read_write')}
 @compute @workgroup_size(${EW_WORKGROUP})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
+fn main(
+  @builtin(workgroup_id) wid: vec3u,
+  @builtin(num_workgroups) nwg: vec3u,
+  @builtin(local_invocation_index) lid: u32,
+) {
   let i = groupIndex(wid, nwg) * ${EW_WORKGROUP}u + lid;
   if (i >= p(0u)) { return; }
   out[i] = bitcast<${t}>(p(1u));
 }`;
   return { key: `fill:${dtype}`, code, workgroupSize: EW_WORKGROUP, storage: ['read_write'] };
+});
+
+/**
+ * The upload copy: out[i] = src[p(1) + i] for i < p(0), 32-bit words. src is the
+ * recorder's staging area; the copy runs in command order (recorder.ts).
+ */
+export const uploadKernel = memo((): Kernel => {
+  const code = /* wgsl */ `${prelude}
+${binding(1, 'out', 'u32', 'read_write')}
+${binding(2, 'src', 'u32', 'read')}
+@compute @workgroup_size(${EW_WORKGROUP})
+fn main(
+  @builtin(workgroup_id) wid: vec3u,
+  @builtin(num_workgroups) nwg: vec3u,
+  @builtin(local_invocation_index) lid: u32,
+) {
+  let i = groupIndex(wid, nwg) * ${EW_WORKGROUP}u + lid;
+  if (i >= p(0u)) { return; }
+  out[i] = src[p(1u) + i];
+}`;
+  return { key: 'upload', code, workgroupSize: EW_WORKGROUP, storage: ['read_write', 'read'] };
 });
 
 /**
@@ -156,7 +221,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, 
   let vi = v[p(4u) + i] * pf(7u) + (gi * gi) * pf(8u);
   m[p(3u) + i] = mi;
   v[p(4u) + i] = vi;
-  pw[p(1u) + i] = pw[p(1u) + i] * pf(5u) - fdiv(mi, fdiv(sqrt(vi), pf(9u)) + pf(11u)) * pf(10u);
+  pw[p(1u) + i] = pw[p(1u) + i] * pf(5u) - fdiv(mi, fdiv(sqrt_(vi), pf(9u)) + pf(11u)) * pf(10u);
 }`;
   return { key: 'adamw', code, workgroupSize: EW_WORKGROUP, storage: ['read_write', 'read', 'read_write', 'read_write'] };
 });

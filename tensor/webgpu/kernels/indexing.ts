@@ -34,7 +34,11 @@ ${binding(1, 'out', t, 'read_write')}
 ${binding(2, 'table', t, 'read')}
 ${binding(3, 'ids', 'i32', 'read')}
 @compute @workgroup_size(${EW_WORKGROUP})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
+fn main(
+  @builtin(workgroup_id) wid: vec3u,
+  @builtin(num_workgroups) nwg: vec3u,
+  @builtin(local_invocation_index) lid: u32,
+) {
   let i = groupIndex(wid, nwg) * ${EW_WORKGROUP}u + lid;
   if (i >= p(0u)) { return; }
   let D = p(1u);
@@ -70,7 +74,11 @@ fn lowerBound(r: i32) -> u32 {
   return lo;
 }
 @compute @workgroup_size(${EW_WORKGROUP})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
+fn main(
+  @builtin(workgroup_id) wid: vec3u,
+  @builtin(num_workgroups) nwg: vec3u,
+  @builtin(local_invocation_index) lid: u32,
+) {
   let i = groupIndex(wid, nwg) * ${EW_WORKGROUP}u + lid;
   if (i >= p(0u)) { return; }
   let D = p(1u);
@@ -81,7 +89,12 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, 
   for (var k = lowerBound(r); k < end; k++) { acc += src[p(3u) + u32(perm[k]) * p(4u) + col]; }
   out[i] = acc;
 }`;
-  return { key: `scatterSum:${dtype}`, code, workgroupSize: EW_WORKGROUP, storage: ['read_write', 'read', 'read', 'read'] };
+  return {
+    key: `scatterSum:${dtype}`,
+    code,
+    workgroupSize: EW_WORKGROUP,
+    storage: ['read_write', 'read', 'read', 'read'],
+  };
 });
 
 /**
@@ -100,7 +113,11 @@ ${binding(3, 'x', t, 'read')}
 var<workgroup> tile: array<${t}, ${SORT_TILE}>;
 fn sortKey(v: ${t}) -> ${t} { return ${key}; }
 @compute @workgroup_size(${SORT_TILE})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
+fn main(
+  @builtin(workgroup_id) wid: vec3u,
+  @builtin(num_workgroups) nwg: vec3u,
+  @builtin(local_invocation_index) lid: u32,
+) {
   let cols = p(1u);
   let cs = p(2u);
   let tilesPerRow = (cols + ${SORT_TILE - 1}u) / ${SORT_TILE}u;
@@ -128,5 +145,10 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, 
     indices[row * cols + rank] = i32(c);
   }
 }`;
-  return { key: `sort:${dtype}:${rank}:${descending ? 'desc' : 'asc'}`, code, workgroupSize: SORT_TILE, storage: ['read_write', 'read_write', 'read'] };
+  return {
+    key: `sort:${dtype}:${rank}:${descending ? 'desc' : 'asc'}`,
+    code,
+    workgroupSize: SORT_TILE,
+    storage: ['read_write', 'read_write', 'read'],
+  };
 });

@@ -1,103 +1,339 @@
 // Batched matmul: out[z] = a[z] @ b[z], a [M, K], b [K, N], all strided.
+// The one kernel worth tuning: a model step spends most of its GPU time here.
 //
-// Tiling: each workgroup owns a TILE x TILE block of the output. It walks K
-// in steps of TK: the threads cooperatively copy a TILE x TK slab of a and a
-// TK x TILE slab of b into workgroup memory, then every thread multiplies
-// them into a W x W block of accumulators held in registers. Every element
-// copied into workgroup memory is used by TILE outputs, so global memory is
-// read TILE times less than by one thread per output walking its row of a
-// and column of b, and the inner loop touches only workgroup memory and
-// registers.
+// Register-blocked tiles. A workgroup owns a BM x BN block of the output and
+// walks K in slabs of BK: its threads copy a BM x BK slab of a and a BK x BN
+// slab of b into workgroup memory, then each thread multiplies them into a
+// TM x TN block of accumulators held in registers. Every element copied is
+// used by BN (or BM) outputs, so global memory is read that many times less
+// than by one thread per output, and the inner loop reads workgroup memory
+// as vec4s and does vec4 multiply-adds. The slabs are stored k-major (As[k][m],
+// Bs[k][n]) so a thread's TM rows and TN columns are contiguous vec4s.
 //
-// A thread owns rows ty, ty + TD, ... and columns tx, tx + TD, ... (spread,
-// not a solid W x W block), so neighbouring threads write neighbouring
-// output columns and read neighbouring workgroup-memory words.
+// Vectorised loads. An operand whose fast dim (stride 1) is a multiple of 4
+// long, with its other strides and offset multiples of 4 too, is read as
+// vec4s: a quarter of the load instructions, and 16-byte coalesced accesses.
+// Other operands (odd sizes, slices) are read one float at a time, through
+// their strides; transposed operands are never copied.
 //
-// Inputs are read through their strides (no copies for transposed or
-// broadcast operands); the slab copy walks whichever index is contiguous in
-// memory (`aKFast`/`bNFast` variants) so consecutive threads read
-// consecutive addresses. Batch dims go through the same strided index
-// arithmetic as elementwise kernels, so broadcast batches (stride 0) are free.
+// Split-K. A weight gradient (x^T @ dy) has a small output and a long K (all
+// the tokens of a batch): too few tiles to fill a GPU. Then K is cut into S
+// chunks, each tile of each chunk is a workgroup writing a partial product,
+// and the S partials are summed afterwards (in a fixed order: deterministic).
 //
-// Params: [M, N, K, aRowStride, aColStride, bRowStride, bColStride, zBase,
-//          batch rank R: shape[0..R), aOffset, aStrides[0..R), bOffset, bStrides[0..R)].
+// f16 storage. With `half`, a and b are contiguous buffers of packed float16
+// pairs (u32 words, packed by packHalfKernel); loads unpack them to float32,
+// and everything after is float32 (accumulation included). It halves the
+// bytes a matmul reads. unpack2x16float is core WGSL, so this runs on every
+// device; it is a kernel option for now (float32 is the default).
+//
+// GEMV. With M = 1 (decoding one token) a tile wastes all but one row, so
+// gemvKernel computes a row vector times a matrix instead: for b with a
+// contiguous K (a Linear weight used as W^T) 32 threads share each output and
+// stride along K; for b with a contiguous N, each thread owns a column and
+// 4 threads split K. Either way consecutive threads read consecutive addresses.
+//
+// Params (tiles and GEMV): [M, N, K, aRowStride, aColStride, bRowStride, bColStride, zBase,
+//   splits S, chunk Kc, batch rank R: shape[0..R), aOffset, aStrides[0..R), bOffset, bStrides[0..R)].
 
 import { type Kernel, binding, memo, prelude, stridedOffsets } from './common.ts';
-
-/** The slab depth along K. */
-const TK = 16;
+import { EW_WORKGROUP } from './elementwise.ts';
 
 /** Where the batch view params start. */
-const MATMUL_BATCH_AT = 8;
+export const MATMUL_BATCH_AT = 10;
 
-/** The tiled batched matmul kernel (float32): td x td threads, each computing w x w outputs. */
-export const matmulKernel = memo((batchRank: number, aKFast: boolean, bNFast: boolean, td: number, w: number): Kernel => {
-  const tile = td * w;
-  const threads = td * td;
-  const loads = (tile * TK) / threads;
-  const R = batchRank;
-  const aView = MATMUL_BATCH_AT + R;
-  const bView = aView + 1 + R;
-  // which (row, k) / (k, col) of the slab thread `idx` copies
-  const aIdx = aKFast ? `let r = idx / ${TK}u; let kk = idx % ${TK}u;` : `let r = idx % ${tile}u; let kk = idx / ${tile}u;`;
-  const bIdx = bNFast ? `let kr = idx / ${tile}u; let c = idx % ${tile}u;` : `let kr = idx % ${TK}u; let c = idx / ${TK}u;`;
-  const code = /* wgsl */ `${prelude}
-${binding(1, 'out', 'f32', 'read_write')}
-${binding(2, 'a', 'f32', 'read')}
-${binding(3, 'b', 'f32', 'read')}
-var<workgroup> As: array<f32, ${tile * TK}>;
-var<workgroup> Bs: array<f32, ${TK * tile}>;
-@compute @workgroup_size(${td}, ${td})
+/** A tile shape: BM x BN outputs per workgroup, slabs BK deep, TM x TN outputs per thread. */
+export interface TileConfig {
+  name: string;
+  BM: number;
+  BN: number;
+  BK: number;
+  TM: number;
+  TN: number;
+}
+
+/**
+ * The tile table, picked per shape (backend.ts planMatmul). Threads per
+ * workgroup: (BM/TM) x (BN/TN) = 64, 256, 256. Workgroup memory:
+ * 4 (BM + BN) BK bytes = 4, 8, 8 KiB.
+ */
+export const TILES = {
+  small: { name: 'small', BM: 32, BN: 32, BK: 16, TM: 4, TN: 4 },
+  medium: { name: 'medium', BM: 64, BN: 64, BK: 16, TM: 4, TN: 4 },
+  large: { name: 'large', BM: 128, BN: 128, BK: 8, TM: 8, TN: 8 },
+} satisfies Record<string, TileConfig>;
+
+/** How an operand is read: which of its two matrix dims is contiguous, and whether as vec4s. */
+export interface OperandLayout {
+  /** a: 'k' (rows of K) or 'm'; b: 'n' (rows of N) or 'k'. */
+  fast: 'm' | 'n' | 'k';
+  vec: boolean;
+}
+
+/** The load of one operand's element e (xAt), or of 4 elements from e, a multiple of 4 (xAt4); f32 or packed f16. */
+function loader(name: string, vec: boolean, half: boolean): string {
+  if (vec) {
+    return half
+      ? `fn ${name}At4(e: u32) -> vec4<f32> {
+  let w = ${name}4[e / 4u];
+  return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));
+}`
+      : `fn ${name}At4(e: u32) -> vec4<f32> { return ${name}4[e / 4u]; }`;
+  }
+  return half
+    ? `fn ${name}At(e: u32) -> f32 { return unpack2x16float(${name}[e / 2u])[e & 1u]; }`
+    : `fn ${name}At(e: u32) -> f32 { return ${name}[e]; }`;
+}
+
+/** The bindings of an operand: scalar and vec4 views of the same buffer cannot both be declared, so one of them. */
+function operandBinding(n: number, name: string, vec: boolean, half: boolean): string {
+  const type = half ? (vec ? 'vec2<u32>' : 'u32') : vec ? 'vec4<f32>' : 'f32';
+  return binding(n, vec ? `${name}4` : name, type, 'read');
+}
+
+/**
+ * WGSL that copies one operand's slab into workgroup memory `dst` (vec4s,
+ * k-major: dst[k * (W / 4) + w / 4][w % 4] for slab row k, position w < W).
+ * `rows` is the operand's non-K dim (M for a, N for b).
+ */
+function slabLoad(o: {
+  name: string;
+  dst: string;
+  W: number;
+  BK: number;
+  threads: number;
+  layout: OperandLayout;
+  kIsRow: boolean;
+}): string {
+  const { name, dst, W, BK, threads, layout } = o;
+  // element offset of (w, k) within the operand: the w dim has stride wS, the k dim kS
+  const wS = o.kIsRow ? 'CS' : 'RS';
+  const kS = o.kIsRow ? 'RS' : 'CS';
+  const lim = o.kIsRow ? 'N' : 'M';
+  const origin = o.kIsRow ? 'col0' : 'row0';
+  const at = (w: string, k: string) => `${name}Base + (${origin} + ${w}) * ${name}${wS} + (k0 + ${k}) * ${name}${kS}`;
+  const inRange = (w: string, k: string) => `${origin} + ${w} < ${lim} && k0 + ${k} < kEnd`;
+  const kFast = layout.fast === 'k';
+  if (layout.vec) {
+    const count = (W * BK) / 4;
+    const loops = Math.ceil(count / threads);
+    const body = kFast
+      ? `let w = v / ${BK / 4}u; let k = (v % ${BK / 4}u) * 4u;
+        var val = vec4<f32>(0.0);
+        if (${inRange('w', 'k')}) { val = ${name}At4(${at('w', 'k')}); }
+        for (var c = 0u; c < 4u; c++) { ${dst}[(k + c) * ${W / 4}u + w / 4u][w % 4u] = val[c]; }`
+      : `let k = v / ${W / 4}u; let w = (v % ${W / 4}u) * 4u;
+        var val = vec4<f32>(0.0);
+        if (${inRange('w', 'k')}) { val = ${name}At4(${at('w', 'k')}); }
+        ${dst}[k * ${W / 4}u + w / 4u] = val;`;
+    return `for (var l = 0u; l < ${loops}u; l++) {
+      let v = tid + l * ${threads}u;
+      if (v < ${count}u) {
+        ${body}
+      }
+    }`;
+  }
+  const count = W * BK;
+  const idx = kFast ? `let w = e / ${BK}u; let k = e % ${BK}u;` : `let k = e / ${W}u; let w = e % ${W}u;`;
+  return `for (var l = 0u; l < ${Math.ceil(count / threads)}u; l++) {
+      let e = tid + l * ${threads}u;
+      if (e < ${count}u) {
+        ${idx}
+        var val = 0.0;
+        if (${inRange('w', 'k')}) { val = ${name}At(${at('w', 'k')}); }
+        ${dst}[k * ${W / 4}u + w / 4u][w % 4u] = val;
+      }
+    }`;
+}
+
+/**
+ * The tiled batched matmul. `vecOut`: N is a multiple of 4, so rows of the
+ * output are written as vec4s. `half`: a and b are packed float16.
+ */
+export const matmulKernel = memo(
+  (
+    batchRank: number,
+    tile: string,
+    aFast: string,
+    aVec: boolean,
+    bFast: string,
+    bVec: boolean,
+    vecOut: boolean,
+    half: boolean,
+  ): Kernel => {
+    const t: TileConfig = TILES[tile as keyof typeof TILES];
+    const { BM, BN, BK, TM, TN } = t;
+    const TX = BN / TN;
+    const TY = BM / TM;
+    const threads = TX * TY;
+    const R = batchRank;
+    const aView = MATMUL_BATCH_AT + R;
+    const bView = aView + 1 + R;
+    const aLayout: OperandLayout = { fast: aFast as OperandLayout['fast'], vec: aVec };
+    const bLayout: OperandLayout = { fast: bFast as OperandLayout['fast'], vec: bVec };
+    // the TM x TN block: acc[i * (TN / 4) + j] holds row i, columns 4j .. 4j + 3
+    const fma: string[] = [];
+    for (let i = 0; i < TM; i++) {
+      for (let j = 0; j < TN / 4; j++) fma.push(`acc[${i * (TN / 4) + j}] += av[${i >> 2}][${i & 3}] * bv[${j}];`);
+    }
+    const store = vecOut
+      ? `if (r < M && c < N) { out4[(base + r * N + c) / 4u] = acc[i * ${TN / 4}u + j]; }`
+      : `for (var q = 0u; q < 4u; q++) {
+        if (r < M && c + q < N) { out[base + r * N + c + q] = acc[i * ${TN / 4}u + j][q]; }
+      }`;
+    const code = /* wgsl */ `${prelude}
+${vecOut ? binding(1, 'out4', 'vec4<f32>', 'read_write') : binding(1, 'out', 'f32', 'read_write')}
+${operandBinding(2, 'a', aVec, half)}
+${operandBinding(3, 'b', bVec, half)}
+${loader('a', aVec, half)}
+${loader('b', bVec, half)}
+var<workgroup> As: array<vec4<f32>, ${(BK * BM) / 4}>;
+var<workgroup> Bs: array<vec4<f32>, ${(BK * BN) / 4}>;
+@compute @workgroup_size(${TX}, ${TY})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: vec3u) {
   let M = p(0u); let N = p(1u); let K = p(2u);
   let aRS = p(3u); let aCS = p(4u); let bRS = p(5u); let bCS = p(6u);
   let z = p(7u) + wid.z;
-  ${stridedOffsets('z', R, MATMUL_BATCH_AT, [aView, bView])}
-  let row0 = wid.y * ${tile}u;
-  let col0 = wid.x * ${tile}u;
+  let S = p(8u); let Kc = p(9u);
+  // z enumerates (batch entry, K chunk); partial products of chunk s land in their own output slab
+  let zb = z / S;
+  let kStart = (z % S) * Kc;
+  let kEnd = min(K, kStart + Kc);
+  ${stridedOffsets('zb', R, MATMUL_BATCH_AT, [aView, bView])}
+  let aBase = o0; let bBase = o1;
+  let row0 = wid.y * ${BM}u;
+  let col0 = wid.x * ${BN}u;
   let tx = lid.x;
   let ty = lid.y;
-  let tid = ty * ${td}u + tx;
-  var acc: array<array<f32, ${w}>, ${w}>;
-  for (var k0 = 0u; k0 < K; k0 += ${TK}u) {
-    for (var l = 0u; l < ${loads}u; l++) {
-      let idx = tid + l * ${threads}u;
-      ${aIdx}
-      var va = 0.0;
-      if (row0 + r < M && k0 + kk < K) { va = a[o0 + (row0 + r) * aRS + (k0 + kk) * aCS]; }
-      As[r * ${TK}u + kk] = va;
-      ${bIdx}
-      var vb = 0.0;
-      if (k0 + kr < K && col0 + c < N) { vb = b[o1 + (k0 + kr) * bRS + (col0 + c) * bCS]; }
-      Bs[kr * ${tile}u + c] = vb;
-    }
+  let tid = ty * ${TX}u + tx;
+  var acc: array<vec4<f32>, ${(TM * TN) / 4}>;
+  for (var k0 = kStart; k0 < kEnd; k0 += ${BK}u) {
+    ${slabLoad({ name: 'a', dst: 'As', W: BM, BK, threads, layout: aLayout, kIsRow: false })}
+    ${slabLoad({ name: 'b', dst: 'Bs', W: BN, BK, threads, layout: bLayout, kIsRow: true })}
     workgroupBarrier();
-    for (var kk = 0u; kk < ${TK}u; kk++) {
-      var av: array<f32, ${w}>;
-      var bv: array<f32, ${w}>;
-      for (var i = 0u; i < ${w}u; i++) {
-        av[i] = As[(ty + i * ${td}u) * ${TK}u + kk];
-        bv[i] = Bs[kk * ${tile}u + tx + i * ${td}u];
-      }
-      for (var i = 0u; i < ${w}u; i++) {
-        for (var j = 0u; j < ${w}u; j++) { acc[i][j] += av[i] * bv[j]; }
-      }
+    for (var kk = 0u; kk < ${BK}u; kk++) {
+      var av: array<vec4<f32>, ${TM / 4}>;
+      var bv: array<vec4<f32>, ${TN / 4}>;
+      for (var i = 0u; i < ${TM / 4}u; i++) { av[i] = As[kk * ${BM / 4}u + ty * ${TM / 4}u + i]; }
+      for (var j = 0u; j < ${TN / 4}u; j++) { bv[j] = Bs[kk * ${BN / 4}u + tx * ${TN / 4}u + j]; }
+      ${fma.join('\n      ')}
     }
     workgroupBarrier();
   }
   let base = z * M * N;
-  for (var i = 0u; i < ${w}u; i++) {
-    for (var j = 0u; j < ${w}u; j++) {
-      let r = row0 + ty + i * ${td}u;
-      let c = col0 + tx + j * ${td}u;
-      if (r < M && c < N) { out[base + r * N + c] = acc[i][j]; }
+  for (var i = 0u; i < ${TM}u; i++) {
+    for (var j = 0u; j < ${TN / 4}u; j++) {
+      let r = row0 + ty * ${TM}u + i;
+      let c = col0 + tx * ${TN}u + j * 4u;
+      ${store}
     }
   }
 }`;
-  return {
-    key: `matmul:${R}:${aKFast ? 'k' : 'm'}:${bNFast ? 'n' : 'k'}:${td}x${w}`,
-    code,
-    workgroupSize: threads,
-    storage: ['read_write', 'read', 'read'],
-  };
+    return {
+      key: `matmul.${tile}:${R}:a${aFast}${aVec ? 4 : 1}:b${bFast}${bVec ? 4 : 1}:o${vecOut ? 4 : 1}${half ? ':f16' : ''}`,
+      code,
+      workgroupSize: threads,
+      storage: ['read_write', 'read', 'read'],
+    };
+  },
+);
+
+/** Outputs per GEMV workgroup of each variant (256 threads either way). */
+export const GEMV_OUTPUTS = { dot: 8, axpy: 64 } as const;
+
+/**
+ * Row vector times matrix: out[z, n] = sum_k a[z, 0, k] b[z, k, n], the same
+ * params as matmulKernel (S = 1). 'dot': 32 threads per output stride along
+ * K (b's K contiguous); 'axpy': a thread per column, 4 threads split K (b's
+ * N contiguous). The threads' partial sums meet in workgroup memory.
+ */
+export const gemvKernel = memo((batchRank: number, variant: 'dot' | 'axpy'): Kernel => {
+  const R = batchRank;
+  const aView = MATMUL_BATCH_AT + R;
+  const bView = aView + 1 + R;
+  const [lanes, outs] = variant === 'dot' ? [32, GEMV_OUTPUTS.dot] : [4, GEMV_OUTPUTS.axpy];
+  // thread lid: output lid / lanes (dot) or lid % outs (axpy); lane: the K stripe it sums
+  const [out, lane] = variant === 'dot' ? ['lid / 32u', 'lid % 32u'] : ['lid % 64u', 'lid / 64u'];
+  const reduce =
+    variant === 'dot'
+      ? `for (var s = 16u; s > 0u; s = s >> 1u) {
+    if (lane < s) { red[lid] += red[lid + s]; }
+    workgroupBarrier();
+  }`
+      : `for (var s = 2u; s > 0u; s = s >> 1u) {
+    if (lane < s) { red[lid] += red[lid + s * 64u]; }
+    workgroupBarrier();
+  }`;
+  const code = /* wgsl */ `${prelude}
+${binding(1, 'out', 'f32', 'read_write')}
+${binding(2, 'a', 'f32', 'read')}
+${binding(3, 'b', 'f32', 'read')}
+var<workgroup> red: array<f32, 256>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
+  let N = p(1u); let K = p(2u);
+  let aCS = p(4u); let bRS = p(5u); let bCS = p(6u);
+  let z = p(7u) + wid.z;
+  ${stridedOffsets('z', R, MATMUL_BATCH_AT, [aView, bView])}
+  let lane = ${lane};
+  let n = wid.x * ${outs}u + ${out};
+  var acc = 0.0;
+  if (n < N) {
+    for (var k = lane; k < K; k += ${lanes}u) { acc += a[o0 + k * aCS] * b[o1 + k * bRS + n * bCS]; }
+  }
+  red[lid] = acc;
+  workgroupBarrier();
+  ${reduce}
+  if (lane == 0u && n < N) { out[z * N + n] = red[lid]; }
+}`;
+  return { key: `gemv.${variant}:${R}`, code, workgroupSize: 256, storage: ['read_write', 'read', 'read'] };
+});
+
+/**
+ * float32 -> packed float16 pairs, rounded to nearest even in integer
+ * arithmetic (WGSL lets pack2x16float round either way). out[w] holds
+ * elements 2w (low half) and 2w + 1 of a contiguous input. Params: [n, xOffset].
+ */
+export const packHalfKernel = memo((): Kernel => {
+  const code = /* wgsl */ `${prelude}
+${binding(1, 'out', 'u32', 'read_write')}
+${binding(2, 'x', 'f32', 'read')}
+fn halfBits(v: f32) -> u32 {
+  let b = bitcast<u32>(v);
+  let sign = (b >> 16u) & 0x8000u;
+  let be = (b >> 23u) & 0xffu;
+  let m = b & 0x7fffffu;
+  if (be == 0xffu) { return sign | 0x7c00u | select(0u, 0x200u, m != 0u); }
+  let e = i32(be) - 112;
+  if (e >= 31) { return sign | 0x7c00u; }
+  if (e <= 0) {
+    // a float16 denormal (or zero): shift the full mantissa down, round half to even
+    if (e < -10) { return sign; }
+    let full = m | 0x800000u;
+    let shift = u32(14 - e);
+    let q = full >> shift;
+    let rest = full & ((1u << shift) - 1u);
+    let half = 1u << (shift - 1u);
+    return sign | (q + select(0u, 1u, rest > half || (rest == half && (q & 1u) == 1u)));
+  }
+  let q = (u32(e) << 10u) | (m >> 13u);
+  let rest = m & 0x1fffu;
+  // a carry out of the mantissa bumps the exponent, up to Inf: what rounding should do
+  return sign | (q + select(0u, 1u, rest > 0x1000u || (rest == 0x1000u && (q & 1u) == 1u)));
+}
+@compute @workgroup_size(${EW_WORKGROUP})
+fn main(
+  @builtin(workgroup_id) wid: vec3u,
+  @builtin(num_workgroups) nwg: vec3u,
+  @builtin(local_invocation_index) lid: u32,
+) {
+  let w = groupIndex(wid, nwg) * ${EW_WORKGROUP}u + lid;
+  let n = p(0u);
+  if (2u * w >= n) { return; }
+  let lo = halfBits(x[p(1u) + 2u * w]);
+  var hi = 0u;
+  if (2u * w + 1u < n) { hi = halfBits(x[p(1u) + 2u * w + 1u]); }
+  out[w] = lo | (hi << 16u);
+}`;
+  return { key: 'packHalf', code, workgroupSize: EW_WORKGROUP, storage: ['read_write', 'read'] };
 });

@@ -65,7 +65,11 @@ ${sum ? '' : betterFn(t)}`;
 var<workgroup> sv: array<${t}, ${WG}>;
 var<workgroup> si: array<u32, ${WG}>;
 @compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
+fn main(
+  @builtin(workgroup_id) wid: vec3u,
+  @builtin(num_workgroups) nwg: vec3u,
+  @builtin(local_invocation_index) lid: u32,
+) {
   let g = groupIndex(wid, nwg);
   if (g >= p(0u)) { return; }
   let len = p(1u);
@@ -86,7 +90,11 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, 
 }`
     : /* wgsl */ `${header}
 @compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
+fn main(
+  @builtin(workgroup_id) wid: vec3u,
+  @builtin(num_workgroups) nwg: vec3u,
+  @builtin(local_invocation_index) lid: u32,
+) {
   let g = groupIndex(wid, nwg) * ${WG}u + lid;
   if (g >= p(0u)) { return; }
   let len = p(1u);
@@ -95,5 +103,10 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, 
   ${loop('0u', '1u')}
   out[g] = ${result};
 }`;
-  return { key: `reduce.${op}:${dtype}:${rank}:${longAxis ? 'wg' : 'thread'}`, code, workgroupSize: WG, storage: ['read_write', 'read'] };
+  return {
+    key: `reduce.${op}:${dtype}:${rank}:${longAxis ? 'wg' : 'thread'}`,
+    code,
+    workgroupSize: WG,
+    storage: ['read_write', 'read'],
+  };
 });

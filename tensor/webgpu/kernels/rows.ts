@@ -66,7 +66,7 @@ const logSumExp = /* wgsl */ `
   for (var c = lid; c < cols; c += WG) { m = maxNaN(m, x[o0 + c * cs]); }
   m = wgMax(m, lid);
   var s = 0.0;
-  for (var c = lid; c < cols; c += WG) { s += exp(x[o0 + c * cs] - m); }
+  for (var c = lid; c < cols; c += WG) { s += exp_(x[o0 + c * cs] - m); }
   s = wgSum(s, lid);
   let lse = select(m + log_(s), -inf(), m == -inf());`;
 
@@ -79,9 +79,9 @@ function body(op: RowOp, e: number): string {
   for (var c = lid; c < cols; c += WG) { m = maxNaN(m, x[o0 + c * cs]); }
   m = wgMax(m, lid);
   var s = 0.0;
-  for (var c = lid; c < cols; c += WG) { s += exp(x[o0 + c * cs] - m); }
+  for (var c = lid; c < cols; c += WG) { s += exp_(x[o0 + c * cs] - m); }
   s = wgSum(s, lid);
-  for (var c = lid; c < cols; c += WG) { out[dst + c] = fdiv(exp(x[o0 + c * cs] - m), s); }`;
+  for (var c = lid; c < cols; c += WG) { out[dst + c] = fdiv(exp_(x[o0 + c * cs] - m), s); }`;
     case 'logSoftmax':
       return /* wgsl */ `${logSumExp}
   for (var c = lid; c < cols; c += WG) { out[dst + c] = x[o0 + c * cs] - lse; }`;
@@ -139,7 +139,11 @@ ${extra[op].join('\n')}
 ${reducers(wg)}
 const WG = ${wg}u;
 @compute @workgroup_size(${wg})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
+fn main(
+  @builtin(workgroup_id) wid: vec3u,
+  @builtin(num_workgroups) nwg: vec3u,
+  @builtin(local_invocation_index) lid: u32,
+) {
   let row = groupIndex(wid, nwg);
   if (row >= p(0u)) { return; }
   let cols = p(1u);
@@ -148,7 +152,12 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, 
   ${stridedOffsets('row', rank, 3, [3 + rank])}
   ${body(op, e)}
 }`;
-  return { key: `row.${op}:${rank}:${wg}`, code, workgroupSize: wg, storage: ['read_write', 'read', ...extra[op].map(() => 'read' as const)] };
+  return {
+    key: `row.${op}:${rank}:${wg}`,
+    code,
+    workgroupSize: wg,
+    storage: ['read_write', 'read', ...extra[op].map(() => 'read' as const)],
+  };
 });
 
 /** Row ops compute in float32 only. */
