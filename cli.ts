@@ -259,6 +259,11 @@ export const deviceFlags = defineFlags({
     type: 'string', default: 'auto', choices: ['auto', 'webgpu', 'cpu'],
     help: 'auto: WebGPU where a hardware adapter exists, else the CPU backend',
   },
+  adapter: {
+    type: 'string', metavar: 'NAME',
+    help: 'WebGPU: the first GPU whose name contains NAME (default: NANOVLM_WEBGPU_ADAPTER, else the first; ' +
+      'Dawn ignores CUDA_VISIBLE_DEVICES)',
+  },
   cpu_kernels: {
     type: 'string', choices: ['ts', 'wasm'],
     help: "the CPU backend's kernels: wasm (WebAssembly SIMD, the default where it exists) or ts (plain TypeScript)",
@@ -268,7 +273,7 @@ export const deviceFlags = defineFlags({
 
 /** Opens the device the flags ask for; on the CPU, applies --cpu_kernels and --threads and says what runs. */
 export async function openDevice(flags: FlagValues<typeof deviceFlags>): Promise<DeviceName> {
-  const device = await resolveDevice(flags.device);
+  const device = await resolveDevice(flags.device, { adapter: flags.adapter });
   if (device !== 'cpu') return device;
   if (flags.cpu_kernels) setCpuKernels(flags.cpu_kernels);
   if (flags.threads) setCpuThreads(flags.threads);

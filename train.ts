@@ -20,9 +20,9 @@ import { AdamW, clipGradNorm, getLr } from './nn/index.ts';
 import { plotTrainingCurves } from './plot.ts';
 import { appendMetrics, curvesOf, loadResumeState, prepareOutDir, saveResumeState } from './run_state.ts';
 import { trimMetrics, writeAtomic, type MetricsRecord, type RunState } from './run_state.ts';
-import { manualSeed, noGrad, stack, tidy, type DeviceName, type Tensor } from './tensor/index.ts';
+import { manualSeed, noGrad, stack, tidy, tidyForward, type DeviceName, type Tensor } from './tensor/index.ts';
 import { closeWebGPU } from './tensor/webgpu/device.ts';
-import { configure, modelConfig } from './train_config.ts';
+import { configure, frozenParts, modelConfig } from './train_config.ts';
 import { VisionLanguageModel } from './vlm/vision_language_model.ts';
 
 const COMMAND = 'npm run train --';
@@ -109,6 +109,10 @@ async function main(): Promise<void> {
   const imgSize = cfg.vit_img_size;
   const loaders = await getDataloaders(run, splits, tokenizer, imgSize, cfg.lm_max_length);
 
+  // --- frozen parts train nothing: no gradients (nor the matmuls that make them), no optimizer state
+  const parts = { vit: model.vision_encoder, mp: model.MP, lm: model.decoder };
+  for (const part of frozenParts(run)) parts[part as keyof typeof parts].setRequiresGrad(false);
+
   // --- optimizer: two learning rates, one for the fresh projector, one for the backbones
   const mpParams = model.MP.parameters();
   const backboneParams = model.parameters().filter((p) => !mpParams.includes(p));
@@ -193,7 +197,8 @@ async function main(): Promise<void> {
       state.batchInEpoch = step + 1;
       const loss = tidy(() => {
         const t = toTensors(batch, imgSize, device);
-        const { loss } = model.forward(t.inputIds, t.image, t.attentionMask, t.labels);
+        // tidyForward: backward frees each activation as soon as it is done with it (what fits 222M in memory)
+        const { loss } = tidyForward(() => model.forward(t.inputIds, t.image, t.attentionMask, t.labels));
         // averaging over micro-batches: the accumulated gradient equals one big batch's
         loss!.div(accumulation).backward();
         return loss!;

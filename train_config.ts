@@ -9,7 +9,7 @@ import { checkOutDir, type RunState } from './run_state.ts';
 import { defaultVLMConfig, type VLMConfig } from './vlm/config.ts';
 
 // What a resumed run may change: how fast it goes, not what it computes.
-const CHANGEABLE_ON_RESUME = ['max_minutes', 'device', 'cpu_kernels', 'threads', 'num_workers'];
+const CHANGEABLE_ON_RESUME = ['max_minutes', 'device', 'adapter', 'cpu_kernels', 'threads', 'num_workers'];
 const changeable = CHANGEABLE_ON_RESUME.map((name) => `--${name}`).join(' ');
 
 /** Where the data and the backbones come from, where the run goes, what it runs on. */
@@ -58,6 +58,11 @@ export const trainFlags = defineFlags({
   },
   batch_size: { type: 'int', default: 256, min: 1, help: 'samples per micro-batch' },
   gradient_accumulation_steps: { type: 'int', default: 1, min: 1, help: 'micro-batches per optimizer step' },
+  freeze: {
+    type: 'string', default: '', metavar: 'PARTS',
+    help: 'parts that do not train, comma-separated from vit, mp, lm (vit,lm: the projector alone); ' +
+      'they get no gradients and no optimizer state',
+  },
   max_steps: {
     type: 'int', default: 0, min: 0,
     help: 'optimizer steps; the learning rate warms up over the first 3% and decays to a tenth by the last ' +
@@ -175,6 +180,10 @@ export function resolveRun(given: Partial<TrainRun>, stored?: Record<string, unk
     const preset = `the ${run.preset} preset sets --max_steps ${run.max_steps}`;
     throw new UsageError(`--epochs counts only with --max_steps 0 (${preset})`);
   }
+  const parts = frozenParts(run);
+  const unknown = parts.filter((part) => !PARTS.includes(part));
+  if (unknown.length) throw new UsageError(`--freeze ${run.freeze}: unknown part ${unknown[0]} (parts: vit, mp, lm)`);
+  if (PARTS.every((part) => parts.includes(part))) throw new UsageError('--freeze vit,mp,lm leaves nothing to train');
   if (Boolean(run.vit) !== Boolean(run.lm)) {
     throw new UsageError('pretrained backbones need both --vit path/to/siglip and --lm path/to/smollm2');
   }
@@ -205,6 +214,14 @@ export function resolveRun(given: Partial<TrainRun>, stored?: Record<string, unk
     throw new UsageError('the built-in images need --vit_img_size 32 or more');
   }
   return run;
+}
+
+// The three parts of the model, as --freeze names them.
+const PARTS = ['vit', 'mp', 'lm'];
+
+/** The parts --freeze names. */
+export function frozenParts(run: TrainRun): string[] {
+  return run.freeze.split(',').map((part) => part.trim()).filter(Boolean);
 }
 
 /** The model's VLMConfig for a run; IMAGE_TOKEN_LENGTH and TOTAL_SEQUENCE_LENGTH follow from the other fields. */

@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import { PNG } from 'pngjs';
 import { afterAll, describe, expect, it } from 'vitest';
 import { renderBuiltinExample } from '../data/builtin.ts';
+import { manualSeed } from '../tensor/index.ts';
 import { VisionLanguageModel } from '../vlm/vision_language_model.ts';
 import { ASSETS, NANOVLM_GOLD, SMOLLM2_TOKENIZER } from './fixtures.ts';
 
@@ -163,6 +164,27 @@ describe('train.ts and generate.ts', () => {
     const replaced = run('train.ts', [...tiny, '--out', copy, '--overwrite', ...short]);
     expect(replaced.code).toBe(0);
     expect(losses(copy)).toHaveLength(3);
+  });
+
+  it('--freeze vit,lm trains the projector alone: optimizer state for it only, the backbones unchanged', async () => {
+    const frozen = join(work, 'frozen');
+    const r = run('train.ts', [...tiny, '--max_steps', '4', '--eval_interval', '2', '--freeze', 'vit,lm', '--out', frozen]);
+    expect(r.code, r.err).toBe(0);
+    const { loadSafetensors } = await import('../nn/safetensors_fs.ts');
+    const moments = [...loadSafetensors(join(frozen, 'resume', 'optimizer.safetensors')).keys()].sort();
+    expect(moments).toEqual(['exp_avg.0', 'exp_avg_sq.0']); // the projector's weight: first in AdamW's groups
+    const model = await VisionLanguageModel.fromPretrained(join(frozen, 'resume'));
+    // after 4 steps the backbones are what --seed 0 initialised, the projector is not
+    manualSeed(0);
+    const initial = new VisionLanguageModel(model.cfg);
+    const same = (part: 'vision_encoder' | 'decoder' | 'MP') => {
+      const [a, b] = [initial[part].parameters(), model[part].parameters()];
+      return a.every((p, i) => p.dataSync().every((x, j) => x === b[i].dataSync()[j]));
+    };
+    expect([same('vision_encoder'), same('decoder'), same('MP')]).toEqual([true, true, false]);
+    expect(run('train.ts', [...tiny, '--freeze', 'vit,eyes', '--out', join(work, 'never2')]).err.trim()).toBe(
+      'error: --freeze vit,eyes: unknown part eyes (parts: vit, mp, lm)',
+    );
   });
 
   it('answers a bad value with one line and exit status 2, before writing anything', async () => {
