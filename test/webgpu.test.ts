@@ -502,6 +502,18 @@ describeWebGPU('webgpu nn ops', () => {
     );
     await compareDevices((x, t) => crossEntropy(x, t, 3), [[2, 4], { shape: [2], dtype: 'int32', values: [3, 3] }]);
   });
+  it('fused backward of the norms and cross-entropy on awkward sizes (1, 3, 17, 67 rows; the 49,152 vocabulary)', async () => {
+    for (const [rows, cols] of [[1, 3], [17, 67], [67, 17]]) {
+      await compareDevices((x, w, b) => layerNorm(x, w, b, 1e-5), [[rows, cols], [cols], [cols]], { rtol: 1e-4 });
+      await compareDevices((x, w) => rmsNorm(x, w, 1e-5), [[rows, cols], [cols]], { rtol: 1e-4 });
+    }
+    // a frozen weight: only dx is asked for
+    await compareDevices((x, w) => rmsNorm(x, w, 1e-5), [[3, 67], { shape: [67], grad: false }], { rtol: 1e-4 });
+    const targets = { shape: [3], dtype: 'int32' as const, values: [49151, -100, 17] };
+    await compareDevices((x, t) => crossEntropy(x, t), [{ shape: [3, 49152], lo: -8, hi: 8 }, targets], {
+      rtol: 1e-4,
+    });
+  });
   it('crossEntropy with an out-of-range target gives NaN (the GPU cannot throw)', async () => {
     const logits = await gpu(tensor([[1, 2, 3]]));
     const loss = crossEntropy(logits, await gpu(tensor(new Int32Array([5]))));

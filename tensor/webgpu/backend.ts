@@ -30,6 +30,7 @@ import { SORT_TILE, gatherKernel, scatterSumKernel, sortKernel } from './kernels
 import { GEMV_OUTPUTS, TILES, type TileConfig, gemvKernel, matmulKernel, packHalfKernel } from './kernels/matmul.ts';
 import { REDUCE_WORKGROUP, SHORT_AXIS, reduceKernel } from './kernels/reduce.ts';
 import { type RowOp, checkRowDtype, rowKernel, rowWorkgroup } from './kernels/rows.ts';
+import { crossEntropyBackwardKernel, normBackwardKernel } from './kernels/rows_backward.ts';
 import { type Arg, CommandRecorder, type GpuCounters, GpuStorage } from './recorder.ts';
 import { collapse, elementRange, f32Bits, i32Bits } from './strides.ts';
 
@@ -497,6 +498,81 @@ export class WebGPUBackend implements Backend {
     return this.with1d(targets, 'crossEntropy', (t) =>
       this.rowOp('crossEntropy', logits, [t.offset, t.stride, i32Bits(ignoreIndex)], [t.arg]),
     );
+  }
+
+  // ------------------------------------------------------------ their backward passes
+
+  layerNormBackward(x: View, weight: View, gradOut: View, eps: number) {
+    const r = this.normBackward('layerNorm', x, weight, gradOut, eps);
+    return { dx: r.dx, dweight: r.dweight, dbias: r.dbias! };
+  }
+
+  rmsNormBackward(x: View, weight: View, gradOut: View, eps: number): { dx: Storage; dweight: Storage } {
+    return this.normBackward('rmsNorm', x, weight, gradOut, eps);
+  }
+
+  crossEntropyBackward(logits: View, targets: View, gradOut: View, ignoreIndex: number): Storage {
+    const op = 'crossEntropy backward';
+    checkRowDtype(op, logits.dtype);
+    const rv = this.rowsOf(logits, op);
+    return this.with1d(targets, op, (t) =>
+      this.with1d(gradOut, op, (g) =>
+        this.output(op, 'float32', rv.rows * rv.cols, (out) => {
+          const params = [...rv.params, t.offset, t.stride, i32Bits(ignoreIndex), g.offset, g.stride];
+          const kernel = crossEntropyBackwardKernel(rv.rank, rowWorkgroup(rv.cols));
+          const args = [this.whole(out, op), rv.arg, t.arg, g.arg];
+          this.rec.run(op, kernel, params, args, this.rec.groupsFor(rv.rows));
+        }),
+      ),
+    );
+  }
+
+  /**
+   * dx of a norm from one row kernel, which also writes gradOut * xhat (and
+   * gradOut, for layerNorm) into a scratch buffer; dweight (and dbias) are its
+   * column sums.
+   */
+  private normBackward(
+    kind: 'layerNorm' | 'rmsNorm', x: View, weight: View, g: View, eps: number,
+  ): { dx: Storage; dweight: Storage; dbias?: Storage } {
+    const op = `${kind} backward`;
+    checkRowDtype(op, x.dtype);
+    const shape = x.shape.length ? x.shape : [1];
+    const [xs, gs] = x.shape.length ? [x.strides, g.strides] : [[1], [1]];
+    const cols = shape[shape.length - 1];
+    const rows = cols === 0 ? 0 : numel(shape) / cols;
+    const outer = collapse(shape.slice(0, -1), [xs.slice(0, -1), gs.slice(0, -1)]);
+    const [xb, gb] = [this.bind(x, op), this.bind(g, op)];
+    const parts = kind === 'layerNorm' ? 2 : 1;
+    const scratch = this.rec.newStorage('float32', parts * rows * cols, false, op);
+    const made: Storage[] = [];
+    try {
+      const dx = this.with1d(weight, op, (w) =>
+        this.output(op, 'float32', rows * cols, (out) => {
+          const xView = [xb.offset, ...outer.strides[0]];
+          const gView = [gs[gs.length - 1], gb.offset, ...outer.strides[1]];
+          const params = [rows, cols, xs[xs.length - 1], ...outer.shape, ...xView, ...gView];
+          params.push(w.offset, w.stride, f32Bits(eps));
+          const kernel = normBackwardKernel(kind, outer.shape.length, rowWorkgroup(cols));
+          const args = [this.whole(out, op), this.whole(scratch, op), xb.arg, gb.arg, w.arg];
+          this.rec.run(op, kernel, params, args, this.rec.groupsFor(rows));
+        }),
+      );
+      made.push(dx);
+      const columnSum = (part: number) => {
+        const v = { storage: scratch, shape: [rows, cols], strides: [cols, 1], offset: part * rows * cols };
+        const sum = this.reduce('sum', { ...v, dtype: 'float32' }, 0);
+        made.push(sum);
+        return sum;
+      };
+      const dweight = columnSum(0);
+      return { dx, dweight, dbias: parts === 2 ? columnSum(1) : undefined };
+    } catch (e) {
+      for (const m of made) this.release(m);
+      throw e;
+    } finally {
+      this.rec.release(scratch);
+    }
   }
 
   // ------------------------------------------------------------ sampling helpers
