@@ -502,7 +502,7 @@ describeWebGPU('webgpu nn ops', () => {
     );
     await compareDevices((x, t) => crossEntropy(x, t, 3), [[2, 4], { shape: [2], dtype: 'int32', values: [3, 3] }]);
   });
-  it('fused backward of the norms and cross-entropy on awkward sizes (1, 3, 17, 67 rows; the 49,152 vocabulary)', async () => {
+  it('fused backward of the norms and cross-entropy: 1, 3, 17, 67 rows, the 49,152 vocabulary', async () => {
     for (const [rows, cols] of [[1, 3], [17, 67], [67, 17]]) {
       await compareDevices((x, w, b) => layerNorm(x, w, b, 1e-5), [[rows, cols], [cols], [cols]], { rtol: 1e-4 });
       await compareDevices((x, w) => rmsNorm(x, w, 1e-5), [[rows, cols], [cols]], { rtol: 1e-4 });
