@@ -9,9 +9,7 @@
 // through Dawn's OpenGL ES backend on Mesa's software rasteriser (llvmpipe),
 // in WebGPU's "compatibility" feature level, with EGL told to run without a
 // display (EGL_PLATFORM=surfaceless). That path is slow but exact, and it is
-// how CI runs the WebGPU tests. Dawn hides shader-f16 on NVIDIA under Vulkan
-// unless the instance is made with the vulkan_enable_f16_on_nvidia toggle,
-// so it always is.
+// how CI runs the WebGPU tests. Two Dawn toggles are always set (TOGGLES).
 //
 // Probing quietly: on Linux, Dawn's Vulkan backend prints the loader's
 // "Found no drivers!" and a C++ trace to stderr when libvulkan is installed
@@ -46,8 +44,16 @@ export const NO_ADAPTER_MESSAGE =
 
 const instances: GPU[] = [];
 
-/** Instance toggles: NVIDIA's f16 support under Vulkan is off in Dawn without this one. */
-const TOGGLES = 'enable-dawn-features=vulkan_enable_f16_on_nvidia';
+/**
+ * Device toggles. vulkan_enable_f16_on_nvidia: NVIDIA's f16 support under
+ * Vulkan is off in Dawn without it. disable_workgroup_init: WGSL zero-fills
+ * workgroup memory at the start of every workgroup; each of our kernels
+ * writes its workgroup memory before it reads it, so the fill is pure cost:
+ * a loop per workgroup on a GPU, and on SwiftShader seconds of shader
+ * compilation per kernel (the attention and matmul kernels: 6 s and 3 s
+ * with it, 1 s and 0.25 s without).
+ */
+const TOGGLES = 'enable-dawn-features=vulkan_enable_f16_on_nvidia,disable_workgroup_init';
 
 /** Dawn as the GPU provider. */
 const dawn: GPUProvider = {

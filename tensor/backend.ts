@@ -93,6 +93,16 @@ export interface Backend {
   /** Per-row -log softmax(logits)[target]; 0 where target == ignoreIndex. */
   crossEntropy(logits: View, targets: View, ignoreIndex: number): Storage;
 
+  // --- the backward passes of the fused row kernels (gradOut has x's shape; weight grads are summed over rows) ---
+  /** layerNorm's dx (contiguous, x's shape), dweight and dbias (the last dim's length). */
+  layerNormBackward(
+    x: View, weight: View, gradOut: View, eps: number,
+  ): { dx: Storage; dweight: Storage; dbias: Storage };
+  /** rmsNorm's dx (contiguous, x's shape) and dweight. */
+  rmsNormBackward(x: View, weight: View, gradOut: View, eps: number): { dx: Storage; dweight: Storage };
+  /** d loss / d logits [N, V] for gradOut [N]: (softmax(logits) - onehot(target)) * gradOut; 0 at ignored rows. */
+  crossEntropyBackward(logits: View, targets: View, gradOut: View, ignoreIndex: number): Storage;
+
   // --- attention ---
   /**
    * Fused scaled-dot-product attention, softmax(q k^T * scale + mask) v, without

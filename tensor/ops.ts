@@ -381,37 +381,46 @@ export function logSoftmaxLast(x: Tensor): Tensor {
   return recordGrad(out, 'logSoftmax', [x], (g) => [g.sub(out.exp().mul(g.sum(-1, true)))]);
 }
 
-/** LayerNorm over the last dim. The backward recomputes the statistics. */
+/** A gradient the backend computed for `t`, or null (disposed) where `t` needs none. */
+function gradFor(t: Tensor, storage: Storage): Tensor | null {
+  const grad = wrap(t, storage, t.shape);
+  if (t.requiresGrad) return grad;
+  grad.dispose();
+  return null;
+}
+
+/**
+ * LayerNorm over the last dim. The backward is one fused kernel that
+ * recomputes the statistics: with xhat = (x - mean) * rstd and gx = g * weight,
+ * dx = rstd * (gx - mean(gx) - xhat * mean(gx * xhat)), dweight = sum(g * xhat), dbias = sum(g).
+ */
 export function layerNorm(x: Tensor, weight: Tensor, bias: Tensor, eps: number): Tensor {
   checkSameDevice('layerNorm', [x, weight, bias]);
   const D = x.shape[x.ndim - 1];
-  if (weight.size !== D || bias.size !== D) throw new Error(`layerNorm: weight ${fmt(weight.shape)} and bias ${fmt(bias.shape)} do not match the last dim of ${fmt(x.shape)}`);
+  if (weight.size !== D || bias.size !== D) {
+    const shapes = `weight ${fmt(weight.shape)} and bias ${fmt(bias.shape)}`;
+    throw new Error(`layerNorm: ${shapes} do not match the last dim of ${fmt(x.shape)}`);
+  }
   const out = wrap(x, x.backend.layerNorm(x.view(), weight.view(), bias.view(), eps), x.shape);
   return recordGrad(out, 'layerNorm', [x, weight, bias], (g) => {
-    const mean = x.mean(-1, true);
-    const xc = x.sub(mean);
-    const rstd = xc.square().mean(-1, true).add(eps).rsqrt();
-    const xhat = xc.mul(rstd);
-    const gxhat = g.mul(weight);
-    // dx = rstd * (gxhat - mean(gxhat) - xhat * mean(gxhat * xhat))
-    const gx = ifNeeded(x, () => gxhat.sub(gxhat.mean(-1, true)).sub(xhat.mul(gxhat.mul(xhat).mean(-1, true))).mul(rstd));
-    return [gx, ifNeeded(weight, () => sumTo(g.mul(xhat), weight.shape)), ifNeeded(bias, () => sumTo(g, bias.shape))];
+    const r = x.backend.layerNormBackward(x.view(), weight.view(), g.view(), eps);
+    return [gradFor(x, r.dx), gradFor(weight, r.dweight), gradFor(bias, r.dbias)];
   });
 }
 
-/** RMSNorm over the last dim (Llama): x / rms(x) * weight. */
+/**
+ * RMSNorm over the last dim (Llama): x / rms(x) * weight. The backward is one
+ * fused kernel: with xhat = x / rms(x) and gx = g * weight,
+ * dx = (gx - xhat * mean(gx * xhat)) / rms(x), dweight = sum(g * xhat).
+ */
 export function rmsNorm(x: Tensor, weight: Tensor, eps: number): Tensor {
   checkSameDevice('rmsNorm', [x, weight]);
   const D = x.shape[x.ndim - 1];
   if (weight.size !== D) throw new Error(`rmsNorm: weight ${fmt(weight.shape)} does not match the last dim of ${fmt(x.shape)}`);
   const out = wrap(x, x.backend.rmsNorm(x.view(), weight.view(), eps), x.shape);
   return recordGrad(out, 'rmsNorm', [x, weight], (g) => {
-    const irms = x.square().mean(-1, true).add(eps).rsqrt();
-    const xhat = x.mul(irms);
-    const gxhat = g.mul(weight);
-    // dx = irms * (gxhat - xhat * mean(gxhat * xhat))
-    const gx = ifNeeded(x, () => gxhat.sub(xhat.mul(gxhat.mul(xhat).mean(-1, true))).mul(irms));
-    return [gx, ifNeeded(weight, () => sumTo(g.mul(xhat), weight.shape))];
+    const r = x.backend.rmsNormBackward(x.view(), weight.view(), g.view(), eps);
+    return [gradFor(x, r.dx), gradFor(weight, r.dweight)];
   });
 }
 
@@ -425,11 +434,9 @@ export function crossEntropyRows(logits: Tensor, targets: Tensor, ignoreIndex: n
   if (targets.dtype !== 'int32') throw new Error(`crossEntropy: targets must be int32, got ${targets.dtype}`);
   const out = wrap(logits, logits.backend.crossEntropy(logits.view(), targets.view(), ignoreIndex), [N]);
   return recordGrad(out, 'crossEntropy', [logits, targets], (g) => {
-    // d(-log softmax[t]) / dlogits = softmax - onehot(t), zero on ignored rows
-    const col = targets.unsqueeze(1);
-    const onehot = col.eq(arangeLike(logits, V, 1)).cast(logits.dtype);
-    const counted = col.ne(ignoreIndex).cast(logits.dtype).mul(g.unsqueeze(1));
-    return [logits.softmax(-1).sub(onehot).mul(counted), null];
+    // d(-log softmax[t]) / dlogits = softmax - onehot(t), zero on ignored rows: one pass over [N, V]
+    const grad = logits.backend.crossEntropyBackward(logits.view(), targets.view(), g.view(), ignoreIndex);
+    return [wrap(logits, grad, [N, V]), null];
   });
 }
 

@@ -107,6 +107,10 @@ describe('gradients of nn ops', () => {
   });
   it('layerNorm', () => gradCheck((x, w, b) => layerNorm(x, w, b, 1e-5), [[3, 5], [5], [5]]));
   it('rmsNorm', () => gradCheck((x, w) => rmsNorm(x, w, 1e-5), [[3, 5], [5]]));
+  it('layerNorm and rmsNorm of a permuted 3-d input', () => {
+    gradCheck((x, w, b) => layerNorm(x.permute(1, 0, 2), w, b, 1e-5), [[2, 3, 4], [4], [4]]);
+    gradCheck((x, w) => rmsNorm(x.permute(1, 0, 2), w, 1e-5), [[2, 3, 4], [4]]);
+  });
   it('crossEntropy with ignored targets', () => {
     const targets = tensor(new Int32Array([2, -100, 0, 4]), { shape: [2, 2] });
     gradCheck((x) => crossEntropy(x, targets), [[2, 2, 5]], { lo: -3, hi: 3 });

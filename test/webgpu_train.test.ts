@@ -1,22 +1,29 @@
 // Training on WebGPU: the loss curves of small models match the CPU's step
-// for step from the same seed, and a long training loop holds a constant
-// number of tensors, live bytes, pooled bytes and GPU buffers after warm-up.
+// for step from the same seed, a long training loop holds a constant number
+// of tensors, live bytes, pooled bytes and GPU buffers after warm-up, and a
+// nanoVLM step as train.ts takes it creates nothing at steady state.
 
 import { expect, it } from 'vitest';
 import { makeDecoder, type DecoderConfig } from '../bench/decoder.ts';
+import { AdamW, clipGradNorm } from '../nn/index.ts';
 import {
   Generator,
   copyInto,
   crossEntropy,
+  manualSeed,
   memory,
   randn,
+  stack,
   tensor,
   tidy,
+  tidyForward,
   zeros,
   type DeviceName,
   type Tensor,
 } from '../tensor/index.ts';
 import { webgpuBackend } from '../tensor/webgpu/device.ts';
+import { defaultVLMConfig, type VLMConfig } from '../vlm/config.ts';
+import { VisionLanguageModel } from '../vlm/vision_language_model.ts';
 import { describeWebGPU, expectAllClose } from './webgpu_helpers.ts';
 
 /** Plain SGD on kept parameters; gradients are disposed after the update. */
@@ -127,5 +134,62 @@ describeWebGPU('training on webgpu', () => {
         );
     });
     expect(new Set(seen).size, `memory changed between steps:\n${[...new Set(seen)].join('\n')}`).toBe(1);
+  });
+
+  it('a nanoVLM step as train.ts takes it (AdamW in place): no buffer or bind group created, few submits', async () => {
+    const backend = webgpuBackend()!;
+    const cfg: VLMConfig = {
+      ...defaultVLMConfig,
+      vit_hidden_dim: 32, vit_inter_dim: 64, vit_patch_size: 8, vit_img_size: 16, vit_n_heads: 2, vit_n_blocks: 1,
+      lm_hidden_dim: 32, lm_inter_dim: 48, lm_n_heads: 4, lm_n_kv_heads: 2, lm_n_blocks: 2, lm_vocab_size: 40,
+      mp_pixel_shuffle_factor: 2, IMAGE_TOKEN_LENGTH: 1, lm_max_length: 8, vlm_load_backbone_weights: false,
+    };
+    manualSeed(0);
+    const model = await new VisionLanguageModel(cfg).to('webgpu');
+    const mp = model.MP.parameters();
+    const opt = new AdamW([
+      { params: mp, lr: 1e-3 },
+      { params: model.parameters().filter((p) => !mp.includes(p)), lr: 1e-4 },
+    ]);
+    const [B, T, S] = [2, cfg.lm_max_length, cfg.vit_img_size];
+    const g = new Generator(3);
+    const ids = Int32Array.from({ length: B * T }, () => g.randint(cfg.lm_vocab_size));
+    const pixels = Float32Array.from({ length: B * 3 * S * S }, () => g.random());
+    const padding = Int32Array.from({ length: B * T }, (_, i) => (i % T >= (i < T ? 2 : 0) ? 1 : 0));
+    const step = async () => {
+      // train.ts's step: fresh inputs, tidyForward, backward, clipping, one read, AdamW, zeroGrad
+      const loss = tidy(() => {
+        const inputIds = tensor(ids, { shape: [B, T], device: 'webgpu' });
+        const image = tensor(pixels, { shape: [B, 3, S, S], device: 'webgpu' });
+        const mask = tensor(padding, { shape: [B, T], device: 'webgpu' });
+        const { loss } = tidyForward(() => model.forward(inputIds, image, mask, inputIds));
+        loss!.backward();
+        return loss!;
+      });
+      const norm = clipGradNorm(model.parameters(), 1);
+      const logged = tidy(() => stack([loss, norm]));
+      const [value] = await logged.data(); // the step's one sync point
+      [logged, norm, loss].forEach((t) => t.dispose());
+      opt.step();
+      opt.zeroGrad();
+      return value;
+    };
+    const losses = [];
+    for (let i = 0; i < 3; i++) losses.push(await step()); // warm-up: pipelines, pools, bind groups
+    const before = backend.counters();
+    for (let i = 0; i < 3; i++) losses.push(await step());
+    const after = backend.counters();
+    const per = (k: keyof typeof before) => (after[k] - before[k]) / 3;
+    expect(losses.at(-1)).toBeLessThan(losses[0]); // it trains
+    expect(per('buffersCreated'), 'buffers created per step').toBe(0);
+    expect(per('bindGroupsCreated'), 'bind groups created per step').toBe(0);
+    expect(per('pipelinesCreated')).toBe(0);
+    expect(per('reads')).toBe(1);
+    // a submit per 256 dispatches and one for the read
+    const submits = Math.ceil(per('dispatches') / 256) + 1;
+    expect(per('submits'), `${per('dispatches')} dispatches`).toBeLessThanOrEqual(submits);
+    for (const p of model.parameters()) p.dispose();
+    opt.zeroGrad();
+    opt.dispose();
   });
 });

@@ -509,6 +509,93 @@ export class CpuBackend implements Backend {
       pd[x] = f(f(pd[x] * decay) - f(f(md[mi] / f(f(f(Math.sqrt(vd[vi])) / c2) + eps)) * stepSize));
     }
   }
+
+  // ---------------------------------------------------------------- fused backward kernels (reference loops)
+  // The backward passes of the row kernels, one row at a time in float64:
+  // what the WebGPU backend's fused kernels are checked against. Weight
+  // gradients are sums over the rows.
+
+  layerNormBackward(
+    xv: View, wv: View, gv: View, eps: number,
+  ): { dx: Storage; dweight: Storage; dbias: Storage } {
+    const [rows, cols] = rowsCols(xv.shape);
+    const [dxS, dwS, dbS] = [output(xv.dtype, rows * cols), output(xv.dtype, cols), output(xv.dtype, cols)];
+    const [x, w, g] = [dense(xv), dense(wv), dense(gv)];
+    const [dw, db] = [new Float64Array(cols), new Float64Array(cols)];
+    const dx = dxS.data;
+    for (let r = 0; r < rows; r++) {
+      const base = r * cols;
+      let mean = 0;
+      for (let c = 0; c < cols; c++) mean += x[base + c];
+      mean /= cols;
+      let variance = 0;
+      for (let c = 0; c < cols; c++) variance += (x[base + c] - mean) ** 2;
+      const rstd = 1 / Math.sqrt(variance / cols + eps);
+      // gx = g * weight; dx = rstd * (gx - mean(gx) - xhat * mean(gx * xhat))
+      let [meanGx, meanGxXhat] = [0, 0];
+      for (let c = 0; c < cols; c++) {
+        const gx = g[base + c] * w[c];
+        meanGx += gx / cols;
+        meanGxXhat += (gx * (x[base + c] - mean) * rstd) / cols;
+      }
+      for (let c = 0; c < cols; c++) {
+        const xhat = (x[base + c] - mean) * rstd;
+        dx[base + c] = rstd * (g[base + c] * w[c] - meanGx - xhat * meanGxXhat);
+        dw[c] += g[base + c] * xhat;
+        db[c] += g[base + c];
+      }
+    }
+    dwS.data.set(dw);
+    dbS.data.set(db);
+    return { dx: dxS, dweight: dwS, dbias: dbS };
+  }
+
+  rmsNormBackward(xv: View, wv: View, gv: View, eps: number): { dx: Storage; dweight: Storage } {
+    const [rows, cols] = rowsCols(xv.shape);
+    const [dxS, dwS] = [output(xv.dtype, rows * cols), output(xv.dtype, cols)];
+    const [x, w, g] = [dense(xv), dense(wv), dense(gv)];
+    const dw = new Float64Array(cols);
+    const dx = dxS.data;
+    for (let r = 0; r < rows; r++) {
+      const base = r * cols;
+      let ms = 0;
+      for (let c = 0; c < cols; c++) ms += x[base + c] * x[base + c];
+      const irms = 1 / Math.sqrt(ms / cols + eps);
+      // gx = g * weight; dx = irms * (gx - xhat * mean(gx * xhat))
+      let meanGxXhat = 0;
+      for (let c = 0; c < cols; c++) meanGxXhat += (g[base + c] * w[c] * x[base + c] * irms) / cols;
+      for (let c = 0; c < cols; c++) {
+        const xhat = x[base + c] * irms;
+        dx[base + c] = irms * (g[base + c] * w[c] - xhat * meanGxXhat);
+        dw[c] += g[base + c] * xhat;
+      }
+    }
+    dwS.data.set(dw);
+    return { dx: dxS, dweight: dwS };
+  }
+
+  crossEntropyBackward(lv: View, tv: View, gv: View, ignoreIndex: number): Storage {
+    const [rows, cols] = rowsCols(lv.shape);
+    const out = output(lv.dtype, rows * cols, true);
+    const [x, t, g] = [dense(lv), dense(tv), dense(gv)];
+    const o = out.data;
+    for (let r = 0; r < rows; r++) {
+      if (t[r] === ignoreIndex) continue; // an ignored row keeps its zeros
+      const base = r * cols;
+      let max = -Infinity;
+      for (let c = 0; c < cols; c++) max = Math.max(max, x[base + c]);
+      let sum = 0;
+      for (let c = 0; c < cols; c++) {
+        o[base + c] = Math.exp(x[base + c] - max);
+        sum += o[base + c];
+      }
+      // (softmax - onehot(target)) * g
+      const scale = g[r] / sum;
+      for (let c = 0; c < cols; c++) o[base + c] *= scale;
+      o[base + t[r]] -= g[r];
+    }
+    return out;
+  }
 }
 
 /** The sizes of an attention call: q (B, H, T, D), k and v (B, Hkv, Tk, D). */

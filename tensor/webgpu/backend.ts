@@ -21,12 +21,16 @@ import type { AdamWHyper, AttentionOptions, Backend, BinaryOp, ReduceOp, Storage
 import { type DType, type TypedArray, dtypeOf, makeTypedArray, toTypedArray } from '../dtype.ts';
 import { contiguousStrides, fmt, isContiguous, numel } from '../shape.ts';
 import { type Kernel, MAX_GROUPS_PER_DIM } from './kernels/common.ts';
-import { ATTENTION_MAX_HEAD_DIM, ATTENTION_WORKGROUP, attentionDkvKernel, attentionDqKernel, attentionKernel } from './kernels/attention.ts';
+import {
+  ATTENTION_CHUNK, ATTENTION_CHUNKS_AT, ATTENTION_MAX_HEAD_DIM, ATTENTION_ROWS, attentionCombineKernel,
+  attentionDecodeKernel, attentionDkvKernel, attentionDqKernel, attentionKernel,
+} from './kernels/attention.ts';
 import { EW_WORKGROUP, adamwKernel, binaryKernel, copyKernel, fillKernel, unaryKernel, whereKernel } from './kernels/elementwise.ts';
 import { SORT_TILE, gatherKernel, scatterSumKernel, sortKernel } from './kernels/indexing.ts';
 import { GEMV_OUTPUTS, TILES, type TileConfig, gemvKernel, matmulKernel, packHalfKernel } from './kernels/matmul.ts';
 import { REDUCE_WORKGROUP, SHORT_AXIS, reduceKernel } from './kernels/reduce.ts';
 import { type RowOp, checkRowDtype, rowKernel, rowWorkgroup } from './kernels/rows.ts';
+import { crossEntropyBackwardKernel, normBackwardKernel } from './kernels/rows_backward.ts';
 import { type Arg, CommandRecorder, type GpuCounters, GpuStorage } from './recorder.ts';
 import { collapse, elementRange, f32Bits, i32Bits } from './strides.ts';
 
@@ -77,6 +81,8 @@ export interface AdapterDescription {
 export class WebGPUBackend implements Backend {
   readonly name = 'webgpu' as const;
   readonly rec: CommandRecorder;
+  /** The zero mask of unmasked attention (attentionViews). */
+  private noMask: GpuStorage | null = null;
 
   constructor(
     readonly device: GPUDevice,
@@ -494,6 +500,81 @@ export class WebGPUBackend implements Backend {
     );
   }
 
+  // ------------------------------------------------------------ their backward passes
+
+  layerNormBackward(x: View, weight: View, gradOut: View, eps: number) {
+    const r = this.normBackward('layerNorm', x, weight, gradOut, eps);
+    return { dx: r.dx, dweight: r.dweight, dbias: r.dbias! };
+  }
+
+  rmsNormBackward(x: View, weight: View, gradOut: View, eps: number): { dx: Storage; dweight: Storage } {
+    return this.normBackward('rmsNorm', x, weight, gradOut, eps);
+  }
+
+  crossEntropyBackward(logits: View, targets: View, gradOut: View, ignoreIndex: number): Storage {
+    const op = 'crossEntropy backward';
+    checkRowDtype(op, logits.dtype);
+    const rv = this.rowsOf(logits, op);
+    return this.with1d(targets, op, (t) =>
+      this.with1d(gradOut, op, (g) =>
+        this.output(op, 'float32', rv.rows * rv.cols, (out) => {
+          const params = [...rv.params, t.offset, t.stride, i32Bits(ignoreIndex), g.offset, g.stride];
+          const kernel = crossEntropyBackwardKernel(rv.rank, rowWorkgroup(rv.cols));
+          const args = [this.whole(out, op), rv.arg, t.arg, g.arg];
+          this.rec.run(op, kernel, params, args, this.rec.groupsFor(rv.rows));
+        }),
+      ),
+    );
+  }
+
+  /**
+   * dx of a norm from one row kernel, which also writes gradOut * xhat (and
+   * gradOut, for layerNorm) into a scratch buffer; dweight (and dbias) are its
+   * column sums.
+   */
+  private normBackward(
+    kind: 'layerNorm' | 'rmsNorm', x: View, weight: View, g: View, eps: number,
+  ): { dx: Storage; dweight: Storage; dbias?: Storage } {
+    const op = `${kind} backward`;
+    checkRowDtype(op, x.dtype);
+    const shape = x.shape.length ? x.shape : [1];
+    const [xs, gs] = x.shape.length ? [x.strides, g.strides] : [[1], [1]];
+    const cols = shape[shape.length - 1];
+    const rows = cols === 0 ? 0 : numel(shape) / cols;
+    const outer = collapse(shape.slice(0, -1), [xs.slice(0, -1), gs.slice(0, -1)]);
+    const [xb, gb] = [this.bind(x, op), this.bind(g, op)];
+    const parts = kind === 'layerNorm' ? 2 : 1;
+    const scratch = this.rec.newStorage('float32', parts * rows * cols, false, op);
+    const made: Storage[] = [];
+    try {
+      const dx = this.with1d(weight, op, (w) =>
+        this.output(op, 'float32', rows * cols, (out) => {
+          const xView = [xb.offset, ...outer.strides[0]];
+          const gView = [gs[gs.length - 1], gb.offset, ...outer.strides[1]];
+          const params = [rows, cols, xs[xs.length - 1], ...outer.shape, ...xView, ...gView];
+          params.push(w.offset, w.stride, f32Bits(eps));
+          const kernel = normBackwardKernel(kind, outer.shape.length, rowWorkgroup(cols));
+          const args = [this.whole(out, op), this.whole(scratch, op), xb.arg, gb.arg, w.arg];
+          this.rec.run(op, kernel, params, args, this.rec.groupsFor(rows));
+        }),
+      );
+      made.push(dx);
+      const columnSum = (part: number) => {
+        const v = { storage: scratch, shape: [rows, cols], strides: [cols, 1], offset: part * rows * cols };
+        const sum = this.reduce('sum', { ...v, dtype: 'float32' }, 0);
+        made.push(sum);
+        return sum;
+      };
+      const dweight = columnSum(0);
+      return { dx, dweight, dbias: parts === 2 ? columnSum(1) : undefined };
+    } catch (e) {
+      for (const m of made) this.release(m);
+      throw e;
+    } finally {
+      this.rec.release(scratch);
+    }
+  }
+
   // ------------------------------------------------------------ sampling helpers
 
   sort(x: View, descending: boolean): { values: Storage; indices: Storage } {
@@ -504,15 +585,35 @@ export class WebGPUBackend implements Backend {
 
   attention(q: View, k: View, v: View, opts: AttentionOptions): { out: Storage; lse: Storage } {
     const [B, H, T, D] = q.shape;
+    const [Hkv, Tk] = [k.shape[1], k.shape[2]];
     checkHeadDim(D);
-    const lse = this.rec.newStorage('float32', B * H * T, false, 'attention');
+    const op = 'attention';
+    const views = this.attentionViews(op, [q, k, v, opts.mask]);
+    const lse = this.rec.newStorage('float32', B * H * T, false, op);
     try {
-      const out = this.output('attention', 'float32', B * H * T * D, (o) => {
-        const views = this.attentionViews('attention', [q, k, v, opts.mask]);
+      const out = this.output(op, 'float32', B * H * T * D, (o) => {
+        if (T > 1) {
+          // a workgroup per 64 query rows of one key/value head
+          const groups = this.rec.groupsFor(B * Hkv * Math.ceil(((H / Hkv) * T) / ATTENTION_ROWS));
+          const params = [...attentionParams(q, k, opts), ...views.params];
+          const args = [this.whole(o, op), this.whole(lse, op), ...views.args];
+          this.rec.run(op, attentionKernel(D), params, args, groups);
+          return;
+        }
+        // one query per row (decoding): the keys split into chunks, then the chunks combined
+        const chunks = Math.ceil(Tk / ATTENTION_CHUNK);
         const params = [...attentionParams(q, k, opts), ...views.params];
-        const args = [this.whole(o, 'attention'), this.whole(lse, 'attention'), ...views.args];
-        const groups = this.rec.groupsFor(Math.ceil((B * H * T) / ATTENTION_WORKGROUP));
-        this.rec.run('attention', attentionKernel(D, opts.mask !== null), params, args, groups);
+        while (params.length < ATTENTION_CHUNKS_AT) params.push(0);
+        params.push(chunks);
+        const part = this.rec.newStorage('float32', B * H * chunks * (D + 2), false, op);
+        try {
+          const decode = attentionDecodeKernel(D);
+          this.rec.run(op, decode, params, [this.whole(part, op), ...views.args], this.rec.groupsFor(B * H * chunks));
+          const args = [this.whole(o, op), this.whole(lse, op), this.whole(part, op)];
+          this.rec.run(op, attentionCombineKernel(D), params, args, this.rec.groupsFor(B * H));
+        } finally {
+          this.rec.release(part);
+        }
       });
       return { out, lse };
     } catch (e) {
@@ -527,23 +628,24 @@ export class WebGPUBackend implements Backend {
     const [B, H, T, D] = q.shape;
     const [Hkv, Tk] = [k.shape[1], k.shape[2]];
     checkHeadDim(D);
-    const hasMask = opts.mask !== null;
-    const views = this.attentionViews('attention backward', [q, k, v, opts.mask, out, gradOut]);
+    const op = 'attention backward';
+    const views = this.attentionViews(op, [q, k, v, opts.mask, out, gradOut]);
     const params = [...attentionParams(q, k, opts), ...views.params];
-    const [qkv, outArgs] = [views.args.slice(0, hasMask ? 4 : 3), views.args.slice(hasMask ? 4 : 3)];
-    const lseArg = this.whole(this.rec.check(lse.storage, 'attention backward'), 'attention backward');
-    const delta = this.rec.newStorage('float32', B * H * T, false, 'attention');
-    const dk = this.rec.newStorage('float32', B * Hkv * Tk * D, false, 'attention backward');
-    const dv = this.rec.newStorage('float32', B * Hkv * Tk * D, false, 'attention backward');
+    const [qkv, outArgs] = [views.args.slice(0, 4), views.args.slice(4)];
+    const lseArg = this.whole(this.rec.check(lse.storage, op), op);
+    const delta = this.rec.newStorage('float32', B * H * T, false, op);
+    const dk = this.rec.newStorage('float32', B * Hkv * Tk * D, false, op);
+    const dv = this.rec.newStorage('float32', B * Hkv * Tk * D, false, op);
     try {
-      const dq = this.output('attention backward', 'float32', B * H * T * D, (dqs) => {
-        const args = [this.whole(dqs, 'attention backward'), this.whole(delta, 'attention backward'), lseArg, ...outArgs, ...qkv];
-        const groups = this.rec.groupsFor(Math.ceil((B * H * T) / ATTENTION_WORKGROUP));
-        this.rec.run('attention backward', attentionDqKernel(D, hasMask), params, args, groups);
+      // dq and delta per 64 query rows of one key/value head, then dk and dv per 64 keys (delta read)
+      const dq = this.output(op, 'float32', B * H * T * D, (dqs) => {
+        const args = [this.whole(dqs, op), this.whole(delta, op), lseArg, ...outArgs, ...qkv];
+        const groups = this.rec.groupsFor(B * Hkv * Math.ceil(((H / Hkv) * T) / ATTENTION_ROWS));
+        this.rec.run(op, attentionDqKernel(D), params, args, groups);
       });
-      const args = [this.whole(dk, 'attention backward'), this.whole(dv, 'attention backward'), lseArg, this.whole(delta, 'attention backward'), outArgs[1], ...qkv];
-      const groups = this.rec.groupsFor(Math.ceil((B * Hkv * Tk) / ATTENTION_WORKGROUP));
-      this.rec.run('attention backward', attentionDkvKernel(D, hasMask), params, args, groups);
+      const args = [this.whole(dk, op), this.whole(dv, op), lseArg, this.whole(delta, op), outArgs[1], ...qkv];
+      const groups = this.rec.groupsFor(B * Hkv * Math.ceil(Tk / ATTENTION_ROWS));
+      this.rec.run(op, attentionDkvKernel(D), params, args, groups);
       return { dq, dk, dv };
     } catch (e) {
       this.rec.release(dk);
@@ -554,20 +656,26 @@ export class WebGPUBackend implements Backend {
     }
   }
 
-  /** The attention operands (a missing mask is skipped) bound, with their offsets and strides as params. */
+  /**
+   * The attention operands bound, with their offsets and strides as params. A
+   * missing mask reads a zero scalar with zero strides (kept for the device's
+   * lifetime), so one kernel serves masked and unmasked attention.
+   */
   private attentionViews(op: string, views: (View | null)[]): { params: number[]; args: Arg[] } {
     const params: number[] = [];
     const args: Arg[] = [];
     for (const v of views) {
-      if (!v) {
-        params.push(0, 0, 0, 0, 0);
-        continue;
-      }
-      const b = this.bind(v, op);
-      params.push(b.offset, ...v.strides);
+      const view = v ?? this.zeroMask();
+      const b = this.bind(view, op);
+      params.push(b.offset, ...view.strides);
       args.push(b.arg);
     }
     return { params, args };
+  }
+
+  private zeroMask(): View {
+    this.noMask ??= this.rec.newStorage('float32', 1, true, 'attention');
+    return { storage: this.noMask, shape: [1, 1, 1, 1], strides: [0, 0, 0, 0], offset: 0, dtype: 'float32' };
   }
 
   // ------------------------------------------------------------ optimizer
@@ -734,9 +842,11 @@ function attentionParams(q: View, k: View, opts: AttentionOptions): number[] {
   const d = opts.dropout;
   const threshold = d ? Math.floor(d.p * 2 ** 32) : 0;
   const dropScale = d ? 1 / (1 - d.p) : 1;
-  return [B, H, k.shape[1], T, k.shape[2], f32Bits(opts.scale), opts.causal ? 1 : 0, threshold, d ? d.seed : 0, f32Bits(dropScale), d ? 1 : 0];
+  const dropout = [threshold, d ? d.seed : 0, f32Bits(dropScale), d ? 1 : 0];
+  return [B, H, k.shape[1], T, k.shape[2], f32Bits(opts.scale), opts.causal ? 1 : 0, ...dropout];
 }
 
 function checkHeadDim(D: number): void {
-  if (D > ATTENTION_MAX_HEAD_DIM) throw new Error(`webgpu attention: head dim ${D} is over the supported ${ATTENTION_MAX_HEAD_DIM}`);
+  if (D > ATTENTION_MAX_HEAD_DIM)
+    throw new Error(`webgpu attention: head dim ${D} is over the supported ${ATTENTION_MAX_HEAD_DIM}`);
 }

@@ -3,6 +3,11 @@
 // pipeline serves every shape of a given rank), the index arithmetic that
 // walks a strided view, and float helpers whose GPU builtins are not accurate
 // or not IEEE enough to match the CPU backend.
+//
+// A rule for every kernel: workgroup memory is written before it is read.
+// WGSL would zero-fill it at the start of each workgroup; in Node that fill
+// is turned off (node/dawn.ts), so a kernel reading memory it did not write
+// would see another workgroup's leftovers.
 
 import type { DType } from '../../dtype.ts';
 

@@ -30,7 +30,7 @@ function extrasAt(rank: number): number {
 // read of red[0] from the previous reduction happen late, after the barrier
 // that ends it, so without this one a fast thread could overwrite red[0]
 // with the next reduction's input first.
-function reducers(wg: number): string {
+export function reducers(wg: number): string {
   return /* wgsl */ `
 var<workgroup> red: array<f32, ${wg}>;
 fn maxNaN(a: f32, b: f32) -> f32 { return select(b, a, a > b || isnan_(a)); }
@@ -61,7 +61,7 @@ fn wgMax(v: f32, lid: u32) -> f32 {
 }
 
 /** log(sum(exp(row))) into `lse`, stable: the max is factored out first. */
-const logSumExp = /* wgsl */ `
+export const logSumExp = /* wgsl */ `
   var m = -inf();
   for (var c = lid; c < cols; c += WG) { m = maxNaN(m, x[o0 + c * cs]); }
   m = wgMax(m, lid);
