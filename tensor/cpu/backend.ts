@@ -438,6 +438,7 @@ export class CpuBackend implements Backend {
   attention(qv: View, kv: View, vv: View, opts: AttentionOptions): { out: Storage; lse: Storage } {
     const a = attentionShape(qv, kv);
     const [out, lse] = [output(qv.dtype, a.B * a.H * a.T * a.D), output(qv.dtype, a.B * a.H * a.T)];
+    if (W.useWasm(out, lse) && W.attention(qv, kv, vv, opts, out, lse)) return { out, lse };
     const [q, k, v, o, l] = [dense(qv), dense(kv), dense(vv), out.data, lse.data];
     const scores = new Float64Array(a.Tk);
     forEachQuery(a, opts, (b, h, t, kh, last) => {
@@ -455,11 +456,14 @@ export class CpuBackend implements Backend {
   }
 
   attentionBackward(
-    qv: View, kv: View, vv: View, ov: View, gv: View, _lse: View, opts: AttentionOptions,
+    qv: View, kv: View, vv: View, ov: View, gv: View, lseV: View, opts: AttentionOptions,
   ): { dq: Storage; dk: Storage; dv: Storage } {
     const a = attentionShape(qv, kv);
     const n = a.B * a.Hkv * a.Tk * a.D;
     const [dqS, dkS, dvS] = [output(qv.dtype, a.B * a.H * a.T * a.D, true), output(qv.dtype, n, true), output(qv.dtype, n, true)];
+    if (W.useWasm(dqS, dkS, dvS) && W.attentionBackward(qv, kv, vv, ov, gv, lseV, opts, dqS, dkS, dvS)) {
+      return { dq: dqS, dk: dkS, dv: dvS };
+    }
     const [q, k, v, o, g] = [dense(qv), dense(kv), dense(vv), dense(ov), dense(gv)];
     const [dq, dk, dv] = [dqS.data, dkS.data, dvS.data];
     const scores = new Float64Array(a.Tk);

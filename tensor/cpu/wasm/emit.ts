@@ -199,7 +199,9 @@ const memarg = (align: number, offset = 0) => [align, ...uleb(offset)];
 export const i32 = {
   const: (n: number): Code => [0x41, ...sleb(n)],
   add: op(0x6a), sub: op(0x6b), mul: op(0x6c), shl: op(0x74), and: op(0x71),
+  or: op(0x72), xor: op(0x73), shrU: op(0x76),
   eq: op(0x46), ne: op(0x47), eqz: op(0x45), ltU: op(0x49), geU: op(0x4f), gtU: op(0x4b),
+  ltS: op(0x48), gtS: op(0x4a),
   /** Unsigned minimum, via select. */
   minU: (a: Code, b: Code): Code => [a, b, a, b, 0x49, 0x1b],
   load: (addr: Code, offset = 0): Code => [addr, 0x28, ...memarg(2, offset)],
@@ -209,6 +211,7 @@ export const i32 = {
 export const f32 = {
   const: (x: number): Code => [0x43, ...new Uint8Array(new Float32Array([x]).buffer)],
   add: op(0x92), sub: op(0x93), mul: op(0x94), div: op(0x95), max: op(0x97), sqrt: op(0x91),
+  eq: op(0x5b),
   /** An unsigned i32 converted to f32. */
   fromI32U: op(0xb3),
   load: (addr: Code, offset = 0): Code => [addr, 0x2a, ...memarg(2, offset)],

@@ -59,12 +59,18 @@ function at(base: Code, i: Code, si: Code, j: Code, sj: Code): Code {
   return i32.add(base, i32.shl(i32.add(i32.mul(i, si), i32.mul(j, sj)), c(2)));
 }
 
+/** The block products of the module: with mul+add, and with fused multiply-add (when emitted). */
+export interface GemmBlocks {
+  plain: Func;
+  fma: Func | null;
+}
+
 /**
- * Emits pack_b, pack_a, and gemm_tile and gemm with a mul+add micro-kernel;
- * with `fma`, also gemm_tile_fma and gemm_fma, which use relaxed SIMD's fused
- * multiply-add.
+ * Emits pack_b, pack_a, and gemm_tile, gemm_block and gemm with a mul+add
+ * micro-kernel; with `fma`, also gemm_tile_fma, gemm_block_fma and gemm_fma,
+ * which use relaxed SIMD's fused multiply-add.
  */
-export function emitGemm(m: ModuleBuilder, fma: boolean): void {
+export function emitGemm(m: ModuleBuilder, fma: boolean): GemmBlocks {
   // pack(src, ls, ds, lines, depth, dst) copies `lines` strided vectors of
   // length `depth` (columns of B, or rows of A; ls is the stride between
   // lines, ds the stride along them) into panels of W lines: for each step
@@ -124,8 +130,9 @@ export function emitGemm(m: ModuleBuilder, fma: boolean): void {
   };
   const packB = pack('pack_b', NR);
   const packA = pack('pack_a', MR);
-  for (const fused of fma ? [false, true] : [false]) emitVariant(m, packA, packB, fused);
+  const blocks = { plain: emitVariant(m, packA, packB, false), fma: fma ? emitVariant(m, packA, packB, true) : null };
   emitGemv(m);
+  return blocks;
 }
 
 /**
@@ -187,7 +194,7 @@ function emitGemv(m: ModuleBuilder): void {
 }
 
 /** The micro-kernel and the loops around it, with or without fused multiply-add. */
-function emitVariant(m: ModuleBuilder, packA: Func, packB: Func, fma: boolean): void {
+function emitVariant(m: ModuleBuilder, packA: Func, packB: Func, fma: boolean): Func {
   const suffix = fma ? '_fma' : '';
 
   // gemm_tile(pa, pb, kc, c, ldc, rows, cols, add, spill): the micro-kernel.
@@ -243,26 +250,21 @@ function emitVariant(m: ModuleBuilder, packA: Func, packB: Func, fma: boolean): 
     );
   }
 
-  // gemm(units, count, K, ars, acs, brs, bcs, ldc, scratch, thread): for each
-  // of `count` work units (5 i32 each: A, B and C addresses, M, N), C = A @ B
-  // with the given element strides, packing into the thread's GEMM_SCRATCH
-  // bytes at scratch + thread * GEMM_SCRATCH. BLIS's loops: NC columns of C at a time;
-  // a KC-deep slab of B packed once and reused by every MC-row block of A;
-  // one B panel stays in L1 while the block's A panels stream past it.
-  const f = m.func(`gemm${suffix}`, ['i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32']);
-  const [units, count, K, ars, acs, brs, bcs, ldc, scratch, thread] = f.params;
-  const [u, a, b, cc, M, N, jc, pc, ic, jr, ir, nc, kc, mc, pa, pb] = Array.from({ length: 16 }, () => f.local('i32'));
-  f.body = seq(
-    scratch.set(i32.add(scratch.get(), i32.mul(thread.get(), c(GEMM_SCRATCH)))),
-    pa.set(i32.add(scratch.get(), c(4 * MR * NR))),
-    pb.set(i32.add(pa.get(), c(4 * MC * KC))),
-    for_(u, c(0), count.get(), 1, seq(
-      a.set(i32.load(units.get())),
-      b.set(i32.load(units.get(), 4)),
-      cc.set(i32.load(units.get(), 8)),
-      M.set(i32.load(units.get(), 12)),
-      N.set(i32.load(units.get(), 16)),
-      units.set(i32.add(units.get(), c(20))),
+  // gemm_block(a, b, c, M, N, K, ars, acs, brs, bcs, ldc, accumulate, scratch):
+  // C = A @ B (C += A @ B with `accumulate`) for one M x N block of C, with
+  // the given element strides, packing into the GEMM_SCRATCH bytes at
+  // `scratch`. BLIS's loops: NC columns of C at a time; a KC-deep slab of B
+  // packed once and reused by every MC-row block of A; one B panel stays in
+  // L1 while the block's A panels stream past it. (The attention kernels
+  // call it for their blocks too.)
+  const block = m.func(`gemm_block${suffix}`, Array(13).fill('i32'));
+  {
+    const f = block;
+    const [a, b, cc, M, N, K, ars, acs, brs, bcs, ldc, accumulate, scratch] = f.params;
+    const [jc, pc, ic, jr, ir, nc, kc, mc, pa, pb] = Array.from({ length: 10 }, () => f.local('i32'));
+    f.body = seq(
+      pa.set(i32.add(scratch.get(), c(4 * MR * NR))),
+      pb.set(i32.add(pa.get(), c(4 * MC * KC))),
       for_(jc, c(0), N.get(), NC, seq(
         nc.set(i32.minU(c(NC), i32.sub(N.get(), jc.get()))),
         for_(pc, c(0), K.get(), KC, seq(
@@ -279,12 +281,28 @@ function emitVariant(m: ModuleBuilder, packA: Func, packB: Func, fma: boolean): 
               ldc.get(),
               i32.minU(c(MR), i32.sub(mc.get(), ir.get())),
               i32.minU(c(NR), i32.sub(nc.get(), jr.get())),
-              i32.ne(pc.get(), c(0)),
+              i32.or(accumulate.get(), i32.ne(pc.get(), c(0))),
               scratch.get(),
             ))),
           )),
         )),
       )),
+    );
+  }
+
+  // gemm(units, count, K, ars, acs, brs, bcs, ldc, scratch, thread): for each
+  // of `count` work units (5 i32 each: A, B and C addresses, M, N), C = A @ B,
+  // in the thread's scratch: scratch + thread * GEMM_SCRATCH.
+  const f = m.func(`gemm${suffix}`, ['i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32']);
+  const [units, count, K, ars, acs, brs, bcs, ldc, scratch, thread] = f.params;
+  const u = f.local('i32');
+  f.body = seq(
+    scratch.set(i32.add(scratch.get(), i32.mul(thread.get(), c(GEMM_SCRATCH)))),
+    for_(u, c(0), count.get(), 1, seq(
+      call(block, i32.load(units.get()), i32.load(units.get(), 4), i32.load(units.get(), 8), i32.load(units.get(), 12),
+        i32.load(units.get(), 16), K.get(), ars.get(), acs.get(), brs.get(), bcs.get(), ldc.get(), c(0), scratch.get()),
+      units.set(i32.add(units.get(), c(20))),
     )),
   );
+  return block;
 }

@@ -9,10 +9,11 @@
 // we say so once; relaxed SIMD (fused multiply-add) is used when the engine
 // has it, else a multiply and an add.
 
-import type { BinaryOp, UnaryOp, View } from '../../backend.ts';
+import type { AttentionOptions, BinaryOp, UnaryOp, View } from '../../backend.ts';
 import { contiguousStrides, isContiguous, numel } from '../../shape.ts';
 import { CpuStorage, free, heapF32, heapI32, malloc, memory, sharedMemory } from '../heap.ts';
 import { enableRelaxedSimd, getCpuThreads } from '../threads.ts';
+import { ATT, emitAttention } from './attention.ts';
 import { EW_DIMS, UNARY, emitAdamW, emitElementwise } from './elementwise.ts';
 import { ModuleBuilder } from './emit.ts';
 import { GEMM_SCRATCH, MR, NR, emitGemm } from './gemm.ts';
@@ -27,7 +28,7 @@ type Fn = (...args: number[]) => number;
 /** Emits every kernel; with `fma`, the relaxed-SIMD variants too. */
 function emitModule(fma: boolean): Uint8Array<ArrayBuffer> {
   const m = new ModuleBuilder();
-  emitGemm(m, fma);
+  emitAttention(m, emitGemm(m, fma));
   emitElementwise(m);
   emitRows(m);
   emitAdamW(m);
@@ -137,6 +138,16 @@ export interface WasmGemm {
 const GEMM_PARALLEL_MIN = 1 << 21; // multiply-adds below which splitting costs more than it saves (even at 2^20 when measured)
 let scratch = { ptr: 0, threads: 0 }; // packing buffers in the memory, one per thread, made on first use
 
+/** The packing buffers of every thread (GEMM_SCRATCH bytes each), made on first use. */
+function gemmScratch(): number {
+  const threads = getCpuThreads();
+  if (scratch.threads < threads) {
+    if (scratch.threads) free(scratch.ptr, scratch.threads * GEMM_SCRATCH);
+    scratch = { ptr: block(threads * GEMM_SCRATCH), threads };
+  }
+  return scratch.ptr;
+}
+
 /**
  * C = A @ B. The work is cut into units (a matrix of the batch, or a band of
  * rows or columns of one) listed in the memory, and each thread gets a run of
@@ -189,15 +200,12 @@ export function gemm(g: WasmGemm): void {
   heapI32().set(units, table / 4);
   // Each task is a run of consecutive units. The thread that runs it packs
   // into its own buffers: scratch + thread * GEMM_SCRATCH.
-  const threads = getCpuThreads();
-  if (scratch.threads < threads) {
-    if (scratch.threads) free(scratch.ptr, scratch.threads * GEMM_SCRATCH);
-    scratch = { ptr: block(threads * GEMM_SCRATCH), threads };
-  }
+  const packing = gemmScratch();
   const per = Math.ceil(count / P);
   const tasks: number[][] = [];
   for (let t = 0; t * per < count; t++) {
-    tasks.push([table + 20 * t * per, Math.min(per, count - t * per), K, g.aRowStride, g.aColStride, g.bRowStride, g.bColStride, N, scratch.ptr]);
+    const strides = [g.aRowStride, g.aColStride, g.bRowStride, g.bColStride];
+    tasks.push([table + 20 * t * per, Math.min(per, count - t * per), K, ...strides, N, packing]);
   }
   try {
     run(fma ? 'gemm_fma' : 'gemm', tasks);
@@ -433,6 +441,173 @@ export function norm(x: View, w: View, b: View | null, eps: number, out: CpuStor
   withDense(x, (p) => rowsCall(b ? 'layer_norm' : 'rms_norm', rows, cols, (lo, hi) => {
     const [xs, o] = [p + 4 * lo * cols, out.ptr + 4 * lo * cols];
     return b ? [xs, addr(w), addr(b), hi - lo, cols, eps, o] : [xs, addr(w), hi - lo, cols, eps, o];
+  }));
+  return true;
+}
+
+// ---------------------------------------------------------------- attention
+
+const ATT_ROWS = 96; // most query rows per block (whole 6-row register tiles)
+const ATT_KEYS = 256; // most keys per block: a block of scores stays in L2, and is one GEMM slab deep (KC)
+
+/** A block length near n / ceil(n / most), at most `most`, rounded up to a multiple of `multiple`. */
+function blockLength(n: number, most: number, multiple: number): number {
+  return Math.min(most, Math.ceil(n / Math.ceil(n / most) / multiple) * multiple);
+}
+
+/** Whether the fast path takes these views: float32, in the memory, no empty dims. */
+function attentionFits(views: View[]): boolean {
+  return views.every((x) => x.dtype === 'float32' && (x.storage as CpuStorage).ptr >= 0 && numel(x.shape) > 0);
+}
+
+/**
+ * Calls fn with the (B, H, T, D) views, each with its rows of D contiguous
+ * (the kernels read rows as vectors): a view whose last stride is not 1 (a
+ * broadcast gradient) is copied to a temporary first.
+ */
+function withRows<T>(views: View[], fn: (rows: View[]) => T): T {
+  const temps: CpuStorage[] = [];
+  try {
+    return fn(views.map((x) => {
+      if (x.strides[3] === 1 || x.shape[3] === 1) return x;
+      const tmp = new CpuStorage('float32', numel(x.shape), block(4 * numel(x.shape)));
+      temps.push(tmp);
+      copy(x, tmp);
+      return whole(tmp, x.shape);
+    }));
+  } finally {
+    for (const t of temps) t.free();
+  }
+}
+
+/** What an attention call's tasks need: the parameter block, the block length of the queries, how to run. */
+interface AttentionCall {
+  params: number;
+  rowsPerBlock: number;
+  run: (name: 'attention_fwd' | 'attention_bwd', tasks: number[][]) => void;
+}
+
+/**
+ * Writes the parameter block of an attention call (ATT in attention.ts) and
+ * the per-thread buffers, calls fn, and frees them. q (B, H, T, D) and k, v
+ * (B, Hkv, Tk, D) as views; o is the output (B, H, T, D) view and g
+ * dLoss/dout (backward only).
+ */
+function attentionCall(
+  q: View, k: View, v: View, o: View, g: View | null, opts: AttentionOptions, fn: (call: AttentionCall) => void,
+): void {
+  const [B, H, T, D] = q.shape;
+  const [Hkv, Tk] = [k.shape[1], k.shape[2]];
+  const [mq, nk] = [blockLength(T, ATT_ROWS, MR), blockLength(Tk, ATT_KEYS, NR)];
+  const parallel = pieces(B * H * T * Tk * D, GEMM_PARALLEL_MIN) > 1;
+  const threads = parallel ? getCpuThreads() : 1;
+  // forward: scores, output rows, max and sum of a block; backward: P and dP of a block, delta of a head
+  const floatsPerThread = g ? 2 * mq * nk + T : mq * nk + mq * D + 2 * mq;
+  const perThread = Math.ceil((4 * floatsPerThread) / 64) * 64; // whole cache lines: threads never share one
+  const packing = gemmScratch();
+  const [params, work] = [block(4 * ATT.WORDS), block(threads * perThread)];
+  const [mask, drop] = [opts.mask, opts.dropout];
+  const values: Partial<Record<keyof typeof ATT, number>> = {
+    QR: q.strides[2], QC: q.strides[3], KR: k.strides[2], KC: k.strides[3], VR: v.strides[2], VC: v.strides[3],
+    OR: o.strides[2], GR: g?.strides[2] ?? 0, MR: mask?.strides[2] ?? 0, MC: mask?.strides[3] ?? 0,
+    QH: q.strides[1], OH: o.strides[1], GH: g?.strides[1] ?? 0, LH: T, MH: mask?.strides[1] ?? 0,
+    DQR: H * D, DQH: D, DKR: Hkv * D, NH: T * Tk, GROUP: H / Hkv,
+    T, TK: Tk, D, CAUSAL: opts.causal ? 1 : 0, SHIFT: Tk - T,
+    DROPOUT: drop ? 1 : 0, THRESHOLD: drop ? Math.floor(drop.p * 2 ** 32) : 0, SEED: drop?.seed ?? 0,
+    NK: nk, MQ: mq, SCRATCH: work, SCRATCH_BYTES: perThread, GEMM_SCRATCH: packing, ZERO: 0,
+  };
+  try {
+    const words = heapI32().subarray(params / 4, params / 4 + ATT.WORDS);
+    for (const [name, value] of Object.entries(values)) words[ATT[name as keyof typeof ATT]] = value;
+    const floats = heapF32().subarray(params / 4, params / 4 + ATT.WORDS);
+    floats[ATT.SCALE] = opts.scale;
+    floats[ATT.KEEP_SCALE] = drop ? 1 / (1 - drop.p) : 1;
+    fn({
+      params,
+      rowsPerBlock: mq,
+      run: (name, tasks) => {
+        const kernel = fma ? `${name}_fma` : name;
+        if (!parallel) for (const task of tasks) fns[kernel](...task, 0);
+        else for (let at = 0; at < tasks.length; at += 4095) run(kernel, tasks.slice(at, at + 4095));
+      },
+    });
+  } finally {
+    free(params, 4 * ATT.WORDS);
+    free(work, threads * perThread);
+  }
+}
+
+/** Byte address of element [b, h, t, 0] of a (B, H, T, D) view. */
+function rowAddr(x: View, b: number, h: number, t = 0): number {
+  return addr(x) + 4 * (b * x.strides[0] + h * x.strides[1] + t * x.strides[2]);
+}
+
+/**
+ * Fused attention (see attention.ts): out in (B, T, H, D) order and the
+ * log-sum-exp of each score row. One task per block of query rows of a head.
+ */
+export function attention(
+  q: View, k: View, v: View, opts: AttentionOptions, out: CpuStorage, lse: CpuStorage,
+): boolean {
+  if (!attentionFits(opts.mask ? [q, k, v, opts.mask] : [q, k, v])) return false;
+  const [B, H, T, D] = q.shape;
+  const [Hkv, Tk] = [k.shape[1], k.shape[2]];
+  const o: View = { storage: out, shape: q.shape, strides: [T * H * D, D, H * D, 1], offset: 0, dtype: 'float32' };
+  const stats = block(8 * B * H * T); // (max, sum) of each score row
+  try {
+    withRows([q, k, v], ([q, k, v]) => attentionCall(q, k, v, o, null, opts, (call) => {
+      const tasks: number[][] = [];
+      const zero = call.params + 4 * ATT.ZERO;
+      for (let b = 0; b < B; b++) {
+        for (let h = 0; h < H; h++) {
+          const kh = Math.floor(h / (H / Hkv));
+          for (let i0 = 0; i0 < T; i0 += call.rowsPerBlock) {
+            const row = (b * H + h) * T + i0;
+            const mask = opts.mask ? rowAddr(opts.mask, b, h, i0) : zero;
+            tasks.push([call.params, rowAddr(q, b, h, i0), rowAddr(k, b, kh), rowAddr(v, b, kh), rowAddr(o, b, h, i0),
+              stats + 8 * row, mask, i0, Math.min(call.rowsPerBlock, T - i0), row * Tk]);
+          }
+        }
+      }
+      call.run('attention_fwd', tasks);
+    }));
+    // lse = max + log(sum), one log per row, on the host (no log instruction)
+    const [st, l] = [heapF32().subarray(stats / 4, stats / 4 + 2 * B * H * T), lse.data];
+    for (let i = 0; i < B * H * T; i++) l[i] = st[2 * i] + Math.log(st[2 * i + 1]);
+  } finally {
+    free(stats, 8 * B * H * T);
+  }
+  return true;
+}
+
+/**
+ * The gradients of attention (see attention.ts), added into zeroed dq (B, T,
+ * H, D), dk and dv (B, Tk, Hkv, D). One task per key/value head of a batch
+ * entry: it owns that head's rows of dk and dv and its query heads' rows of dq.
+ */
+export function attentionBackward(
+  q: View, k: View, v: View, o: View, g: View, lse: View, opts: AttentionOptions,
+  dq: CpuStorage, dk: CpuStorage, dv: CpuStorage,
+): boolean {
+  if (!attentionFits([q, k, v, o, g, lse, ...(opts.mask ? [opts.mask] : [])])) return false;
+  if (!isContiguous(lse.shape, lse.strides)) return false;
+  const [B, H, T, D] = q.shape;
+  const [Hkv, Tk] = [k.shape[1], k.shape[2]];
+  const group = H / Hkv;
+  withRows([q, k, v, o, g], ([q, k, v, o, g]) => attentionCall(q, k, v, o, g, opts, (call) => {
+    const tasks: number[][] = [];
+    const zero = call.params + 4 * ATT.ZERO;
+    for (let b = 0; b < B; b++) {
+      for (let kh = 0; kh < Hkv; kh++) {
+        const h = kh * group; // the group's first query head
+        const mask = opts.mask ? rowAddr(opts.mask, b, h) : zero;
+        const [dqAt, dkvAt] = [4 * (b * T * H + h) * D, 4 * (b * Tk * Hkv + kh) * D];
+        tasks.push([call.params, rowAddr(q, b, h), rowAddr(k, b, kh), rowAddr(v, b, kh), rowAddr(o, b, h),
+          rowAddr(g, b, h), addr(lse) + 4 * (b * H + h) * T, mask, dq.ptr + dqAt, dk.ptr + dkvAt, dv.ptr + dkvAt,
+          (b * H + h) * T * Tk]);
+      }
+    }
+    call.run('attention_bwd', tasks);
   }));
   return true;
 }

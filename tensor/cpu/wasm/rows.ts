@@ -10,12 +10,12 @@ import { UNARY } from './elementwise.ts';
 const c = (n: number) => i32.const(n);
 
 /** The sum of a vector's four lanes, as an f32. */
-function lanesSum(v: Local): Code {
+export function lanesSum(v: Local): Code {
   return f32.add(f32.add(f32x4.extractLane(v.get(), 0), f32x4.extractLane(v.get(), 1)), f32.add(f32x4.extractLane(v.get(), 2), f32x4.extractLane(v.get(), 3)));
 }
 
 /** The largest of a vector's four lanes (NaN if any is NaN). */
-function lanesMax(v: Local): Code {
+export function lanesMax(v: Local): Code {
   return f32.max(f32.max(f32x4.extractLane(v.get(), 0), f32x4.extractLane(v.get(), 1)), f32.max(f32x4.extractLane(v.get(), 2), f32x4.extractLane(v.get(), 3)));
 }
 
@@ -23,7 +23,7 @@ function lanesMax(v: Local): Code {
  * A loop over one row of `n` floats: `vector(at)` for each group of four (at
  * is the byte offset in the row), then `scalar(at)` for the 1 to 3 left over.
  */
-function overRow(f: Func, n: Local, vector: (at: Local) => Code, scalar: (at: Local) => Code): Code {
+export function overRow(f: Func, n: Local, vector: (at: Local) => Code, scalar: (at: Local) => Code): Code {
   const [k, at] = [f.local('i32'), f.local('i32')];
   return seq(
     for_(k, c(0), i32.and(n.get(), c(~3)), 4, seq(at.set(i32.shl(k.get(), c(2))), vector(at))),
