@@ -5,10 +5,12 @@
 import { join } from 'node:path';
 import { BuiltinVQADataset, buildBuiltinTokenizer } from './data/builtin.ts';
 import { MMStarCollator, VQACollator, type MMStarBatch, type VQABatch, type VQAItem } from './data/collators.ts';
-import { MMStarDataset, VQADataset, openMMStarRows, openVQARows, trainValSplit } from './data/datasets.ts';
+import { MMStarDataset, VQADataset, trainValSplit } from './data/datasets.ts';
 import type { Dataset, VQARows } from './data/datasets.ts';
 import { DataLoader } from './data/loader.ts';
-import { buildWordTokenizer, createTokenizer, getTokenizer, type Tokenizer } from './data/tokenizer.ts';
+import { buildWordTokenizer, createTokenizer, type Tokenizer } from './data/tokenizer.ts';
+import { openMMStarRows, openVQARows } from './node/datasets.ts';
+import { getTokenizer } from './node/tokenizer.ts';
 import { readJSON } from './run_state.ts';
 import { tensor, type DeviceName } from './tensor/index.ts';
 import type { TrainRun } from './train_config.ts';

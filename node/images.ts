@@ -1,8 +1,8 @@
-// Reading an image from disk. Kept apart from processors.ts so that the
-// decoding and resizing code stays free of Node's fs (and usable in a browser).
+// Reading an image from disk, in Node. Decoding and resizing (data/processors.ts) take the bytes,
+// wherever they came from.
 
 import { readFileSync } from 'node:fs';
-import { decodeImage, type RGBImage } from './processors.ts';
+import { decodeImage, type RGBImage } from '../data/processors.ts';
 
 /** Reads and decodes a PNG or JPEG file; errors name the path. */
 export function loadImageFile(path: string): RGBImage {
