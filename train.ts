@@ -6,80 +6,25 @@
 //     --train_data path/to/the_cauldron --mmstar path/to/mmstar.parquet --out runs/222m
 //
 // Reading order: the flags (train_config.ts, or --help), then main(): data and tokenizer
-// (dataloaders.ts), model, optimizer, the loop. run_state.ts keeps the run folder and --resume.
+// (dataloaders.ts), model, optimizer, the loop; evaluate.ts scores the model. run_state.ts keeps
+// the run folder and --resume.
 
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { minutes, openDevice, progress, reportError } from './cli.ts';
-import type { MMStarBatch, VQABatch, VQAItem } from './data/collators.ts';
-import { checkMultipleChoiceWithRegex } from './data/datasets.ts';
-import { DataLoader } from './data/loader.ts';
-import type { Tokenizer } from './data/tokenizer.ts';
 import { checkTexts, getDataloaders, openSplits, runTokenizer, toTensors } from './dataloaders.ts';
+import { evaluate, evaluateMMStar } from './evaluate.ts';
 import { readModelFolder, writeModelFolder } from './node/model_folder.ts';
 import { AdamW, clipGradNorm, getLr } from './nn/index.ts';
 import { plotTrainingCurves } from './plot.ts';
 import { appendMetrics, configure, curvesOf, loadResumeState, prepareOutDir, saveResumeState } from './run_state.ts';
 import { trimMetrics, writeAtomic, type MetricsRecord, type RunState } from './run_state.ts';
-import { manualSeed, noGrad, stack, tidy, tidyForward, type DeviceName, type Tensor } from './tensor/index.ts';
+import { manualSeed, stack, tidy, tidyForward, type Tensor } from './tensor/index.ts';
 import { closeWebGPU } from './tensor/webgpu/device.ts';
 import { frozenParts, modelConfig } from './train_config.ts';
 import { VisionLanguageModel } from './vlm/vision_language_model.ts';
 
 const COMMAND = 'npm run train --';
-
-/**
- * Validation loss and exact-match answer accuracy. With teacher forcing, a sample whose every
- * answer token is the argmax is exactly one that greedy decoding answers right: one forward pass.
- */
-async function evaluate(model: VisionLanguageModel, loader: DataLoader<VQAItem, VQABatch>, device: DeviceName) {
-  model.eval();
-  let [lossSum, batches, correct, counted] = [0, 0, 0, 0];
-  for await (const { batch } of loader.epoch(0)) {
-    const [loss, misses, scored] = noGrad(() =>
-      tidy(() => {
-        const t = toTensors(batch, model.cfg.vit_img_size, device);
-        const { logits, loss } = model.forward(t.inputIds, t.image, t.attentionMask, t.labels);
-        const answer = t.labels!.ne(-100);
-        const misses = logits.argmax(-1).ne(t.labels!).mul(answer).sum(1); // (B) wrong answer tokens
-        return [loss!, misses, answer.sum(1)];
-      }),
-    );
-    lossSum += await loss.item(); // sync point: the loss and the counts of the batch
-    const [wrong, answered] = [await misses.data(), await scored.data()];
-    for (let i = 0; i < wrong.length; i++) {
-      if (answered[i] === 0) continue; // a sample too long to have its answer scored
-      counted++;
-      if (wrong[i] === 0) correct++;
-    }
-    batches++;
-    [loss, misses, scored].forEach((t) => t.dispose());
-  }
-  model.train();
-  return { loss: lossSum / Math.max(batches, 1), accuracy: correct / Math.max(counted, 1) };
-}
-
-/** MMStar: generate a short answer, then nanoVLM's multiple-choice regex check. */
-async function evaluateMMStar(
-  model: VisionLanguageModel, loader: DataLoader<VQAItem, MMStarBatch>, tokenizer: Tokenizer, device: DeviceName,
-) {
-  model.eval();
-  let [correct, total] = [0, 0];
-  const decode = (ids: ArrayLike<number>) => tokenizer.decode(ids, { skipSpecialTokens: true });
-  for await (const { batch } of loader.epoch(0)) {
-    const t = toTensors(batch, model.cfg.vit_img_size, device);
-    const options = { greedy: true, maxNewTokens: 5, eosTokenId: tokenizer.eosTokenId };
-    const { tokens } = await model.generate(t.inputIds, t.image, t.attentionMask, options); // sync point per token
-    [t.image, t.inputIds, t.attentionMask].forEach((x) => x.dispose());
-    const { labels, labelLen } = batch;
-    const answer = (i: number) => decode(labels.subarray(i * labelLen, (i + 1) * labelLen));
-    const answers = Array.from({ length: batch.batchSize }, (_, i) => answer(i));
-    correct += checkMultipleChoiceWithRegex(tokens.map(decode), answers).filter(Boolean).length;
-    total += batch.batchSize;
-  }
-  model.train();
-  return correct / Math.max(total, 1);
-}
 
 async function main(): Promise<void> {
   // every flag checked, and --out (a fresh run's must hold no run), before anything is written
@@ -176,13 +121,36 @@ async function main(): Promise<void> {
   model.train();
   const started = performance.now() - state.elapsedMs;
   let lastEval = { step: -1, loss: NaN, accuracy: NaN };
+  let unlogged: StepLog | null = null;
+  let loggedAt = performance.now();
+
+  /** The log line and metrics of a finished step; stops the run at a non-finite loss. */
+  async function logStep(s: StepLog): Promise<void> {
+    const [lossValue, normValue] = await s.logged.data(); // sync point: the step's loss and gradient norm
+    s.logged.dispose();
+    if (!Number.isFinite(lossValue)) {
+      const saved = existsSync(join(out, 'resume')) ? `; the last good checkpoint is in ${join(out, 'resume')}` : '';
+      const fix = '(try lower --lr_mp/--lr_backbones or --max_grad_norm 1)';
+      throw new Error(`loss is ${lossValue} at step ${s.step}: stopping before training on garbage ${fix}${saved}`);
+    }
+    const now = performance.now();
+    const tokensPerSec = (s.tokens * 1000) / (now - loggedAt); // steps are logged one by one: wall time per step
+    loggedAt = now;
+    const record: MetricsRecord = { step: s.step, loss: lossValue, ...s.lrs, tokens_per_s: tokensPerSec };
+    if (s.hasNorm) record.grad_norm = normValue;
+    appendMetrics(metricsFile, record);
+    curves.train.push([s.step, lossValue]);
+    state.elapsedMs = now - started;
+    const eta = minutes((state.elapsedMs / s.step) * (maxSteps - s.step));
+    const [loss, lr] = [lossValue.toFixed(4), s.lrs.lr_backbones.toExponential(1)];
+    progress(s.step, maxSteps, `loss ${loss} lr ${lr} ${Math.round(tokensPerSec)} tok/s ETA ${eta}`);
+  }
   let batches = loaders.train.epoch(state.epoch, state.batchInEpoch);
   while (state.step < maxSteps && !stopRequested) {
     if (run.max_minutes && performance.now() - started > run.max_minutes * 60_000) {
       console.log(`\nreached --max_minutes ${run.max_minutes}: stopping`);
       break;
     }
-    const stepStart = performance.now();
     optimizer.paramGroups[0].lr = getLr(state.step, run.lr_mp, maxSteps);
     optimizer.paramGroups[1].lr = getLr(state.step, run.lr_backbones, maxSteps);
     const losses: Tensor[] = [];
@@ -210,35 +178,29 @@ async function main(): Promise<void> {
     }
     const gradNorm = run.max_grad_norm > 0 ? clipGradNorm(model.parameters(), run.max_grad_norm) : null;
     const stepLoss = (): Tensor => losses.reduce((a, b) => a.add(b)).div(accumulation);
-    const logged = tidy(() => stack(gradNorm ? [stepLoss(), gradNorm] : [stepLoss()]));
-    const [lossValue, normValue] = await logged.data(); // sync point, the step's only one: what the log line shows
-    [logged, gradNorm, ...losses].forEach((t) => t?.dispose());
-    if (!Number.isFinite(lossValue)) {
-      const saved = existsSync(join(out, 'resume')) ? `; the last good checkpoint is in ${join(out, 'resume')}` : '';
-      const fix = '(try lower --lr_mp/--lr_backbones or --max_grad_norm 1)';
-      throw new Error(`loss is ${lossValue} at step ${state.step}: stopping before training on garbage ${fix}${saved}`);
-    }
+    const logged = tidy(() => stack(gradNorm ? [stepLoss(), gradNorm] : [stepLoss()])).keep();
+    [gradNorm, ...losses].forEach((t) => t?.dispose());
     optimizer.step();
     optimizer.zeroGrad();
     state.step++;
     state.tokens += stepTokens;
-    const now = performance.now();
-    const tokensPerSec = (stepTokens * 1000) / (now - stepStart);
+    // Log the previous step only now: its values are read back while this step's work is already queued
+    // (a GPU never idles while the host waits). The price: a non-finite loss stops the run one update late,
+    // before anything is saved.
+    if (unlogged) await logStep(unlogged);
     const lrs = { lr_mp: optimizer.paramGroups[0].lr, lr_backbones: optimizer.paramGroups[1].lr };
-    const record: MetricsRecord = { step: state.step, loss: lossValue, ...lrs, tokens_per_s: tokensPerSec };
-    if (gradNorm) record.grad_norm = normValue;
-    appendMetrics(metricsFile, record);
-    curves.train.push([state.step, lossValue]);
-    state.elapsedMs = now - started;
-    const eta = minutes((state.elapsedMs / state.step) * (maxSteps - state.step));
-    const [loss, lr] = [lossValue.toFixed(4), lrs.lr_backbones.toExponential(1)];
-    progress(state.step, maxSteps, `loss ${loss} lr ${lr} ${Math.round(tokensPerSec)} tok/s ETA ${eta}`);
-    if (state.step % run.eval_interval === 0 && state.step < maxSteps) lastEval = await evaluateAndSave();
+    unlogged = { logged, step: state.step, tokens: stepTokens, lrs, hasNorm: gradNorm !== null };
+    if (state.step % run.eval_interval === 0 && state.step < maxSteps) {
+      await logStep(unlogged);
+      unlogged = null;
+      lastEval = await evaluateAndSave();
+    }
     // The CPU backend never waits on I/O, so without this the loop would never
     // let the event loop run, and Ctrl-C (a signal event) would not be seen.
     await new Promise((resolve) => setImmediate(resolve));
   }
   await batches.return(undefined);
+  if (unlogged) await logStep(unlogged);
   if (lastEval.step !== state.step) lastEval = await evaluateAndSave();
   if (stopRequested) {
     console.log(`stopped at step ${state.step} of ${maxSteps}: continue with ${COMMAND} --resume --out ${out}`);
@@ -249,6 +211,15 @@ async function main(): Promise<void> {
   const scores = `val loss ${lastEval.loss.toFixed(4)}, ${accuracy}`;
   console.log(`done: ${state.step} steps in ${minutes(elapsed)}, ${scores}, ${speed}; checkpoint in ${out}`);
   await Promise.all([loaders.train, loaders.val, loaders.test, loaders.mmstar].map((l) => l?.close()));
+}
+
+/** A finished step whose loss (and gradient norm) is still on the device. */
+interface StepLog {
+  logged: Tensor;
+  step: number;
+  tokens: number;
+  lrs: { lr_mp: number; lr_backbones: number };
+  hasNorm: boolean;
 }
 
 function percent(x: number): string {

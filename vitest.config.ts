@@ -25,6 +25,7 @@ const swiftshader = choice !== '0' && process.env.NANOVLM_SKIP_WEBGPU !== '1' &&
 export default defineConfig({
   test: {
     pool: 'forks',
+    setupFiles: ['test/setup.ts'],
     testTimeout: 120_000,
     hookTimeout: 120_000,
     projects: [

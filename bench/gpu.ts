@@ -20,6 +20,7 @@
 import { writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { AdamW, clipGradNorm } from '../nn/index.ts';
+import { useDawn } from '../node/dawn.ts';
 import {
   Generator,
   closeWebGPU,
@@ -322,6 +323,7 @@ async function trainSteps(
 // ---------------------------------------------------------------- main
 
 setCpuThreads(1); // the host side needs no CPU workers (and a bundle carries none)
+useDawn();
 const b = await initWebGPU({ quiet: true, backend: args.backend, adapter: args.adapter });
 const calls = countDawnCalls(b.device);
 const l = b.device.limits;

@@ -10,6 +10,7 @@
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { makeDecoder, type DecoderConfig } from './decoder.ts';
+import { useDawn } from '../node/dawn.ts';
 import { Generator, closeWebGPU, initWebGPU, randn, tensor, tidy, type Tensor } from '../tensor/index.ts';
 import type { WebGPUBackend } from '../tensor/webgpu/backend.ts';
 
@@ -97,6 +98,7 @@ async function decoderBench(cfg: DecoderConfig, backend: WebGPUBackend, steps: n
 /** Runs the WebGPU benchmark (opening the device if needed) and returns the numbers. */
 export async function benchWebGPU(opts: { quick?: boolean; log?: (line: string) => void } = {}): Promise<WebGPUBenchResult> {
   const log = opts.log ?? console.log;
+  useDawn();
   const backend = await initWebGPU({ quiet: true });
   const adapter = `${backend.adapter.name} (${backend.adapter.backend}, ${backend.adapter.featureLevel})`;
   log(`webgpu adapter: ${adapter}`);

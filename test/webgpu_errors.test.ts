@@ -16,6 +16,7 @@ import { describeWebGPU } from './webgpu_helpers.ts';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const lib = fileURLToPath(new URL('../tensor/index.ts', import.meta.url));
+const dawn = fileURLToPath(new URL('../node/dawn.ts', import.meta.url));
 
 /** A fresh device for a test that breaks it. */
 async function fresh(): Promise<WebGPUBackend> {
@@ -78,6 +79,7 @@ describeWebGPU('webgpu device errors', () => {
     if (!b.adapter.software) ctx.skip();
     const code = `
       const T = await import(${JSON.stringify(lib)});
+      (await import(${JSON.stringify(dawn)})).useDawn();
       const b = await T.initWebGPU({ quiet: true });
       const keep = [];
       try {

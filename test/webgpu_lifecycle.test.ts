@@ -4,17 +4,18 @@
 // device resolution gives one clear line when there is no adapter.
 
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { initWebGPU, resolveDevice } from '../tensor/index.ts';
-import { hasVulkanDriver } from '../tensor/webgpu/device.ts';
+import { hasVulkanDriver } from '../node/dawn.ts';
 import { describeWebGPU } from './webgpu_helpers.ts';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const lib = fileURLToPath(new URL('../tensor/index.ts', import.meta.url));
+const dawn = fileURLToPath(new URL('../node/dawn.ts', import.meta.url));
 
 /** Runs an ES module snippet in `node --import tsx` (with extra flags), with a hard timeout. */
 function child(code: string, opts: { flags?: string[]; env?: Record<string, string>; timeoutMs?: number } = {}) {
@@ -32,6 +33,7 @@ describeWebGPU('webgpu device lifetime', () => {
     const r = child(
       `
       const T = await import(${JSON.stringify(lib)});
+      (await import(${JSON.stringify(dawn)})).useDawn();
       await T.initWebGPU({ quiet: true });
       const work = async (seed) => {
         const a = await T.randn([48, 48], { generator: new T.Generator(seed) }).to('webgpu');
@@ -62,6 +64,7 @@ describeWebGPU('webgpu device lifetime', () => {
     const r = child(
       `
       const T = await import(${JSON.stringify(lib)});
+      (await import(${JSON.stringify(dawn)})).useDawn();
       console.log('device', await T.resolveDevice('auto', { quiet: true, backend: 'vulkan' }));
       await T.initWebGPU({ quiet: true });
       T.closeWebGPU();
@@ -83,6 +86,7 @@ describeWebGPU('webgpu device lifetime', () => {
     const r = child(
       `
       const T = await import(${JSON.stringify(lib)});
+      (await import(${JSON.stringify(dawn)})).useDawn();
       await T.initWebGPU({ quiet: true });
       const x = await T.tensor([1, 2, 3]).to('webgpu');
       console.log('sum', await x.mul(2).sum().item());
@@ -106,6 +110,7 @@ describeWebGPU('webgpu device lifetime', () => {
     const r = child(
       `
       const T = await import(${JSON.stringify(lib)});
+      (await import(${JSON.stringify(dawn)})).useDawn();
       console.log('auto ->', await T.resolveDevice('auto', { quiet: true }));
       try { await T.resolveDevice('webgpu'); } catch (e) { console.log('error:', e.message); }
     `,
@@ -151,6 +156,7 @@ describe('quiet device probing', () => {
       const r = child(
         `
         const T = await import(${JSON.stringify(lib)});
+        (await import(${JSON.stringify(dawn)})).useDawn();
         console.log('device', await T.resolveDevice('auto'));`,
         { env, timeoutMs: 60_000 },
       );
@@ -163,5 +169,54 @@ describe('quiet device probing', () => {
     } finally {
       rmSync(dir, { recursive: true });
     }
+  });
+});
+
+describe('the browser seam: tensor/webgpu runs on navigator.gpu, and imports nothing from Node', () => {
+  it('no file under tensor/webgpu imports node:*, the webgpu package or uses process', () => {
+    const dir = fileURLToPath(new URL('../tensor/webgpu/', import.meta.url));
+    const files = readdirSync(dir, { recursive: true, encoding: 'utf8' }).filter((f) => f.endsWith('.ts'));
+    expect(files.length).toBeGreaterThan(5);
+    for (const f of files) {
+      // comments may name them; code may not
+      const code = readFileSync(join(dir, f), 'utf8').replace(/\/\/.*$/gm, '');
+      expect(code, f).not.toMatch(/from '(node:[\w/]+|webgpu)'|import\('(node:[\w/]+|webgpu)'\)|\bprocess\.|\brequire\(/);
+    }
+  });
+
+  it('without a registered provider, initWebGPU takes navigator.gpu (Dawn standing in for a browser)', () => {
+    const r = child(
+      `
+      const { create } = await import('webgpu');
+      const backend = process.env.NANOVLM_WEBGPU_BACKEND;
+      if (backend?.startsWith('opengl')) process.env.EGL_PLATFORM ??= 'surfaceless';
+      const gpu = create(backend ? ['backend=' + backend] : []);
+      Object.defineProperty(globalThis, 'navigator', { value: { gpu }, configurable: true });
+      const T = await import(${JSON.stringify(lib)});
+      const b = await T.initWebGPU({ quiet: true });
+      console.log('backend', b.adapter.backend, b.adapter.featureLevel);
+      const x = await T.tensor([1, 2, 3]).to('webgpu');
+      console.log('sum', await x.mul(2).sum().item());
+      T.closeWebGPU();
+    `,
+      { timeoutMs: 60_000 },
+    );
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/backend browser (core|compatibility)/);
+    expect(r.stdout).toContain('sum 12');
+  });
+
+  it('with neither navigator.gpu nor a provider, one line says what to do', () => {
+    const r = child(
+      `
+      const T = await import(${JSON.stringify(lib)});
+      console.log('auto ->', await T.resolveDevice('auto', { quiet: true }));
+      try { await T.initWebGPU(); } catch (e) { console.log('error:', e.message); }
+    `,
+      { timeoutMs: 60_000 },
+    );
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toContain('auto -> cpu');
+    expect(r.stdout).toMatch(/error: no WebGPU here: .*no navigator.gpu .*call useDawn\(\) from node\/dawn.ts/);
   });
 });

@@ -1,15 +1,23 @@
-// The one seam between the CPU backend and Node-only APIs (worker_threads,
-// os, v8). Nothing here is imported at load time: the built-in modules are
-// fetched with process.getBuiltinModule, so in a browser (no `process`) or
-// without SharedArrayBuffer this file reports a single core and no workers,
-// and the kernels simply run on the calling thread.
+// The one seam between the CPU backend and the platform it runs on: Node's
+// worker_threads, or a web page's Web Workers. Nothing here is imported: in
+// Node the built-in modules come from process.getBuiltinModule, and where
+// there is no `process` (a browser) the kernel threads are Web Workers. Both
+// need SharedArrayBuffer (in a page: cross-origin isolation, i.e. the COOP and
+// COEP headers); without it this file reports one core and no workers, and
+// the kernels simply run on the calling thread.
+//
+// Two browser rules shape the code: a page's main thread may not block
+// (Atomics.wait throws there), and a Web Worker starts only once the page has
+// gone back to its event loop. So in a page nothing waits for a worker to
+// load; a kernel call is shared with the workers that are running by then.
 
-import type { Worker } from 'node:worker_threads';
-
-const node = typeof process !== 'undefined' && typeof process.getBuiltinModule === 'function'
-  && typeof SharedArrayBuffer === 'function';
-const os = node ? process.getBuiltinModule('node:os') : undefined;
-const wt = node ? process.getBuiltinModule('node:worker_threads') : undefined;
+const nodeProcess = (globalThis as { process?: NodeJS.Process }).process;
+const builtin = typeof nodeProcess?.getBuiltinModule === 'function' ? nodeProcess : undefined;
+const shared = typeof SharedArrayBuffer === 'function';
+const os = builtin && shared ? builtin.getBuiltinModule('node:os') : undefined;
+const wt = builtin && shared ? builtin.getBuiltinModule('node:worker_threads') : undefined;
+/** Web Workers over shared memory: a cross-origin isolated page (or a worker of one). */
+const web = !wt && shared && typeof Worker === 'function';
 let threads = Math.min(2, cpuCount());
 
 /** Sets how many threads large CPU kernels use (the caller's plus n - 1 workers). */
@@ -25,17 +33,17 @@ export function getCpuThreads(): number {
 /**
  * Turns on WebAssembly relaxed SIMD (fused multiply-add) where the engine has
  * it behind a flag (Node 20's V8); it must happen before the module is
- * compiled. Harmless where the flag is unknown or already on.
+ * compiled. Harmless where the flag is unknown or already on; a no-op in a
+ * browser (which has relaxed SIMD or not).
  */
 export function enableRelaxedSimd(): void {
-  if (typeof process !== 'undefined' && typeof process.getBuiltinModule === 'function') {
-    process.getBuiltinModule('node:v8').setFlagsFromString('--experimental-wasm-relaxed-simd');
-  }
+  builtin?.getBuiltinModule('node:v8').setFlagsFromString('--experimental-wasm-relaxed-simd');
 }
 
 /** Cores usable for compute: 1 where there are no worker threads or no shared memory. */
 export function cpuCount(): number {
-  return os && wt ? os.availableParallelism() : 1;
+  if (os && wt) return os.availableParallelism();
+  return web ? Math.max(1, globalThis.navigator?.hardwareConcurrency ?? 1) : 1;
 }
 
 /** The CPU's model name, for benchmark reports. */
@@ -48,49 +56,79 @@ export function sharedInt32(length: number): Int32Array {
   return new Int32Array(new SharedArrayBuffer(length * 4));
 }
 
+/** Whether this thread may block in Atomics.wait (not a page's main thread). */
+export const canBlock = ((): boolean => {
+  if (!shared) return false;
+  try {
+    Atomics.wait(sharedInt32(1), 0, 1, 0); // returns 'not-equal' at once where waiting is allowed
+    return true;
+  } catch {
+    return false;
+  }
+})();
+
 /**
- * Starts a worker thread on a TypeScript module: the one worker bootstrap of
- * the project (the kernel threads here, the DataLoader's image threads).
- * Node 20 ignores loader flags in a worker's execArgv, so the worker boots
- * from a small script that registers tsx's loader itself, then imports the
- * module (the same under `npx tsx` and vitest). The script avoids `require`
- * and `import` statements: workers inherit flags like --input-type, so it
- * must parse as CommonJS and as a module. `input` reaches the module as
- * workerInput(); `loaded`, if given, is set to 1 once the module has loaded
- * (2 if it failed) and notified, for a caller that waits. Null where there
- * are no worker threads.
+ * Starts a Node worker thread on a TypeScript module: the one Node worker
+ * bootstrap of the project (the kernel threads here, the DataLoader's image
+ * threads). Node 20 ignores loader flags in a worker's execArgv, so the
+ * worker boots from a small script that registers tsx's loader itself, then
+ * imports the module (the same under `npx tsx` and vitest). The script
+ * avoids `require` and `import` statements: workers inherit flags like
+ * --input-type, so it must parse as CommonJS and as a module. `input` reaches
+ * the module as workerInput(); `loaded`, if given, is set to 1 once the
+ * module has loaded (2 if it failed) and notified, for a caller that waits.
+ * Null where there are no worker threads (a browser: see spawnWorker).
  */
-export function startWorker(url: URL, input?: unknown, loaded?: Int32Array): Worker | null {
+export function startWorker(url: string | URL, input?: unknown, loaded?: Int32Array) {
   if (!wt) return null;
   const boot = `
     const { workerData } = process.getBuiltinModule('node:worker_threads');
     const report = (s) => { if (workerData.loaded) { Atomics.store(workerData.loaded, 0, s); Atomics.notify(workerData.loaded, 0); } };
     import(${JSON.stringify(import.meta.resolve('tsx/esm/api'))})
-      .then((tsx) => { tsx.register(); return import(${JSON.stringify(url.href)}); })
+      .then((tsx) => { tsx.register(); return import(${JSON.stringify(String(url))}); })
       .then(() => report(1), (e) => { report(2); throw e; });`;
   return new wt.Worker(boot, { eval: true, workerData: { input, loaded } });
 }
 
-/** Inside a worker started by startWorker: its `input`. */
+/** Inside a Node worker started by startWorker: its `input`. */
 export function workerInput<T>(): T {
   return wt?.workerData?.input as T;
 }
 
-/** A running kernel worker. `failed` turns true if it crashes. */
+/** A running kernel worker. `failed` turns true if it crashes (or, in a page, fails to load). */
 export interface WorkerHandle {
   post(message: unknown): void;
   readonly failed: boolean;
 }
 
 /**
- * Starts a worker on a TypeScript module and blocks until the module has
- * loaded; null where workers are unavailable or the module failed to load.
- * The worker is unref'd: an idle worker never keeps the process alive.
+ * How to start one kind of worker: `node` gives the module's URL for a Node
+ * worker thread (`import.meta.resolve('./x.ts')`), `web` makes the page's Web
+ * Worker, written `new Worker(new URL('./x.ts', import.meta.url), { type:
+ * 'module' })` in the module beside x.ts: the form a bundler (Vite) recognises
+ * and bundles with the worker's imports.
  */
-export function spawnWorker(url: URL, timeoutMs = 30_000): WorkerHandle | null {
+export interface WorkerSource {
+  node: () => string;
+  web: () => Worker;
+}
+
+/**
+ * Starts a kernel worker; null where workers are unavailable (or, in Node,
+ * the module failed to load). In Node it blocks until the module has loaded;
+ * the worker is unref'd, so an idle worker never keeps the process alive. In
+ * a page the worker starts later, and messages posted to it wait until then.
+ */
+export function spawnWorker(source: WorkerSource, timeoutMs = 30_000): WorkerHandle | null {
   try {
+    if (web) {
+      const worker = source.web();
+      const handle = { failed: false, post: (m: unknown) => worker.postMessage(m) };
+      worker.addEventListener('error', () => { handle.failed = true; });
+      return handle;
+    }
     const status = sharedInt32(1); // 0: loading, 1: loaded, 2: failed
-    const worker = startWorker(url, undefined, status);
+    const worker = startWorker(source.node(), undefined, status);
     if (!worker) return null;
     const handle = { failed: false, post: (m: unknown) => worker.postMessage(m) };
     worker.on('error', () => { handle.failed = true; });
@@ -105,7 +143,8 @@ export function spawnWorker(url: URL, timeoutMs = 30_000): WorkerHandle | null {
   return null;
 }
 
-/** Inside a worker: calls `handler` with every message the parent posts. */
+/** Inside a worker (Node's or a page's): calls `handler` with every message the parent posts. */
 export function onParentMessage<T>(handler: (message: T) => void): void {
-  wt?.parentPort?.on('message', handler);
+  if (wt) wt.parentPort?.on('message', handler);
+  else globalThis.addEventListener('message', (e) => handler((e as MessageEvent<T>).data));
 }

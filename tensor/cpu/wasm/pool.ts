@@ -17,12 +17,13 @@
 // spinning thread only takes time from it and from us. Only large kernels
 // are split at all (see kernels.ts).
 
-import { sharedInt32, spawnWorker, type WorkerHandle } from '../threads.ts';
+import { canBlock, sharedInt32, spawnWorker, type WorkerHandle } from '../threads.ts';
 
 /** Most arguments a kernel may take. */
 const MAX_ARGS = 24;
-/** Most tasks in one call (the task index has 12 bits of the NEXT word). */
-const MAX_TASKS = 4096;
+/** Most tasks in one call (the task index has 12 bits of the NEXT word; index 4095 marks a closed call). */
+const MAX_TASKS = 4095;
+const CLOSED = 0xfff;
 // The control block, int32s:
 const NEXT = 0; // (generation << 12) | index of the next task to take
 const DONE = 1; // tasks finished in this call
@@ -66,7 +67,10 @@ export function ensureWorkers(n: number, module: WebAssembly.Module, memory: Web
     args = new Float64Array(new SharedArrayBuffer(MAX_TASKS * MAX_ARGS * 8));
   }
   while (workers.length < n - 1) {
-    const w = spawnWorker(new URL('./worker.ts', import.meta.url));
+    const w = spawnWorker({
+      node: () => import.meta.resolve('./worker.ts'),
+      web: () => new Worker(new URL('./worker.ts', import.meta.url), { type: 'module' }),
+    });
     if (!w) return giveUp('could not start a worker thread');
     w.post({ module, memory, ctl, args, thread: workers.length + 1 } satisfies WorkerInit);
     workers.push(w);
@@ -125,8 +129,12 @@ export function runParallel(fn: number, own: (...a: number[]) => unknown, tasks:
   Atomics.notify(ctl, GEN);
   work(generation, count, own, tasks[0].length, 0);
   for (let done; (done = Atomics.load(ctl, DONE)) !== count;) {
-    if (!spinWhile(DONE, done, CALLER_SPIN_MS)) Atomics.wait(ctl, DONE, done);
+    // (a page's main thread may not sleep: it spins until the workers are done)
+    if (!spinWhile(DONE, done, CALLER_SPIN_MS) && canBlock) Atomics.wait(ctl, DONE, done);
   }
+  // Close the call before the next one changes COUNT: a worker that read this
+  // call's generation late must not take a task of the next call's count.
+  Atomics.store(ctl, NEXT, (generation << 12) | CLOSED);
   if (Atomics.load(ctl, FAILED)) throw new Error('cpu kernels: a kernel failed on a worker thread');
 }
 
