@@ -12,7 +12,8 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { minutes, openDevice, progress, reportError } from './cli.ts';
-import { checkTexts, getDataloaders, openSplits, runTokenizer, toTensors } from './dataloaders.ts';
+import { toTensors } from './data/collators.ts';
+import { checkTexts, getDataloaders, openSplits, runTokenizer } from './dataloaders.ts';
 import { evaluate, evaluateMMStar } from './evaluate.ts';
 import { readModelFolder, writeModelFolder } from './node/model_folder.ts';
 import { AdamW, clipGradNorm, getLr } from './nn/index.ts';

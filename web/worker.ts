@@ -5,16 +5,15 @@
 // tokenizer, the optimizer. Only where the files come from differs (the page's File objects).
 
 import { buildBuiltinTokenizer, builtinQuestionsAndAnswers, BuiltinVQADataset } from '../data/builtin.ts';
-import { VQACollator, type VQABatch, type VQAItem } from '../data/collators.ts';
+import { VQACollator, toTensors, type VQABatch, type VQAItem } from '../data/collators.ts';
 import { DataLoader, type LoadedBatch } from '../data/loader.ts';
 import { getImageProcessor, type RGBImage } from '../data/processors.ts';
 import { createTokenizer, type Tokenizer } from '../data/tokenizer.ts';
 import { AdamW, clipGradNorm, getLr } from '../nn/index.ts';
 import { parseSafetensors } from '../nn/safetensors.ts';
-import {
-  noGrad, registerBackend, tensor, tidy, tidyForward, type DeviceName, type Tensor,
-} from '../tensor/index.ts';
-import { WebGPUBackend } from '../tensor/webgpu/backend.ts';
+import { evaluate } from '../evaluate.ts';
+import { resolveDevice, tensor, tidy, tidyForward, type DeviceName, type Tensor } from '../tensor/index.ts';
+import { describeAdapter, webgpuBackend } from '../tensor/webgpu/device.ts';
 import { modelConfig, resolveRun } from '../train_config.ts';
 import { VisionLanguageModel } from '../vlm/vision_language_model.ts';
 import { answerAttention } from './inspect.ts';
@@ -73,51 +72,16 @@ async function handle(request: Request): Promise<void> {
 // ------------------------------------------------------------------ device and model
 
 async function start(requested: 'auto' | 'webgpu' | 'cpu'): Promise<void> {
-  if (requested !== 'cpu') {
-    const opened = await openWebGPU(requested === 'webgpu');
-    if (opened) [device, deviceName] = ['webgpu', opened];
-  }
-  if (device === 'cpu') deviceName = 'CPU (WebAssembly)';
+  // auto: WebGPU where the browser has a hardware adapter (a software one, such as SwiftShader, is
+  // slower than the CPU backend), else the CPU backend's WebAssembly kernels; ?device=webgpu takes any
+  device = await resolveDevice(requested, { quiet: true });
+  const adapter = webgpuBackend()?.adapter;
+  deviceName = device === 'webgpu' && adapter ? `WebGPU: ${describeAdapter(adapter)}` : 'CPU (WebAssembly)';
   tokenizerJson = buildBuiltinTokenizer();
   tokenizer = createTokenizer(tokenizerJson);
   const cfg = { ...modelConfig(run), lm_eos_token_id: tokenizer.eosTokenId };
   await useModel(new VisionLanguageModel(cfg), 'the default model (untrained)');
   post({ type: 'ready', device: deviceName, model: info(), samples: await heldOutSamples() });
-}
-
-/**
- * WebGPU from the browser (navigator.gpu, in workers too). A software adapter (SwiftShader) is
- * slower than the CPU backend, so 'auto' takes only a hardware one; `anyAdapter` takes any.
- * Returns the adapter's name, or null where there is none.
- */
-async function openWebGPU(anyAdapter: boolean): Promise<string | null> {
-  const gpu = navigator.gpu;
-  if (!gpu) {
-    if (anyAdapter) throw new Error('this browser has no WebGPU (navigator.gpu): try ?device=cpu');
-    return null;
-  }
-  const adapter = await gpu.requestAdapter({ powerPreference: 'high-performance' });
-  if (!adapter) {
-    if (anyAdapter) throw new Error('WebGPU found no adapter: try ?device=cpu');
-    return null;
-  }
-  const { info: a } = adapter;
-  const name = [a.vendor, a.architecture, a.device, a.description].filter(Boolean).join(' ') || 'WebGPU adapter';
-  const software = a.isFallbackAdapter || /swiftshader|llvmpipe|lavapipe/i.test(name);
-  if (software && !anyAdapter) return null;
-  // every limit at the adapter's maximum (as tensor/webgpu/device.ts does in Node), and the features we use
-  const requiredLimits: Record<string, number> = {};
-  for (const k in adapter.limits) {
-    const v = adapter.limits[k as keyof GPUSupportedLimits];
-    if (typeof v === 'number') requiredLimits[k] = v;
-  }
-  const wanted = ['shader-f16', 'subgroups', 'timestamp-query'] as GPUFeatureName[];
-  const requiredFeatures = wanted.filter((f) => adapter.features.has(f));
-  const gpuDevice = await adapter.requestDevice({ requiredLimits, requiredFeatures });
-  const features = requiredFeatures.filter((f) => gpuDevice.features.has(f));
-  const desc = { name, backend: 'browser', featureLevel: 'core', software, features };
-  registerBackend(new WebGPUBackend(gpuDevice, desc, null));
-  return `WebGPU: ${name}${software ? ' (software)' : ''}`;
 }
 
 /** Puts a model on the device and makes it the page's; training starts over with it. */
@@ -167,7 +131,7 @@ async function train(maxSteps: number): Promise<void> {
       }
       const batch = next.value!.batch;
       const loss = tidy(() => {
-        const x = toTensors(batch, cfg.vit_img_size);
+        const x = toTensors(batch, cfg.vit_img_size, device);
         const { loss } = tidyForward(() => model.forward(x.inputIds, x.image, x.attentionMask, x.labels));
         loss!.backward();
         return loss!;
@@ -182,7 +146,7 @@ async function train(maxSteps: number): Promise<void> {
       const tokens = batch.attention_mask.reduce((s: number, m: number) => s + m, 0) + batch.batchSize * cfg.IMAGE_TOKEN_LENGTH;
       const tokensPerSec = (tokens * 1000) / (performance.now() - stepStart);
       post({ type: 'step', step: t.step, maxSteps: stopAt, loss: lossValue, tokensPerSec });
-      if (t.step % EVAL_INTERVAL === 0 || t.step === stopAt) await evaluate(t);
+      if (t.step % EVAL_INTERVAL === 0 || t.step === stopAt) await evaluateAndShow(t);
       // let the 'pause' message in: a worker sees messages only between tasks
       await new Promise((resolve) => setTimeout(resolve, 0));
     }
@@ -208,44 +172,12 @@ function newTraining(): Training {
   return { optimizer, loader, val, batches: loader.epoch(0), epoch: 0, step: 0 };
 }
 
-/** Validation loss and exact-match accuracy (teacher-forced, as train.ts's evaluate), and the shown answers. */
-async function evaluate(t: Training): Promise<void> {
-  model.eval();
-  let [lossSum, batches, correct, counted] = [0, 0, 0, 0];
-  for await (const { batch } of t.val.epoch(0)) {
-    const [loss, misses, answered] = noGrad(() => tidy(() => {
-      const x = toTensors(batch, model.cfg.vit_img_size);
-      const { logits, loss } = model.forward(x.inputIds, x.image, x.attentionMask, x.labels);
-      const answer = x.labels!.ne(-100);
-      return [loss!, logits.argmax(-1).ne(x.labels!).mul(answer).sum(1), answer.sum(1)];
-    }));
-    lossSum += await loss.item(); // sync point: the batch's loss and counts
-    const [wrong, scored] = [await misses.data(), await answered.data()];
-    wrong.forEach((w, i) => {
-      if (scored[i] === 0) return;
-      counted++;
-      if (w === 0) correct++;
-    });
-    batches++;
-    [loss, misses, answered].forEach((x) => x.dispose());
-  }
+/** Validation loss and exact-match accuracy (train.ts's evaluation), and the shown answers. */
+async function evaluateAndShow(t: Training): Promise<void> {
+  const { loss, accuracy } = await evaluate(model, t.val, device);
   const samples = await heldOutSamples();
   model.train();
-  const accuracy = correct / Math.max(counted, 1);
-  post({ type: 'eval', step: t.step, loss: lossSum / Math.max(batches, 1), accuracy, samples });
-}
-
-/** A batch as tensors on the device (dataloaders.ts's toTensors). */
-function toTensors(batch: VQABatch, imgSize: number) {
-  const [B, T] = [batch.batchSize, batch.seqLen];
-  const pixels = new Float32Array(B * 3 * imgSize * imgSize);
-  batch.images.forEach((img, i) => pixels.set(img, i * img.length));
-  return {
-    image: tensor(pixels, { shape: [B, 3, imgSize, imgSize], device }),
-    inputIds: tensor(batch.input_ids, { shape: [B, T], device }),
-    attentionMask: tensor(batch.attention_mask, { shape: [B, T], device }),
-    labels: tensor(batch.labels, { shape: [B, T], device }),
-  };
+  post({ type: 'eval', step: t.step, loss, accuracy, samples });
 }
 
 // ------------------------------------------------------------------ answering
