@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PNG } from 'pngjs';
 import { afterAll, describe, expect, it } from 'vitest';
-import { renderBuiltinExample } from '../data/builtin.ts';
+import { renderBuiltinExample } from '../node/images.ts';
 import { readModelFolder } from '../node/model_folder.ts';
 import { manualSeed } from '../tensor/index.ts';
 import { VisionLanguageModel } from '../vlm/vision_language_model.ts';

@@ -3,7 +3,6 @@
 //
 // ?device=webgpu|cpu picks the backend (default auto: WebGPU where the browser has a hardware adapter).
 
-import { COLORS } from '../data/builtin.ts';
 import type { RGBImage } from '../data/processors.ts';
 import type { CheckpointFiles, Inside, ModelInfo, Reply, Request, Sample } from './protocol.ts';
 
@@ -16,6 +15,7 @@ const page = {
   losses: [] as [number, number][], // [step, training loss]
   evals: [] as { step: number; loss: number; accuracy: number }[],
   answers: [] as string[], // every finished answer, in order
+  streamed: [] as string[], // the current answer after each of its tokens
   model: null as ModelInfo | null,
   chosen: null as RGBImage | null, // the picture the next question is about
 };
@@ -36,6 +36,7 @@ worker.onmessage = ({ data: reply }: MessageEvent<Reply>) => {
       page.ready = true;
       $('device').textContent = `running on ${reply.device}.`;
       showModel(reply.model, reply.samples);
+      showColors(reply.colors);
       for (const id of ['train', 'save', 'ask']) $<HTMLButtonElement>(id).disabled = false;
       break;
     case 'step':
@@ -58,6 +59,7 @@ worker.onmessage = ({ data: reply }: MessageEvent<Reply>) => {
       $('train').textContent = reply.step > 0 ? 'Resume' : 'Train';
       break;
     case 'token':
+      page.streamed.push(reply.text);
       $('answer').textContent = reply.text;
       break;
     case 'answer':
@@ -85,6 +87,7 @@ worker.onerror = (e) => showError('start', `the model's worker failed: ${e.messa
 function showError(during: Request['type'], message: string): void {
   const panel = during === 'ask' || during === 'load' ? 'ask-message' : 'train-message';
   $(panel).textContent = message;
+  if (during === 'load' && page.model) showModelLine(page.model); // the model in use is still the old one
 }
 
 // ------------------------------------------------------------------ Train
@@ -98,12 +101,16 @@ $('save').onclick = () => send({ type: 'save' });
 
 function showModel(model: ModelInfo, samples: Sample[]): void {
   page.model = model;
-  const size = `${(model.parameters / 1e6).toFixed(2)}M parameters, ${model.imgSize}x${model.imgSize} pictures`;
-  $('model-line').textContent = `Model: ${model.name} (${size}).`;
+  showModelLine(model);
   const list = $('questions');
   list.replaceChildren(...model.questions.map((q) => Object.assign(document.createElement('option'), { value: q })));
   showSamples(samples);
   showGallery(samples);
+}
+
+function showModelLine(model: ModelInfo): void {
+  const size = `${(model.parameters / 1e6).toFixed(2)}M parameters, ${model.imgSize}x${model.imgSize} pictures`;
+  $('model-line').textContent = `Model: ${model.name} (${size}).`;
 }
 
 function showSamples(samples: Sample[]): void {
@@ -177,6 +184,7 @@ $('ask').onclick = () => {
   const question = $<HTMLInputElement>('question').value.trim();
   if (!question) return showError('ask', 'type a question, e.g. "What color is the circle?"');
   $('answer').textContent = '…';
+  page.streamed = [];
   send({ type: 'ask', id: ++askId, image: page.chosen, question });
 };
 
@@ -205,11 +213,12 @@ function showGallery(samples: Sample[]): void {
 // Drawing: a brush in the dataset's colours on black, like the built-in pictures.
 const drawing = $<HTMLCanvasElement>('draw');
 const pen = drawing.getContext('2d', { willReadFrequently: true })!;
-let brush = `rgb(${COLORS.red.join(',')})`;
+let brush = '#fff';
 pen.fillStyle = '#000';
 pen.fillRect(0, 0, drawing.width, drawing.height);
-$('colors').replaceChildren(
-  ...Object.entries(COLORS).map(([name, rgb]) => {
+function showColors(colors: Record<string, readonly number[]>): void {
+  brush = `rgb(${Object.values(colors)[0].join(',')})`;
+  $('colors').replaceChildren(...Object.entries(colors).map(([name, rgb]) => {
     const b = Object.assign(document.createElement('button'), { title: name });
     b.style.background = `rgb(${rgb.join(',')})`;
     b.onclick = () => {
@@ -217,15 +226,15 @@ $('colors').replaceChildren(
       document.querySelectorAll('.colors button').forEach((o) => o.classList.toggle('on', o === b));
     };
     return b;
-  }),
-  Object.assign(document.createElement('button'), {
+  }), Object.assign(document.createElement('button'), {
     textContent: 'clear', style: 'width:auto', onclick: () => {
       pen.fillStyle = '#000';
       pen.fillRect(0, 0, drawing.width, drawing.height);
       useDrawing();
     },
-  }),
-);
+  }));
+  $('colors').firstElementChild?.classList.add('on');
+}
 drawing.onpointerdown = (e) => {
   drawing.setPointerCapture(e.pointerId);
   paint(e);

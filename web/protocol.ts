@@ -37,7 +37,8 @@ export interface Sample {
 
 /** What the worker tells the page. */
 export type Reply =
-  | { type: 'ready'; device: string; model: ModelInfo; samples: Sample[] }
+  /** `colors`: the built-in pictures' colours, for the drawing brush. */
+  | { type: 'ready'; device: string; model: ModelInfo; samples: Sample[]; colors: Record<string, readonly number[]> }
   | { type: 'step'; step: number; maxSteps: number; loss: number; tokensPerSec: number }
   | { type: 'eval'; step: number; loss: number; accuracy: number; samples: Sample[] }
   | { type: 'training'; running: boolean; step: number }

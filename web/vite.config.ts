@@ -13,12 +13,17 @@ export default defineConfig({
   base: './', // a build that works from any folder of any static host
   server: { headers: isolation, port: 5173 },
   preview: { headers: isolation, port: 4173 },
-  worker: { format: 'es' },
+  // cli.ts (under train_config.ts's presets) imports Dawn lazily, for the scripts: never in the page
+  worker: { format: 'es', rollupOptions: { external: ['webgpu', /^node:/] } },
   resolve: {
     alias: {
       // pngjs's own browser build: its Node build needs zlib and streams, which a page lacks
       pngjs: 'pngjs/browser.js',
     },
   },
-  build: { outDir: 'dist', emptyOutDir: true, target: 'es2022' },
+  build: {
+    outDir: 'dist',
+    emptyOutDir: true,
+    target: 'es2022',
+  },
 });

@@ -4,7 +4,7 @@
 // It runs the same library code as train.ts and generate.ts: the model, the dataset, the
 // tokenizer, the optimizer. Only where the files come from differs (the page's File objects).
 
-import { buildBuiltinTokenizer, builtinQuestionsAndAnswers, BuiltinVQADataset } from '../data/builtin.ts';
+import { buildBuiltinTokenizer, builtinQuestionsAndAnswers, BuiltinVQADataset, COLORS } from '../data/builtin.ts';
 import { VQACollator, toTensors, type VQABatch, type VQAItem } from '../data/collators.ts';
 import { DataLoader, type LoadedBatch } from '../data/loader.ts';
 import { getImageProcessor, type RGBImage } from '../data/processors.ts';
@@ -12,7 +12,9 @@ import { createTokenizer, type Tokenizer } from '../data/tokenizer.ts';
 import { AdamW, clipGradNorm, getLr } from '../nn/index.ts';
 import { parseSafetensors } from '../nn/safetensors.ts';
 import { evaluate } from '../evaluate.ts';
-import { resolveDevice, tensor, tidy, tidyForward, type DeviceName, type Tensor } from '../tensor/index.ts';
+import {
+  getCpuThreads, resolveDevice, tensor, tidy, tidyForward, type DeviceName, type Tensor,
+} from '../tensor/index.ts';
 import { describeAdapter, webgpuBackend } from '../tensor/webgpu/device.ts';
 import { modelConfig, resolveRun } from '../train_config.ts';
 import { VisionLanguageModel } from '../vlm/vision_language_model.ts';
@@ -29,7 +31,7 @@ const post = (reply: Reply) => self.postMessage(reply);
 
 /** Everything the worker holds: the device, the model, its tokenizer, and the training run's state. */
 let device: DeviceName = 'cpu';
-let deviceName = 'CPU';
+let deviceName = '';
 let model: VisionLanguageModel;
 let modelName = 'the default model';
 let tokenizer: Tokenizer;
@@ -76,12 +78,14 @@ async function start(requested: 'auto' | 'webgpu' | 'cpu'): Promise<void> {
   // slower than the CPU backend), else the CPU backend's WebAssembly kernels; ?device=webgpu takes any
   device = await resolveDevice(requested, { quiet: true });
   const adapter = webgpuBackend()?.adapter;
-  deviceName = device === 'webgpu' && adapter ? `WebGPU: ${describeAdapter(adapter)}` : 'CPU (WebAssembly)';
+  const threads = getCpuThreads();
+  const cpu = `the CPU (WebAssembly, ${threads} thread${threads > 1 ? 's' : ''})`;
+  deviceName = device === 'webgpu' && adapter ? `WebGPU: ${describeAdapter(adapter)}` : cpu;
   tokenizerJson = buildBuiltinTokenizer();
   tokenizer = createTokenizer(tokenizerJson);
   const cfg = { ...modelConfig(run), lm_eos_token_id: tokenizer.eosTokenId };
   await useModel(new VisionLanguageModel(cfg), 'the default model (untrained)');
-  post({ type: 'ready', device: deviceName, model: info(), samples: await heldOutSamples() });
+  post({ type: 'ready', device: deviceName, model: info(), samples: await heldOutSamples(), colors: COLORS });
 }
 
 /** Puts a model on the device and makes it the page's; training starts over with it. */
@@ -104,7 +108,7 @@ function info(): ModelInfo {
     patchSize: cfg.vit_patch_size,
     pixelShuffle: cfg.mp_pixel_shuffle_factor,
     layers: cfg.lm_n_blocks,
-    questions: questions.filter((q) => tokenizer.unknownWords(q).length === 0),
+    questions: questions.filter((q) => tokenizer.unknownWords(prompt(q)).length === 0),
   };
 }
 
@@ -189,24 +193,29 @@ async function heldOutSamples(): Promise<Sample[]> {
   const samples: Sample[] = [];
   for (let i = 0; i < SHOWN; i++) {
     const { image, question, answer } = val.sample(i);
-    const answered = await greedyAnswer(image, question);
+    const answered = await greedyAnswer(image, question, 3); // a word and the end token
     answered.imageTensor.dispose();
     samples.push({ image, question, truth: answer, answer: answered.text });
   }
   return samples;
 }
 
+/** nanoVLM's prompt template. */
+function prompt(question: string): string {
+  return `Question: ${question} Answer:`;
+}
+
 /** Greedy generation, as generate.ts --greedy does; `onText` gets the answer so far after each token. */
-async function greedyAnswer(image: RGBImage, question: string, onText?: (text: string) => void) {
+async function greedyAnswer(image: RGBImage, question: string, maxNewTokens: number, onText?: (text: string) => void) {
   const cfg = model.cfg;
   const pixels = getImageProcessor(cfg.vit_img_size)(image);
   const imageTensor = tensor(pixels, { shape: [1, 3, cfg.vit_img_size, cfg.vit_img_size], device });
-  const promptIds = tokenizer.encode(`Question: ${question} Answer:`); // nanoVLM's prompt template
+  const promptIds = tokenizer.encode(prompt(question));
   const inputIds = tensor(new Int32Array(promptIds), { shape: [1, promptIds.length], device });
   const answerIds: number[] = [];
   await model.generate(inputIds, imageTensor, null, {
     greedy: true,
-    maxNewTokens: 10,
+    maxNewTokens,
     eosTokenId: tokenizer.eosTokenId,
     onTokens: ([token]) => {
       if (token === tokenizer.eosTokenId) return;
@@ -219,12 +228,12 @@ async function greedyAnswer(image: RGBImage, question: string, onText?: (text: s
 }
 
 async function ask(id: number, image: RGBImage, question: string): Promise<void> {
-  const unknown = tokenizer.unknownWords(question);
+  const unknown = tokenizer.unknownWords(prompt(question));
   if (unknown.length) {
     const words = unknown.map((w) => `"${w}"`).join(', ');
     throw new Error(`the model does not know the word${unknown.length > 1 ? 's' : ''} ${words}: try a question from the list`);
   }
-  const answered = await greedyAnswer(image, question, (text) => post({ type: 'token', id, text }));
+  const answered = await greedyAnswer(image, question, 10, (text) => post({ type: 'token', id, text }));
   try {
     const layers = await answerAttention(model, answered.imageTensor, answered.promptIds, answered.answerIds);
     const cfg = model.cfg;
