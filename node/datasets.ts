@@ -17,15 +17,16 @@ import {
  */
 export async function openVQARows(paths: string[]): Promise<VQARows> {
   const files = paths.flatMap((path) => dataFiles(path, ['.parquet', '.jsonl']));
-  const parts = await Promise.all(
-    files.map(async (file) => (extname(file) === '.jsonl' ? openJsonl(file) : cauldronRows(await openParquet(file), file))),
-  );
+  const open = async (file: string) =>
+    extname(file) === '.jsonl' ? openJsonl(file) : cauldronRows(await openParquet(file), file);
+  const parts = await Promise.all(files.map(open));
   return concatenateRows(parts);
 }
 
 /** Opens MMStar's parquet file (or a folder of them) as rows for MMStarDataset. */
 export async function openMMStarRows(path: string): Promise<VQARows> {
-  const parts = await Promise.all(dataFiles(path, ['.parquet']).map(async (file) => mmstarRows(await openParquet(file), file)));
+  const files = dataFiles(path, ['.parquet']);
+  const parts = await Promise.all(files.map(async (file) => mmstarRows(await openParquet(file), file)));
   return concatenateRows(parts);
 }
 
@@ -35,7 +36,8 @@ export async function openParquet(path: string): Promise<AsyncBuffer> {
     return await asyncBufferFromFile(path);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    throw new Error(code === 'ENOENT' ? `parquet file not found: ${path}` : `cannot read ${path} (${errorMessage(err)})`);
+    if (code === 'ENOENT') throw new Error(`parquet file not found: ${path}`);
+    throw new Error(`cannot read ${path} (${errorMessage(err)})`);
   }
 }
 

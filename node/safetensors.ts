@@ -103,7 +103,9 @@ export function loadSafetensors(file: string): Map<string, RawTensor> {
  * folder, flushed to disk, then renamed over the target. A crash or error
  * midway leaves the previous file as it was, and no temporary file behind.
  */
-export function saveSafetensors(file: string, tensors: Record<string, WriteTensor>, metadata?: Record<string, string>): void {
+export function saveSafetensors(
+  file: string, tensors: Record<string, WriteTensor>, metadata?: Record<string, string>,
+): void {
   writeFileAtomic(file, serialize(tensors, metadata)); // serialize validates before touching the disk
 }
 

@@ -54,7 +54,8 @@ describe('the library imports nothing from Node', () => {
   });
 
   it('no use of the process global (feature detection through globalThis is allowed)', () => {
-    const offending = files.filter((file) => /(?<![.\w$])process\s*(?:\.|\?\.|\[)/.test(codeOnly(readFileSync(join(ROOT, file), 'utf8'))));
+    const usesProcess = (code: string) => /(?<![.\w$])process\s*(?:\.|\?\.|\[)/.test(codeOnly(code));
+    const offending = files.filter((file) => usesProcess(readFileSync(join(ROOT, file), 'utf8')));
     expect(offending).toEqual([]);
   });
 
@@ -63,7 +64,8 @@ describe('the library imports nothing from Node', () => {
       'node:fs', 'webgpu', 'node:os',
     ]);
     expect(specifiers("import type { Worker } from 'node:worker_threads';")).toEqual(['node:worker_threads']);
-    expect(codeOnly("const a = process.env.X; // process.y\nconst s = `process.z`;")).toMatch(/^const a = process\.env/);
+    const code = 'const a = process.env.X; // process.y\nconst s = `process.z`;';
+    expect(codeOnly(code)).toMatch(/^const a = process\.env/);
     expect(codeOnly('const s = `process.z`;')).not.toMatch(/process/);
   });
 });

@@ -10,19 +10,23 @@
 // another binary; NANOVLM_SKIP_BROWSER=1 skips this file on purpose.
 
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { build, preview, type PreviewServer } from 'vite';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { readModelFolder } from '../node/model_folder.ts';
+import { getTokenizer } from '../node/tokenizer.ts';
+import { VisionLanguageModel } from '../vlm/vision_language_model.ts';
 import { ASSETS, SMOLLM2_TOKENIZER } from './fixtures.ts';
 
 const ROOT = new URL('..', import.meta.url).pathname;
 const CHROMIUM = process.env.NANOVLM_CHROMIUM ?? '/usr/lib/chromium/chromium';
 const SKIP = process.env.NANOVLM_SKIP_BROWSER === '1';
 if (!SKIP && !existsSync(CHROMIUM)) {
-  throw new Error(`no Chromium at ${CHROMIUM}: apt-get install chromium (or NANOVLM_SKIP_BROWSER=1 to skip the page's tests)`);
+  const skip = 'or NANOVLM_SKIP_BROWSER=1 to skip the tests of the page';
+  throw new Error(`no Chromium at ${CHROMIUM}: apt-get install chromium (${skip})`);
 }
 // WebGPU in headless Chromium without a GPU: SwiftShader's Vulkan, which Chromium ships
 const ARGS = [
@@ -52,7 +56,8 @@ describe.skipIf(SKIP)('the web page in Chromium', () => {
     const outDir = join(work, 'dist');
     const configFile = join(ROOT, 'web', 'vite.config.ts');
     await build({ configFile, logLevel: 'warn', build: { outDir } }); // the static build a web host serves
-    server = await preview({ configFile, logLevel: 'warn', build: { outDir }, preview: { port: 0, host: '127.0.0.1' } });
+    const listen = { port: 0, host: '127.0.0.1' };
+    server = await preview({ configFile, logLevel: 'warn', build: { outDir }, preview: listen });
     url = server.resolvedUrls!.local[0];
     browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS });
     mkdirSync(ARTIFACTS, { recursive: true });
@@ -114,12 +119,30 @@ describe.skipIf(SKIP)('the web page in Chromium', () => {
 
   it('CPU path: loads without console errors and trains (the loss falls)', async () => {
     const { page, errors } = await open('cpu');
-    expect(await page.evaluate(() => crossOriginIsolated), 'COOP/COEP: SharedArrayBuffer for the kernel threads').toBe(true);
+    const isolated = await page.evaluate(() => crossOriginIsolated);
+    expect(isolated, 'COOP/COEP: SharedArrayBuffer for the kernel threads').toBe(true);
     expect(await page.textContent('#device')).toMatch(/CPU \(WebAssembly, \d+ threads?\)/);
     cpuLosses = await train(page, 40, 120_000);
     expect(cpuLosses[0]).toBeGreaterThan(4); // about ln(64): the untrained model's guess over the vocabulary
     expect(mean(cpuLosses.slice(-5))).toBeLessThan(mean(cpuLosses.slice(0, 5)) - 0.4);
     await page.locator('#train-panel').screenshot({ path: join(ARTIFACTS, 'train-cpu.png') });
+
+    // Download checkpoint: the three files train.ts writes, which the scripts' loader reads
+    await page.click('#save');
+    await page.waitForFunction(() => document.querySelectorAll('#downloads a').length === 3);
+    const saved = join(work, 'downloaded');
+    mkdirSync(saved);
+    for (const link of await page.locator('#downloads a').all()) {
+      const [download] = await Promise.all([page.waitForEvent('download'), link.click()]);
+      await download.saveAs(join(saved, download.suggestedFilename()));
+    }
+    expect(readdirSync(saved).sort()).toEqual(['config.json', 'model.safetensors', 'tokenizer.json']);
+    const model = VisionLanguageModel.fromPretrained(readModelFolder(saved));
+    const shown = await page.evaluate(
+      () => (globalThis as unknown as { nanovlmPage: { model: { parameters: number } } }).nanovlmPage.model.parameters,
+    );
+    expect(model.numParameters()).toBe(shown);
+    expect(getTokenizer(saved).vocabSize).toBeLessThanOrEqual(model.cfg.lm_vocab_size);
     expect(errors).toEqual([]);
     await page.close();
   }, 180_000);
@@ -140,19 +163,22 @@ describe.skipIf(SKIP)('the web page in Chromium', () => {
   it('a checkpoint saved by train.ts loads in the page, answers as generate.ts, streams and looks inside', async () => {
     const checkpoint = join(work, 'checkpoint');
     const tsx = (script: string, args: string[]) => {
-      const r = spawnSync(process.execPath, ['--import', 'tsx', join(ROOT, script), ...args], { cwd: ROOT, encoding: 'utf8' });
+      const command = ['--import', 'tsx', join(ROOT, script), ...args];
+      const r = spawnSync(process.execPath, command, { cwd: ROOT, encoding: 'utf8' });
       expect(r.status, r.stderr).toBe(0);
       return r.stdout;
     };
     // 150 steps: enough for answers that are words (about a third of them right)
     tsx('train.ts', [
-      '--out', checkpoint, '--max_steps', '150', '--eval_interval', '150', '--builtin_val_size', '64', '--device', 'cpu',
+      '--out', checkpoint, '--max_steps', '150', '--eval_interval', '150', '--builtin_val_size', '64',
+      '--device', 'cpu',
     ]);
     const image = join(ASSETS, 'shapes.png');
     const prompts = ['What color is the circle?', 'How many shapes are there?', 'Is the circle on the left?'];
     const expected = prompts.map((prompt) => {
       const out = tsx('generate.ts', [
-        '--checkpoint', checkpoint, '--image', image, '--prompt', prompt, '--greedy', '--generations', '1', '--device', 'cpu',
+        '--checkpoint', checkpoint, '--image', image, '--prompt', prompt, '--greedy', '--generations', '1',
+        '--device', 'cpu',
       ]);
       return out.match(/>> Generation 1: (.*)/)![1];
     });
@@ -160,7 +186,8 @@ describe.skipIf(SKIP)('the web page in Chromium', () => {
 
     const { page, errors } = await open('cpu');
     await page.setInputFiles('#checkpoint-files', checkpoint); // the folder, as the file picker gives it
-    await page.waitForFunction(() => document.getElementById('model-line')?.textContent?.startsWith('Model: checkpoint'));
+    const loaded = () => document.getElementById('model-line')?.textContent?.startsWith('Model: checkpoint');
+    await page.waitForFunction(loaded);
     await page.setInputFiles('#image-file', image);
     for (let i = 0; i < prompts.length; i++) expect(await ask(page, prompts[i]), prompts[i]).toBe(expected[i]);
 
@@ -186,7 +213,8 @@ describe.skipIf(SKIP)('the web page in Chromium', () => {
     writeFileSync(notImage, 'these are notes, not a picture');
     await page.setInputFiles('#image-file', notImage);
     await page.waitForFunction(() => document.getElementById('ask-message')?.textContent);
-    expect(await page.textContent('#ask-message')).toBe('notes.png is not an image this browser can read: choose a PNG or JPEG file');
+    const notRead = 'notes.png is not an image this browser can read: choose a PNG or JPEG file';
+    expect(await page.textContent('#ask-message')).toBe(notRead);
 
     const noConfig = join(work, 'no-config');
     mkdirSync(noConfig);
@@ -209,10 +237,17 @@ describe.skipIf(SKIP)('the web page in Chromium', () => {
         '(add the one it was trained with)',
     );
 
-    // nothing was replaced: the page's own model still answers
+    // nothing was replaced: the page's own model still answers, about a drawing too
     expect(await page.textContent('#model-line')).toMatch(/^Model: the default model/);
     await page.click('#gallery canvas >> nth=0');
     await ask(page, 'How many shapes are there?');
+    const box = (await page.locator('#draw').boundingBox())!;
+    await page.mouse.move(box.x + 30, box.y + 30);
+    await page.mouse.down();
+    await page.mouse.move(box.x + 70, box.y + 60, { steps: 8 });
+    await page.mouse.up();
+    expect(await page.locator('.gallery canvas.chosen').count(), 'the drawing is the chosen picture').toBe(0);
+    await ask(page, 'What shape is the red object?');
     expect(errors).toEqual([]);
     await page.close();
   }, 120_000);

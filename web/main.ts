@@ -245,7 +245,8 @@ drawing.onpointermove = (e) => {
 drawing.onpointerup = () => useDrawing();
 function paint(e: PointerEvent): void {
   const r = drawing.getBoundingClientRect();
-  const [px, py] = [((e.clientX - r.left) * drawing.width) / r.width, ((e.clientY - r.top) * drawing.height) / r.height];
+  const px = ((e.clientX - r.left) * drawing.width) / r.width;
+  const py = ((e.clientY - r.top) * drawing.height) / r.height;
   pen.fillStyle = brush;
   pen.beginPath();
   pen.arc(px, py, drawing.width / 24, 0, 2 * Math.PI);
@@ -297,8 +298,9 @@ async function openCheckpoint(files: File[]): Promise<void> {
   const find = (file: string) => files.find((f) => f.name === file);
   const config = find('config.json');
   const weights = find('model.safetensors');
-  if (!config) return showError('load', `${name} has no config.json: drop a checkpoint folder (config.json, model.safetensors, tokenizer.json)`);
-  if (!weights) return showError('load', `${name} has no model.safetensors: drop a checkpoint folder (config.json, model.safetensors, tokenizer.json)`);
+  const fix = 'drop a checkpoint folder (config.json, model.safetensors, tokenizer.json)';
+  if (!config) return showError('load', `${name} has no config.json: ${fix}`);
+  if (!weights) return showError('load', `${name} has no model.safetensors: ${fix}`);
   const text = async (file: string) => (await find(file)?.text()) ?? null;
   const checkpoint: CheckpointFiles = {
     name,

@@ -6,12 +6,12 @@
 
 import { buildBuiltinTokenizer, builtinQuestionsAndAnswers, BuiltinVQADataset, COLORS } from '../data/builtin.ts';
 import { VQACollator, toTensors, type VQABatch, type VQAItem } from '../data/collators.ts';
+import { evaluate } from '../evaluate.ts';
 import { DataLoader, type LoadedBatch } from '../data/loader.ts';
 import { getImageProcessor, type RGBImage } from '../data/processors.ts';
 import { createTokenizer, type Tokenizer } from '../data/tokenizer.ts';
 import { AdamW, clipGradNorm, getLr } from '../nn/index.ts';
 import { parseSafetensors } from '../nn/safetensors.ts';
-import { evaluate } from '../evaluate.ts';
 import {
   getCpuThreads, resolveDevice, tensor, tidy, tidyForward, type DeviceName, type Tensor,
 } from '../tensor/index.ts';
@@ -37,8 +37,10 @@ let modelName = 'the default model';
 let tokenizer: Tokenizer;
 let tokenizerJson: object;
 let training: Training | null = null;
+let trainingRuns = false;
 let stopRequested = false;
 let busy: Promise<unknown> = Promise.resolve(); // requests run one at a time, in order
+const betweenSteps: Request[] = []; // questions and saves that came during training: served after the step
 
 /** The optimizer, data and position of the training run (made on the first Train). */
 interface Training {
@@ -56,10 +58,23 @@ self.onmessage = (event: MessageEvent<Request>) => {
     stopRequested = true; // seen between two steps
     return;
   }
-  busy = busy.then(() => handle(request)).catch((e: unknown) => {
-    post({ type: 'error', during: request.type, message: e instanceof Error ? e.message : String(e) });
-  });
+  if (trainingRuns && (request.type === 'ask' || request.type === 'save')) {
+    betweenSteps.push(request); // the training loop serves it after the step it is in
+    return;
+  }
+  if (trainingRuns && request.type === 'train') return; // it already does
+  if (trainingRuns && request.type === 'load') stopRequested = true; // a new model: the training stops first
+  busy = busy.then(() => serve(request));
 };
+
+/** Handles a request; an error becomes a message in the page, and the worker goes on. */
+async function serve(request: Request): Promise<void> {
+  try {
+    await handle(request);
+  } catch (e) {
+    post({ type: 'error', during: request.type, message: e instanceof Error ? e.message : String(e) });
+  }
+}
 
 async function handle(request: Request): Promise<void> {
   switch (request.type) {
@@ -121,9 +136,10 @@ async function train(maxSteps: number): Promise<void> {
   const cfg = model.cfg;
   const stopAt = Math.min(maxSteps, run.max_steps);
   post({ type: 'training', running: true, step: t.step });
-  model.train();
+  trainingRuns = true;
   try {
     while (t.step < stopAt && !stopRequested) {
+      model.train();
       const stepStart = performance.now();
       // the same schedule as train.ts: warmup, then cosine decay over the preset's max_steps
       t.optimizer.paramGroups[0].lr = getLr(t.step, run.lr_mp, run.max_steps);
@@ -147,16 +163,20 @@ async function train(maxSteps: number): Promise<void> {
       t.optimizer.step();
       t.optimizer.zeroGrad();
       t.step++;
-      const tokens = batch.attention_mask.reduce((s: number, m: number) => s + m, 0) + batch.batchSize * cfg.IMAGE_TOKEN_LENGTH;
+      const textTokens = batch.attention_mask.reduce((s: number, m: number) => s + m, 0);
+      const tokens = textTokens + batch.batchSize * cfg.IMAGE_TOKEN_LENGTH;
       const tokensPerSec = (tokens * 1000) / (performance.now() - stepStart);
       post({ type: 'step', step: t.step, maxSteps: stopAt, loss: lossValue, tokensPerSec });
       if (t.step % EVAL_INTERVAL === 0 || t.step === stopAt) await evaluateAndShow(t);
-      // let the 'pause' message in: a worker sees messages only between tasks
+      // let messages in (a worker sees them only between tasks), then answer what came
       await new Promise((resolve) => setTimeout(resolve, 0));
+      while (betweenSteps.length) await serve(betweenSteps.shift()!);
     }
   } finally {
+    trainingRuns = false;
     model.eval();
     post({ type: 'training', running: false, step: t.step });
+    while (betweenSteps.length) await serve(betweenSteps.shift()!);
   }
 }
 
@@ -179,8 +199,8 @@ function newTraining(): Training {
 /** Validation loss and exact-match accuracy (train.ts's evaluation), and the shown answers. */
 async function evaluateAndShow(t: Training): Promise<void> {
   const { loss, accuracy } = await evaluate(model, t.val, device);
+  model.eval();
   const samples = await heldOutSamples();
-  model.train();
   post({ type: 'eval', step: t.step, loss, accuracy, samples });
 }
 
@@ -228,20 +248,24 @@ async function greedyAnswer(image: RGBImage, question: string, maxNewTokens: num
 }
 
 async function ask(id: number, image: RGBImage, question: string): Promise<void> {
+  model.eval(); // between two training steps too (the loop sets train() again)
   const unknown = tokenizer.unknownWords(prompt(question));
   if (unknown.length) {
     const words = unknown.map((w) => `"${w}"`).join(', ');
-    throw new Error(`the model does not know the word${unknown.length > 1 ? 's' : ''} ${words}: try a question from the list`);
+    const what = `the word${unknown.length > 1 ? 's' : ''} ${words}`;
+    throw new Error(`the model does not know ${what}: try a question from the list`);
   }
   const answered = await greedyAnswer(image, question, 10, (text) => post({ type: 'token', id, text }));
   try {
     const layers = await answerAttention(model, answered.imageTensor, answered.promptIds, answered.answerIds);
     const cfg = model.cfg;
     const side = cfg.vit_img_size;
-    const seen = resizedImage(answered.imageTensor, side);
-    const tokensPerSide = Math.floor(side / cfg.vit_patch_size) / cfg.mp_pixel_shuffle_factor;
     const inside: Inside = {
-      image: await seen, tokensPerSide, shuffle: cfg.mp_pixel_shuffle_factor, patchSize: cfg.vit_patch_size, layers,
+      image: await resizedImage(answered.imageTensor, side),
+      tokensPerSide: Math.floor(side / cfg.vit_patch_size) / cfg.mp_pixel_shuffle_factor,
+      shuffle: cfg.mp_pixel_shuffle_factor,
+      patchSize: cfg.vit_patch_size,
+      layers,
     };
     post({ type: 'answer', id, text: answered.text, inside });
   } finally {
@@ -282,7 +306,8 @@ async function load(files: CheckpointFiles): Promise<void> {
   const weights = parseSafetensors(new Uint8Array(files.weights), where('model.safetensors'));
   const next = VisionLanguageModel.fromPretrained({ source: files.name, config, weights });
   if (nextTokenizer.vocabSize > next.cfg.lm_vocab_size) {
-    const sizes = `the tokenizer has ${nextTokenizer.vocabSize} tokens but the model's vocabulary has ${next.cfg.lm_vocab_size}`;
+    const vocab = next.cfg.lm_vocab_size;
+    const sizes = `the tokenizer has ${nextTokenizer.vocabSize} tokens but the model's vocabulary has ${vocab}`;
     throw new Error(`${sizes}: this tokenizer.json does not fit the model (add the one it was trained with)`);
   }
   tokenizer = nextTokenizer;
