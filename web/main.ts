@@ -41,7 +41,7 @@ worker.onmessage = ({ data: reply }: MessageEvent<Reply>) => {
       break;
     case 'step':
       page.losses.push([reply.step, reply.loss]);
-      $('step').textContent = `${reply.step}`;
+      $('step').textContent = `${reply.step} of ${reply.maxSteps}`;
       $('loss').textContent = reply.loss.toFixed(4);
       $('speed').textContent = Math.round(reply.tokensPerSec).toLocaleString('en');
       drawCurves();
@@ -57,6 +57,7 @@ worker.onmessage = ({ data: reply }: MessageEvent<Reply>) => {
       $<HTMLButtonElement>('train').disabled = reply.running;
       $<HTMLButtonElement>('pause').disabled = !reply.running;
       $('train').textContent = reply.step > 0 ? 'Resume' : 'Train';
+      if (page.model) showModelLine(page.model);
       break;
     case 'token':
       page.streamed.push(reply.text);
@@ -110,7 +111,9 @@ function showModel(model: ModelInfo, samples: Sample[]): void {
 
 function showModelLine(model: ModelInfo): void {
   const size = `${(model.parameters / 1e6).toFixed(2)}M parameters, ${model.imgSize}x${model.imgSize} pictures`;
-  $('model-line').textContent = `Model: ${model.name} (${size}).`;
+  const steps = page.losses.at(-1)?.[0];
+  const trained = steps ? `, trained in this page for ${steps} steps` : '';
+  $('model-line').textContent = `Model: ${model.name} (${size})${trained}.`;
 }
 
 function showSamples(samples: Sample[]): void {

@@ -7,8 +7,8 @@ import type { RGBImage } from '../data/processors.ts';
 export type Request =
   /** Open a device ('auto': WebGPU where the browser has an adapter, else the CPU) and build the default model. */
   | { type: 'start'; device: 'auto' | 'webgpu' | 'cpu' }
-  /** Train (again) from where it stopped; `maxSteps` stops it there (the tests' short runs). */
-  | { type: 'train'; maxSteps?: number }
+  /** Train (again) from where it stopped, until paused or the preset's max_steps. */
+  | { type: 'train' }
   | { type: 'pause' }
   /** Answer a question about a picture, streaming the answer, then look inside. */
   | { type: 'ask'; id: number; image: RGBImage; question: string }
@@ -53,9 +53,6 @@ export interface ModelInfo {
   name: string;
   parameters: number;
   imgSize: number;
-  patchSize: number;
-  pixelShuffle: number;
-  layers: number;
   /** The questions the tokenizer knows every word of (the built-in set's), for the question box. */
   questions: string[];
 }

@@ -79,7 +79,7 @@ async function serve(request: Request): Promise<void> {
 async function handle(request: Request): Promise<void> {
   switch (request.type) {
     case 'start': return start(request.device);
-    case 'train': return train(request.maxSteps ?? run.max_steps);
+    case 'train': return train();
     case 'ask': return ask(request.id, request.image, request.question);
     case 'load': return load(request.checkpoint);
     case 'save': return save();
@@ -99,7 +99,7 @@ async function start(requested: 'auto' | 'webgpu' | 'cpu'): Promise<void> {
   tokenizerJson = buildBuiltinTokenizer();
   tokenizer = createTokenizer(tokenizerJson);
   const cfg = { ...modelConfig(run), lm_eos_token_id: tokenizer.eosTokenId };
-  await useModel(new VisionLanguageModel(cfg), 'the default model (untrained)');
+  await useModel(new VisionLanguageModel(cfg), 'the default model');
   post({ type: 'ready', device: deviceName, model: info(), samples: await heldOutSamples(), colors: COLORS });
 }
 
@@ -120,21 +120,18 @@ function info(): ModelInfo {
     name: modelName,
     parameters: model.numParameters(),
     imgSize: cfg.vit_img_size,
-    patchSize: cfg.vit_patch_size,
-    pixelShuffle: cfg.mp_pixel_shuffle_factor,
-    layers: cfg.lm_n_blocks,
     questions: questions.filter((q) => tokenizer.unknownWords(prompt(q)).length === 0),
   };
 }
 
 // ------------------------------------------------------------------ training
 
-async function train(maxSteps: number): Promise<void> {
+async function train(): Promise<void> {
   stopRequested = false;
   training ??= newTraining();
   const t = training;
   const cfg = model.cfg;
-  const stopAt = Math.min(maxSteps, run.max_steps);
+  const stopAt = run.max_steps;
   post({ type: 'training', running: true, step: t.step });
   trainingRuns = true;
   try {
