@@ -6,7 +6,6 @@
 //   const args = parseCommandLine(flags, 'npm run thing --');   // args.steps: number
 
 import { cpuKernelInfo, getCpuThreads, setCpuKernels, setCpuThreads, type DeviceName } from './tensor/index.ts';
-import { useDawn } from './node/dawn.ts';
 import { resolveDevice } from './tensor/webgpu/device.ts';
 
 /** int and float are range-checked numbers, bool takes true|false, switch is a bare --x, strings repeats. */
@@ -274,7 +273,10 @@ export const deviceFlags = defineFlags({
 
 /** Opens the device the flags ask for; on the CPU, applies --cpu_kernels and --threads and says what runs. */
 export async function openDevice(flags: FlagValues<typeof deviceFlags>): Promise<DeviceName> {
-  useDawn(); // WebGPU in Node comes from Dawn (a browser has navigator.gpu)
+  // WebGPU in Node comes from Dawn (a browser has navigator.gpu); imported here, when a script opens a
+  // device, so that the flag tables above load in a web page too (the page reads train_config.ts's presets)
+  const { useDawn } = await import('./node/dawn.ts');
+  useDawn();
   const device = await resolveDevice(flags.device, { adapter: flags.adapter });
   if (device !== 'cpu') return device;
   if (flags.cpu_kernels) setCpuKernels(flags.cpu_kernels);

@@ -4,13 +4,14 @@
 
 import { join } from 'node:path';
 import { BuiltinVQADataset, buildBuiltinTokenizer } from './data/builtin.ts';
-import { MMStarCollator, VQACollator, type MMStarBatch, type VQABatch, type VQAItem } from './data/collators.ts';
-import { MMStarDataset, VQADataset, openMMStarRows, openVQARows, trainValSplit } from './data/datasets.ts';
+import { MMStarCollator, VQACollator, type VQAItem } from './data/collators.ts';
+import { MMStarDataset, VQADataset, trainValSplit } from './data/datasets.ts';
 import type { Dataset, VQARows } from './data/datasets.ts';
 import { DataLoader } from './data/loader.ts';
-import { buildWordTokenizer, createTokenizer, getTokenizer, type Tokenizer } from './data/tokenizer.ts';
+import { buildWordTokenizer, createTokenizer, type Tokenizer } from './data/tokenizer.ts';
+import { openMMStarRows, openVQARows } from './node/datasets.ts';
+import { getTokenizer } from './node/tokenizer.ts';
 import { readJSON } from './run_state.ts';
-import { tensor, type DeviceName } from './tensor/index.ts';
 import type { TrainRun } from './train_config.ts';
 
 /** The rows of each set; null for the built-in set, whose samples are drawn when asked for. */
@@ -106,17 +107,4 @@ export async function getDataloaders(
     ? new DataLoader(new MMStarDataset(await openMMStarRows(run.mmstar), tokenizer, imgSize), mmstarOptions)
     : null;
   return { train, val: new DataLoader(valSet, options), test, mmstar, sizes: [trainSet.length, valSet.length] };
-}
-
-/** A collated batch as tensors on the device. */
-export function toTensors(batch: VQABatch | MMStarBatch, imgSize: number, device: DeviceName) {
-  const [B, T] = [batch.batchSize, batch.seqLen];
-  const pixels = new Float32Array(B * 3 * imgSize * imgSize);
-  batch.images.forEach((img, i) => pixels.set(img, i * img.length));
-  return {
-    image: tensor(pixels, { shape: [B, 3, imgSize, imgSize], device }),
-    inputIds: tensor(batch.input_ids, { shape: [B, T], device }),
-    attentionMask: tensor(batch.attention_mask, { shape: [B, T], device }),
-    labels: 'labelLen' in batch ? null : tensor(batch.labels, { shape: [B, T], device }),
-  };
 }

@@ -2,11 +2,10 @@
 // exact-match answer accuracy of a VQA split in one teacher-forced pass, and MMStar's
 // multiple-choice accuracy by generating a short answer.
 
-import type { MMStarBatch, VQABatch, VQAItem } from './data/collators.ts';
+import { toTensors, type MMStarBatch, type VQABatch, type VQAItem } from './data/collators.ts';
 import { checkMultipleChoiceWithRegex } from './data/datasets.ts';
 import type { DataLoader } from './data/loader.ts';
 import type { Tokenizer } from './data/tokenizer.ts';
-import { toTensors } from './dataloaders.ts';
 import { noGrad, tidy, type DeviceName } from './tensor/index.ts';
 import type { VisionLanguageModel } from './vlm/vision_language_model.ts';
 

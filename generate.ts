@@ -6,9 +6,10 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { defineFlags, deviceFlags, openDevice, parseCommandLine, reportError } from './cli.ts';
-import { loadImageFile } from './data/image_file.ts';
 import { getImageProcessor } from './data/processors.ts';
-import { getTokenizer } from './data/tokenizer.ts';
+import { loadImageFile } from './node/images.ts';
+import { readModelFolder } from './node/model_folder.ts';
+import { getTokenizer } from './node/tokenizer.ts';
 import { Generator, tensor } from './tensor/index.ts';
 import { closeWebGPU } from './tensor/webgpu/device.ts';
 import { VisionLanguageModel } from './vlm/vision_language_model.ts';
@@ -58,7 +59,7 @@ async function main(): Promise<void> {
     throw new Error(`no checkpoint at ${args.checkpoint}: ${hint}`);
   }
   const device = await openDevice(args);
-  let model = await VisionLanguageModel.fromPretrained(args.checkpoint);
+  let model = VisionLanguageModel.fromPretrained(readModelFolder(args.checkpoint));
   if (device !== 'cpu') model = await model.to(device);
   model.eval();
   const cfg = model.cfg;

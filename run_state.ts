@@ -10,11 +10,13 @@
 import { appendFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
 import { writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { UsageError } from './cli.ts';
+import { UsageError, parseFlags } from './cli.ts';
 import type { AdamW, AdamWState } from './nn/index.ts';
 import type { WriteTensor } from './nn/safetensors.ts';
-import { openSafetensors, saveSafetensors } from './nn/safetensors_fs.ts';
+import { writeModelFolder } from './node/model_folder.ts';
+import { openSafetensors, saveSafetensors } from './node/safetensors.ts';
 import { defaultGenerator } from './tensor/index.ts';
+import { allFlags, resolveRun, runFlags, trainHelp, type TrainRun } from './train_config.ts';
 import type { VisionLanguageModel } from './vlm/vision_language_model.ts';
 
 /** Everything besides weights and moments that a resumed run needs to continue identically. */
@@ -33,6 +35,21 @@ export interface RunState {
 const RUN_FILES = [
   'config.json', 'model.safetensors', 'tokenizer.json', 'metrics.jsonl', 'loss.svg', 'loss.png', 'resume',
 ];
+
+/**
+ * train.ts's command line: the run's configuration, and its saved state on --resume. Every flag
+ * is checked, and --out too (checkOutDir), before anything is written; --help prints and exits.
+ */
+export function configure(argv: string[], command: string): { run: TrainRun; resumed: RunState | null } {
+  const { given, help } = parseFlags(allFlags, argv);
+  if (help) {
+    console.log(trainHelp(command, given.preset));
+    process.exit(0);
+  }
+  const out = given.out ?? runFlags.out.default; // on --resume too: the folder may have moved since
+  const resumed = checkOutDir(out, given);
+  return { run: resolveRun({ ...given, out }, resumed?.config), resumed };
+}
 
 /**
  * Checks --out before anything is written: a fresh run needs a folder without a run in it (or
@@ -82,7 +99,7 @@ export async function saveResumeState(
   const dir = join(out, 'resume');
   const tmp = `${dir}.tmp`;
   rmSync(tmp, { recursive: true, force: true });
-  await run.model.savePretrained(tmp); // sync point: reads the weights back
+  writeModelFolder(tmp, await run.model.savePretrained()); // sync point: reads the weights back
   if (run.tokenizerJson) writeFileSync(join(tmp, 'tokenizer.json'), JSON.stringify(run.tokenizerJson));
   saveOptimizer(join(tmp, 'optimizer.safetensors'), await run.optimizer.stateDict()); // sync point: reads the moments
   // the default generator draws dropout masks: its state is part of where the run is

@@ -12,15 +12,17 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { minutes, openDevice, progress, reportError } from './cli.ts';
-import { checkTexts, getDataloaders, openSplits, runTokenizer, toTensors } from './dataloaders.ts';
+import { toTensors } from './data/collators.ts';
+import { checkTexts, getDataloaders, openSplits, runTokenizer } from './dataloaders.ts';
 import { evaluate, evaluateMMStar } from './evaluate.ts';
+import { readModelFolder, writeModelFolder } from './node/model_folder.ts';
 import { AdamW, clipGradNorm, getLr } from './nn/index.ts';
 import { plotTrainingCurves } from './plot.ts';
-import { appendMetrics, curvesOf, loadResumeState, prepareOutDir, saveResumeState } from './run_state.ts';
+import { appendMetrics, configure, curvesOf, loadResumeState, prepareOutDir, saveResumeState } from './run_state.ts';
 import { trimMetrics, writeAtomic, type MetricsRecord, type RunState } from './run_state.ts';
 import { manualSeed, stack, tidy, tidyForward, type Tensor } from './tensor/index.ts';
 import { closeWebGPU } from './tensor/webgpu/device.ts';
-import { configure, frozenParts, modelConfig } from './train_config.ts';
+import { frozenParts, modelConfig } from './train_config.ts';
 import { VisionLanguageModel } from './vlm/vision_language_model.ts';
 
 const COMMAND = 'npm run train --';
@@ -46,8 +48,8 @@ async function main(): Promise<void> {
 
   // --- model: resumed, from pretrained backbones, or from scratch
   let model: VisionLanguageModel;
-  if (resumed) model = await VisionLanguageModel.fromPretrained(join(out, 'resume'));
-  else if (run.vit && run.lm) model = await VisionLanguageModel.fromBackbones(cfg, run.vit, run.lm);
+  if (resumed) model = VisionLanguageModel.fromPretrained(readModelFolder(join(out, 'resume')));
+  else if (run.vit && run.lm) model = VisionLanguageModel.fromBackbones(cfg, readModelFolder(run.vit), readModelFolder(run.lm));
   else model = new VisionLanguageModel(cfg);
   if (device !== 'cpu') model = await model.to(device);
   cfg = model.cfg;
@@ -93,7 +95,7 @@ async function main(): Promise<void> {
     writeAtomic(join(out, 'loss.svg'), plotTrainingCurves({ ...curves, title }));
     if (val.accuracy > state.bestAccuracy) {
       state.bestAccuracy = val.accuracy;
-      await model.savePretrained(out); // sync point: reads the weights back
+      writeModelFolder(out, await model.savePretrained()); // sync point: reads the weights back
       if (tokenizerJson) writeAtomic(join(out, 'tokenizer.json'), JSON.stringify(tokenizerJson));
     }
     await saveResumeState(out, { model, optimizer, state, tokenizerJson });

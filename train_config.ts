@@ -2,10 +2,10 @@
 // --help): the run's inputs and outputs, the training hyperparameters (nanoVLM's TrainConfig in
 // models/config.py), the model's shape (VLMConfig, vlm/config.ts), and the presets that give
 // them starting values. A run's values are the defaults, then its preset's, then the flags given;
-// --resume takes the values stored with the run instead.
+// --resume takes the values stored with the run instead. Nothing here touches the disk (configure(), in
+// run_state.ts, checks --out), so the web page reads the presets too.
 
-import { UsageError, defaultsOf, defineFlags, deviceFlags, helpText, parseFlags, type FlagValues } from './cli.ts';
-import { checkOutDir, type RunState } from './run_state.ts';
+import { UsageError, defaultsOf, defineFlags, deviceFlags, helpText, type FlagValues } from './cli.ts';
 import { defaultVLMConfig, type VLMConfig } from './vlm/config.ts';
 
 // What a resumed run may change: how fast it goes, not what it computes.
@@ -234,21 +234,6 @@ export function modelConfig(run: TrainRun): VLMConfig {
   const tokenizer = run.tokenizer ?? run.lm;
   if (tokenizer) cfg.lm_tokenizer = tokenizer; // saved in config.json, so generate.ts finds it
   return cfg;
-}
-
-/**
- * train.ts's command line: the run's configuration, and its saved state on --resume. Every flag
- * is checked, and --out too (checkOutDir), before anything is written; --help prints and exits.
- */
-export function configure(argv: string[], command: string): { run: TrainRun; resumed: RunState | null } {
-  const { given, help } = parseFlags(allFlags, argv);
-  if (help) {
-    console.log(trainHelp(command, given.preset));
-    process.exit(0);
-  }
-  const out = given.out ?? runFlags.out.default; // on --resume too: the folder may have moved since
-  const resumed = checkOutDir(out, given);
-  return { run: resolveRun({ ...given, out }, resumed?.config), resumed };
 }
 
 /** train.ts --help, with the defaults of the preset asked for. */

@@ -18,7 +18,7 @@ import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { parseArgs } from 'node:util';
-import { getTokenizer } from '../data/tokenizer.ts';
+import { getTokenizer } from '../node/tokenizer.ts';
 import { Generator, cpuKernelInfo, getCpuKernels, getCpuThreads, setCpuKernels, setCpuThreads, tensor, tidy, type DeviceName } from '../tensor/index.ts';
 import { closeWebGPU } from '../tensor/webgpu/device.ts';
 import { defaultVLMConfig, vlmConfigFromJSON, type VLMConfig } from '../vlm/config.ts';

@@ -13,7 +13,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import type { WriteTensor } from '../nn/safetensors.ts';
-import { saveSafetensors } from '../nn/safetensors_fs.ts';
+import { saveSafetensors } from '../node/safetensors.ts';
 import { Generator } from '../tensor/random.ts';
 
 /** The vision_config fields of a SigLIP config.json that nanoVLM reads. */

@@ -5,7 +5,6 @@
 // Also here: the built-in tokenizer, a word-level tokenizer.json that covers
 // every prompt and answer of the set in a few dozen tokens.
 
-import { PNG } from 'pngjs';
 import { Generator } from '../tensor/random.ts';
 import type { VQAItem } from './collators.ts';
 import type { Dataset } from './datasets.ts';
@@ -141,20 +140,6 @@ export function builtinSample(split: BuiltinSplit, index: number, seed: number, 
       return { objects, question, answer, image: drawScene(objects, imgSize) };
     }
   }
-}
-
-/** A PNG of one built-in sample (for the README's examples), with its question and answer. */
-export function renderBuiltinExample(
-  seed: number,
-  imgSize = BUILTIN_IMG_SIZE,
-): { png: Uint8Array; question: string; answer: string } {
-  const { image, question, answer } = builtinSample('train', 0, seed, imgSize);
-  const png = new PNG({ width: image.width, height: image.height });
-  for (let p = 0; p < image.width * image.height; p++) {
-    png.data.set(image.data.subarray(p * 3, p * 3 + 3), p * 4);
-    png.data[p * 4 + 3] = 255;
-  }
-  return { png: PNG.sync.write(png, { colorType: 2 }), question, answer };
 }
 
 /** Every question the set asks and every answer it gives. */

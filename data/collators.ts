@@ -2,6 +2,7 @@
 // training labels as flat row-major typed arrays, plus the images unchanged.
 // https://github.com/huggingface/nanoVLM/blob/main/data/collators.py
 
+import { tensor, type DeviceName } from '../tensor/index.ts';
 import type { Tokenizer } from './tokenizer.ts';
 
 /** A dataset item, as nanoVLM's VQADataset and MMStarDataset return it. */
@@ -104,4 +105,17 @@ export class MMStarCollator {
       images: batch.map((item) => item.image),
     };
   }
+}
+
+/** A collated batch as tensors on the device. */
+export function toTensors(batch: VQABatch | MMStarBatch, imgSize: number, device: DeviceName) {
+  const [B, T] = [batch.batchSize, batch.seqLen];
+  const pixels = new Float32Array(B * 3 * imgSize * imgSize);
+  batch.images.forEach((img, i) => pixels.set(img, i * img.length));
+  return {
+    image: tensor(pixels, { shape: [B, 3, imgSize, imgSize], device }),
+    inputIds: tensor(batch.input_ids, { shape: [B, T], device }),
+    attentionMask: tensor(batch.attention_mask, { shape: [B, T], device }),
+    labels: 'labelLen' in batch ? null : tensor(batch.labels, { shape: [B, T], device }),
+  };
 }

@@ -7,13 +7,12 @@
 // (`groups`), and a shuffling DataLoader visits the groups in random order and
 // shuffles rows within a window of decoded groups, so each group is decoded
 // once per epoch instead of once per row.
+// Nothing here opens a file, so it runs in a browser too: rows are read from an
+// AsyncBuffer (hyparquet's random-access bytes) or from a JSONL file's text;
+// node/datasets.ts opens files and folders on disk (openVQARows, openMMStarRows).
 // https://github.com/huggingface/nanoVLM/blob/main/data/datasets.py
 
-import { readdirSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
-import { dirname, extname, join, resolve } from 'node:path';
 import {
-  asyncBufferFromFile,
   parquetMetadataAsync,
   parquetReadObjects,
   parquetSchema,
@@ -148,25 +147,6 @@ export function checkMultipleChoiceWithRegex(outputs: string[], answers: string[
   });
 }
 
-/**
- * Opens VQA rows from files: the cauldron's parquet files (`images`, `texts` columns),
- * JSONL files of {"image", "question", "answer"} lines (image paths relative to the file),
- * or folders holding such files. Several paths are concatenated in order.
- */
-export async function openVQARows(paths: string[]): Promise<VQARows> {
-  const files = paths.flatMap((path) => dataFiles(path, ['.parquet', '.jsonl']));
-  const parts = await Promise.all(
-    files.map((file) => (extname(file) === '.jsonl' ? JsonlRows.open(file) : openCauldronFile(file))),
-  );
-  return concatenateRows(parts);
-}
-
-/** Opens MMStar's parquet file (or a folder of them) as rows for MMStarDataset. */
-export async function openMMStarRows(path: string): Promise<VQARows> {
-  const parts = await Promise.all(dataFiles(path, ['.parquet']).map(openMMStarFile));
-  return concatenateRows(parts);
-}
-
 /** Several row sources read as one, in order (Hugging Face datasets' concatenate_datasets). */
 export function concatenateRows(parts: VQARows[]): VQARows {
   const starts: number[] = [];
@@ -262,15 +242,8 @@ export class ParquetFile {
     readonly numRows: number,
   ) {}
 
-  /** Opens `path` for reading `columns`; a missing or unreadable file is an error with one clear line. */
-  static async open(path: string, columns: string[], what: string): Promise<ParquetFile> {
-    let file: AsyncBuffer;
-    try {
-      file = await asyncBufferFromFile(path);
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      throw new Error(code === 'ENOENT' ? `parquet file not found: ${path}` : `cannot read ${path} (${errorMessage(err)})`);
-    }
+  /** Opens the parquet bytes `file` (named `path` in errors) for reading `columns`, `what` they should hold. */
+  static async open(file: AsyncBuffer, path: string, columns: string[], what: string): Promise<ParquetFile> {
     let metadata: FileMetaData;
     try {
       metadata = await parquetMetadataAsync(file);
@@ -366,9 +339,12 @@ class ParquetRows implements VQARows {
   }
 }
 
-/** A cauldron parquet file: images list<struct<bytes, path>>, texts list<struct<user, assistant, source>>. */
-async function openCauldronFile(path: string): Promise<VQARows> {
-  const file = await ParquetFile.open(path, ['images', 'texts'], 'a cauldron file (images, texts)');
+/**
+ * A cauldron parquet file's rows (images list<struct<bytes, path>>, texts list<struct<user,
+ * assistant, source>>), from its bytes; `path` names it in errors.
+ */
+export async function cauldronRows(bytes: AsyncBuffer, path: string): Promise<VQARows> {
+  const file = await ParquetFile.open(bytes, path, ['images', 'texts'], 'a cauldron file (images, texts)');
   return new ParquetRows(file, (row) => ({
     image: bytesAt(row, ['images', 0, 'bytes']),
     question: textAt(row, ['texts', 0, 'user']),
@@ -376,9 +352,10 @@ async function openCauldronFile(path: string): Promise<VQARows> {
   }));
 }
 
-/** MMStar's parquet file: question (options included), image struct<bytes, path>, answer letter. */
-async function openMMStarFile(path: string): Promise<VQARows> {
-  const file = await ParquetFile.open(path, ['question', 'image', 'answer'], 'an MMStar file (question, image, answer)');
+/** MMStar's parquet file's rows (question with the options, image struct<bytes, path>, answer letter). */
+export async function mmstarRows(bytes: AsyncBuffer, path: string): Promise<VQARows> {
+  const what = 'an MMStar file (question, image, answer)';
+  const file = await ParquetFile.open(bytes, path, ['question', 'image', 'answer'], what);
   return new ParquetRows(file, (row) => ({
     image: bytesAt(row, ['image', 'bytes']),
     question: textAt(row, ['question']),
@@ -386,28 +363,23 @@ async function openMMStarFile(path: string): Promise<VQARows> {
   }));
 }
 
-/** A JSONL file of {"image": "relative/path.png", "question": "...", "answer": "..."} lines. */
-class JsonlRows implements VQARows {
-  private constructor(
-    private readonly path: string,
-    // The non-blank lines with their 1-based line numbers; each is parsed when read.
-    private readonly lines: { text: string; number: number }[],
-  ) {}
+/**
+ * A JSONL file of {"image": "relative/path.png", "question": "...", "answer": "..."} lines, from
+ * its text; `readImage` gets each line's image path as written and returns the image's bytes.
+ */
+export class JsonlRows implements VQARows {
+  // The non-blank lines with their 1-based line numbers; each is parsed when read.
+  private readonly lines: { text: string; number: number }[];
 
-  /** Reads the file's lines; a missing file is an error. */
-  static async open(path: string): Promise<JsonlRows> {
-    let text: string;
-    try {
-      text = await readFile(path, 'utf8');
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      throw new Error(code === 'ENOENT' ? `JSONL file not found: ${path}` : `cannot read ${path} (${errorMessage(err)})`);
-    }
-    const lines = text
+  constructor(
+    private readonly path: string,
+    text: string,
+    private readonly readImage: (imagePath: string) => Promise<Uint8Array>,
+  ) {
+    this.lines = text
       .split('\n')
       .map((line, i) => ({ text: line, number: i + 1 }))
       .filter((line) => line.text.trim() !== '');
-    return new JsonlRows(path, lines);
   }
 
   get length(): number {
@@ -420,44 +392,14 @@ class JsonlRows implements VQARows {
     const where = `${this.path} line ${line.number}`;
     try {
       const record: unknown = JSON.parse(line.text);
-      const imagePath = resolve(dirname(this.path), textAt(record, ['image']));
+      const imagePath = textAt(record, ['image']);
       const question = textAt(record, ['question']);
       const answer = textAt(record, ['answer']);
-      return { image: await readImageFile(imagePath), question, answer, where };
+      return { image: await this.readImage(imagePath), question, answer, where };
     } catch (err) {
       throw new Error(`${where}: ${errorMessage(err)}`);
     }
   }
-}
-
-/** The bytes of an image file; errors say which file. */
-async function readImageFile(path: string): Promise<Uint8Array> {
-  try {
-    return await readFile(path);
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    throw new Error(code === 'ENOENT' ? `image not found: ${path}` : `cannot read image ${path} (${code})`);
-  }
-}
-
-/** `path` itself, or the files with one of `extensions` found under the folder `path`, sorted. */
-function dataFiles(path: string, extensions: string[]): string[] {
-  // A file of a known type goes to its reader, which reports it if missing or unreadable.
-  if (extensions.includes(extname(path))) return [path];
-  const kinds = extensions.join(' or ');
-  let names: string[];
-  try {
-    names = readdirSync(path, { recursive: true, encoding: 'utf8' });
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new Error(`not found: ${path}`);
-    throw new Error(`cannot read ${path}: expected a ${kinds} file or a folder of them`);
-  }
-  const files = names
-    .filter((name) => extensions.includes(extname(name)))
-    .sort()
-    .map((name) => join(path, name));
-  if (files.length === 0) throw new Error(`no ${kinds} files in ${path}`);
-  return files;
 }
 
 /** The value at `path` inside nested objects and arrays, or undefined. */
@@ -493,6 +435,7 @@ function checkIndex(i: number, length: number): void {
   if (!Number.isInteger(i) || i < 0 || i >= length) throw new RangeError(`index ${i} out of range [0, ${length})`);
 }
 
-function errorMessage(err: unknown): string {
+/** An error's message (or the thrown value as text). */
+export function errorMessage(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }

@@ -6,11 +6,22 @@
 // of loading real data) runs beside the training step instead of between steps.
 // Plays the part of PyTorch's torch.utils.data.DataLoader in nanoVLM's train.py.
 
-import type { Worker } from 'node:worker_threads';
 import { startWorker } from '../tensor/cpu/threads.ts';
 import { Generator } from '../tensor/random.ts';
 import type { AsyncImageProcessor, Dataset } from './datasets.ts';
-import type { ImageReply, ImageRequest } from './image_worker.ts';
+
+/** A request to an image worker thread (node/image_worker.ts): encoded image bytes, and where they came from. */
+export interface ImageRequest {
+  id: number;
+  image: Uint8Array;
+  source: string;
+}
+
+/** The worker's reply: the image as CHW floats, or why it could not be decoded. */
+export type ImageReply = { id: number; pixels: Float32Array } | { id: number; error: string };
+
+/** A Node worker thread (worker_threads' Worker), as startWorker returns it. */
+type Worker = NonNullable<ReturnType<typeof startWorker>>;
 
 /** DataLoader options, named after PyTorch's. */
 export interface DataLoaderOptions<T, B> {
@@ -148,7 +159,7 @@ class ImageWorkers {
 
   constructor(count: number, imgSize: number) {
     for (let k = 0; k < count; k++) {
-      const worker = startWorker(new URL('./image_worker.ts', import.meta.url), { imgSize });
+      const worker = startWorker(new URL('../node/image_worker.ts', import.meta.url), { imgSize });
       if (!worker) throw new Error('numWorkers needs worker threads, which this platform lacks: use numWorkers 0');
       const thread = { worker, pending: new Map() };
       thread.worker.on('message', (reply: ImageReply) => this.receive(thread, reply));

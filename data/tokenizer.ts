@@ -6,13 +6,12 @@
 // Also here: buildWordTokenizer, a word-level tokenizer.json made from a
 // list of texts, for a model trained from scratch on a small vocabulary.
 //
-// Only readTokenizerFiles touches the file system; everything else also runs
-// in a browser (fetch the two JSON files and call createTokenizer).
+// Nothing here touches the file system, so it also runs in a browser: a tokenizer
+// is made from the parsed tokenizer.json (and tokenizer_config.json). nanoVLM's
+// get_tokenizer, which finds the files of a folder or hub name on disk, is in
+// node/tokenizer.ts.
 
-import { existsSync, readFileSync, statSync } from 'node:fs';
-import { dirname, join } from 'node:path';
 import { Tokenizer as HFTokenizer } from '@huggingface/tokenizers';
-import { hubCachePath, isHubName, resolveLocalDir } from '../vlm/files.ts';
 
 /** What the collators, training and generation need from a tokenizer. */
 export interface Tokenizer {
@@ -156,21 +155,6 @@ export function buildWordTokenizer(texts: Iterable<string>): object {
   };
 }
 
-// Loading parses a 2 MB JSON file, so like nanoVLM's TOKENIZERS_CACHE each
-// name is loaded once per process.
-const tokenizersCache = new Map<string, Tokenizer>();
-
-/** nanoVLM's `get_tokenizer`: loads a local tokenizer folder, file or cached hub name. */
-export function getTokenizer(nameOrPath: string): Tokenizer {
-  let tokenizer = tokenizersCache.get(nameOrPath);
-  if (!tokenizer) {
-    const { tokenizerJson, tokenizerConfig } = readTokenizerFiles(nameOrPath);
-    tokenizer = createTokenizer(tokenizerJson, tokenizerConfig);
-    tokenizersCache.set(nameOrPath, tokenizer);
-  }
-  return tokenizer;
-}
-
 // tokenizer_config.json writes special tokens either as a plain string or, in
 // older files, as an AddedToken object with a `content` field.
 function configEosToken(config: Record<string, unknown>): string | undefined {
@@ -178,29 +162,4 @@ function configEosToken(config: Record<string, unknown>): string | undefined {
   if (typeof eos === 'string') return eos;
   if (eos && typeof eos === 'object' && 'content' in eos) return String(eos.content);
   return undefined;
-}
-
-// The one function that reads files. Accepts a folder holding tokenizer.json,
-// the tokenizer.json file itself, a Hugging Face cache folder
-// (models--Org--Name), or a hub name ("Org/Name") already in the local cache
-// (vlm/files.ts resolves both, as for model folders): there is no download, so
-// anything else is an error that says what to pass.
-function readTokenizerFiles(nameOrPath: string): {
-  tokenizerJson: object;
-  tokenizerConfig: Record<string, unknown>;
-} {
-  const fix = 'pass --tokenizer path/to/folder-with-tokenizer.json';
-  const isFile = existsSync(nameOrPath) && statSync(nameOrPath).isFile();
-  const dir = isFile ? dirname(nameOrPath) : resolveLocalDir(nameOrPath, 'tokenizer.json');
-  if (!dir) {
-    const cache = isHubName(nameOrPath) ? ` (nor in the Hugging Face cache at ${hubCachePath(nameOrPath)})` : '';
-    throw new Error(`tokenizer not found at ${nameOrPath}${cache}; hub downloads are not supported: ${fix}`);
-  }
-  const file = isFile ? nameOrPath : join(dir, 'tokenizer.json');
-  if (!existsSync(file)) throw new Error(`tokenizer not found at ${file}: ${fix}`);
-  const configFile = join(dir, 'tokenizer_config.json');
-  return {
-    tokenizerJson: JSON.parse(readFileSync(file, 'utf8')),
-    tokenizerConfig: existsSync(configFile) ? JSON.parse(readFileSync(configFile, 'utf8')) : {},
-  };
 }

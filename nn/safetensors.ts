@@ -6,7 +6,7 @@
 //             (may end in spaces, which writers add to align the data)
 //   the rest  the tensors' bytes, little-endian, row-major; offsets count
 //             from the first byte after the header
-// This file is pure and runs in a browser too; safetensors_fs.ts adds the
+// This file is pure and runs in a browser too; node/safetensors.ts adds the
 // Node file I/O.
 
 /** A loaded tensor: floats become float32, integers and booleans int32. */

@@ -13,10 +13,12 @@ import {
   type LlamaShape, SIGLIP_B16_224, SMOLLM2_135M, type SiglipShape, llamaTensors, siglipTensors, writeRandomBackbones,
 } from '../bench/random_backbones.ts';
 import { VQACollator } from '../data/collators.ts';
-import { VQADataset, openVQARows } from '../data/datasets.ts';
+import { VQADataset } from '../data/datasets.ts';
+import { openVQARows } from '../node/datasets.ts';
+import { readModelFolder, writeModelFolder } from '../node/model_folder.ts';
 import { DataLoader } from '../data/loader.ts';
-import { getTokenizer } from '../data/tokenizer.ts';
-import { openSafetensors } from '../nn/safetensors_fs.ts';
+import { getTokenizer } from '../node/tokenizer.ts';
+import { openSafetensors } from '../node/safetensors.ts';
 import { AdamW } from '../nn/index.ts';
 import { tensor, tidy } from '../tensor/index.ts';
 import { defaultVLMConfig } from '../vlm/config.ts';
@@ -44,7 +46,7 @@ describe('random backbones', () => {
     expect(JSON.parse(readFileSync(join(vit, 'config.json'), 'utf8')).vision_config.hidden_size).toBe(32);
 
     const cfg = { ...defaultVLMConfig, IMAGE_TOKEN_LENGTH: 4, TOTAL_SEQUENCE_LENGTH: 68, lm_max_length: 64 };
-    const model = await VisionLanguageModel.fromBackbones(cfg, vit, lm);
+    const model = VisionLanguageModel.fromBackbones(cfg, readModelFolder(vit), readModelFolder(lm));
     expect(model.cfg).toMatchObject({ vit_hidden_dim: 32, vit_img_size: 32, lm_hidden_dim: 32, lm_vocab_size: 49152, lm_n_blocks: 2 });
     const tokenizer = getTokenizer('test/fixtures/tokenizers/smollm2');
     const rows = await openVQARows(['test/fixtures/gold/parquet/cauldron_sample.parquet']);
@@ -76,8 +78,8 @@ describe('random backbones', () => {
     opt.zeroGrad();
     expect(model.MP.proj.weight.dataSync()).not.toEqual(before);
 
-    await model.savePretrained(join(dir, 'trained'));
-    const reloaded = await VisionLanguageModel.fromPretrained(join(dir, 'trained'));
+    writeModelFolder(join(dir, 'trained'), await model.savePretrained());
+    const reloaded = VisionLanguageModel.fromPretrained(readModelFolder(join(dir, 'trained')));
     expect(Array.from(reloaded.MP.proj.weight.dataSync())).toEqual(Array.from(model.MP.proj.weight.dataSync()));
     const prompt = tokenizer.encode('Question: What is this? Answer:');
     const image = tensor(new Float32Array(3 * 32 * 32).fill(0.5), { shape: [1, 3, 32, 32] });

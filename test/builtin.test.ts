@@ -9,13 +9,13 @@ import {
   builtinQuestionsAndAnswers,
   builtinSample,
   COLORS,
-  renderBuiltinExample,
   SHAPES,
   type BuiltinSample,
   type BuiltinSplit,
   type Color,
   type Shape,
 } from '../data/builtin.ts';
+import { renderBuiltinExample } from '../node/images.ts';
 import { IGNORE_INDEX, VQACollator } from '../data/collators.ts';
 import { decodeImage } from '../data/processors.ts';
 import { createTokenizer } from '../data/tokenizer.ts';

@@ -5,7 +5,7 @@ import { GOLD, SMOLLM2_TOKENIZER } from './fixtures.ts';
 import { readFileSync } from 'node:fs';
 import { describe, expect, test } from 'vitest';
 import { IGNORE_INDEX, MMStarCollator, VQACollator, type VQAItem } from '../data/collators.ts';
-import { getTokenizer } from '../data/tokenizer.ts';
+import { getTokenizer } from '../node/tokenizer.ts';
 
 const gold = JSON.parse(readFileSync(`${GOLD}text.json`, 'utf8'));
 const tok = getTokenizer(SMOLLM2_TOKENIZER);

@@ -14,8 +14,6 @@ import {
   checkMultipleChoiceWithRegex,
   concatenateRows,
   MMStarDataset,
-  openMMStarRows,
-  openVQARows,
   ParquetFile,
   selectRows,
   trainValSplit,
@@ -24,6 +22,7 @@ import {
   type VQARows,
 } from '../data/datasets.ts';
 import { getImageProcessor } from '../data/processors.ts';
+import { openMMStarRows, openParquet, openVQARows } from '../node/datasets.ts';
 import { type Compressor, writeCauldronParquet } from '../bench/data.ts';
 
 const CAULDRON = `${GOLD}parquet/cauldron_sample.parquet`;
@@ -67,7 +66,7 @@ async function readAll(rows: VQARows): Promise<VQARow[]> {
 
 describe('the cauldron parquet layout', () => {
   test('row counts come from the metadata; row groups of 2', async () => {
-    const file = await ParquetFile.open(CAULDRON, ['images', 'texts'], 'a cauldron file');
+    const file = await ParquetFile.open(await openParquet(CAULDRON), CAULDRON, ['images', 'texts'], 'a cauldron file');
     expect(file.numRows).toBe(5);
     const rows = await openVQARows([CAULDRON]);
     expect(rows.length).toBe(5);

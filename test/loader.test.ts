@@ -13,7 +13,8 @@ import jpeg from 'jpeg-js';
 import { afterEach, beforeEach, describe, expect, test, vi, onTestFinished, type MockInstance } from 'vitest';
 import { BuiltinVQADataset, buildBuiltinTokenizer } from '../data/builtin.ts';
 import { MMStarCollator, VQACollator, type VQAItem } from '../data/collators.ts';
-import { openVQARows, parquetStats, VQADataset, type Dataset } from '../data/datasets.ts';
+import { parquetStats, VQADataset, type Dataset } from '../data/datasets.ts';
+import { openVQARows } from '../node/datasets.ts';
 import { writeCauldronParquet } from '../bench/data.ts';
 import { PNG } from 'pngjs';
 import { DataLoader, type LoadedBatch } from '../data/loader.ts';
@@ -240,7 +241,8 @@ describe('DataLoader with worker threads', () => {
     const data = (file: string) => JSON.stringify(fileURLToPath(new URL(`../data/${file}`, import.meta.url)));
     writeFileSync(
       script,
-      `import { openVQARows, VQADataset } from ${data('datasets.ts')};
+      `import { VQADataset } from ${data('datasets.ts')};
+       import { openVQARows } from ${JSON.stringify(fileURLToPath(new URL('../node/datasets.ts', import.meta.url)))};
        import { DataLoader } from ${data('loader.ts')};
        const dataset = new VQADataset(await openVQARows([${JSON.stringify(CAULDRON)}]), { eosToken: '' }, 32);
        const loader = new DataLoader(dataset, { batchSize: 2, collate: (items) => items.length, numWorkers: 2 });

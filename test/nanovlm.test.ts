@@ -11,10 +11,11 @@ import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { getImageProcessor } from '../data/processors.ts';
-import { loadImageFile } from '../data/image_file.ts';
+import { loadImageFile } from '../node/images.ts';
+import { readModelFolder, writeModelFolder } from '../node/model_folder.ts';
 import { AdamW } from '../nn/index.ts';
 import type { RawTensor } from '../nn/safetensors.ts';
-import { loadSafetensors } from '../nn/safetensors_fs.ts';
+import { loadSafetensors } from '../node/safetensors.ts';
 import { tensor, tidy, type DeviceName, type Tensor } from '../tensor/index.ts';
 import { VisionLanguageModel } from '../vlm/vision_language_model.ts';
 import { NANOVLM_GOLD_CASES } from './fixtures.ts';
@@ -32,7 +33,7 @@ function expectNear(actual: ArrayLike<number>, want: ArrayLike<number>, what: st
 
 /** The checkpoint, loaded and moved to `device`. */
 async function load(dir: string, device: DeviceName): Promise<VisionLanguageModel> {
-  const model = await VisionLanguageModel.fromPretrained(dir);
+  const model = VisionLanguageModel.fromPretrained(readModelFolder(dir));
   return device === 'cpu' ? model : model.to(device);
 }
 
@@ -162,7 +163,9 @@ function parity(folder: string, device: DeviceName): void {
 
   it('loads the same weights from Hugging Face SigLIP and Llama (bf16) files', async () => {
     const backbones = loadSafetensors(join(folder, 'expected_backbones.safetensors'));
-    let vlm = await VisionLanguageModel.fromBackbones(model.cfg, join(folder, 'hf-siglip'), join(folder, 'hf-smollm2'));
+    let vlm = VisionLanguageModel.fromBackbones(
+      model.cfg, readModelFolder(join(folder, 'hf-siglip')), readModelFolder(join(folder, 'hf-smollm2')),
+    );
     if (device !== 'cpu') vlm = await vlm.to(device);
     const [vit, logits] = tidy(() => {
       const lmIds = tensor(backbones.get('input_ids')!.data, { shape: backbones.get('input_ids')!.shape, device });
@@ -177,7 +180,7 @@ function parity(folder: string, device: DeviceName): void {
     const fresh = await load(checkpoint, device);
     const dir = mkdtempSync(join(tmpdir(), 'nanovlm-'));
     try {
-      await fresh.savePretrained(dir);
+      writeModelFolder(dir, await fresh.savePretrained());
       for (const f of ['config.json', 'model.safetensors']) {
         expect(Buffer.compare(readFileSync(join(dir, f)), readFileSync(join(checkpoint, f))), f).toBe(0);
       }

@@ -3,7 +3,7 @@
 
 import { describe, expect, it } from 'vitest';
 import { Conv2d, Dropout, Embedding, LayerNorm, Linear, Module, RMSNorm, parameter, buffer } from '../nn/index.ts';
-import { loadModule, saveModule } from '../nn/state.ts';
+import { loadModule, saveModule } from '../node/safetensors.ts';
 import { manualSeed, tensor, zeros, type Tensor } from '../tensor/index.ts';
 import { expectClose } from './helpers.ts';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -108,7 +108,7 @@ describe('Module', () => {
     try {
       const a = new Tiny();
       await saveModule(join(dir, 'm.safetensors'), a);
-      const { loadSafetensors } = await import('../nn/safetensors_fs.ts');
+      const { loadSafetensors } = await import('../node/safetensors.ts');
       expect([...loadSafetensors(join(dir, 'm.safetensors')).keys()], 'the tied weight once').not.toContain('token_embedding.weight');
       const b = new Tiny();
       loadModule(join(dir, 'm.safetensors'), b);

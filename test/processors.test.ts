@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import { crc32, deflateSync } from 'node:zlib';
 import { PNG } from 'pngjs';
 import { describe, expect, it } from 'vitest';
-import { loadImageFile } from '../data/image_file.ts';
+import { loadImageFile } from '../node/images.ts';
 import { decodeImage, getImageProcessor, resizeBilinear, type RGBImage } from '../data/processors.ts';
 
 const GOLD = `${FIXTURE_GOLD}images/`;

@@ -5,7 +5,7 @@ import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { bf16ToF32, f16ToF32, f32ToBf16, parseSafetensors, serialize } from '../nn/safetensors.ts';
 import type { RawTensor, WriteTensor } from '../nn/safetensors.ts';
-import { loadSafetensors, openSafetensors, saveSafetensors } from '../nn/safetensors_fs.ts';
+import { loadSafetensors, openSafetensors, saveSafetensors } from '../node/safetensors.ts';
 
 // Files written by PyTorch's safetensors (copied from the shared gold folder).
 const GOLD = `${FIXTURE_GOLD}nanovlm-tiny/`;

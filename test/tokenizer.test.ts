@@ -7,8 +7,9 @@ import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSy
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, test, vi } from 'vitest';
-import { buildWordTokenizer, createTokenizer, getTokenizer } from '../data/tokenizer.ts';
-import { resolveModelDir } from '../vlm/files.ts';
+import { buildWordTokenizer, createTokenizer } from '../data/tokenizer.ts';
+import { resolveModelDir } from '../node/model_folder.ts';
+import { getTokenizer } from '../node/tokenizer.ts';
 
 const smollm2 = SMOLLM2_TOKENIZER;
 const gold = JSON.parse(readFileSync(join(GOLD, 'text.json'), 'utf8'));

@@ -12,7 +12,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PNG } from 'pngjs';
 import { afterAll, describe, expect, it } from 'vitest';
-import { renderBuiltinExample } from '../data/builtin.ts';
+import { renderBuiltinExample } from '../node/images.ts';
+import { readModelFolder } from '../node/model_folder.ts';
 import { manualSeed } from '../tensor/index.ts';
 import { VisionLanguageModel } from '../vlm/vision_language_model.ts';
 import { ASSETS, NANOVLM_GOLD, SMOLLM2_TOKENIZER } from './fixtures.ts';
@@ -83,7 +84,7 @@ describe('train.ts and generate.ts', () => {
   });
 
   it('writes a checkpoint that loads back', async () => {
-    const model = await VisionLanguageModel.fromPretrained(out);
+    const model = VisionLanguageModel.fromPretrained(readModelFolder(out));
     expect(model.cfg.vit_hidden_dim).toBe(32);
     expect(model.cfg.lm_n_blocks).toBe(1);
   });
@@ -170,10 +171,10 @@ describe('train.ts and generate.ts', () => {
     const frozen = join(work, 'frozen');
     const r = run('train.ts', [...tiny, '--max_steps', '4', '--eval_interval', '2', '--freeze', 'vit,lm', '--out', frozen]);
     expect(r.code, r.err).toBe(0);
-    const { loadSafetensors } = await import('../nn/safetensors_fs.ts');
+    const { loadSafetensors } = await import('../node/safetensors.ts');
     const moments = [...loadSafetensors(join(frozen, 'resume', 'optimizer.safetensors')).keys()].sort();
     expect(moments).toEqual(['exp_avg.0', 'exp_avg_sq.0']); // the projector's weight: first in AdamW's groups
-    const model = await VisionLanguageModel.fromPretrained(join(frozen, 'resume'));
+    const model = VisionLanguageModel.fromPretrained(readModelFolder(join(frozen, 'resume')));
     // after 4 steps the backbones are what --seed 0 initialised, the projector is not
     manualSeed(0);
     const initial = new VisionLanguageModel(model.cfg);

@@ -11,6 +11,7 @@ import { Dropout, Embedding, Linear, Module, RMSNorm, buffer, init } from '../nn
 import { arange, cat, scaledDotProductAttention, tensor, type Tensor } from '../tensor/index.ts';
 import type { RawTensor } from '../nn/safetensors.ts';
 import type { VLMConfig } from './config.ts';
+import type { ModelFiles } from './pretrained.ts';
 
 export { RMSNorm };
 
@@ -343,16 +344,14 @@ export function llamaToLMStateDict(
   return out;
 }
 
-/** Loads a SmolLM2 / Llama language model from a local Hugging Face folder. */
-export async function lmFromPretrained(cfg: VLMConfig, nameOrPath: string): Promise<{ cfg: VLMConfig; model: LanguageModel }> {
-  const { readConfigJSON, readWeights, resolveModelDir } = await import('./files.ts');
-  const dir = resolveModelDir(nameOrPath);
-  const lmCfg = lmConfigFromLlama(readConfigJSON(dir), cfg);
+/** Loads a SmolLM2 / Llama language model from a Hugging Face folder's files. */
+export function lmFromPretrained(cfg: VLMConfig, files: ModelFiles): { cfg: VLMConfig; model: LanguageModel } {
+  const lmCfg = lmConfigFromLlama(files.config, cfg);
   const model = init.skipInit(() => new LanguageModel(lmCfg)); // the file's weights replace these zeros...
   // ...except the rows of a vocabulary larger than the file's, which keep nanoVLM's init (normal, std 0.02)
   const fresh = () => init.normal(model.token_embedding.weight.shape, 0.02).dataSync() as Float32Array;
   try {
-    const state = llamaToLMStateDict(readWeights(dir), lmCfg, fresh);
+    const state = llamaToLMStateDict(files.weights, lmCfg, fresh);
     // the rotary frequencies are computed, not stored, in Hugging Face files
     state.set('rotary_embd.inv_freq', { dtype: 'float32', shape: model.rotary_embd.inv_freq.shape, data: model.rotary_embd.inv_freq.dataSync() as Float32Array });
     if (!lmCfg.lm_tie_weights && !state.has('head.weight')) {
@@ -361,7 +360,7 @@ export async function lmFromPretrained(cfg: VLMConfig, nameOrPath: string): Prom
     }
     model.loadStateDict(state);
   } catch (e) {
-    throw new Error(`${dir}: ${(e as Error).message}`);
+    throw new Error(`${files.source}: ${(e as Error).message}`);
   }
   return { cfg: lmCfg, model };
 }

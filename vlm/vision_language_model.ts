@@ -6,12 +6,15 @@
 //         -> decoder.head: next-token logits; the loss only counts text positions.
 
 import { Module, init } from '../nn/index.ts';
+import { serialize } from '../nn/safetensors.ts';
+import { toWriteTensors } from '../nn/state.ts';
 import {
   Generator, cat, crossEntropy, noGrad, ones, tensor, tidy, type DeviceName, type Tensor,
 } from '../tensor/index.ts';
 import { type VLMConfig, vlmConfigFromJSON, vlmConfigToJSON } from './config.ts';
 import { LanguageModel, disposeKVCache, emptyKVCache, lmFromPretrained } from './language_model.ts';
 import { ModalityProjector } from './modality_projector.ts';
+import type { FolderFiles, ModelFiles } from './pretrained.ts';
 import { topKTopPFiltering, sampleToken } from './utils.ts';
 import { ViT, vitFromPretrained } from './vision_transformer.ts';
 
@@ -55,41 +58,47 @@ export class VisionLanguageModel extends Module {
   }
 
   /**
-   * nanoVLM with load_backbone=True: SigLIP and SmolLM2 weights from local
-   * Hugging Face folders; their configs override the vit_ and lm_ fields. Only
-   * the projector starts from random weights.
+   * nanoVLM with load_backbone=True: SigLIP and SmolLM2 weights from Hugging Face
+   * folders' files; their configs override the vit_ and lm_ fields. Only the
+   * projector starts from random weights.
    */
-  static async fromBackbones(cfg: VLMConfig, vitPath: string, lmPath: string): Promise<VisionLanguageModel> {
-    const vit = await vitFromPretrained(cfg, vitPath);
-    const lm = await lmFromPretrained(vit.cfg, lmPath);
-    return new VisionLanguageModel(lm.cfg, { vision_encoder: vit.model, decoder: lm.model });
+  static fromBackbones(cfg: VLMConfig, vit: ModelFiles, lm: ModelFiles): VisionLanguageModel {
+    const v = vitFromPretrained(cfg, vit);
+    const l = lmFromPretrained(v.cfg, lm);
+    return new VisionLanguageModel(l.cfg, { vision_encoder: v.model, decoder: l.model });
   }
 
-  /** Loads a checkpoint saved by nanoVLM's save_pretrained (or ours): config.json + model.safetensors. */
-  static async fromPretrained(nameOrPath: string): Promise<VisionLanguageModel> {
-    const { readConfigJSON, readWeights, resolveModelDir } = await import('./files.ts');
-    const dir = resolveModelDir(nameOrPath);
+  /**
+   * Loads a checkpoint saved by nanoVLM's save_pretrained (or ours), given its files
+   * (config.json + model.safetensors, parsed): node/model_folder.ts reads them from disk,
+   * the web page from dropped files.
+   */
+  static fromPretrained(files: ModelFiles): VisionLanguageModel {
+    const { source } = files;
     let model: VisionLanguageModel;
     try {
-      const cfg = vlmConfigFromJSON(readConfigJSON(dir), `${dir}/config.json`);
+      const cfg = vlmConfigFromJSON(files.config, `${source}/config.json`);
       model = init.skipInit(() => new VisionLanguageModel(cfg)); // every weight comes from the file
     } catch (e) {
       const message = (e as Error).message;
-      throw new Error(message.startsWith(dir) ? message : `${dir}/config.json: ${message}`);
+      throw new Error(message.startsWith(source) ? message : `${source}/config.json: ${message}`);
     }
     try {
-      model.loadStateDict(readWeights(dir));
+      model.loadStateDict(files.weights);
     } catch (e) {
-      throw new Error(`${dir}/model.safetensors: ${(e as Error).message}`);
+      throw new Error(`${source}/model.safetensors: ${(e as Error).message}`);
     }
     return model;
   }
 
-  /** Saves config.json + model.safetensors exactly as nanoVLM does (tied weights once). */
-  async savePretrained(dir: string): Promise<void> {
-    const { writeCheckpoint } = await import('./files.ts');
-    const { toWriteTensors } = await import('../nn/state.ts');
-    writeCheckpoint(dir, vlmConfigToJSON(this.cfg), await toWriteTensors(this.stateDictForSaving()));
+  /**
+   * The files nanoVLM's save_pretrained writes (tied weights once), as data: config.json's text
+   * and model.safetensors' bytes. node/model_folder.ts's writeModelFolder puts them on disk.
+   */
+  async savePretrained(): Promise<FolderFiles> {
+    const weights = await toWriteTensors(this.stateDictForSaving()); // sync point: reads the weights back
+    // the weights first: a folder whose config.json is new has its new weights too
+    return { 'model.safetensors': serialize(weights, { format: 'pt' }), 'config.json': vlmConfigToJSON(this.cfg) };
   }
 
   /** Where the parameters live. */

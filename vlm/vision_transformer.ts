@@ -10,6 +10,7 @@ import { Conv2d, Dropout, GELU, LayerNorm, Linear, Module, init, parameter } fro
 import { cat, scaledDotProductAttention, zeros, type Tensor } from '../tensor/index.ts';
 import type { RawTensor } from '../nn/safetensors.ts';
 import type { VLMConfig } from './config.ts';
+import type { ModelFiles } from './pretrained.ts';
 
 /**
  * Patches -> vectors, plus a learned position embedding (and an optional CLS token).
@@ -222,16 +223,14 @@ export function siglipToViTStateDict(hf: Map<string, RawTensor>, cfg: VLMConfig)
   return out;
 }
 
-/** Loads a SigLIP vision tower from a local Hugging Face folder; returns the config it implies and the model. */
-export async function vitFromPretrained(cfg: VLMConfig, nameOrPath: string): Promise<{ cfg: VLMConfig; model: ViT }> {
-  const { readConfigJSON, readWeights, resolveModelDir } = await import('./files.ts');
-  const dir = resolveModelDir(nameOrPath);
-  const vitCfg = vitConfigFromSiglip(readConfigJSON(dir), cfg);
+/** Loads a SigLIP vision tower from a Hugging Face folder's files; returns the config it implies and the model. */
+export function vitFromPretrained(cfg: VLMConfig, files: ModelFiles): { cfg: VLMConfig; model: ViT } {
+  const vitCfg = vitConfigFromSiglip(files.config, cfg);
   const model = init.skipInit(() => new ViT(vitCfg)); // every weight comes from the file
   try {
-    model.loadStateDict(siglipToViTStateDict(readWeights(dir), vitCfg));
+    model.loadStateDict(siglipToViTStateDict(files.weights, vitCfg));
   } catch (e) {
-    throw new Error(`${dir}: ${(e as Error).message}`);
+    throw new Error(`${files.source}: ${(e as Error).message}`);
   }
   return { cfg: vitCfg, model };
 }

@@ -1,11 +1,13 @@
-// Node file I/O for safetensors (the format itself is in safetensors.ts).
-// Opening reads only the header; each tensor is read into its own buffer
-// when asked for, so a model of several hundred MB never sits in memory
-// twice, and one tensor can be read without touching the rest.
+// safetensors files on disk, in Node (the format itself is nn/safetensors.ts, which a browser
+// also runs). Opening reads only the header; each tensor is read into its own buffer when asked
+// for, so a model of several hundred MB never sits in memory twice, and one tensor can be read
+// without touching the rest. Writing is atomic: a temporary file, flushed, then renamed.
 
 import fs from 'node:fs';
-import { decodeTensor, headerLength, parseHeader, serialize } from './safetensors.ts';
-import type { Header, RawTensor, TensorEntry, WriteTensor } from './safetensors.ts';
+import type { Module } from '../nn/module.ts';
+import { decodeTensor, headerLength, parseHeader, serialize } from '../nn/safetensors.ts';
+import type { Header, RawTensor, TensorEntry, WriteTensor } from '../nn/safetensors.ts';
+import { toWriteTensors } from '../nn/state.ts';
 
 // readSync and writeSync take at most 2 GiB per call.
 const MAX_IO = 1 << 30;
@@ -101,12 +103,19 @@ export function loadSafetensors(file: string): Map<string, RawTensor> {
  * folder, flushed to disk, then renamed over the target. A crash or error
  * midway leaves the previous file as it was, and no temporary file behind.
  */
-export function saveSafetensors(file: string, tensors: Record<string, WriteTensor>, metadata?: Record<string, string>): void {
-  const chunks = serialize(tensors, metadata); // validates before touching the disk
+export function saveSafetensors(
+  file: string, tensors: Record<string, WriteTensor>, metadata?: Record<string, string>,
+): void {
+  writeFileAtomic(file, serialize(tensors, metadata)); // serialize validates before touching the disk
+}
+
+/** Writes `chunks` (their concatenation is the file) to `file` atomically, as saveSafetensors does. */
+export function writeFileAtomic(file: string, chunks: (Uint8Array | string)[]): void {
   const tmp = `${file}.tmp-${process.pid}`;
   let fd: number | null = fs.openSync(tmp, 'w');
   try {
-    for (const chunk of chunks) {
+    for (const part of chunks) {
+      const chunk = typeof part === 'string' ? new TextEncoder().encode(part) : part;
       for (let done = 0; done < chunk.length;) {
         done += fs.writeSync(fd, chunk, done, Math.min(chunk.length - done, MAX_IO));
       }
@@ -119,5 +128,19 @@ export function saveSafetensors(file: string, tensors: Record<string, WriteTenso
     if (fd !== null) fs.closeSync(fd);
     fs.rmSync(tmp, { force: true });
     throw e;
+  }
+}
+
+/** Saves a module's state dict, tied weights once (atomically: temp file, then rename). */
+export async function saveModule(file: string, module: Module, opts: { dtype?: 'F32' | 'BF16' } = {}): Promise<void> {
+  saveSafetensors(file, await toWriteTensors(module.stateDictForSaving(), opts.dtype), { format: 'pt' });
+}
+
+/** Loads a safetensors file into a module (strict unless told otherwise). */
+export function loadModule(file: string, module: Module, strict = true): void {
+  try {
+    module.loadStateDict(loadSafetensors(file), strict);
+  } catch (e) {
+    throw new Error(`${file}: ${(e as Error).message}`);
   }
 }

@@ -1,19 +1,11 @@
-// The body of a DataLoader worker thread: it decodes and resizes the images
-// the main thread sends, so that this work overlaps with the training step.
+// The body of a DataLoader worker thread (data/loader.ts, numWorkers): it decodes and resizes
+// the images the main thread sends, so that this work overlaps with the training step. A Node
+// worker thread, so it lives here with the other Node-only code.
 
 import { parentPort } from 'node:worker_threads';
+import type { ImageReply, ImageRequest } from '../data/loader.ts';
+import { getImageProcessor } from '../data/processors.ts';
 import { workerInput } from '../tensor/cpu/threads.ts';
-import { getImageProcessor } from './processors.ts';
-
-/** A request: encoded image bytes, and the file and row they came from (for error messages). */
-export interface ImageRequest {
-  id: number;
-  image: Uint8Array;
-  source: string;
-}
-
-/** The reply: the image as CHW floats, or why it could not be decoded. */
-export type ImageReply = { id: number; pixels: Float32Array } | { id: number; error: string };
 
 const processImage = getImageProcessor(workerInput<{ imgSize: number }>().imgSize);
 const port = parentPort!;

@@ -1,13 +1,17 @@
-// Node file access for vlm/ (the one place it touches the disk, so the model
-// code itself also runs in a browser): checkpoint folders, Hugging Face model
-// folders (including the hub cache layout and sharded weights), config files.
+// Model folders on disk, in Node: what VisionLanguageModel.fromPretrained and fromBackbones read
+// (vlm/pretrained.ts's ModelFiles) and what savePretrained gives to write. Also finds a model in
+// the Hugging Face cache layout (models--org--name/snapshots/...) and reads sharded weights.
+// Nothing is downloaded.
+//
+//   const model = VisionLanguageModel.fromPretrained(readModelFolder('path/to/nanoVLM-222M'));
+//   writeModelFolder('out/', await model.savePretrained());
 
-import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import type { RawTensor } from '../nn/safetensors.ts';
-import { loadSafetensors, saveSafetensors } from '../nn/safetensors_fs.ts';
-import type { WriteTensor } from '../nn/safetensors.ts';
+import type { FolderFiles, ModelFiles } from '../vlm/pretrained.ts';
+import { loadSafetensors, writeFileAtomic } from './safetensors.ts';
 
 /** huggingface_hub's cache: $HF_HUB_CACHE, else $HF_HOME/hub, else $XDG_CACHE_HOME (or ~/.cache)/huggingface/hub. */
 export function hubCacheDir(): string {
@@ -57,8 +61,18 @@ export function resolveModelDir(nameOrPath: string): string {
   throw new Error(`model folder not found: ${nameOrPath} (${why}: ${fix})`);
 }
 
+/**
+ * nanoVLM's from_pretrained, file half: a model folder's config.json and weights, parsed, for
+ * VisionLanguageModel.fromPretrained (a checkpoint) or fromBackbones (SigLIP and SmolLM2 folders).
+ * `nameOrPath`: a folder, a hub-cache folder, or a hub name found in the local cache.
+ */
+export function readModelFolder(nameOrPath: string): ModelFiles {
+  const dir = resolveModelDir(nameOrPath);
+  return { source: dir, config: readConfigJSON(dir), weights: readWeights(dir) };
+}
+
 /** Parses dir/config.json, with a clear error when it is missing or broken. */
-export function readConfigJSON(dir: string): Record<string, unknown> {
+function readConfigJSON(dir: string): Record<string, unknown> {
   const file = join(dir, 'config.json');
   if (!existsSync(file)) throw new Error(`${file}: not found (a model folder needs config.json and model.safetensors)`);
   try {
@@ -69,7 +83,7 @@ export function readConfigJSON(dir: string): Record<string, unknown> {
 }
 
 /** Every tensor of dir/model.safetensors, or of the shards listed in model.safetensors.index.json. */
-export function readWeights(dir: string): Map<string, RawTensor> {
+function readWeights(dir: string): Map<string, RawTensor> {
   const single = join(dir, 'model.safetensors');
   if (existsSync(single)) return loadSafetensors(single);
   const index = join(dir, 'model.safetensors.index.json');
@@ -80,11 +94,13 @@ export function readWeights(dir: string): Map<string, RawTensor> {
   return all;
 }
 
-/** Writes config.json and model.safetensors into dir, each atomically (temp file, then rename). */
-export function writeCheckpoint(dir: string, configText: string, tensors: Record<string, WriteTensor>): void {
+/**
+ * nanoVLM's save_pretrained, file half: writes each file into `dir` (made if missing) atomically
+ * (a temporary file, then renamed), in the order given.
+ */
+export function writeModelFolder(dir: string, files: FolderFiles): void {
   mkdirSync(dir, { recursive: true });
-  saveSafetensors(join(dir, 'model.safetensors'), tensors, { format: 'pt' });
-  const tmp = join(dir, `config.json.tmp-${process.pid}`);
-  writeFileSync(tmp, configText);
-  renameSync(tmp, join(dir, 'config.json'));
+  for (const [name, content] of Object.entries(files)) {
+    writeFileAtomic(join(dir, name), typeof content === 'string' ? [content] : content);
+  }
 }
