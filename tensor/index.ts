@@ -11,6 +11,7 @@ export { Generator, manualSeed, defaultGenerator } from './random.ts';
 export { getBackend, setDefaultDevice, getDefaultDevice, registerBackend } from './device.ts';
 export { setCpuKernels, getCpuKernels, cpuKernelInfo, type CpuKernels } from './cpu/wasm/kernels.ts';
 export { setCpuThreads, getCpuThreads } from './cpu/threads.ts';
+export { keepBf16Copies, dropBf16Copies } from './cpu/backend.ts';
 export type { DType, TypedArray } from './dtype.ts';
 export type { DeviceName, Backend, Storage, View } from './backend.ts';
 export { initWebGPU, closeWebGPU, resolveDevice, type WebGPUOptions } from './webgpu/device.ts';

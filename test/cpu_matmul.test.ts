@@ -3,12 +3,13 @@
 // WebAssembly GEMM (tensors in the shared memory) with and without fused
 // multiply-add, on one thread and two, over sizes that are not multiples of
 // the tile, transposed operands (read through their strides), batches and
-// broadcast operands.
+// broadcast operands; and the matrix-vector products that read a bfloat16
+// copy of the weights (keepBf16Copies) against float64 over the rounded ones.
 
 import { describe, it, expect, afterAll } from 'vitest';
 import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { tensor, type Tensor } from '../tensor/index.ts';
+import { copyInto, dropBf16Copies, keepBf16Copies, memory, tensor, tidy, type Tensor } from '../tensor/index.ts';
 import { setCpuThreads } from '../tensor/cpu/threads.ts';
 import { cpuKernelInfo, setCpuKernels, wasmStats } from '../tensor/cpu/wasm/kernels.ts';
 
@@ -38,6 +39,9 @@ const LARGE: Case[] = [
   { M: 64, K: 130, N: 96, batch: 4 },
   { M: 33, K: 300, N: 70, batch: 5, shareB: true },
   { M: 70, K: 90, N: 120, batch: 3, shareA: true, transB: true },
+  // matrix-vector products (decoding a token), split into bands of columns: x @ W^T and x @ W, a ragged band
+  { M: 1, K: 300, N: 470, transB: true },
+  { M: 2, K: 260, N: 517 },
 ];
 
 afterAll(() => {
@@ -148,5 +152,114 @@ describe('wasm kernel threads', () => {
     const tsx = fileURLToPath(import.meta.resolve('tsx/cli'));
     const out = execFileSync(process.execPath, [tsx, '--input-type=module', '-e', script], { cwd: root, timeout: 60_000, encoding: 'utf8' });
     expect(out.trim()).toBe('1 201 201');
+  });
+});
+
+describe('bfloat16 copies of weights (keepBf16Copies)', () => {
+  /** x [M, K] @ W^T for W [N, K], in float64 over `weights` (the float32 values, or their bf16 roundings). */
+  function product(x: Float32Array, weights: Float32Array, M: number, K: number, N: number): Float64Array {
+    const out = new Float64Array(M * N);
+    for (let i = 0; i < M; i++) {
+      for (let j = 0; j < N; j++) {
+        let s = 0;
+        for (let k = 0; k < K; k++) s += x[i * K + k] * weights[j * K + k];
+        out[i * N + j] = s;
+      }
+    }
+    return out;
+  }
+  /** Rounds float32 values to bfloat16 (nearest, ties to even), as float32. */
+  function bf16(values: Float32Array): Float32Array {
+    const bits = new Uint32Array(values.slice().buffer);
+    for (let i = 0; i < bits.length; i++) bits[i] = ((bits[i] + 0x7fff + ((bits[i] >>> 16) & 1)) >>> 16) << 16;
+    return new Float32Array(bits.buffer);
+  }
+  /** Largest difference; float32 sums of K terms in [-1, 1) stay far below 1e-5 * sqrt(K). */
+  const worst = (got: ArrayLike<number>, want: Float64Array) => {
+    let w = 0;
+    for (let i = 0; i < want.length; i++) w = Math.max(w, Math.abs(got[i] - want[i]));
+    return w;
+  };
+  const [K, N] = [301, 517]; // rows of W not a multiple of 8 weights, nor N of 4 rows or 16 columns
+  const tight = 1e-5 * Math.sqrt(K);
+  const next = rng(5);
+  const w = Float32Array.from({ length: N * K }, next);
+  const x = Float32Array.from({ length: 7 * K }, next);
+  /** a @ b^T and a @ b, their views and outputs freed. */
+  const mmT = (a: Tensor, b: Tensor) => tidy(() => a.matmul(b.transpose(0, 1)).dataSync());
+  const mm = (a: Tensor, b: Tensor) => tidy(() => a.matmul(b).dataSync());
+  const [exact, rounded] = [product(x, w, 7, K, N).subarray(0, 2 * N), product(x, bf16(w), 7, K, N).subarray(0, 2 * N)];
+
+  it('the roundings differ from the float32 values by far more than the tolerance (the checks below can tell)', () => {
+    expect(worst(Float32Array.from(exact), rounded)).toBeGreaterThan(100 * tight);
+  });
+
+  for (const fma of cpuKernelInfo().relaxedSimd ? [true, false] : [false]) {
+    for (const threads of [1, 2]) {
+      const variant = `${fma ? 'FMA' : 'mul + add'}, ${threads} thread(s)`;
+      it(`matrix-vector products x @ W^T read the rounded weights, ${variant}`, () => {
+        setCpuKernels('wasm', { fma });
+        setCpuThreads(threads);
+        const W = tensor(w, { shape: [N, K] });
+        const before = memory().numBytes;
+        keepBf16Copies([W]);
+        expect(memory().numBytes - before).toBe(2 * N * K); // the copy is counted
+        const two = tensor(x.subarray(0, 2 * K), { shape: [2, K] });
+        const calls = wasmStats.parallelCalls;
+        expect(worst(mmT(two, W), rounded)).toBeLessThanOrEqual(tight);
+        expect(wasmStats.parallelCalls - calls).toBe(threads > 1 ? 1 : 0); // both rows of x in one split call
+        // 7 rows (a prompt) and x @ W (columns of the weights contiguous): the float32 weights
+        const seven = tensor(x, { shape: [7, K] });
+        expect(worst(mmT(seven, W), product(x, w, 7, K, N))).toBeLessThanOrEqual(tight);
+        const wt = Float32Array.from({ length: K * N }, (_, i) => w[(i % N) * K + Math.floor(i / N)]); // W^T, stored
+        const Wt = tensor(wt, { shape: [K, N] });
+        keepBf16Copies([Wt]);
+        expect(worst(mm(two, Wt), exact)).toBeLessThanOrEqual(tight);
+        for (const t of [two, seven, Wt, W]) t.dispose();
+        expect(memory().numBytes).toBe(before - 4 * N * K); // W's values and both copies freed
+      });
+    }
+  }
+
+  it('a write into the weights drops the copy (copyInto, setData), and so does dropBf16Copies', () => {
+    setCpuKernels('wasm');
+    setCpuThreads(2);
+    const W = tensor(w, { shape: [N, K] });
+    const two = tensor(x.subarray(0, 2 * K), { shape: [2, K] });
+    const start = memory().numBytes;
+    keepBf16Copies([W]);
+    keepBf16Copies([W]); // a second call keeps the one copy
+    expect(memory().numBytes - start).toBe(2 * N * K);
+    const third = tensor(w.map((v) => v / 3), { shape: [N, K] });
+    copyInto(W, third);
+    expect(memory().numBytes - start).toBe(4 * N * K); // the copy gone, `third` added
+    const want = product(x, w.map((v) => v / 3), 2, K, N);
+    expect(worst(mmT(two, W), want)).toBeLessThanOrEqual(tight);
+    keepBf16Copies([W]);
+    W.setData(w);
+    expect(memory().numBytes - start).toBe(4 * N * K);
+    expect(worst(mmT(two, W), exact)).toBeLessThanOrEqual(tight);
+    keepBf16Copies([W]);
+    dropBf16Copies([W]);
+    expect(memory().numBytes - start).toBe(4 * N * K);
+    expect(worst(mmT(two, W), exact)).toBeLessThanOrEqual(tight);
+    for (const t of [W, two, third]) t.dispose();
+    expect(memory().numBytes).toBe(start - 4 * N * K - 4 * 2 * K);
+  });
+});
+
+describe('wasm matrix-vector products on two threads', () => {
+  it('give the bits of one thread (each column summed in the same order)', () => {
+    setCpuKernels('wasm');
+    const next = rng(9);
+    const x = tensor(Float32Array.from({ length: 2 * 300 }, next), { shape: [2, 300] });
+    const W = tensor(Float32Array.from({ length: 470 * 300 }, next), { shape: [470, 300] });
+    for (const b of [W.transpose(0, 1), W.reshape([300, 470])]) {
+      const bits = [1, 2].map((threads) => {
+        setCpuThreads(threads);
+        return Array.from(x.matmul(b).dataSync());
+      });
+      expect(bits[1]).toEqual(bits[0]);
+    }
   });
 });

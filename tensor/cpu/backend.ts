@@ -11,6 +11,7 @@ import type { AdamWHyper, AttentionOptions, Backend, BinaryOp, ReduceOp, Storage
 import { type DType, type TypedArray, makeTypedArray } from '../dtype.ts';
 import { dropoutKeeps } from '../random.ts';
 import { fmt, isContiguous, numel } from '../shape.ts';
+import type { Tensor } from '../tensor.ts';
 import { CpuStorage } from './heap.ts';
 import * as W from './wasm/kernels.ts';
 
@@ -92,6 +93,7 @@ export class CpuBackend implements Backend {
     return output(dtype, length, true);
   }
   write(dst: Storage, src: TypedArray): void {
+    dropCopy(dst as CpuStorage);
     dataOf(dst).set(src);
   }
   async read(x: View): Promise<TypedArray> {
@@ -107,6 +109,7 @@ export class CpuBackend implements Backend {
   release(s: Storage): void {
     const c = s as CpuStorage;
     if (--c.refs > 0) return;
+    dropCopy(c);
     live.bytes -= c.bytes;
     c.free();
   }
@@ -188,6 +191,7 @@ export class CpuBackend implements Backend {
   }
 
   copyInto(dst: View, src: View): void {
+    dropCopy(store(dst));
     if (W.useWasm(store(dst), store(src)) && W.copyInto(dst, src)) return;
     // Walk dst's index space the way dense() walks a source: same odometer.
     const s = dense(src, dst.dtype);
@@ -280,7 +284,10 @@ export class CpuBackend implements Backend {
     const [ars, acs, brs, bcs] = [a.strides[r - 2], a.strides[r - 1], b.strides[r - 2], b.strides[r - 1]];
     const [sa, sb] = [a.storage as CpuStorage, b.storage as CpuStorage];
     if (a.dtype === 'float32' && W.useWasm(sa, sb, out)) {
-      W.gemm({ batch, M, N, K, a: sa.ptr, aOffsets, aRowStride: ars, aColStride: acs, b: sb.ptr, bOffsets, bRowStride: brs, bColStride: bcs, c: out.ptr });
+      W.gemm({
+        batch, M, N, K, a: sa.ptr, aOffsets, aRowStride: ars, aColStride: acs,
+        b: sb.ptr, bf16: sb.bf16, bOffsets, bRowStride: brs, bColStride: bcs, c: out.ptr,
+      });
       return out;
     }
     // C[p][i][j] = sum over k of A[p][i][k] B[p][k][j], summed in float64 and
@@ -499,6 +506,7 @@ export class CpuBackend implements Backend {
     for (const x of [p, m, v]) if (!isContiguous(x.shape, x.strides)) throw new Error('adamw: the parameter and its moments must be contiguous');
     store(m).moveToHost();
     store(v).moveToHost();
+    dropCopy(store(p));
     if (W.useWasm(store(p), store(g)) && W.adamw(p, g, m, v, h)) return;
     const [pd, md, vd] = [dataOf(p), dataOf(m), dataOf(v)];
     const gd = dense(g);
@@ -600,6 +608,38 @@ export class CpuBackend implements Backend {
     }
     return out;
   }
+}
+
+/**
+ * Keeps a bfloat16 copy of each tensor's values for the CPU's matrix-vector
+ * products (x @ W^T with fewer than 6 rows of x: decoding a token). Those
+ * read every weight once per token, so memory bandwidth bounds them, and the
+ * copy halves the bytes. The products then use weights rounded to 8
+ * significant bits (bfloat16's; weights that came from a bf16 file are
+ * unchanged) and sum in another order; products with more rows (a prompt),
+ * x @ W, and every other op still read the float32 values, and a write into a
+ * tensor (a load, an optimizer step) drops its copy. For inference (generate.ts
+ * --dtype bfloat16); a tensor off the CPU, or that does not fit the memory, is
+ * left as it is. The copies count in memory().
+ */
+export function keepBf16Copies(tensors: Tensor[]): void {
+  for (const t of tensors) {
+    const s = t.storage as CpuStorage;
+    if (t.device !== 'cpu' || s.bf16 >= 0) continue;
+    if (s.makeBf16()) live.bytes += 2 * s.length;
+  }
+}
+
+/** Frees the copies keepBf16Copies made: the products read the float32 values again. */
+export function dropBf16Copies(tensors: Tensor[]): void {
+  for (const t of tensors) if (t.device === 'cpu') dropCopy(t.storage as CpuStorage);
+}
+
+/** Drops a storage's bfloat16 copy: its values are about to change, or it is freed. */
+function dropCopy(s: CpuStorage): void {
+  if (s.bf16 < 0) return;
+  s.dropBf16();
+  live.bytes -= 2 * s.length;
 }
 
 /** The sizes of an attention call: q (B, H, T, D), k and v (B, Hkv, Tk, D). */

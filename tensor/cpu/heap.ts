@@ -196,6 +196,8 @@ let warnedFull = false;
  */
 export class CpuStorage implements Storage {
   refs = 1;
+  /** Byte offset of a bfloat16 copy of the values in the memory, or -1 (see makeBf16). */
+  bf16 = -1;
   private view: TypedArray | null;
 
   constructor(readonly dtype: DType, readonly length: number, public ptr: number, own: TypedArray | null = null) {
@@ -241,8 +243,36 @@ export class CpuStorage implements Storage {
     this.view = own;
   }
 
+  /**
+   * Makes a bfloat16 copy of the float32 values in the memory, for kernels
+   * that read it instead (half the bytes): each value rounded to its top 16
+   * bits, to nearest with ties to even (NaN stays NaN). False when the
+   * memory has no room.
+   */
+  makeBf16(): boolean {
+    if (this.dtype !== 'float32' || this.ptr < 0) return false;
+    if (this.bf16 >= 0) return true;
+    const at = malloc(2 * this.length);
+    if (at < 0) return false;
+    const bits = new Uint32Array(buffer!, this.ptr, this.length);
+    const out = new Uint16Array(buffer!, at, this.length);
+    for (let i = 0; i < this.length; i++) {
+      const x = bits[i];
+      out[i] = (x & 0x7fffffff) > 0x7f800000 ? (x >>> 16) | 0x40 : (x + 0x7fff + ((x >>> 16) & 1)) >>> 16;
+    }
+    this.bf16 = at;
+    return true;
+  }
+
+  /** Frees the bfloat16 copy, if there is one (the values are about to change, or the storage goes). */
+  dropBf16(): void {
+    if (this.bf16 >= 0) free(this.bf16, 2 * this.length);
+    this.bf16 = -1;
+  }
+
   /** Gives the block back to the allocator (after the last release). */
   free(): void {
+    this.dropBf16();
     if (this.ptr >= 0) free(this.ptr, this.bytes);
     this.view = null;
   }

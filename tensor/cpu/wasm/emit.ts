@@ -205,6 +205,8 @@ export const i32 = {
   /** Unsigned minimum, via select. */
   minU: (a: Code, b: Code): Code => [a, b, a, b, 0x49, 0x1b],
   load: (addr: Code, offset = 0): Code => [addr, 0x28, ...memarg(2, offset)],
+  /** A u16, zero-extended. */
+  load16U: (addr: Code, offset = 0): Code => [addr, 0x2f, ...memarg(1, offset)],
 };
 
 /** Scalar f32 instructions (edges, reductions). */
@@ -214,6 +216,8 @@ export const f32 = {
   eq: op(0x5b),
   /** An unsigned i32 converted to f32. */
   fromI32U: op(0xb3),
+  /** The f32 with the bits of an i32. */
+  fromBits: op(0xbe),
   load: (addr: Code, offset = 0): Code => [addr, 0x2a, ...memarg(2, offset)],
   store: (addr: Code, value: Code, offset = 0): Code => [addr, value, 0x38, ...memarg(2, offset)],
 };

@@ -26,7 +26,10 @@
 // Addresses are byte offsets into the shared memory; strides given by the
 // caller are in elements and scaled by 4 here.
 
-import { type Code, type Func, type Local, type ModuleBuilder, call, choose, doWhile, f32, f32x4, for_, i32, i8x16, if_, seq, v128 } from './emit.ts';
+import {
+  type Code, type Func, type Local, type ModuleBuilder,
+  call, choose, doWhile, f32, f32x4, for_, i32, i32x4, i8x16, if_, seq, v128,
+} from './emit.ts';
 
 /** Rows of the register tile (of A and C). */
 export const MR = 6;
@@ -68,7 +71,9 @@ export interface GemmBlocks {
 /**
  * Emits pack_b, pack_a, and gemm_tile, gemm_block and gemm with a mul+add
  * micro-kernel; with `fma`, also gemm_tile_fma, gemm_block_fma and gemm_fma,
- * which use relaxed SIMD's fused multiply-add.
+ * which use relaxed SIMD's fused multiply-add. Then the matrix-vector
+ * products: gemv, and gemv_bf16 (and gemv_bf16_fma) for weights kept as
+ * bfloat16.
  */
 export function emitGemm(m: ModuleBuilder, fma: boolean): GemmBlocks {
   // pack(src, ls, ds, lines, depth, dst) copies `lines` strided vectors of
@@ -132,6 +137,8 @@ export function emitGemm(m: ModuleBuilder, fma: boolean): GemmBlocks {
   const packA = pack('pack_a', MR);
   const blocks = { plain: emitVariant(m, packA, packB, false), fma: fma ? emitVariant(m, packA, packB, true) : null };
   emitGemv(m);
+  emitGemvBf16(m, false);
+  if (fma) emitGemvBf16(m, true);
   return blocks;
 }
 
@@ -190,6 +197,64 @@ function emitGemv(m: ModuleBuilder): void {
   f.body = seq(
     end.set(i32.and(K.get(), c(~3))),
     if_(i32.and(i32.eq(brs.get(), c(1)), i32.eq(as.get(), c(1))), dots, axpys),
+  );
+}
+
+/**
+ * gemv_bf16(a, b, bcs, c, K, N): c[j] = sum over k of a[k] b[j][k], the
+ * dots layout of gemv (x @ W^T, rows of W contiguous) with W held as
+ * bfloat16 (see keepBf16Copies in ../backend.ts): the upper 16 bits of a
+ * float32, so a value is its bits moved back up. bcs is W's row stride in
+ * elements. Eight weights per load, four rows of W at a time. A vector of
+ * eight bf16 values is four 32-bit lanes, each holding two weights: masking
+ * off the low half of each lane gives the odd ones as float32, shifting it
+ * left 16 bits the even ones (one instruction each); a is split the same
+ * way, once per eight k for all four rows.
+ */
+function emitGemvBf16(m: ModuleBuilder, fma: boolean): void {
+  const f = m.func(fma ? 'gemv_bf16_fma' : 'gemv_bf16', ['i32', 'i32', 'i32', 'i32', 'i32', 'i32']);
+  const [a, b, bcs, cp, K, N] = f.params;
+  const [j, k, end, ak, wk] = [f.local('i32'), f.local('i32'), f.local('i32'), f.local('i32'), f.local('i32')];
+  const rows = [f.local('i32'), f.local('i32'), f.local('i32'), f.local('i32')];
+  const acc = [f.local('v128'), f.local('v128'), f.local('v128'), f.local('v128')];
+  const [a0, a1, even, odd, w] = [f.local('v128'), f.local('v128'), f.local('v128'), f.local('v128'), f.local('v128')];
+  const s = f.local('f32');
+  const madd = (x: Code, y: Code, z: Code) => (fma ? f32x4.relaxedMadd(x, y, z) : f32x4.add(f32x4.mul(x, y), z));
+  const sum4 = (v: Local) => f32.add(f32.add(f32x4.extractLane(v.get(), 0), f32x4.extractLane(v.get(), 1)),
+    f32.add(f32x4.extractLane(v.get(), 2), f32x4.extractLane(v.get(), 3)));
+  // rows j..j+3 of W, as byte addresses (clamped to the last row: its dot product is computed twice, stored once)
+  const rowStarts = rows.map((r, q) => {
+    const row = i32.minU(i32.add(j.get(), c(q)), i32.sub(N.get(), c(1)));
+    return r.set(i32.add(b.get(), i32.shl(i32.mul(row, bcs.get()), c(1))));
+  });
+  const step = seq(
+    ak.set(i32.add(a.get(), i32.shl(k.get(), c(2)))),
+    wk.set(i32.shl(k.get(), c(1))),
+    a0.set(v128.load(ak.get())),
+    a1.set(v128.load(ak.get(), 16)),
+    even.set(i8x16.shuffle(a0.get(), a1.get(), [0, 2, 4, 6])), // a[k], a[k + 2], a[k + 4], a[k + 6]
+    odd.set(i8x16.shuffle(a0.get(), a1.get(), [1, 3, 5, 7])),
+    ...acc.map((x, q) => seq(
+      w.set(v128.load(i32.add(rows[q].get(), wk.get()))),
+      x.set(madd(odd.get(), v128.and(w.get(), i32x4.const(-0x10000)),
+        madd(even.get(), i32x4.shl(w.get(), c(16)), x.get()))),
+    )),
+  );
+  const tail = (q: number) => for_(k, end.get(), K.get(), 1, s.set(f32.add(s.get(), f32.mul(
+    f32.load(i32.add(a.get(), i32.shl(k.get(), c(2)))),
+    f32.fromBits(i32.shl(i32.load16U(i32.add(rows[q].get(), i32.shl(k.get(), c(1)))), c(16)))))));
+  f.body = seq(
+    end.set(i32.and(K.get(), c(~7))),
+    for_(j, c(0), N.get(), 4, seq(
+      ...rowStarts,
+      ...acc.map((x) => x.set(f32x4.const(0))),
+      for_(k, c(0), end.get(), 8, step),
+      ...acc.map((x, q) => if_(i32.ltU(i32.add(j.get(), c(q)), N.get()), seq(
+        s.set(sum4(x)),
+        tail(q),
+        f32.store(i32.add(cp.get(), i32.shl(i32.add(j.get(), c(q)), c(2))), s.get()),
+      ))),
+    )),
   );
 }
 

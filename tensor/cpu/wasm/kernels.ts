@@ -131,11 +131,14 @@ export interface WasmGemm {
   batch: number; M: number; N: number; K: number;
   a: number; aOffsets: ArrayLike<number>; aRowStride: number; aColStride: number;
   b: number; bOffsets: ArrayLike<number>; bRowStride: number; bColStride: number;
+  /** Byte address of a bfloat16 copy of B's storage (CpuStorage.makeBf16), or -1. */
+  bf16: number;
   /** Contiguous [batch, M, N] output. */
   c: number;
 }
 
 const GEMM_PARALLEL_MIN = 1 << 21; // multiply-adds below which splitting costs more than it saves (even at 2^20 when measured)
+const GEMV_PARALLEL_MIN = 1 << 17; // the same for matrix-vector products (one 576 x 576 weight is 2^18.3)
 let scratch = { ptr: 0, threads: 0 }; // packing buffers in the memory, one per thread, made on first use
 
 /** The packing buffers of every thread (GEMM_SCRATCH bytes each), made on first use. */
@@ -166,14 +169,30 @@ export function gemm(g: WasmGemm): void {
   let stacked = batch > 1;
   for (let p = 1; p < batch && stacked; p++) stacked = bOffsets[p] === bOffsets[0] && aOffsets[p] === aOffsets[0] + p * M * g.aRowStride;
   if (stacked) [rows, batch, aOffsets, bOffsets] = [batch * M, 1, [aOffsets[0]], [bOffsets[0]]];
-  // A few rows (generating one token at a time): no packing, rows of C straight from A and B
+  // A few rows (generating one token at a time): no packing, rows of C straight from A and B.
+  // These products read each weight once, so memory bandwidth bounds them: split across
+  // threads into bands of columns (16 wide, as the kernel's blocks), each thread streams its part of B.
   if (rows < MR && ((g.bRowStride === 1 && g.aColStride === 1) || g.bColStride === 1)) {
+    const bands = Math.min(pieces(batch * rows * N * K, GEMV_PARALLEL_MIN), Math.ceil(N / 16));
+    const cut = (t: number) => Math.min(N, Math.ceil((N * t) / bands / 16) * 16);
+    // x @ W^T with a bfloat16 copy of W (keepBf16Copies): half the bytes to read
+    const bf16 = g.bf16 >= 0 && g.bRowStride === 1 && g.aColStride === 1;
+    const tasks: number[][] = [];
     for (let p = 0; p < batch; p++) {
       for (let i = 0; i < rows; i++) {
         const a = g.a + 4 * (aOffsets[p] + i * g.aRowStride);
-        fns.gemv(a, g.aColStride, g.b + 4 * bOffsets[p], g.bRowStride, g.bColStride, g.c + 4 * (p * rows + i) * N, K, N);
+        for (let t = 0; t < bands; t++) {
+          const [lo, hi] = [cut(t), cut(t + 1)];
+          const [b, c] = [bOffsets[p] + lo * g.bColStride, g.c + 4 * ((p * rows + i) * N + lo)];
+          if (hi === lo) continue;
+          if (bf16) tasks.push([a, g.bf16 + 2 * b, g.bColStride, c, K, hi - lo]);
+          else tasks.push([a, g.aColStride, g.b + 4 * b, g.bRowStride, g.bColStride, c, K, hi - lo]);
+        }
       }
     }
+    const kernel = bf16 ? (fma ? 'gemv_bf16_fma' : 'gemv_bf16') : 'gemv';
+    if (bands > 1) run(kernel, tasks);
+    else for (const task of tasks) fns[kernel](...task);
     return;
   }
 
