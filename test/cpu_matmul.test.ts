@@ -134,6 +134,10 @@ for (const fma of cpuKernelInfo().relaxedSimd ? [true, false] : [false]) {
           expect(wasmStats.parallelCalls - before, JSON.stringify(t)).toBe(threads > 1 ? 1 : 0);
         }
         checkTensor({ M: 20, K: 30, N: 2100, transB: true }); // more columns than one packed slab (NC = 1024)
+        // a batch of more matrix-vector products than one threaded call takes (4095 tasks)
+        const before = wasmStats.parallelCalls;
+        checkTensor({ M: 1, K: 8, N: 5, batch: 4100 });
+        expect(wasmStats.parallelCalls - before).toBe(threads > 1 ? 2 : 0);
       });
     });
   }

@@ -173,7 +173,8 @@ export function gemm(g: WasmGemm): void {
   // These products read each weight once, so memory bandwidth bounds them: split across
   // threads into bands of columns (16 wide, as the kernel's blocks), each thread streams its part of B.
   if (rows < MR && ((g.bRowStride === 1 && g.aColStride === 1) || g.bColStride === 1)) {
-    const bands = Math.min(pieces(batch * rows * N * K, GEMV_PARALLEL_MIN), Math.ceil(N / 16));
+    const P = pieces(batch * rows * N * K, GEMV_PARALLEL_MIN);
+    const bands = Math.min(Math.ceil(P / (batch * rows)), Math.ceil(N / 16)); // a long batch: a task per row
     const cut = (t: number) => Math.min(N, Math.ceil((N * t) / bands / 16) * 16);
     // x @ W^T with a bfloat16 copy of W (keepBf16Copies): half the bytes to read
     const bf16 = g.bf16 >= 0 && g.bRowStride === 1 && g.aColStride === 1;
@@ -191,8 +192,8 @@ export function gemm(g: WasmGemm): void {
       }
     }
     const kernel = bf16 ? (fma ? 'gemv_bf16_fma' : 'gemv_bf16') : 'gemv';
-    if (bands > 1) run(kernel, tasks);
-    else for (const task of tasks) fns[kernel](...task);
+    if (P === 1) for (const task of tasks) fns[kernel](...task);
+    else for (let at = 0; at < tasks.length; at += 4095) run(kernel, tasks.slice(at, at + 4095));
     return;
   }
 
