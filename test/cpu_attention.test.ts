@@ -79,6 +79,8 @@ describe('wasm attention against the TypeScript reference, one thread', () => {
     ['GQA 4:1, causal, head dim 20, key padding', { q: [2, 8, 3, 20], k: [2, 2, 3, 20], causal: true, mask: 'keys' }],
     ['a KV-cache step: 1 query over 9 keys, head dim 6',
       { q: [3, 4, 1, 6], k: [3, 2, 9, 6], causal: true, mask: 'keys' }],
+    ['a KV-cache step of the 222M decoder: GQA 3:1, head dim 64, 145 keys, a full mask, head-transposed inputs',
+      { q: [2, 9, 1, 64], k: [2, 3, 145, 64], causal: true, mask: 'full', transposed: true }],
     ['3 queries over 17 keys, causal, a full mask with key stride T',
       { q: [2, 2, 3, 40], k: [2, 1, 17, 40], causal: true, mask: 'full' }],
     ['several blocks of queries and keys (130 x 300), causal, head dim 10',

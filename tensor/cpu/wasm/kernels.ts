@@ -570,9 +570,24 @@ export function attention(
   q: View, k: View, v: View, opts: AttentionOptions, out: CpuStorage, lse: CpuStorage,
 ): boolean {
   if (!attentionFits(opts.mask ? [q, k, v, opts.mask] : [q, k, v])) return false;
-  const [B, H, T, D] = q.shape;
+  const [Hq, Tq, Dq] = [q.shape[1], q.shape[2], q.shape[3]];
+  let o: View = { storage: out, shape: q.shape, strides: [Tq * Hq * Dq, Dq, Hq * Dq, 1], offset: 0, dtype: 'float32' };
+  // One query (a decoding step) with grouped heads: the query heads that share a key/value head become the rows of
+  // one head, so each key/value head is packed once, not once per query head, and a block holds several rows, not
+  // one. (B, H, 1, D) is seen as (B, Hkv, H / Hkv, D): the same memory, and the same (max, sum) rows. The query is
+  // the last position, so causal hides no key; dropout numbers its rows by position and stays unfolded.
+  if (Tq === 1 && Hq > k.shape[1] && !opts.dropout) {
+    const G = Hq / k.shape[1];
+    const fold = (x: View): View => {
+      const hs = x.shape[1] === 1 ? 0 : x.strides[1];
+      const [shape, strides] = [[x.shape[0], k.shape[1], G, x.shape[3]], [x.strides[0], G * hs, hs, x.strides[3]]];
+      return { ...x, shape, strides };
+    };
+    [q, o] = [fold(q), fold(o)];
+    opts = { ...opts, causal: false, mask: opts.mask && fold(opts.mask) };
+  }
+  const [B, H, T] = q.shape;
   const [Hkv, Tk] = [k.shape[1], k.shape[2]];
-  const o: View = { storage: out, shape: q.shape, strides: [T * H * D, D, H * D, 1], offset: 0, dtype: 'float32' };
   const stats = block(8 * B * H * T); // (max, sum) of each score row
   try {
     withRows([q, k, v], ([q, k, v]) => attentionCall(q, k, v, o, null, opts, (call) => {
