@@ -7,8 +7,8 @@
 //
 // Every timing ends with a host-device sync (the GPU's work is included).
 
-import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
+import { defineFlags, parseCommandLine } from '../cli.ts';
 import { makeDecoder, type DecoderConfig } from './decoder.ts';
 import { useDawn } from '../node/dawn.ts';
 import { Generator, closeWebGPU, initWebGPU, randn, tensor, tidy, type Tensor } from '../tensor/index.ts';
@@ -122,11 +122,10 @@ export async function benchWebGPU(opts: { quick?: boolean; log?: (line: string) 
 }
 
 if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
-  const { values } = parseArgs({ options: { quick: { type: 'boolean', default: false }, help: { type: 'boolean' } } });
-  if (values.help) {
-    console.log('usage: npx tsx bench/webgpu.ts [--quick]\n  --quick  only the 256^3 matmul, decoder at batch 2, seq 32 (for llvmpipe)');
-    process.exit(0);
-  }
-  await benchWebGPU({ quick: values.quick });
+  const flags = defineFlags({
+    quick: { type: 'switch', help: 'only the 256^3 matmul, the decoder at batch 2, seq 32 (for llvmpipe)' },
+  });
+  const args = parseCommandLine(flags, 'npx tsx bench/webgpu.ts');
+  await benchWebGPU({ quick: args.quick });
   closeWebGPU();
 }
