@@ -84,7 +84,10 @@ async function benchDecoder(cfg: DecoderConfig, device: DeviceName): Promise<num
     const loss = tidy(() => model.step(ids, ids));
     await loss.item(); // sync point
     loss.dispose();
-    for (const p of model.params) (p.grad?.dispose(), (p.grad = null));
+    for (const p of model.params) {
+      p.grad?.dispose();
+      p.grad = null;
+    }
     if (i > 0) times.push(performance.now() - t0);
   }
   return times.sort((a, b) => a - b)[1];
