@@ -28,6 +28,7 @@
 //   if (scaler.update(Number.isFinite(await norm.item()))) optimizer.step();
 
 import { noGrad } from './autograd.ts';
+import { tidy } from './scope.ts';
 import type { Tensor } from './tensor.ts';
 
 /** What autocast() rounds matmul operands to: float16, or nothing (float32 throughout). */
@@ -94,9 +95,11 @@ export class GradScaler {
 
   /** Divides every parameter's gradient by the scale (before clipping and the optimizer step). */
   unscale(params: Tensor[]): void {
-    noGrad(() => {
-      for (const p of params) if (p.grad) p.grad.assign(p.grad.mul(1 / this.scale));
-    });
+    noGrad(() =>
+      tidy(() => {
+        for (const p of params) if (p.grad) p.grad.assign(p.grad.mul(1 / this.scale)); // in place: a power of 2, exact
+      }),
+    );
   }
 
   /**

@@ -9,7 +9,7 @@
 import { describe, expect, it } from 'vitest';
 import { AdamW, clipGradNorm } from '../nn/index.ts';
 import { Generator, GradScaler, autocast, manualSeed, randn, roundToHalf, stack, tensor } from '../tensor/index.ts';
-import { tidy, tidyForward } from '../tensor/index.ts';
+import { memory, tidy, tidyForward } from '../tensor/index.ts';
 import { webgpuBackend } from '../tensor/webgpu/device.ts';
 import { modelConfig, resolveRun } from '../train_config.ts';
 import { VisionLanguageModel } from '../vlm/vision_language_model.ts';
@@ -184,8 +184,10 @@ describe('GradScaler', () => {
     expect(await s.scaleLoss(loss).item()).toBe(9.25 * 2 ** 10);
     s.scaleLoss(loss).backward();
     expect(Array.from(await w.grad!.data())).toEqual([2 ** 10, -6 * 2 ** 10]);
+    const before = memory().numTensors;
     s.unscale([w]);
     expect(Array.from(await w.grad!.data())).toEqual([1, -6]);
+    expect(memory().numTensors).toBe(before); // in place: no tensor left behind
     s.update(true);
     const resumed = new GradScaler({ growthInterval: 3 });
     resumed.loadStateDict(JSON.parse(JSON.stringify(s.stateDict())));
