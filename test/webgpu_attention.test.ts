@@ -90,7 +90,10 @@ describeWebGPU('flash attention on webgpu against the cpu', () => {
         });
       const inputs: (InputSpec | number[])[] = [shape(c.q), shape(c.kv), shape(c.kv)];
       if (c.mask) inputs.push(c.mask);
-      await compareDevices(sdpa, inputs, { rtol: 1e-4 });
+      // one key: its softmax weight is exactly 1, so dq is exactly 0 (the GPU's), and the CPU's blocked sums
+      // leave float32 noise of terms of size 1 (4e-8 measured): an absolute floor for that case
+      const gradAtol = c.kv[2] === 1 ? 1e-6 : 0;
+      await compareDevices(sdpa, inputs, { rtol: 1e-4, gradAtol });
     });
   }
 });
