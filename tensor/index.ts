@@ -6,6 +6,8 @@ export { crossEntropy, softmax, logSoftmax, dropout, split, chunk, stack, repeat
 export { cat, where, matmul, embedding, layerNorm, rmsNorm, copyInto, scaledDotProductAttention } from './ops.ts';
 export { noGrad, isGradEnabled } from './autograd.ts';
 export { tidy, tidyForward } from './scope.ts';
+export { autocast, GradScaler, roundToHalf } from './mixed_precision.ts';
+export type { AutocastDtype, GradScalerOptions, GradScalerState } from './mixed_precision.ts';
 export { memory } from './memory.ts';
 export { Generator, manualSeed, defaultGenerator } from './random.ts';
 export { getBackend, setDefaultDevice, getDefaultDevice, registerBackend } from './device.ts';
