@@ -18,15 +18,15 @@ import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { defineFlags, parseCommandLine } from '../cli.ts';
+import { useDawn } from '../node/dawn.ts';
 import { getTokenizer } from '../node/tokenizer.ts';
 import { Generator, cpuKernelInfo, getCpuKernels, getCpuThreads, setCpuKernels, setCpuThreads, tensor, tidy, type DeviceName } from '../tensor/index.ts';
-import { closeWebGPU } from '../tensor/webgpu/device.ts';
+import { closeWebGPU, describeAdapter, initWebGPU } from '../tensor/webgpu/device.ts';
 import { defaultVLMConfig, vlmConfigFromJSON, type VLMConfig } from '../vlm/config.ts';
 import { benchLoading, fashionRows, photoRows } from './data.ts';
 import { makeDecoder, type DecoderConfig } from './decoder.ts';
 import { benchMatmul } from './matmul.ts';
 import { benchGenerate, benchTrainStep, disposeModel, imageTokens, makeModel, smallConfig, type StepTiming } from './vlm.ts';
-import { benchWebGPU } from './webgpu.ts';
 
 const flags = defineFlags({
   device: { type: 'string', default: 'cpu', choices: ['cpu', 'webgpu', 'all'], help: 'which backends to measure' },
@@ -102,11 +102,14 @@ async function benchDevice(device: DeviceName): Promise<void> {
     await benchMatmul([1], 3, { kernels: ['ts'], shapes: [[256, 256, 256], [1024, 576, 1536]] });
     await benchMatmul([1, 2], 5, { kernels: ['wasm', 'wasm-nofma'] });
   } else {
-    await benchWebGPU({ quick: args.quick });
+    // the kernels themselves (matmul per tile size, attention, dispatch cost) and the host-side counters: bench/gpu.ts
+    useDawn();
+    console.log(`webgpu adapter: ${describeAdapter((await initWebGPU({ quiet: true })).adapter)}`);
   }
 
   const decoderCfg: DecoderConfig = { blocks: 4, hidden: 128, heads: 4, mlp: 512, vocab: 512, batch: 8, seq: 128 };
-  if (device === 'cpu') console.log(`decoder fwd+bwd (4 blocks, hidden 128, 4 heads, MLP 512, batch 8, seq 128, vocab 512): ${fmt(await benchDecoder(decoderCfg, device))} ms`);
+  const decoderMs = await benchDecoder(decoderCfg, device);
+  console.log(`decoder fwd+bwd (4 blocks, hidden 128, 4 heads, MLP 512, batch 8, seq 128, vocab 512): ${fmt(decoderMs)} ms`);
 
   const step = async (name: string, cfg: VLMConfig, batch: number, textLen: number, opts: Parameters<typeof benchTrainStep>[5] = {}, runs = 3) => {
     const r = await benchTrainStep(cfg, batch, textLen, device, runs, opts);
