@@ -22,7 +22,7 @@
 // backend counting itself right. Every timing ends with a device sync.
 
 import { writeFileSync } from 'node:fs';
-import { parseArgs } from 'node:util';
+import { defineFlags, parseCommandLine } from '../cli.ts';
 import { AdamW, clipGradNorm } from '../nn/index.ts';
 import { useDawn } from '../node/dawn.ts';
 import {
@@ -50,31 +50,17 @@ import { defaultVLMConfig, type VLMConfig } from '../vlm/config.ts';
 import { VisionLanguageModel } from '../vlm/vision_language_model.ts';
 import { benchGenerate } from './vlm.ts';
 
-const { values: args } = parseArgs({
-  options: {
-    quick: { type: 'boolean', default: false },
-    size: { type: 'string' },
-    steps: { type: 'string' },
-    seq: { type: 'string' },
-    skip_222m: { type: 'boolean', default: false },
-    backend: { type: 'string' },
-    adapter: { type: 'string' },
-    json: { type: 'string' },
-    help: { type: 'boolean', default: false },
-  },
+const flags = defineFlags({
+  quick: { type: 'switch', help: 'matmul at 256 and the small model only (for software adapters)' },
+  size: { type: 'int', min: 16, help: 'matmul size (default 4096, 256 with --quick)' },
+  steps: { type: 'int', min: 1, help: 'measured training steps (default 10, 3 with --quick)' },
+  seq: { type: 'int', min: 1, help: 'attention sequence length (default 1024, 64 with --quick)' },
+  skip_222m: { type: 'switch', help: 'no nanoVLM-222M training step' },
+  backend: { type: 'string', metavar: 'NAME', help: 'a Dawn backend (vulkan, metal, d3d12, opengles)' },
+  adapter: { type: 'string', metavar: 'TEXT', help: 'the first adapter whose name contains TEXT' },
+  json: { type: 'string', metavar: 'FILE', help: 'also write every record to FILE' },
 });
-if (args.help) {
-  console.log(`usage: npx tsx bench/gpu.ts [flags]
-  --quick          matmul at 256 and the small model only (for software adapters)
-  --size N         matmul size (default 4096, 256 with --quick)
-  --steps N        measured training steps (default 10, 3 with --quick)
-  --seq N          attention sequence length (default 1024, 64 with --quick)
-  --skip_222m      no nanoVLM-222M training step
-  --backend NAME   a Dawn backend (vulkan, metal, d3d12, opengles)
-  --adapter TEXT   the first adapter whose name contains TEXT
-  --json FILE      also write every record to FILE`);
-  process.exit(0);
-}
+const args = parseCommandLine(flags, 'npx tsx bench/gpu.ts');
 
 const records: object[] = [];
 /** Prints a labelled line and keeps the record for --json. */
@@ -403,7 +389,7 @@ report(
   `${cost.usPerOp} us per small op (2000 in a row), ${cost.readbackMs} ms for a submit + 4-byte readback`,
 );
 
-const n = Number(args.size ?? (args.quick ? 256 : 4096));
+const n = args.size ?? (args.quick ? 256 : 4096);
 const halfPaths = b.shaderF16 ? [true, false] : [false]; // with shader-f16: f16 storage, then u32-packed
 const plans: [string, MatmulPlan | undefined, boolean, boolean][] = [
   ['planned', undefined, false, false],
@@ -434,7 +420,7 @@ for (const [label, plan, half, f16] of plans) {
 b.shaderF16 = hasShaderF16;
 
 // attention at nanoVLM-222M's decoder shapes (SmolLM2-135M: 9 query heads, 3 key/value heads, head dim 64)
-const seq = Number(args.seq ?? (args.quick ? 64 : 1024));
+const seq = args.seq ?? (args.quick ? 64 : 1024);
 for (const batch of args.quick ? [2] : [8, 32]) {
   const r = await timeAttention(b, batch, 9, 3, seq, 64);
   report(
@@ -444,7 +430,7 @@ for (const batch of args.quick ? [2] : [8, 32]) {
   );
 }
 
-const steps = Number(args.steps ?? (args.quick ? 3 : 10));
+const steps = args.steps ?? (args.quick ? 3 : 10);
 const small = { ...defaultVLMConfig, ...defaultPreset };
 const big = { ...defaultVLMConfig, vlm_load_backbone_weights: false };
 for (const dtype of ['float32', 'float16'] as const) {
