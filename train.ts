@@ -132,7 +132,6 @@ async function main(): Promise<void> {
   const started = performance.now() - state.elapsedMs;
   let lastEval = { step: -1, loss: NaN, accuracy: NaN };
   let unlogged: StepLog | null = null;
-  let loggedAt = performance.now();
 
   /** The log line and metrics of a finished step; stops the run at a non-finite loss. */
   async function logStep(s: StepLog): Promise<void> {
@@ -143,15 +142,13 @@ async function main(): Promise<void> {
       const fix = '(try lower --lr_mp/--lr_backbones or --max_grad_norm 1)';
       throw new Error(`loss is ${lossValue} at step ${s.step}: stopping before training on garbage ${fix}${saved}`);
     }
-    const now = performance.now();
-    const tokensPerSec = (s.tokens * 1000) / (now - loggedAt); // steps are logged one by one: wall time per step
-    loggedAt = now;
+    const tokensPerSec = (s.tokens * 1000) / s.ms;
     const record: MetricsRecord = { step: s.step, loss: lossValue, ...s.lrs, tokens_per_s: tokensPerSec };
     if (s.hasNorm) record.grad_norm = normValue;
     if (s.lossScale) record.loss_scale = s.lossScale;
     appendMetrics(metricsFile, record);
     curves.train.push([s.step, lossValue]);
-    state.elapsedMs = now - started;
+    state.elapsedMs = performance.now() - started;
     const eta = minutes((state.elapsedMs / s.step) * (maxSteps - s.step));
     const [loss, lr] = [lossValue.toFixed(4), s.lrs.lr_backbones.toExponential(1)];
     progress(s.step, maxSteps, `loss ${loss} lr ${lr} ${Math.round(tokensPerSec)} tok/s ETA ${eta}`);
@@ -162,6 +159,7 @@ async function main(): Promise<void> {
       console.log(`\nreached --max_minutes ${run.max_minutes}: stopping`);
       break;
     }
+    const stepStart = performance.now();
     optimizer.paramGroups[0].lr = getLr(state.step, run.lr_mp, maxSteps);
     optimizer.paramGroups[1].lr = getLr(state.step, run.lr_backbones, maxSteps);
     const losses: Tensor[] = [];
@@ -210,7 +208,8 @@ async function main(): Promise<void> {
     if (unlogged) await logStep(unlogged);
     const lrs = { lr_mp: optimizer.paramGroups[0].lr, lr_backbones: optimizer.paramGroups[1].lr };
     const hasNorm = run.max_grad_norm > 0 && update;
-    unlogged = { logged, step: state.step, tokens: stepTokens, lrs, hasNorm, lossScale: scaler?.scale };
+    const ms = performance.now() - stepStart; // on a GPU, paced by the read of the step before (one step ahead)
+    unlogged = { logged, step: state.step, tokens: stepTokens, ms, lrs, hasNorm, lossScale: scaler?.scale };
     if (state.step % run.eval_interval === 0 && state.step < maxSteps) {
       await logStep(unlogged);
       unlogged = null;
@@ -239,6 +238,8 @@ interface StepLog {
   logged: Tensor;
   step: number;
   tokens: number;
+  /** Wall time of the step (evaluations and saving not included). */
+  ms: number;
   lrs: { lr_mp: number; lr_backbones: number };
   hasNorm: boolean;
   /** --dtype float16: the loss scale after this step. */
