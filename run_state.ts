@@ -15,7 +15,7 @@ import type { AdamW, AdamWState } from './nn/index.ts';
 import type { WriteTensor } from './nn/safetensors.ts';
 import { writeModelFolder } from './node/model_folder.ts';
 import { openSafetensors, saveSafetensors } from './node/safetensors.ts';
-import { defaultGenerator } from './tensor/index.ts';
+import { defaultGenerator, type GradScalerState } from './tensor/index.ts';
 import { allFlags, resolveRun, runFlags, trainHelp, type TrainRun } from './train_config.ts';
 import type { VisionLanguageModel } from './vlm/vision_language_model.ts';
 
@@ -29,6 +29,8 @@ export interface RunState {
   bestAccuracy: number;
   elapsedMs: number;
   tokens: number;
+  /** --dtype float16: the loss scale and its count of good steps (GradScaler.stateDict()). */
+  gradScaler?: GradScalerState;
 }
 
 // What a run writes into --out (loss.png: the plot of older versions). Other files are left alone.

@@ -11,7 +11,7 @@
 
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { minutes, openDevice, progress, reportError } from './cli.ts';
+import { UsageError, minutes, openDevice, progress, reportError } from './cli.ts';
 import { toTensors } from './data/collators.ts';
 import { checkTexts, getDataloaders, openSplits, runTokenizer } from './dataloaders.ts';
 import { evaluate, evaluateMMStar } from './evaluate.ts';
@@ -20,7 +20,7 @@ import { AdamW, clipGradNorm, getLr } from './nn/index.ts';
 import { plotTrainingCurves } from './plot.ts';
 import { appendMetrics, configure, curvesOf, loadResumeState, prepareOutDir, saveResumeState } from './run_state.ts';
 import { trimMetrics, writeAtomic, type MetricsRecord, type RunState } from './run_state.ts';
-import { manualSeed, stack, tidy, tidyForward, type Tensor } from './tensor/index.ts';
+import { GradScaler, autocast, manualSeed, stack, tidy, tidyForward, type Tensor } from './tensor/index.ts';
 import { closeWebGPU } from './tensor/webgpu/device.ts';
 import { frozenParts, modelConfig } from './train_config.ts';
 import { VisionLanguageModel } from './vlm/vision_language_model.ts';
@@ -32,6 +32,9 @@ async function main(): Promise<void> {
   const { run, resumed } = configure(process.argv.slice(2), COMMAND);
   const out = run.out;
   const device = await openDevice(run);
+  if (run.dtype === 'float16' && device !== 'webgpu') {
+    throw new UsageError('--dtype float16 runs on WebGPU only: add --device webgpu, or train in float32 on the CPU');
+  }
   manualSeed(run.seed);
 
   // --- data and tokenizer
@@ -81,6 +84,11 @@ async function main(): Promise<void> {
     console.log(`resuming ${out} at step ${state.step} (epoch ${state.epoch}, batch ${state.batchInEpoch})`);
   } else prepareOutDir(out);
   const curves = curvesOf(records);
+  // --dtype float16: matmuls on float16 operands inside autocast, the loss scaled so that small gradients
+  // survive them, and a step whose gradients overflowed skipped (tensor/mixed_precision.ts)
+  const half = run.dtype === 'float16' ? 'float16' : null;
+  const scaler = half ? new GradScaler() : null;
+  if (scaler && state.gradScaler) scaler.loadStateDict(state.gradScaler);
 
   /** Evaluate, log, plot, keep the best model (by accuracy) where generate.ts looks, save resume/. */
   async function evaluateAndSave(): Promise<{ step: number; loss: number; accuracy: number }> {
@@ -98,6 +106,7 @@ async function main(): Promise<void> {
       writeModelFolder(out, await model.savePretrained()); // sync point: reads the weights back
       if (tokenizerJson) writeAtomic(join(out, 'tokenizer.json'), JSON.stringify(tokenizerJson));
     }
+    if (scaler) state.gradScaler = scaler.stateDict();
     await saveResumeState(out, { model, optimizer, state, tokenizerJson });
     const others = ['test_accuracy', 'mmstar_accuracy'].filter((k) => k in record);
     const extra = others.map((k) => `, ${k} ${percent(record[k])}`);
@@ -123,7 +132,6 @@ async function main(): Promise<void> {
   const started = performance.now() - state.elapsedMs;
   let lastEval = { step: -1, loss: NaN, accuracy: NaN };
   let unlogged: StepLog | null = null;
-  let loggedAt = performance.now();
 
   /** The log line and metrics of a finished step; stops the run at a non-finite loss. */
   async function logStep(s: StepLog): Promise<void> {
@@ -134,14 +142,13 @@ async function main(): Promise<void> {
       const fix = '(try lower --lr_mp/--lr_backbones or --max_grad_norm 1)';
       throw new Error(`loss is ${lossValue} at step ${s.step}: stopping before training on garbage ${fix}${saved}`);
     }
-    const now = performance.now();
-    const tokensPerSec = (s.tokens * 1000) / (now - loggedAt); // steps are logged one by one: wall time per step
-    loggedAt = now;
+    const tokensPerSec = (s.tokens * 1000) / s.ms;
     const record: MetricsRecord = { step: s.step, loss: lossValue, ...s.lrs, tokens_per_s: tokensPerSec };
     if (s.hasNorm) record.grad_norm = normValue;
+    if (s.lossScale) record.loss_scale = s.lossScale;
     appendMetrics(metricsFile, record);
     curves.train.push([s.step, lossValue]);
-    state.elapsedMs = now - started;
+    state.elapsedMs = performance.now() - started;
     const eta = minutes((state.elapsedMs / s.step) * (maxSteps - s.step));
     const [loss, lr] = [lossValue.toFixed(4), s.lrs.lr_backbones.toExponential(1)];
     progress(s.step, maxSteps, `loss ${loss} lr ${lr} ${Math.round(tokensPerSec)} tok/s ETA ${eta}`);
@@ -152,6 +159,7 @@ async function main(): Promise<void> {
       console.log(`\nreached --max_minutes ${run.max_minutes}: stopping`);
       break;
     }
+    const stepStart = performance.now();
     optimizer.paramGroups[0].lr = getLr(state.step, run.lr_mp, maxSteps);
     optimizer.paramGroups[1].lr = getLr(state.step, run.lr_backbones, maxSteps);
     const losses: Tensor[] = [];
@@ -168,20 +176,29 @@ async function main(): Promise<void> {
       const loss = tidy(() => {
         const t = toTensors(batch, imgSize, device);
         // tidyForward: backward frees each activation as soon as it is done with it (what fits 222M in memory)
-        const { loss } = tidyForward(() => model.forward(t.inputIds, t.image, t.attentionMask, t.labels));
+        const forward = () => model.forward(t.inputIds, t.image, t.attentionMask, t.labels);
+        const { loss } = tidyForward(() => autocast(half, forward));
         // averaging over micro-batches: the accumulated gradient equals one big batch's
-        loss!.div(accumulation).backward();
+        const share = loss!.div(accumulation);
+        (scaler ? scaler.scaleLoss(share) : share).backward();
         return loss!;
       });
       losses.push(loss);
       const textTokens = batch.attention_mask.reduce((s: number, m: number) => s + m, 0);
       stepTokens += textTokens + batch.batchSize * cfg.IMAGE_TOKEN_LENGTH;
     }
-    const gradNorm = run.max_grad_norm > 0 ? clipGradNorm(model.parameters(), run.max_grad_norm) : null;
+    scaler?.unscale(model.parameters());
+    const clip = run.max_grad_norm || Infinity; // float16 needs the norm (Inf if a gradient overflowed) anyway
+    const gradNorm = run.max_grad_norm > 0 || scaler ? clipGradNorm(model.parameters(), clip) : null;
+    // sync point (float16 only): a step whose gradients overflowed must not update, so the norm is read first
+    const update = scaler ? scaler.update(Number.isFinite(await gradNorm!.item())) : true;
+    if (scaler && scaler.scale < 1) {
+      throw new Error(`step ${state.step + 1}: the gradients overflow float16 even unscaled: try --dtype float32`);
+    }
     const stepLoss = (): Tensor => losses.reduce((a, b) => a.add(b)).div(accumulation);
     const logged = tidy(() => stack(gradNorm ? [stepLoss(), gradNorm] : [stepLoss()])).keep();
     [gradNorm, ...losses].forEach((t) => t?.dispose());
-    optimizer.step();
+    if (update) optimizer.step(); // float16: a skipped step only halved the loss scale
     optimizer.zeroGrad();
     state.step++;
     state.tokens += stepTokens;
@@ -190,7 +207,9 @@ async function main(): Promise<void> {
     // before anything is saved.
     if (unlogged) await logStep(unlogged);
     const lrs = { lr_mp: optimizer.paramGroups[0].lr, lr_backbones: optimizer.paramGroups[1].lr };
-    unlogged = { logged, step: state.step, tokens: stepTokens, lrs, hasNorm: gradNorm !== null };
+    const hasNorm = run.max_grad_norm > 0 && update;
+    const ms = performance.now() - stepStart; // on a GPU, paced by the read of the step before (one step ahead)
+    unlogged = { logged, step: state.step, tokens: stepTokens, ms, lrs, hasNorm, lossScale: scaler?.scale };
     if (state.step % run.eval_interval === 0 && state.step < maxSteps) {
       await logStep(unlogged);
       unlogged = null;
@@ -219,8 +238,12 @@ interface StepLog {
   logged: Tensor;
   step: number;
   tokens: number;
+  /** Wall time of the step (evaluations and saving not included). */
+  ms: number;
   lrs: { lr_mp: number; lr_backbones: number };
   hasNorm: boolean;
+  /** --dtype float16: the loss scale after this step. */
+  lossScale?: number;
 }
 
 function percent(x: number): string {

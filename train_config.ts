@@ -72,6 +72,11 @@ export const trainFlags = defineFlags({
   max_minutes: {
     type: 'float', default: 0, min: 0, help: 'stop after this many minutes, evaluating and saving first (0: no limit)',
   },
+  dtype: {
+    type: 'string', default: 'float32', choices: ['float32', 'float16'],
+    help: 'float16: mixed precision, every matmul on float16 operands (float32 sums, weights and the rest) ' +
+      'with dynamic loss scaling (tensor/mixed_precision.ts); WebGPU only',
+  },
   max_grad_norm: {
     type: 'float', default: 0, min: 0,
     help: "clip the gradients' global L2 norm to this (0: no clipping)",

@@ -17,42 +17,34 @@
 import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { cpus } from 'node:os';
-import { parseArgs } from 'node:util';
+import { defineFlags, parseCommandLine } from '../cli.ts';
+import { useDawn } from '../node/dawn.ts';
 import { getTokenizer } from '../node/tokenizer.ts';
 import { Generator, cpuKernelInfo, getCpuKernels, getCpuThreads, setCpuKernels, setCpuThreads, tensor, tidy, type DeviceName } from '../tensor/index.ts';
-import { closeWebGPU } from '../tensor/webgpu/device.ts';
+import { closeWebGPU, describeAdapter, initWebGPU } from '../tensor/webgpu/device.ts';
 import { defaultVLMConfig, vlmConfigFromJSON, type VLMConfig } from '../vlm/config.ts';
 import { benchLoading, fashionRows, photoRows } from './data.ts';
 import { makeDecoder, type DecoderConfig } from './decoder.ts';
 import { benchMatmul } from './matmul.ts';
 import { benchGenerate, benchTrainStep, disposeModel, imageTokens, makeModel, smallConfig, type StepTiming } from './vlm.ts';
-import { benchWebGPU } from './webgpu.ts';
 
-const { values: args } = parseArgs({
-  options: {
-    device: { type: 'string', default: 'cpu' },
-    threads: { type: 'string' },
-    config: { type: 'string' },
-    batch: { type: 'string', default: '16' },
-    text_len: { type: 'string', default: '48' },
-    skip_222m: { type: 'boolean', default: false },
-    skip_reference: { type: 'boolean', default: false },
-    quick: { type: 'boolean', default: false },
-    help: { type: 'boolean', default: false },
+const flags = defineFlags({
+  device: { type: 'string', default: 'cpu', choices: ['cpu', 'webgpu', 'all'], help: 'which backends to measure' },
+  threads: {
+    type: 'int', min: 1,
+    help: 'CPU threads (default: min(2, cores)); the ts/wasm step table always runs 1 and 2',
   },
+  config: { type: 'string', metavar: 'FILE', help: 'also time one training step of this nanoVLM config.json' },
+  batch: { type: 'int', default: 16, min: 1, help: 'batch size for --config' },
+  text_len: { type: 'int', default: 48, min: 1, help: 'text tokens per sample for --config' },
+  skip_222m: { type: 'switch', help: 'skip nanoVLM-222M (several minutes on a 2-core CPU)' },
+  skip_reference: {
+    type: 'switch', help: 'do not run the PyTorch reference (bench/reference.py) even where it is installed',
+  },
+  quick: { type: 'switch', help: 'small sizes only (for llvmpipe)' },
 });
-if (args.help) {
-  console.log(`usage: npm run bench -- [flags]
-  --device cpu|webgpu|all   which backends to measure (default cpu)
-  --threads N               CPU threads (default min(2, cores)); the ts/wasm step table always runs 1 and 2
-  --config FILE             also time one training step of this nanoVLM config.json
-  --batch N --text_len N    batch size and text tokens for --config (default 16, 48)
-  --skip_222m               skip nanoVLM-222M (several minutes on a 2-core CPU)
-  --skip_reference          do not run the PyTorch reference (bench/reference.py) even where it is installed
-  --quick                   small sizes only (for llvmpipe)`);
-  process.exit(0);
-}
-if (args.threads) setCpuThreads(Number(args.threads));
+const args = parseCommandLine(flags, 'npm run bench --');
+if (args.threads) setCpuThreads(args.threads);
 
 /**
  * Runs bench/reference.py (PyTorch) for `what` on `threads` threads: one
@@ -76,7 +68,7 @@ function reference(what: string[], threads: number): Record<string, Reference> |
 }
 let referenceWarned = false;
 
-const devices: DeviceName[] = args.device === 'all' ? ['cpu', 'webgpu'] : [args.device as DeviceName];
+const devices: DeviceName[] = args.device === 'all' ? ['cpu', 'webgpu'] : [args.device];
 const fmt = (x: number, d = 1) => x.toFixed(d);
 
 console.log(`nanovlm-ts benchmark, ${new Date().toISOString().slice(0, 10)}: ${cpus()[0]?.model ?? 'unknown cpu'}, ${cpus().length} cores, node ${process.version}\n`);
@@ -92,7 +84,10 @@ async function benchDecoder(cfg: DecoderConfig, device: DeviceName): Promise<num
     const loss = tidy(() => model.step(ids, ids));
     await loss.item(); // sync point
     loss.dispose();
-    for (const p of model.params) (p.grad?.dispose(), (p.grad = null));
+    for (const p of model.params) {
+      p.grad?.dispose();
+      p.grad = null;
+    }
     if (i > 0) times.push(performance.now() - t0);
   }
   return times.sort((a, b) => a - b)[1];
@@ -107,11 +102,14 @@ async function benchDevice(device: DeviceName): Promise<void> {
     await benchMatmul([1], 3, { kernels: ['ts'], shapes: [[256, 256, 256], [1024, 576, 1536]] });
     await benchMatmul([1, 2], 5, { kernels: ['wasm', 'wasm-nofma'] });
   } else {
-    await benchWebGPU({ quick: args.quick });
+    // the kernels themselves (matmul per tile size, attention, dispatch cost) and the host-side counters: bench/gpu.ts
+    useDawn();
+    console.log(`webgpu adapter: ${describeAdapter((await initWebGPU({ quiet: true })).adapter)}`);
   }
 
   const decoderCfg: DecoderConfig = { blocks: 4, hidden: 128, heads: 4, mlp: 512, vocab: 512, batch: 8, seq: 128 };
-  if (device === 'cpu') console.log(`decoder fwd+bwd (4 blocks, hidden 128, 4 heads, MLP 512, batch 8, seq 128, vocab 512): ${fmt(await benchDecoder(decoderCfg, device))} ms`);
+  const decoderMs = await benchDecoder(decoderCfg, device);
+  console.log(`decoder fwd+bwd (4 blocks, hidden 128, 4 heads, MLP 512, batch 8, seq 128, vocab 512): ${fmt(decoderMs)} ms`);
 
   const step = async (name: string, cfg: VLMConfig, batch: number, textLen: number, opts: Parameters<typeof benchTrainStep>[5] = {}, runs = 3) => {
     const r = await benchTrainStep(cfg, batch, textLen, device, runs, opts);
@@ -138,7 +136,7 @@ async function benchDevice(device: DeviceName): Promise<void> {
   }
   if (args.config) {
     const cfg = vlmConfigFromJSON(JSON.parse(readFileSync(args.config, 'utf8')), args.config);
-    await step(args.config, cfg, Number(args.batch), Number(args.text_len));
+    await step(args.config, cfg, args.batch, args.text_len);
   }
   for (const kv of [true, false]) {
     const r = await benchGenerate(smallConfig, device, kv);

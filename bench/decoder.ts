@@ -4,7 +4,7 @@
 // attention, SwiGLU MLP, tied output head, cross-entropy.
 
 import {
-  Generator, causalMask, cat, crossEntropy, randn, rmsNorm, tensor, ones, type DeviceName, type Tensor,
+  Generator, cat, crossEntropy, randn, rmsNorm, scaledDotProductAttention, tensor, ones, type DeviceName, type Tensor,
 } from '../tensor/index.ts';
 
 /** Sizes of the benchmark decoder. */
@@ -33,7 +33,6 @@ export function makeDecoder(cfg: DecoderConfig, device: DeviceName = 'cpu'): { p
   const theta = tensor(angles, { shape: [cfg.seq, hd], device }).keep();
   const cos = theta.cos().keep();
   const sin = theta.sin().keep();
-  const mask = causalMask(cfg.seq, { device }).eq(0).keep();
   const rope = (x: Tensor) => {
     const [x1, x2] = x.chunk(2, -1);
     return x.mul(cos).add(cat([x2.neg(), x1], -1).mul(sin));
@@ -47,8 +46,8 @@ export function makeDecoder(cfg: DecoderConfig, device: DeviceName = 'cpu'): { p
       const q = rope(heads(h.matmul(b.q)));
       const k = rope(heads(h.matmul(b.k)));
       const v = heads(h.matmul(b.v));
-      const att = q.matmul(k.transpose(-1, -2)).div(Math.sqrt(hd)).maskedFill(mask, -Infinity).softmax(-1);
-      const y = att.matmul(v).transpose(1, 2).reshape([cfg.batch, cfg.seq, cfg.hidden]);
+      const att = scaledDotProductAttention(q, k, v, { isCausal: true }); // (B, H, T, hd)
+      const y = att.transpose(1, 2).reshape([cfg.batch, cfg.seq, cfg.hidden]);
       x = x.add(y.matmul(b.o));
       const m = rmsNorm(x, b.ln2, 1e-5);
       x = x.add(m.matmul(b.gate).silu().mul(m.matmul(b.up)).matmul(b.down));

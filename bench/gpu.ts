@@ -1,13 +1,17 @@
 // The GPU benchmark, in one call: what a lent GPU machine runs. It prints
 // the adapter and its features, the host cost of a dispatch, matmul TFLOP/s
-// at 4096 (float32 through each tile size, and float16 storage), and for a
-// nanoVLM training step the host-side counters (dispatches, compute passes,
-// submits, buffers and bind groups created, bytes written and read back)
-// and the time per step, for the default preset's small model and for
-// nanoVLM-222M. Each line is also one JSON record (--json FILE).
+// at 4096 (float32 through each tile size, and float16 storage: WGSL f16
+// where the device has shader-f16, and u32-packed), attention forward and
+// forward + backward at nanoVLM-222M's decoder shapes, and for nanoVLM
+// training steps (batch 8 and 32, --dtype float32 and float16, as train.ts
+// takes them) the time per step, tokens/s and the host-side counters
+// (dispatches, compute passes, submits, buffers and bind groups created,
+// bytes written and read back), for the default preset's small model and for
+// nanoVLM-222M; then generation tokens/s. Each line is also one JSON record
+// (--json FILE).
 //
 //   npx tsx bench/gpu.ts             everything (on a real GPU)
-//   npx tsx bench/gpu.ts --quick     matmul at 256, the small model only (llvmpipe, SwiftShader)
+//   npx tsx bench/gpu.ts --quick     tiny sizes, the small model only (llvmpipe, SwiftShader: proves it runs)
 //
 // On a GPU machine without Node (see ../shared/device/README.md):
 //   bash ../shared/device/make-bundle.sh bench/gpu.ts     # here: builds .gpu/ (git-ignored)
@@ -18,17 +22,24 @@
 // backend counting itself right. Every timing ends with a device sync.
 
 import { writeFileSync } from 'node:fs';
-import { parseArgs } from 'node:util';
+import { defineFlags, parseCommandLine } from '../cli.ts';
 import { AdamW, clipGradNorm } from '../nn/index.ts';
 import { useDawn } from '../node/dawn.ts';
 import {
   Generator,
+  GradScaler,
+  autocast,
   closeWebGPU,
   initWebGPU,
   manualSeed,
+  randn,
+  roundToHalf,
+  scaledDotProductAttention,
   setCpuThreads,
+  stack,
   tensor,
   tidy,
+  tidyForward,
   type Tensor,
   type View,
 } from '../tensor/index.ts';
@@ -37,30 +48,19 @@ import type { MatmulPlan, WebGPUBackend } from '../tensor/webgpu/backend.ts';
 import { describeAdapter } from '../tensor/webgpu/device.ts';
 import { defaultVLMConfig, type VLMConfig } from '../vlm/config.ts';
 import { VisionLanguageModel } from '../vlm/vision_language_model.ts';
+import { benchGenerate } from './vlm.ts';
 
-const { values: args } = parseArgs({
-  options: {
-    quick: { type: 'boolean', default: false },
-    size: { type: 'string' },
-    steps: { type: 'string' },
-    skip_222m: { type: 'boolean', default: false },
-    backend: { type: 'string' },
-    adapter: { type: 'string' },
-    json: { type: 'string' },
-    help: { type: 'boolean', default: false },
-  },
+const flags = defineFlags({
+  quick: { type: 'switch', help: 'matmul at 256 and the small model only (for software adapters)' },
+  size: { type: 'int', min: 16, help: 'matmul size (default 4096, 256 with --quick)' },
+  steps: { type: 'int', min: 1, help: 'measured training steps (default 10, 3 with --quick)' },
+  seq: { type: 'int', min: 1, help: 'attention sequence length (default 1024, 64 with --quick)' },
+  skip_222m: { type: 'switch', help: 'no nanoVLM-222M training step' },
+  backend: { type: 'string', metavar: 'NAME', help: 'a Dawn backend (vulkan, metal, d3d12, opengles)' },
+  adapter: { type: 'string', metavar: 'TEXT', help: 'the first adapter whose name contains TEXT' },
+  json: { type: 'string', metavar: 'FILE', help: 'also write every record to FILE' },
 });
-if (args.help) {
-  console.log(`usage: npx tsx bench/gpu.ts [flags]
-  --quick          matmul at 256 and the small model only (for software adapters)
-  --size N         matmul size (default 4096, 256 with --quick)
-  --steps N        measured training steps (default 10, 3 with --quick)
-  --skip_222m      no nanoVLM-222M training step
-  --backend NAME   a Dawn backend (vulkan, metal, d3d12, opengles)
-  --adapter TEXT   the first adapter whose name contains TEXT
-  --json FILE      also write every record to FILE`);
-  process.exit(0);
-}
+const args = parseCommandLine(flags, 'npx tsx bench/gpu.ts');
 
 const records: object[] = [];
 /** Prints a labelled line and keeps the record for --json. */
@@ -151,16 +151,6 @@ async function matrix(
   return { host, view: { storage, shape: [rows, cols], strides: [cols, 1], offset: 0, dtype: 'float32' } };
 }
 
-/** float32 -> float16 -> float32 (ties to even): what the float16-storage kernel multiplies. */
-function roundHalf(x: number): number {
-  const e = Math.floor(Math.log2(Math.abs(x)));
-  if (!Number.isFinite(e)) return x;
-  const step = 2 ** (Math.max(e, -14) - 10);
-  const q = Math.abs(x) / step;
-  const r = Math.floor(q);
-  return Math.sign(x) * (q - r > 0.5 || (q - r === 0.5 && r % 2 === 1) ? r + 1 : r) * step;
-}
-
 /** Times one matmul plan at n x n x n: TFLOP/s, and the worst error of 64 sampled outputs against float64. */
 async function timeMatmul(b: WebGPUBackend, n: number, plan: MatmulPlan | undefined, half: boolean) {
   const [A, B] = [await matrix(b, n, n, 1), await matrix(b, n, n, 2)];
@@ -175,7 +165,7 @@ async function timeMatmul(b: WebGPUBackend, n: number, plan: MatmulPlan | undefi
   });
   b.release(first);
   // error per output over sqrt(K) (a float32 dot product of K terms drifts like sqrt(K) ulp)
-  const [ra, rb] = half ? [A.host.map(roundHalf), B.host.map(roundHalf)] : [A.host, B.host];
+  const [ra, rb] = half ? [A.host.map(roundToHalf), B.host.map(roundToHalf)] : [A.host, B.host];
   let err = 0;
   for (let s = 0; s < 64; s++) {
     const [i, j] = [(s * 7919) % n, (s * 104729) % n];
@@ -241,11 +231,12 @@ const defaultPreset: Partial<VLMConfig> = {
 };
 
 /**
- * Training steps as train.ts does them (fresh inputs uploaded, forward,
- * backward, gradient clipping, AdamW), measured two ways: reading the loss
- * and the gradient norm every step (train.ts today), and summing the losses
- * on the device and reading the sum once after all the steps (the target: a
- * read only per log line, as nanoGPT does).
+ * Training steps as train.ts takes them (fresh inputs uploaded, forward
+ * under tidyForward, backward, gradient clipping, AdamW; with float16,
+ * autocast and GradScaler, and the gradient norm read before the update),
+ * measured with the loss and the norm read every step (train.ts) and, in
+ * float32, also with one read per run (the target: a read only per log line,
+ * as nanoGPT does).
  */
 async function trainSteps(
   b: WebGPUBackend,
@@ -254,6 +245,8 @@ async function trainSteps(
   cfg: VLMConfig,
   batch: number,
   steps: number,
+  dtype: 'float32' | 'float16',
+  oneReadToo: boolean,
 ) {
   manualSeed(0);
   const model = await new VisionLanguageModel(cfg).to('webgpu');
@@ -262,39 +255,45 @@ async function trainSteps(
     { params: mp, lr: 1e-3 },
     { params: model.parameters().filter((p) => !mp.includes(p)), lr: 1e-3 },
   ]);
+  const scaler = dtype === 'float16' ? new GradScaler() : null;
   const g = new Generator(1);
   const T = cfg.lm_max_length;
   const S = cfg.vit_img_size;
   const ids = Int32Array.from({ length: batch * T }, () => g.randint(cfg.lm_vocab_size));
   const pixels = Float32Array.from({ length: batch * 3 * S * S }, () => g.random());
-  const step = (): { loss: Tensor; norm: Tensor } => {
-    const out = tidy(() => {
+  const step = async (): Promise<Tensor> => {
+    const loss = tidy(() => {
       const idsT = tensor(ids, { shape: [batch, T], device: 'webgpu' });
       const image = tensor(pixels, { shape: [batch, 3, S, S], device: 'webgpu' });
       const mask = tensor(new Int32Array(batch * T).fill(1), { shape: [batch, T], device: 'webgpu' });
-      const { loss } = model.forward(idsT, image, mask, idsT);
-      loss!.backward();
+      const forward = () => model.forward(idsT, image, mask, idsT);
+      const { loss } = tidyForward(() => autocast(scaler ? 'float16' : null, forward));
+      (scaler ? scaler.scaleLoss(loss!) : loss!).backward();
       return loss!;
     });
+    scaler?.unscale(model.parameters());
     const norm = clipGradNorm(model.parameters(), 1);
-    opt.step();
+    // sync point (float16, as train.ts): an overflowed step must not update
+    const update = scaler ? scaler.update(Number.isFinite(await norm.item())) : true;
+    const logged = tidy(() => stack([loss, norm])).keep();
+    loss.dispose();
+    norm.dispose();
+    if (update) opt.step();
     opt.zeroGrad();
-    return { loss: out, norm };
+    return logged;
   };
   const tokens = batch * (cfg.IMAGE_TOKEN_LENGTH + T);
-  for (const mode of ['read every step', 'one read per run'] as const) {
-    const lossSum = tensor([0], { device: 'webgpu' }).keep();
+  const modes = oneReadToo ? (['read every step', 'one read per run'] as const) : (['read every step'] as const);
+  for (const mode of modes) {
+    const lossSum = tensor([0, 0], { device: 'webgpu' }).keep();
     const run = async (n: number) => {
       for (let i = 0; i < n; i++) {
-        const s = step();
-        if (mode === 'read every step') {
-          await s.loss.item(); // sync point: as train.ts reads the loss ...
-          await s.norm.item(); // ... and the gradient norm each step
-        } else tidy(() => void lossSum.assign(lossSum.add(s.loss)));
-        s.loss.dispose();
-        s.norm.dispose();
+        const logged = await step();
+        if (mode === 'read every step') await logged.data(); // sync point: train.ts reads the loss and the norm
+        else tidy(() => void lossSum.assign(lossSum.add(logged)));
+        logged.dispose();
       }
-      await lossSum.item(); // sync point: once, after the steps
+      await lossSum.data(); // sync point: once, after the steps
     };
     await run(3); // warm-up: pipelines compiled, pools and the bind group cache filled
     const [c0, d0, t0] = [b.counters(), { ...calls }, performance.now()];
@@ -314,10 +313,54 @@ async function trainSteps(
       `${dawn.createBuffer} createBuffer, ${dawn.createBindGroup} createBindGroup,`,
       `${kib(dawn.writeBufferBytes)} writeBuffer, ${dawn.mapAsync} maps)`,
     ].join(' ');
-    report(`train ${name}`, { mode, batch, msPerStep: ms, tokensPerSec: (tokens * 1000) / ms, backend, dawn }, line);
+    const record = { mode, batch, dtype, msPerStep: ms, tokensPerSec: (tokens * 1000) / ms, backend, dawn };
+    report(`train ${name} b${batch} ${dtype}`, record, line);
   }
   for (const p of model.parameters()) p.dispose();
-  opt.zeroGrad();
+  opt.dispose();
+}
+
+// ---------------------------------------------------------------- attention
+
+/**
+ * Causal attention at a decoder's shapes: forward alone, and forward +
+ * backward (the gradients of q, k and v), timed after a warm-up, with the
+ * FLOPs a causal kernel needs (half of the 4 B H T^2 D of QK^T and PV; the
+ * backward 2.5 times the forward).
+ */
+async function timeAttention(b: WebGPUBackend, B: number, H: number, Hkv: number, T: number, D: number) {
+  const g = new Generator(3);
+  const make = (heads: number) => randn([B, heads, T, D], { generator: g, device: 'webgpu' }).setRequiresGrad().keep();
+  const [q, k, v] = [make(H), make(Hkv), make(Hkv)];
+  const forward = () => tidy(() => void scaledDotProductAttention(q, k, v, { isCausal: true }));
+  const both = () => {
+    tidy(() => scaledDotProductAttention(q, k, v, { isCausal: true }).sum().backward());
+    for (const x of [q, k, v]) {
+      x.grad?.dispose();
+      x.grad = null;
+    }
+  };
+  const time = async (fn: () => void) => {
+    fn();
+    await b.sync();
+    const t0 = performance.now();
+    fn();
+    await b.sync();
+    const reps = Math.max(1, Math.min(20, Math.round(500 / (performance.now() - t0))));
+    const t1 = performance.now();
+    for (let r = 0; r < reps; r++) fn();
+    await b.sync();
+    return (performance.now() - t1) / reps;
+  };
+  const [fwdMs, bothMs] = [await time(forward), await time(both)];
+  for (const x of [q, k, v]) x.dispose();
+  const flops = 2 * B * H * T * T * D;
+  return {
+    fwdMs: +fwdMs.toFixed(3),
+    fwdBwdMs: +bothMs.toFixed(3),
+    fwdTflops: +(flops / fwdMs / 1e9).toPrecision(3),
+    fwdBwdTflops: +((3.5 * flops) / bothMs / 1e9).toPrecision(3),
+  };
 }
 
 // ---------------------------------------------------------------- main
@@ -346,30 +389,72 @@ report(
   `${cost.usPerOp} us per small op (2000 in a row), ${cost.readbackMs} ms for a submit + 4-byte readback`,
 );
 
-const n = Number(args.size ?? (args.quick ? 256 : 4096));
-const plans: [string, MatmulPlan | undefined, boolean][] = [
-  ['planned', undefined, false],
-  ...(['small', 'medium', 'large'] as const).map((tile): [string, MatmulPlan, boolean] => [
+const n = args.size ?? (args.quick ? 256 : 4096);
+const halfPaths = b.shaderF16 ? [true, false] : [false]; // with shader-f16: f16 storage, then u32-packed
+const plans: [string, MatmulPlan | undefined, boolean, boolean][] = [
+  ['planned', undefined, false, false],
+  ...(['small', 'medium', 'large'] as const).map((tile): [string, MatmulPlan, boolean, boolean] => [
     tile,
     { kind: 'tiled', tile, splits: 1 },
     false,
+    false,
   ]),
-  ['f16 storage, planned', undefined, true],
+  ...halfPaths.map((f16): [string, undefined, boolean, boolean] => [
+    `f16 ${f16 ? 'shader-f16' : 'u32-packed'}, planned`,
+    undefined,
+    true,
+    f16,
+  ]),
 ];
-for (const [label, plan, half] of plans) {
+const hasShaderF16 = b.shaderF16;
+for (const [label, plan, half, f16] of plans) {
   if (plan && plan.tile !== 'small' && l.maxComputeInvocationsPerWorkgroup < 256) continue;
+  b.shaderF16 = f16;
   const r = await timeMatmul(b, n, plan, half);
   report(
     `matmul ${n} ${label}`,
-    { n, plan: plan ?? b.planMatmul(n, n, n, 1, false, !half), half, ...r },
+    { n, plan: plan ?? b.planMatmul(n, n, n, 1, false, !half), half, shaderF16: f16, ...r },
     `${(r.gflops / 1000).toFixed(3)} TFLOP/s = ${r.gflops} GFLOP/s (${r.ms} ms), max error / sqrt(K) ${r.maxErrOverSqrtK}`,
   );
 }
+b.shaderF16 = hasShaderF16;
 
-const steps = Number(args.steps ?? (args.quick ? 3 : 10));
-await trainSteps(b, calls, 'default preset', { ...defaultVLMConfig, ...defaultPreset }, 32, steps);
-if (!args.quick && !args.skip_222m)
-  await trainSteps(b, calls, 'nanoVLM-222M', { ...defaultVLMConfig, vlm_load_backbone_weights: false }, 8, steps);
+// attention at nanoVLM-222M's decoder shapes (SmolLM2-135M: 9 query heads, 3 key/value heads, head dim 64)
+const seq = args.seq ?? (args.quick ? 64 : 1024);
+for (const batch of args.quick ? [2] : [8, 32]) {
+  const r = await timeAttention(b, batch, 9, 3, seq, 64);
+  report(
+    `attention b${batch} T${seq}`,
+    { batch, heads: 9, kvHeads: 3, seq, headDim: 64, causal: true, ...r },
+    `forward ${r.fwdMs} ms (${r.fwdTflops} TFLOP/s), forward + backward ${r.fwdBwdMs} ms (${r.fwdBwdTflops} TFLOP/s)`,
+  );
+}
+
+const steps = args.steps ?? (args.quick ? 3 : 10);
+const small = { ...defaultVLMConfig, ...defaultPreset };
+const big = { ...defaultVLMConfig, vlm_load_backbone_weights: false };
+for (const dtype of ['float32', 'float16'] as const) {
+  await trainSteps(b, calls, 'default preset', small, 32, steps, dtype, dtype === 'float32');
+}
+if (!args.quick && !args.skip_222m) {
+  for (const batch of [8, 32])
+    for (const dtype of ['float32', 'float16'] as const)
+      await trainSteps(b, calls, 'nanoVLM-222M', big, batch, steps, dtype, false);
+}
+
+// generation: batch 1, greedy, the KV cache (bench/vlm.ts)
+const generations: [string, VLMConfig][] = [['default preset', small]];
+if (!args.quick && !args.skip_222m) generations.push(['nanoVLM-222M', big]);
+for (const [name, cfg] of generations) {
+  const newTokens = args.quick ? 8 : 32;
+  const r = await benchGenerate(cfg, 'webgpu', true, { newTokens, runs: args.quick ? 1 : 3 });
+  report(
+    `generate ${name}`,
+    { newTokens, promptLen: 16, ...r },
+    `${r.tokensPerSec.toFixed(1)} tokens/s after the first, first token in ${r.ttftMs.toFixed(1)} ms ` +
+      `(batch 1, 16-token prompt, ${newTokens} new, KV cache)`,
+  );
+}
 
 if (args.json) writeFileSync(args.json, JSON.stringify(records, null, 1));
 closeWebGPU();

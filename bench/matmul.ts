@@ -6,7 +6,9 @@
 // runs, with the min and max to show the spread.
 //
 //   npx tsx bench/matmul.ts [--kernels ts|wasm|wasm-nofma|all] [--threads 1|2] [--runs 5] [--shapes 1024x576x1536,...]
+//   npx tsx bench/matmul.ts --help
 
+import { defineFlags, parseCommandLine } from '../cli.ts';
 import { getBackend, randn, type Tensor } from '../tensor/index.ts';
 import { cpuCount, cpuModel, getCpuThreads, setCpuThreads } from '../tensor/cpu/threads.ts';
 import { cpuKernelInfo, wasmStats, getCpuKernels, setCpuKernels } from '../tensor/cpu/wasm/kernels.ts';
@@ -74,17 +76,18 @@ export async function benchMatmul(
   return rows;
 }
 
-/** Reads `--name value` from the command line. */
-function flag(name: string): string | undefined {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 ? process.argv[i + 1] : undefined;
-}
-
 if (process.argv[1] && new URL(import.meta.url).pathname === process.argv[1]) {
+  const flags = defineFlags({
+    kernels: { type: 'string', default: 'all', choices: ['all', 'ts', 'wasm', 'wasm-nofma'], help: 'which kernels' },
+    threads: { type: 'int', min: 1, help: 'one thread count (default: 1 and 2)' },
+    shapes: { type: 'string', metavar: 'MxKxN,...', help: 'the products to time (default: the model\'s shapes)' },
+    runs: { type: 'int', default: 5, min: 1, help: 'timed runs per product (the median is reported)' },
+  });
+  const args = parseCommandLine(flags, 'npx tsx bench/matmul.ts');
   const info = cpuKernelInfo();
-  const kernels = flag('kernels') ?? 'all';
-  const sets: MatmulKernels[] = kernels === 'all' ? ['ts', 'wasm', ...(info.relaxedSimd ? ['wasm-nofma' as const] : [])] : [kernels as MatmulKernels];
-  const threads = flag('threads');
-  const shapes = flag('shapes')?.split(',').map((s) => s.split('x').map(Number) as [number, number, number]);
-  await benchMatmul(threads ? [Number(threads)] : [1, 2], Number(flag('runs') ?? 5), { kernels: sets, shapes });
+  const sets: MatmulKernels[] = args.kernels === 'all'
+    ? ['ts', 'wasm', ...(info.relaxedSimd ? ['wasm-nofma' as const] : [])]
+    : [args.kernels];
+  const shapes = args.shapes?.split(',').map((s) => s.split('x').map(Number) as [number, number, number]);
+  await benchMatmul(args.threads ? [args.threads] : [1, 2], args.runs, { kernels: sets, shapes });
 }

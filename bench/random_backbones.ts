@@ -11,7 +11,7 @@
 
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
+import { UsageError, defineFlags, parseCommandLine, reportError } from '../cli.ts';
 import type { WriteTensor } from '../nn/safetensors.ts';
 import { saveSafetensors } from '../node/safetensors.ts';
 import { Generator } from '../tensor/random.ts';
@@ -122,12 +122,20 @@ export function writeRandomBackbones(
 }
 
 if (process.argv[1] && new URL(import.meta.url).pathname === process.argv[1]) {
-  const { values } = parseArgs({ options: { out: { type: 'string' }, seed: { type: 'string', default: '0' }, help: { type: 'boolean' } } });
-  if (values.help || !values.out) {
-    console.log('usage: npx tsx bench/random_backbones.ts --out DIR [--seed N]\n  writes DIR/siglip-base-patch16-224 and DIR/SmolLM2-135M with random weights');
-    process.exit(values.help ? 0 : 2);
+  const flags = defineFlags({
+    out: {
+      type: 'string', metavar: 'DIR',
+      help: 'writes DIR/siglip-base-patch16-224 and DIR/SmolLM2-135M (random weights, bf16; about 700 MB)',
+    },
+    seed: { type: 'int', default: 0, min: 0, help: 'seed of the weights' },
+  });
+  const command = 'npx tsx bench/random_backbones.ts';
+  const args = parseCommandLine(flags, command);
+  if (!args.out) {
+    reportError(new UsageError('--out DIR is required', true), command);
+    process.exit();
   }
   const t0 = performance.now();
-  const { vit, lm } = writeRandomBackbones(values.out, { seed: Number(values.seed) });
+  const { vit, lm } = writeRandomBackbones(args.out, { seed: args.seed });
   console.log(`wrote ${vit} and ${lm} in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
 }

@@ -76,6 +76,8 @@ export interface Backend {
 
   // --- linear algebra: a [..., M, K] @ b [..., K, N], batch dims already equal ---
   matmul(a: View, b: View): Storage;
+  /** The same with both float32 operands rounded to float16 (nearest even), accumulated in float32: autocast's. */
+  matmulF16(a: View, b: View): Storage;
 
   // --- indexing ---
   /** Rows of a [V, D] table picked by int32 ids: [...ids, D]. */

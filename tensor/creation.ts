@@ -104,9 +104,3 @@ function randomTensor(shape: number[], opts: TensorOptions, draw: () => number):
   const values = toTypedArray(dtype, Array.from({ length: numel(shape) }, draw));
   return make(values, shape, opts);
 }
-
-/** [T, T] int32 mask, 1 where a query at row i may attend to key j (j <= i). */
-export function causalMask(T: number, opts: TensorOptions = {}): Tensor {
-  const m = new Int32Array(T * T).map((_, k) => (k % T <= Math.floor(k / T) ? 1 : 0));
-  return make(m, [T, T], opts);
-}

@@ -1,11 +1,13 @@
 // The public surface of the tensor library. Import from here.
 
 export { Tensor, type NestedArray } from './tensor.ts';
-export { tensor, zeros, ones, full, arange, rand, randn, causalMask, type TensorOptions } from './creation.ts';
+export { tensor, zeros, ones, full, arange, rand, randn, type TensorOptions } from './creation.ts';
 export { crossEntropy, softmax, logSoftmax, dropout, split, chunk, stack, repeatInterleave, sort, topk, tril, conv2dPatch, mean } from './composite.ts';
 export { cat, where, matmul, embedding, layerNorm, rmsNorm, copyInto, scaledDotProductAttention } from './ops.ts';
 export { noGrad, isGradEnabled } from './autograd.ts';
 export { tidy, tidyForward } from './scope.ts';
+export { autocast, GradScaler, roundToHalf } from './mixed_precision.ts';
+export type { AutocastDtype, GradScalerOptions, GradScalerState } from './mixed_precision.ts';
 export { memory } from './memory.ts';
 export { Generator, manualSeed, defaultGenerator } from './random.ts';
 export { getBackend, setDefaultDevice, getDefaultDevice, registerBackend } from './device.ts';

@@ -6,6 +6,7 @@
 
 import { recordGrad } from './autograd.ts';
 import type { AttentionOptions, BinaryOp, Storage, UnaryOp, View } from './backend.ts';
+import { autocast, autocastDtype } from './mixed_precision.ts';
 import { type Generator, defaultGenerator } from './random.ts';
 import { type DType, type TypedArray, dtypeOf, isFloat } from './dtype.ts';
 import {
@@ -252,8 +253,13 @@ export function matmul(a: Tensor, b: Tensor): Tensor {
   const [K2, N] = b.shape.slice(-2);
   if (K !== K2) throw new Error(`matmul: cannot multiply ${fmt(a.shape)} by ${fmt(b.shape)}`);
   const batch = broadcastShapes('matmul', a.shape.slice(0, -2), b.shape.slice(0, -2));
-  const out = wrap(a, a.backend.matmul(viewAs(a, [...batch, M, K]), viewAs(b, [...batch, K, N])), [...batch, M, N]);
-  return recordGrad(out, 'matmul', [a, b], (g) => [
+  const [av, bv] = [viewAs(a, [...batch, M, K]), viewAs(b, [...batch, K, N])];
+  // under autocast('float16') the operands are rounded to float16, the sums stay float32 (mixed_precision.ts)
+  const mode = autocastDtype();
+  const half = mode === 'float16' && a.dtype === 'float32';
+  const out = wrap(a, half ? a.backend.matmulF16(av, bv) : a.backend.matmul(av, bv), [...batch, M, N]);
+  // the backward's products in the forward's precision, wherever backward() is called
+  return recordGrad(out, 'matmul', [a, b], (g) => autocast(mode, () => [
     ifNeeded(a, () => sumTo(g.matmul(b.transpose(-1, -2)), a.shape)),
     ifNeeded(b, () => {
       if (b.ndim !== 2) return sumTo(a.transpose(-1, -2).matmul(g), b.shape);
@@ -266,7 +272,7 @@ export function matmul(a: Tensor, b: Tensor): Tensor {
       if (b.strides[0] === 1 && b.strides[1] === K && K > 1) return g2.transpose(0, 1).matmul(a2).transpose(0, 1);
       return a2.transpose(0, 1).matmul(g2);
     }),
-  ]);
+  ]));
 }
 
 // ---------------------------------------------------------------- views (no copies)

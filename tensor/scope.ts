@@ -39,26 +39,32 @@ function tensorsIn(value: unknown, out: Set<Tensor>): Set<Tensor> {
 }
 
 /**
+ * Runs fn in a scope of its own: the tensors it made, and those it returned.
+ * Nothing escapes a failed fn: what it made is freed, and the error rethrown.
+ */
+function runInScope<T>(name: string, fn: () => T): { result: T; made: Set<Tensor>; returned: Set<Tensor> } {
+  const made = new Set<Tensor>();
+  scopes.push(made);
+  try {
+    const result = fn();
+    if (result instanceof Promise) throw new Error(`${name}: fn must be synchronous (it returned a Promise)`);
+    return { result, made, returned: tensorsIn(result, new Set()) };
+  } catch (e) {
+    for (const t of made) if (!t.kept) t.dispose();
+    throw e;
+  } finally {
+    scopes.pop();
+  }
+}
+
+/**
  * Runs fn and disposes every tensor it created, except the ones it returns
  * (which move to the enclosing scope) and the ones marked with keep().
  * fn must be synchronous: an await inside would let tensors escape the scope.
  */
 export function tidy<T>(fn: () => T): T {
-  const scope = new Set<Tensor>();
-  scopes.push(scope);
-  let result: T;
-  try {
-    result = fn();
-    if (result instanceof Promise) throw new Error('tidy: fn must be synchronous (it returned a Promise)');
-  } catch (e) {
-    // Nothing escapes a failed step: free what it made, then rethrow.
-    scopes.pop();
-    for (const t of scope) if (!t.kept) t.dispose();
-    throw e;
-  }
-  scopes.pop();
-  const returned = tensorsIn(result, new Set());
-  for (const t of scope) if (!returned.has(t) && !t.kept) t.dispose();
+  const { result, made, returned } = runInScope('tidy', fn);
+  for (const t of made) if (!returned.has(t) && !t.kept) t.dispose();
   for (const t of returned) scopes[scopes.length - 1]?.add(t);
   return result;
 }
@@ -84,25 +90,13 @@ export function tidy<T>(fn: () => T): T {
  * Only what fn returns may be read after backward.
  */
 export function tidyForward<T>(fn: () => T): T {
-  const scope = new Set<Tensor>();
-  scopes.push(scope);
-  let result: T;
-  try {
-    result = fn();
-    if (result instanceof Promise) throw new Error('tidyForward: fn must be synchronous (it returned a Promise)');
-  } catch (e) {
-    scopes.pop();
-    for (const t of scope) if (!t.kept) t.dispose();
-    throw e;
-  }
-  scopes.pop();
-  const returned = tensorsIn(result, new Set());
+  const { result, made, returned } = runInScope('tidyForward', fn);
   // what backward reads: every backward rule reads its op's inputs, its output and what it saved
   const read = new Set<Tensor>();
   const saved = new Set<Tensor>();
-  for (const t of scope) for (const input of t.ctx?.inputs ?? []) read.add(input);
-  for (const t of scope) for (const s of t.ctx?.saved ?? []) saved.add(s);
-  for (const t of scope) {
+  for (const t of made) for (const input of t.ctx?.inputs ?? []) read.add(input);
+  for (const t of made) for (const s of t.ctx?.saved ?? []) saved.add(s);
+  for (const t of made) {
     if (t.kept) continue;
     if (returned.has(t) || read.has(t) || saved.has(t) || t.ctx) {
       // graph nodes and saved tensors go with backward; inputs it reads that are not nodes (masks, tables)

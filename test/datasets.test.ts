@@ -316,6 +316,7 @@ function zstdStored(input: Uint8Array): Uint8Array {
 
 describe('compressed parquet', () => {
   const dir = mkdtempSync(join(tmpdir(), 'nanovlm-codecs-'));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
   const rowsOf = async (file: string) => readAll(await openVQARows([file]));
 
   test('gzip, brotli and zstd files read as the snappy original', async () => {

@@ -169,6 +169,7 @@ describe('DataLoader over row groups', () => {
 
   test('a shuffled epoch over parquet row groups decodes each group once', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'nanovlm-groups-'));
+    onTestFinished(() => rmSync(dir, { recursive: true, force: true }));
     const file = join(dir, 'groups.parquet');
     const rows = Array.from({ length: 120 }, (_, i) => ({ image: TINY_PNG, question: `q${i}`, answer: 'a' }));
     writeCauldronParquet(file, rows, { rowGroupSize: 10 }); // 12 groups

@@ -84,7 +84,10 @@ describe('memory', () => {
       });
       const peak = heapStats().peakInUseBytes - heapStats().inUseBytes;
       const grads = ws.map((w) => Array.from(w.grad!.dataSync()));
-      for (const w of ws) (w.grad!.dispose(), (w.grad = null));
+      for (const w of ws) {
+        w.grad!.dispose();
+        w.grad = null;
+      }
       expect(memory()).toEqual(before);
       return { peak, grads };
     };

@@ -41,6 +41,8 @@ interface Case {
   mask?: InputSpec;
   /** q, k, v are given as (B, T, H, D) and transposed to (B, H, T, D), as the model does. */
   headsLast?: boolean;
+  /** Absolute tolerance of the gradients (see expectAllClose). */
+  gradAtol?: number;
 }
 
 const cases: Case[] = [
@@ -72,7 +74,14 @@ const cases: Case[] = [
     causal: true,
     mask: mask([3, 1, 1, 130], (n) => (n >= 130 + 64 && n < 130 + 128 ? -Infinity : n % 7 === 3 ? NEG : 0)),
   },
-  { name: 'one query, one key (decoding at the first position)', q: [1, 1, 1, 40], kv: [1, 1, 1, 40] },
+  {
+    name: 'one query, one key (decoding at the first position)',
+    q: [1, 1, 1, 40],
+    kv: [1, 1, 1, 40],
+    // the one key takes all the weight whatever its score, so the gradient of q is zero up to the rounding
+    // of dO.v - dO.o (each ~1 in size): a zero tensor has no scale of its own to be relative to
+    gradAtol: 1e-6,
+  },
   { name: 'decoding with dropout', q: [1, 2, 1, 40], kv: [1, 2, 70, 40], p: 0.3 },
 ];
 
@@ -90,7 +99,7 @@ describeWebGPU('flash attention on webgpu against the cpu', () => {
         });
       const inputs: (InputSpec | number[])[] = [shape(c.q), shape(c.kv), shape(c.kv)];
       if (c.mask) inputs.push(c.mask);
-      await compareDevices(sdpa, inputs, { rtol: 1e-4 });
+      await compareDevices(sdpa, inputs, { rtol: 1e-4, gradAtol: c.gradAtol });
     });
   }
 });

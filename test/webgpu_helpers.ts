@@ -45,12 +45,19 @@ function outputsOf(o: Outputs): Tensor[] {
 }
 
 /**
- * Asserts |actual - expected| <= rtol * (|expected| + max |expected|) elementwise:
+ * Asserts |actual - expected| <= rtol * (|expected| + max |expected|) + atol elementwise:
  * relative per element, with an absolute floor scaled to the tensor's size so
  * that sums which cancel to ~0 are judged against the magnitude of their terms.
+ * `atol` is for a tensor that is zero up to rounding as a whole (nothing to scale by).
  * NaN must match NaN, infinities must match exactly.
  */
-export function expectAllClose(actual: ArrayLike<number>, expected: ArrayLike<number>, rtol: number, label = ''): void {
+export function expectAllClose(
+  actual: ArrayLike<number>,
+  expected: ArrayLike<number>,
+  rtol: number,
+  label = '',
+  atol = 0,
+): void {
   expect(actual.length, `${label} length`).toBe(expected.length);
   let scale = 0;
   for (let i = 0; i < expected.length; i++)
@@ -62,10 +69,10 @@ export function expectAllClose(actual: ArrayLike<number>, expected: ArrayLike<nu
         ? Number.isNaN(a)
         : !Number.isFinite(b)
           ? a === b
-          : Math.abs(a - b) <= rtol * (Math.abs(b) + scale)
+          : Math.abs(a - b) <= rtol * (Math.abs(b) + scale) + atol
     )
       continue;
-    expect.fail(`${label} element ${i}: webgpu ${a}, cpu ${b} (rtol ${rtol}, scale ${scale})`);
+    expect.fail(`${label} element ${i}: webgpu ${a}, cpu ${b} (rtol ${rtol}, scale ${scale}, atol ${atol})`);
   }
 }
 
@@ -102,7 +109,7 @@ function valuesFor(spec: InputSpec, seed: number): Float32Array | Int32Array {
 export async function compareDevices(
   fn: (...xs: Tensor[]) => Outputs,
   inputs: (InputSpec | number[])[],
-  opts: { rtol?: number; gradRtol?: number; seed?: number } = {},
+  opts: { rtol?: number; gradRtol?: number; gradAtol?: number; seed?: number } = {},
 ): Promise<void> {
   const { rtol = 1e-5, seed = 1 } = opts;
   const gradRtol = opts.gradRtol ?? rtol;
@@ -143,6 +150,6 @@ export async function compareDevices(
   for (let i = 0; i < cpuIn.length; i++) {
     const [gc, gg] = [cpuIn[i].grad, gpuIn[i].grad];
     expect(gg === null, `input ${i} has a gradient on one device only`).toBe(gc === null);
-    if (gc && gg) expectAllClose(await gg.data(), await gc.data(), gradRtol, `grad of input ${i}`);
+    if (gc && gg) expectAllClose(await gg.data(), await gc.data(), gradRtol, `grad of input ${i}`, opts.gradAtol);
   }
 }

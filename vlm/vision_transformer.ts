@@ -215,7 +215,10 @@ export function siglipToViTStateDict(hf: Map<string, RawTensor>, cfg: VLMConfig)
       const parts = ['q', 'k', 'v'].map((n) => get(`${src}self_attn.${n}_proj.${w}`));
       const data = new Float32Array(parts.reduce((n, t) => n + t.data.length, 0));
       let at = 0;
-      for (const t of parts) (data.set(t.data, at), (at += t.data.length));
+      for (const t of parts) {
+        data.set(t.data, at);
+        at += t.data.length;
+      }
       out.set(`${dst}attn.qkv_proj.${w}`, { dtype: 'float32', shape: [3 * parts[0].shape[0], ...parts[0].shape.slice(1)], data });
     }
   }

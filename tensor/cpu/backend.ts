@@ -9,8 +9,9 @@
 
 import type { AdamWHyper, AttentionOptions, Backend, BinaryOp, ReduceOp, Storage, UnaryOp, View } from '../backend.ts';
 import { type DType, type TypedArray, makeTypedArray } from '../dtype.ts';
+import { roundToHalf } from '../mixed_precision.ts';
 import { dropoutKeeps } from '../random.ts';
-import { fmt, isContiguous, numel } from '../shape.ts';
+import { contiguousStrides, fmt, isContiguous, numel } from '../shape.ts';
 import type { Tensor } from '../tensor.ts';
 import { CpuStorage } from './heap.ts';
 import * as W from './wasm/kernels.ts';
@@ -584,6 +585,21 @@ export class CpuBackend implements Backend {
     }
     dwS.data.set(dw);
     return { dx: dxS, dweight: dwS };
+  }
+
+  matmulF16(a: View, b: View): Storage {
+    // the operands rounded to float16 into temporary buffers, then the float32 product
+    const rounded = [a, b].map((v) => {
+      const s = output('float32', numel(v.shape));
+      const x = dense(v, 'float32');
+      s.data.set(x.map(roundToHalf));
+      return { storage: s, shape: v.shape, strides: contiguousStrides(v.shape), offset: 0, dtype: 'float32' as const };
+    });
+    try {
+      return this.matmul(rounded[0], rounded[1]);
+    } finally {
+      for (const r of rounded) this.release(r.storage);
+    }
   }
 
   crossEntropyBackward(lv: View, tv: View, gv: View, ignoreIndex: number): Storage {

@@ -83,6 +83,8 @@ export class WebGPUBackend implements Backend {
   readonly rec: CommandRecorder;
   /** The zero mask of unmasked attention (attentionViews). */
   private noMask: GpuStorage | null = null;
+  /** matmulF16 reads its operands as WGSL f16 (true where the device has `shader-f16`; false: u32 words). */
+  shaderF16: boolean;
 
   constructor(
     readonly device: GPUDevice,
@@ -91,6 +93,7 @@ export class WebGPUBackend implements Backend {
     public gpu: GPU | null,
   ) {
     this.rec = new CommandRecorder(device);
+    this.shaderF16 = adapter.features.includes('shader-f16');
   }
 
   // ------------------------------------------------------------ storage
@@ -237,9 +240,10 @@ export class WebGPUBackend implements Backend {
   }
 
   /**
-   * A kernel option, not yet used by the model: a @ b with both operands
-   * rounded to float16 (packed on the device, round to nearest even) and
-   * float32 accumulation. The result is float32.
+   * autocast('float16')'s matmul: a @ b with both operands rounded to float16
+   * (on the device, to nearest even) and float32 products and sums; the result
+   * is float32. Read as WGSL f16 where the device has `shader-f16`, else as
+   * u32 words (kernels/matmul.ts): the same bits either way.
    */
   matmulF16(a: View, b: View, plan?: MatmulPlan): Storage {
     return this.matmulWith('matmulF16', a, b, true, plan);
@@ -364,7 +368,8 @@ export class WebGPUBackend implements Backend {
       bFast === 'n'
         ? bCS === 1 && m.N % 4 === 0 && aligned(bb.offset, bs.strides[1], bRS)
         : bRS === 1 && m.K % 4 === 0 && aligned(bb.offset, bs.strides[1], m.N === 1 ? 0 : bCS);
-    const kernel = matmulKernel(bs.shape.length, t.name, aFast, aVec, bFast, bVec, m.N % 4 === 0, m.half);
+    const storage = !m.half ? 'f32' : this.shaderF16 ? 'f16' : 'packed';
+    const kernel = matmulKernel(bs.shape.length, t.name, aFast, aVec, bFast, bVec, m.N % 4 === 0, storage);
     const total = (m.batchShape.length ? numel(m.batchShape) : 1) * splits;
     for (let z0 = 0; z0 < total; z0 += MAX_GROUPS_PER_DIM) {
       const groups: [number, number, number] = [

@@ -21,11 +21,16 @@
 // chunks, each tile of each chunk is a workgroup writing a partial product,
 // and the S partials are summed afterwards (in a fixed order: deterministic).
 //
-// f16 storage. With `half`, a and b are contiguous buffers of packed float16
-// pairs (u32 words, packed by packHalfKernel); loads unpack them to float32,
-// and everything after is float32 (accumulation included). It halves the
-// bytes a matmul reads. unpack2x16float is core WGSL, so this runs on every
-// device; it is a kernel option for now (float32 is the default).
+// f16 storage (autocast('float16'), tensor/mixed_precision.ts). With `half`,
+// a and b are contiguous buffers of float16 (packed by packHalfKernel, two per
+// u32 word, little end first: the layout of an array<f16>), and the products
+// and sums are float32. It halves the bytes a matmul reads. Two ways to read
+// them: on every device, as u32 words unpacked by core WGSL's unpack2x16float,
+// with float32 slabs; where the device has `shader-f16` (`f16` below), as
+// array<f16> with the workgroup slabs in f16 too, which halves the workgroup
+// memory and its traffic in the inner loop. Both give the same bits: every
+// value is a float16 either way, converted to float32 exactly before it is
+// multiplied.
 //
 // GEMV. With M = 1 (decoding one token) a tile wastes all but one row, so
 // gemvKernel computes a row vector times a matrix instead: for b with a
@@ -70,25 +75,28 @@ export interface OperandLayout {
   vec: boolean;
 }
 
-/** The load of one operand's element e (xAt), or of 4 elements from e, a multiple of 4 (xAt4); f32 or packed f16. */
-function loader(name: string, vec: boolean, half: boolean): string {
+/** How operands are stored: float32, float16 packed in u32 words, or float16 as WGSL's f16 (`shader-f16`). */
+export type OperandStorage = 'f32' | 'packed' | 'f16';
+
+/** The load of one operand's element e (xAt), or of 4 elements from e, a multiple of 4 (xAt4), as float32. */
+function loader(name: string, vec: boolean, storage: OperandStorage): string {
   if (vec) {
-    return half
-      ? `fn ${name}At4(e: u32) -> vec4<f32> {
+    if (storage === 'packed') {
+      return `fn ${name}At4(e: u32) -> vec4<f32> {
   let w = ${name}4[e / 4u];
   return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));
-}`
-      : `fn ${name}At4(e: u32) -> vec4<f32> { return ${name}4[e / 4u]; }`;
+}`;
+    }
+    return `fn ${name}At4(e: u32) -> vec4<f32> { return vec4<f32>(${name}4[e / 4u]); }`;
   }
-  return half
-    ? `fn ${name}At(e: u32) -> f32 { return unpack2x16float(${name}[e / 2u])[e & 1u]; }`
-    : `fn ${name}At(e: u32) -> f32 { return ${name}[e]; }`;
+  if (storage === 'packed') return `fn ${name}At(e: u32) -> f32 { return unpack2x16float(${name}[e / 2u])[e & 1u]; }`;
+  return `fn ${name}At(e: u32) -> f32 { return f32(${name}[e]); }`;
 }
 
 /** The bindings of an operand: scalar and vec4 views of the same buffer cannot both be declared, so one of them. */
-function operandBinding(n: number, name: string, vec: boolean, half: boolean): string {
-  const type = half ? (vec ? 'vec2<u32>' : 'u32') : vec ? 'vec4<f32>' : 'f32';
-  return binding(n, vec ? `${name}4` : name, type, 'read');
+function operandBinding(n: number, name: string, vec: boolean, storage: OperandStorage): string {
+  const types = { f32: ['f32', 'vec4<f32>'], packed: ['u32', 'vec2<u32>'], f16: ['f16', 'vec4<f16>'] };
+  return binding(n, vec ? `${name}4` : name, types[storage][vec ? 1 : 0], 'read');
 }
 
 /**
@@ -104,8 +112,11 @@ function slabLoad(o: {
   threads: number;
   layout: OperandLayout;
   kIsRow: boolean;
+  /** The slab's element type: f16 slabs take the (exact) conversion of each float16 value. */
+  slab: 'f32' | 'f16';
 }): string {
   const { name, dst, W, BK, threads, layout } = o;
+  const cast = (x: string) => (o.slab === 'f16' ? `f16(${x})` : x);
   // element offset of (w, k) within the operand: the w dim has stride wS, the k dim kS
   const wS = o.kIsRow ? 'CS' : 'RS';
   const kS = o.kIsRow ? 'RS' : 'CS';
@@ -121,11 +132,11 @@ function slabLoad(o: {
       ? `let w = v / ${BK / 4}u; let k = (v % ${BK / 4}u) * 4u;
         var val = vec4<f32>(0.0);
         if (${inRange('w', 'k')}) { val = ${name}At4(${at('w', 'k')}); }
-        for (var c = 0u; c < 4u; c++) { ${dst}[(k + c) * ${W / 4}u + w / 4u][w % 4u] = val[c]; }`
+        for (var c = 0u; c < 4u; c++) { ${dst}[(k + c) * ${W / 4}u + w / 4u][w % 4u] = ${cast('val[c]')}; }`
       : `let k = v / ${W / 4}u; let w = (v % ${W / 4}u) * 4u;
         var val = vec4<f32>(0.0);
         if (${inRange('w', 'k')}) { val = ${name}At4(${at('w', 'k')}); }
-        ${dst}[k * ${W / 4}u + w / 4u] = val;`;
+        ${dst}[k * ${W / 4}u + w / 4u] = ${o.slab === 'f16' ? 'vec4<f16>(val)' : 'val'};`;
     return `for (var l = 0u; l < ${loops}u; l++) {
       let v = tid + l * ${threads}u;
       if (v < ${count}u) {
@@ -141,14 +152,14 @@ function slabLoad(o: {
         ${idx}
         var val = 0.0;
         if (${inRange('w', 'k')}) { val = ${name}At(${at('w', 'k')}); }
-        ${dst}[k * ${W / 4}u + w / 4u][w % 4u] = val;
+        ${dst}[k * ${W / 4}u + w / 4u][w % 4u] = ${cast('val')};
       }
     }`;
 }
 
 /**
  * The tiled batched matmul. `vecOut`: N is a multiple of 4, so rows of the
- * output are written as vec4s. `half`: a and b are packed float16.
+ * output are written as vec4s. `storage`: how a and b are stored.
  */
 export const matmulKernel = memo(
   (
@@ -159,7 +170,7 @@ export const matmulKernel = memo(
     bFast: string,
     bVec: boolean,
     vecOut: boolean,
-    half: boolean,
+    storage: OperandStorage,
   ): Kernel => {
     const t: TileConfig = TILES[tile as keyof typeof TILES];
     const { BM, BN, BK, TM, TN } = t;
@@ -181,14 +192,15 @@ export const matmulKernel = memo(
       : `for (var q = 0u; q < 4u; q++) {
         if (r < M && c + q < N) { out[base + r * N + c + q] = acc[i * ${TN / 4}u + j][q]; }
       }`;
-    const code = /* wgsl */ `${prelude}
+    const slab = storage === 'f16' ? 'f16' : 'f32';
+    const code = /* wgsl */ `${storage === 'f16' ? 'enable f16;\n' : ''}${prelude}
 ${vecOut ? binding(1, 'out4', 'vec4<f32>', 'read_write') : binding(1, 'out', 'f32', 'read_write')}
-${operandBinding(2, 'a', aVec, half)}
-${operandBinding(3, 'b', bVec, half)}
-${loader('a', aVec, half)}
-${loader('b', bVec, half)}
-var<workgroup> As: array<vec4<f32>, ${(BK * BM) / 4}>;
-var<workgroup> Bs: array<vec4<f32>, ${(BK * BN) / 4}>;
+${operandBinding(2, 'a', aVec, storage)}
+${operandBinding(3, 'b', bVec, storage)}
+${loader('a', aVec, storage)}
+${loader('b', bVec, storage)}
+var<workgroup> As: array<vec4<${slab}>, ${(BK * BM) / 4}>;
+var<workgroup> Bs: array<vec4<${slab}>, ${(BK * BN) / 4}>;
 @compute @workgroup_size(${TX}, ${TY})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: vec3u) {
   let M = p(0u); let N = p(1u); let K = p(2u);
@@ -208,14 +220,14 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
   let tid = ty * ${TX}u + tx;
   var acc: array<vec4<f32>, ${(TM * TN) / 4}>;
   for (var k0 = kStart; k0 < kEnd; k0 += ${BK}u) {
-    ${slabLoad({ name: 'a', dst: 'As', W: BM, BK, threads, layout: aLayout, kIsRow: false })}
-    ${slabLoad({ name: 'b', dst: 'Bs', W: BN, BK, threads, layout: bLayout, kIsRow: true })}
+    ${slabLoad({ name: 'a', dst: 'As', W: BM, BK, threads, layout: aLayout, kIsRow: false, slab })}
+    ${slabLoad({ name: 'b', dst: 'Bs', W: BN, BK, threads, layout: bLayout, kIsRow: true, slab })}
     workgroupBarrier();
     for (var kk = 0u; kk < ${BK}u; kk++) {
       var av: array<vec4<f32>, ${TM / 4}>;
       var bv: array<vec4<f32>, ${TN / 4}>;
-      for (var i = 0u; i < ${TM / 4}u; i++) { av[i] = As[kk * ${BM / 4}u + ty * ${TM / 4}u + i]; }
-      for (var j = 0u; j < ${TN / 4}u; j++) { bv[j] = Bs[kk * ${BN / 4}u + tx * ${TN / 4}u + j]; }
+      for (var i = 0u; i < ${TM / 4}u; i++) { av[i] = vec4<f32>(As[kk * ${BM / 4}u + ty * ${TM / 4}u + i]); }
+      for (var j = 0u; j < ${TN / 4}u; j++) { bv[j] = vec4<f32>(Bs[kk * ${BN / 4}u + tx * ${TN / 4}u + j]); }
       ${fma.join('\n      ')}
     }
     workgroupBarrier();
@@ -230,7 +242,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
   }
 }`;
     return {
-      key: `matmul.${tile}:${R}:a${aFast}${aVec ? 4 : 1}:b${bFast}${bVec ? 4 : 1}:o${vecOut ? 4 : 1}${half ? ':f16' : ''}`,
+      key: `matmul.${tile}:${R}:a${aFast}${aVec ? 4 : 1}:b${bFast}${bVec ? 4 : 1}:o${vecOut ? 4 : 1}:${storage}`,
       code,
       workgroupSize: threads,
       storage: ['read_write', 'read', 'read'],
