@@ -13,7 +13,7 @@ import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
+import { defineFlags, parseCommandLine } from '../cli.ts';
 import { readModelFolder } from '../node/model_folder.ts';
 import { cpuKernelInfo, dropBf16Copies, getCpuThreads, keepBf16Copies, setCpuThreads } from '../tensor/index.ts';
 import { defaultVLMConfig } from '../vlm/config.ts';
@@ -21,22 +21,13 @@ import { VisionLanguageModel } from '../vlm/vision_language_model.ts';
 import { writeRandomBackbones } from './random_backbones.ts';
 import { benchGenerate, disposeModel, type GenerateTiming } from './vlm.ts';
 
-const { values: args } = parseArgs({
-  options: {
-    threads: { type: 'string', default: '2' },
-    rounds: { type: 'string', default: '3' },
-    skip_reference: { type: 'boolean', default: false },
-    help: { type: 'boolean', default: false },
-  },
+const flags = defineFlags({
+  threads: { type: 'int', default: 2, min: 1, help: "CPU threads, ours and PyTorch's" },
+  rounds: { type: 'int', default: 3, min: 1, help: 'alternating rounds of ours float32, ours bfloat16, PyTorch' },
+  skip_reference: { type: 'switch', help: 'do not run the PyTorch reference (bench/reference.py)' },
 });
-if (args.help) {
-  console.log(`usage: npx tsx bench/decode.ts [--threads N] [--rounds N] [--skip_reference]
-  --threads N        CPU threads, ours and PyTorch's (default 2)
-  --rounds N         alternating rounds of ours float32, ours bfloat16, PyTorch (default 3)
-  --skip_reference   do not run bench/reference.py`);
-  process.exit(0);
-}
-setCpuThreads(Number(args.threads));
+const args = parseCommandLine(flags, 'npx tsx bench/decode.ts');
+setCpuThreads(args.threads);
 const threads = getCpuThreads();
 const load = () => loadavg().map((x) => x.toFixed(1)).join(' ');
 const { fma } = cpuKernelInfo();
@@ -54,14 +45,15 @@ try {
 }
 const weights = model.decoder.parameters();
 
+let noReference = false;
 /** PyTorch's figure for the same workload on the same threads, or null where python3 or torch is missing. */
 function reference(): GenerateTiming | null {
-  if (args.skip_reference) return null;
+  if (args.skip_reference || noReference) return null;
   const script = new URL('./reference.py', import.meta.url).pathname;
   const r = spawnSync('python3', [script, '--threads', String(threads), '--what', 'decode222'], { encoding: 'utf8' });
   if (r.status !== 0) {
     console.log(`(no PyTorch reference: ${r.error ? 'python3 not found' : r.stderr.trim().split('\n').pop()})`);
-    args.skip_reference = true;
+    noReference = true; // say it once
     return null;
   }
   const o = JSON.parse(r.stdout.trim().split('\n').pop()!);
@@ -70,7 +62,7 @@ function reference(): GenerateTiming | null {
 
 const results: Record<string, GenerateTiming[]> = { 'ours, float32': [], 'ours, bfloat16': [], 'PyTorch': [] };
 const fmt = (r: GenerateTiming) => `${r.tokensPerSec.toFixed(1)} tokens/s, first token ${r.ttftMs.toFixed(0)} ms`;
-for (let round = 1; round <= Number(args.rounds); round++) {
+for (let round = 1; round <= args.rounds; round++) {
   const line: string[] = [];
   const f32 = await benchGenerate(cfg, 'cpu', true, { model });
   keepBf16Copies(weights);
