@@ -51,7 +51,10 @@ export type FlagValues<T extends FlagTable> = {
 /** A wrong command line: the scripts print its message and exit with status 2. */
 export class UsageError extends Error {
   /** `helpHint`: the message ends with a pointer to --help (for a flag that is unknown or has a wrong value). */
-  constructor(message: string, readonly helpHint = false) {
+  constructor(
+    message: string,
+    readonly helpHint = false,
+  ) {
     super(message);
   }
 }
@@ -113,8 +116,11 @@ function parseValue(name: string, flag: Flag, text: string): number | string | b
     }
     if (!Number.isFinite(value)) throw new UsageError(`--${name} expects a number, got ${text}`, true);
     const range = rangeText(flag);
-    const inRange = (flag.min === undefined || value >= flag.min) && (flag.max === undefined || value <= flag.max)
-      && (flag.above === undefined || value > flag.above) && (flag.below === undefined || value < flag.below);
+    const inRange =
+      (flag.min === undefined || value >= flag.min) &&
+      (flag.max === undefined || value <= flag.max) &&
+      (flag.above === undefined || value > flag.above) &&
+      (flag.below === undefined || value < flag.below);
     if (!inRange) throw new UsageError(`--${name} must be ${range}, got ${text}`, true);
     return value;
   }
@@ -256,16 +262,21 @@ export function minutes(ms: number): string {
 /** --device, --cpu_kernels and --threads. */
 export const deviceFlags = defineFlags({
   device: {
-    type: 'string', default: 'auto', choices: ['auto', 'webgpu', 'cpu'],
+    type: 'string',
+    default: 'auto',
+    choices: ['auto', 'webgpu', 'cpu'],
     help: 'auto: WebGPU where a hardware adapter exists, else the CPU backend',
   },
   adapter: {
-    type: 'string', metavar: 'NAME',
-    help: 'WebGPU: the first GPU whose name contains NAME (default: NANOVLM_WEBGPU_ADAPTER, else the first; ' +
+    type: 'string',
+    metavar: 'NAME',
+    help:
+      'WebGPU: the first GPU whose name contains NAME (default: NANOVLM_WEBGPU_ADAPTER, else the first; ' +
       'Dawn ignores CUDA_VISIBLE_DEVICES)',
   },
   cpu_kernels: {
-    type: 'string', choices: ['ts', 'wasm'],
+    type: 'string',
+    choices: ['ts', 'wasm'],
     help: "the CPU backend's kernels: wasm (WebAssembly SIMD, the default where it exists) or ts (plain TypeScript)",
   },
   threads: { type: 'int', min: 1, help: 'threads for large CPU kernels (default: min(2, cores))' },

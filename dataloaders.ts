@@ -55,7 +55,11 @@ export async function runTokenizer(run: TrainRun, splits: Splits, resumeDir: str
 /** Warns about words that become <unk> and samples longer than lm_max_length (left out of the loss). */
 export async function checkTexts(splits: Splits, tokenizer: Tokenizer, maxLength: number): Promise<void> {
   if (!splits || tokenizer.unkTokenId === undefined) return; // a byte-level tokenizer encodes any text
-  for (const [what, rows] of [['training', splits.train], ['validation', splits.val], ['test', splits.test]] as const) {
+  for (const [what, rows] of [
+    ['training', splits.train],
+    ['validation', splits.val],
+    ['test', splits.test],
+  ] as const) {
     if (!rows) continue;
     const texts = await readTexts(rows);
     const unknown = [...new Set(texts.flatMap((t) => tokenizer.unknownWords(t.text)))];
@@ -85,7 +89,11 @@ async function readTexts(rows: VQARows): Promise<{ prompt: string; text: string 
 
 /** nanoVLM's get_dataloaders: batches of the training, validation, test and MMStar sets. */
 export async function getDataloaders(
-  run: TrainRun, splits: Splits, tokenizer: Tokenizer, imgSize: number, maxLength: number,
+  run: TrainRun,
+  splits: Splits,
+  tokenizer: Tokenizer,
+  imgSize: number,
+  maxLength: number,
 ) {
   const { seed } = run;
   const set = (rows: VQARows | undefined, split: 'train' | 'val', size: number): Dataset<VQAItem> =>

@@ -42,7 +42,10 @@ export async function evaluate(model: VisionLanguageModel, loader: DataLoader<VQ
 
 /** MMStar: generate a short answer, then nanoVLM's multiple-choice regex check. */
 export async function evaluateMMStar(
-  model: VisionLanguageModel, loader: DataLoader<VQAItem, MMStarBatch>, tokenizer: Tokenizer, device: DeviceName,
+  model: VisionLanguageModel,
+  loader: DataLoader<VQAItem, MMStarBatch>,
+  tokenizer: Tokenizer,
+  device: DeviceName,
 ) {
   model.eval();
   let [correct, total] = [0, 0];

@@ -22,7 +22,9 @@ const COMMAND = 'npm run generate --';
 
 const flags = defineFlags({
   checkpoint: {
-    type: 'string', default: DEFAULT_CHECKPOINT, metavar: 'DIR',
+    type: 'string',
+    default: DEFAULT_CHECKPOINT,
+    metavar: 'DIR',
     help: 'checkpoint folder (config.json + model.safetensors)',
   },
   image: { type: 'string', default: DEFAULT_IMAGE, metavar: 'PATH', help: 'PNG or JPEG to ask about' },
@@ -31,7 +33,8 @@ const flags = defineFlags({
     help: `the question (default: "${DEFAULT_IMAGE_PROMPT}" for the default image, else "What is this?")`,
   },
   tokenizer: {
-    type: 'string', metavar: 'PATH',
+    type: 'string',
+    metavar: 'PATH',
     help: "tokenizer folder (default: the checkpoint folder if it has tokenizer.json, else the config's lm_tokenizer)",
   },
   generations: { type: 'int', default: 5, min: 1, help: 'how many answers to sample' },
@@ -39,17 +42,25 @@ const flags = defineFlags({
   greedy: { type: 'switch', help: 'always take the most likely token (the same as --temperature 0)' },
   top_k: { type: 'int', default: 50, min: 0, help: 'sample among the k most likely tokens (0: no limit)' },
   top_p: {
-    type: 'float', default: 0.9, above: 0, max: 1,
+    type: 'float',
+    default: 0.9,
+    above: 0,
+    max: 1,
     help: 'sample among the most likely tokens that cover this much probability',
   },
   temperature: {
-    type: 'float', default: 0.5, min: 0,
+    type: 'float',
+    default: 0.5,
+    min: 0,
     help: 'below 1: more confident, above 1: more varied; 0: greedy (the most likely token)',
   },
   seed: { type: 'int', default: 0, min: 0, max: 2 ** 32 - 1, help: 'seed of the sampling' },
   dtype: {
-    type: 'string', default: 'float32', choices: ['float32', 'bfloat16'],
-    help: "CPU: bfloat16 decodes with a bfloat16 copy of the language model's weights (half the bytes to read " +
+    type: 'string',
+    default: 'float32',
+    choices: ['float32', 'bfloat16'],
+    help:
+      "CPU: bfloat16 decodes with a bfloat16 copy of the language model's weights (half the bytes to read " +
       'per token, faster; the numbers change slightly, an answer may too); float32 uses them as saved',
   },
   ...deviceFlags,
@@ -58,9 +69,10 @@ const args = parseCommandLine(flags, COMMAND);
 
 async function main(): Promise<void> {
   if (!existsSync(join(args.checkpoint, 'config.json'))) {
-    const hint = args.checkpoint === DEFAULT_CHECKPOINT
-      ? 'train the default model first: npm run train'
-      : 'pass --checkpoint path/to/a/folder with config.json and model.safetensors';
+    const hint =
+      args.checkpoint === DEFAULT_CHECKPOINT
+        ? 'train the default model first: npm run train'
+        : 'pass --checkpoint path/to/a/folder with config.json and model.safetensors';
     throw new Error(`no checkpoint at ${args.checkpoint}: ${hint}`);
   }
   const device = await openDevice(args);
@@ -72,7 +84,9 @@ async function main(): Promise<void> {
   if (args.dtype === 'bfloat16') {
     const before = memory().numBytes;
     keepBf16Copies(model.decoder.parameters()); // read by the matrix-vector products of each new token
-    console.log(`decoding with bfloat16 weights (${((memory().numBytes - before) / 2 ** 20).toFixed(1)} MiB of copies)`);
+    console.log(
+      `decoding with bfloat16 weights (${((memory().numBytes - before) / 2 ** 20).toFixed(1)} MiB of copies)`,
+    );
   }
   model.eval();
   const cfg = model.cfg;

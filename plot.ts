@@ -51,8 +51,14 @@ export function plotTrainingCurves(curves: TrainingCurves, opts: { width?: numbe
   // a log axis shows positive values only; a loss of exactly 0 has no place on it
   const train = clean(curves.train, (v) => v > 0);
   const val = clean(curves.val, (v) => v > 0);
-  const accuracy = clean(curves.accuracy.map(([s, a]) => [s, 100 * a]), () => true);
-  const smoothed = smooth(train.map((p) => p[1]), Math.max(1, Math.round(train.length / 100)));
+  const accuracy = clean(
+    curves.accuracy.map(([s, a]) => [s, 100 * a]),
+    () => true,
+  );
+  const smoothed = smooth(
+    train.map((p) => p[1]),
+    Math.max(1, Math.round(train.length / 100)),
+  );
 
   const [left, right] = [64, width - 16];
   const [top, bottom] = [52, height - 36];
@@ -63,12 +69,18 @@ export function plotTrainingCurves(curves: TrainingCurves, opts: { width?: numbe
   const losses = [...train, ...val].map((p) => Math.log10(p[1]));
   const [l0, l1] = span(losses, -1, 1, 0.05);
   const loss: Panel = {
-    id: 'loss', top, bottom: split, ticks: logTicks(10 ** l0, 10 ** l1),
+    id: 'loss',
+    top,
+    bottom: split,
+    ticks: logTicks(10 ** l0, 10 ** l1),
     y: (v) => split - ((Math.log10(v) - l0) / (l1 - l0)) * (split - top),
   };
   const accTop = split + 28;
   const acc: Panel = {
-    id: 'accuracy', top: accTop, bottom, ticks: [0, 25, 50, 75, 100],
+    id: 'accuracy',
+    top: accTop,
+    bottom,
+    ticks: [0, 25, 50, 75, 100],
     y: (v) => bottom - (v / 100) * (bottom - accTop),
   };
 
@@ -84,7 +96,10 @@ export function plotTrainingCurves(curves: TrainingCurves, opts: { width?: numbe
       [`accuracy${last(accuracy.map((p) => p[1]))}${accuracy.length ? '%' : ''}`, PLOT_COLORS.accuracy],
     ]),
   ];
-  for (const [panel, title] of [[loss, 'loss (log)'], [acc, 'accuracy %']] as const) {
+  for (const [panel, title] of [
+    [loss, 'loss (log)'],
+    [acc, 'accuracy %'],
+  ] as const) {
     const box = `x="${left}" y="${panel.top}" width="${right - left}" height="${panel.bottom - panel.top}"`;
     svg.push(`<clipPath id="${panel.id}-area"><rect ${box}/></clipPath>`);
     for (const v of panel.ticks) {
@@ -111,7 +126,14 @@ export function plotTrainingCurves(curves: TrainingCurves, opts: { width?: numbe
     if (dots) svg.push(...xy.map(([cx, cy]) => `<circle cx="${cx}" cy="${cy}" r="3" fill="${color}"/>`));
   };
   curve('train-raw', train, loss, PLOT_COLORS.trainRaw, 1, false);
-  curve('train', train.map(([s], i): Point => [s, smoothed[i]]), loss, PLOT_COLORS.train, 2, false);
+  curve(
+    'train',
+    train.map(([s], i): Point => [s, smoothed[i]]),
+    loss,
+    PLOT_COLORS.train,
+    2,
+    false,
+  );
   curve('val', val, loss, PLOT_COLORS.val, 2, true);
   curve('accuracy', accuracy, acc, PLOT_COLORS.accuracy, 2, true);
   svg.push('</svg>', '');
@@ -164,7 +186,8 @@ function legend(width: number, entries: [string, string][]): string[] {
   const widths = entries.map(([text]) => 32 + 6.5 * text.length); // about 6.5 px a character at 11 px
   let x = (width - widths.reduce((a, b) => a + b, 0)) / 2;
   return entries.map(([text, color], i) => {
-    const item = `<line x1="${round(x)}" x2="${round(x + 18)}" y1="36" y2="36" stroke="${color}" stroke-width="3"/>` +
+    const item =
+      `<line x1="${round(x)}" x2="${round(x + 18)}" y1="36" y2="36" stroke="${color}" stroke-width="3"/>` +
       `<text x="${round(x + 22)}" y="40">${escape(text)}</text>`;
     x += widths[i];
     return item;

@@ -35,7 +35,13 @@ export interface RunState {
 
 // What a run writes into --out (loss.png: the plot of older versions). Other files are left alone.
 const RUN_FILES = [
-  'config.json', 'model.safetensors', 'tokenizer.json', 'metrics.jsonl', 'loss.svg', 'loss.png', 'resume',
+  'config.json',
+  'model.safetensors',
+  'tokenizer.json',
+  'metrics.jsonl',
+  'loss.svg',
+  'loss.png',
+  'resume',
 ];
 
 /**
@@ -160,15 +166,17 @@ export type MetricsRecord = { step: number } & Record<string, number>;
 export function trimMetrics(file: string, step: number): MetricsRecord[] {
   if (!existsSync(file)) return [];
   const kept: MetricsRecord[] = [];
-  readFileSync(file, 'utf8').split('\n').forEach((line, i) => {
-    if (line.trim() === '') return;
-    try {
-      const record = JSON.parse(line) as MetricsRecord;
-      if (record.step <= step) kept.push(record);
-    } catch {
-      console.warn(`${file} line ${i + 1} is not JSON: dropped`);
-    }
-  });
+  readFileSync(file, 'utf8')
+    .split('\n')
+    .forEach((line, i) => {
+      if (line.trim() === '') return;
+      try {
+        const record = JSON.parse(line) as MetricsRecord;
+        if (record.step <= step) kept.push(record);
+      } catch {
+        console.warn(`${file} line ${i + 1} is not JSON: dropped`);
+      }
+    });
   writeAtomic(file, kept.map((r) => `${JSON.stringify(r)}\n`).join(''));
   return kept;
 }

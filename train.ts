@@ -52,7 +52,8 @@ async function main(): Promise<void> {
   // --- model: resumed, from pretrained backbones, or from scratch
   let model: VisionLanguageModel;
   if (resumed) model = VisionLanguageModel.fromPretrained(readModelFolder(join(out, 'resume')));
-  else if (run.vit && run.lm) model = VisionLanguageModel.fromBackbones(cfg, readModelFolder(run.vit), readModelFolder(run.lm));
+  else if (run.vit && run.lm)
+    model = VisionLanguageModel.fromBackbones(cfg, readModelFolder(run.vit), readModelFolder(run.lm));
   else model = new VisionLanguageModel(cfg);
   if (device !== 'cpu') model = await model.to(device);
   cfg = model.cfg;
@@ -66,7 +67,10 @@ async function main(): Promise<void> {
   // --- optimizer: two learning rates, one for the fresh projector, one for the backbones
   const mpParams = model.MP.parameters();
   const backboneParams = model.parameters().filter((p) => !mpParams.includes(p));
-  const optimizer = new AdamW([{ params: mpParams, lr: run.lr_mp }, { params: backboneParams, lr: run.lr_backbones }]);
+  const optimizer = new AdamW([
+    { params: mpParams, lr: run.lr_mp },
+    { params: backboneParams, lr: run.lr_backbones },
+  ]);
   const accumulation = run.gradient_accumulation_steps;
   const maxSteps = run.max_steps || Math.floor(loaders.train.length / accumulation) * run.epochs;
   if (maxSteps === 0) {

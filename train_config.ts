@@ -15,13 +15,16 @@ const changeable = CHANGEABLE_ON_RESUME.map((name) => `--${name}`).join(' ');
 /** Where the data and the backbones come from, where the run goes, what it runs on. */
 export const runFlags = defineFlags({
   preset: {
-    type: 'string', default: 'default', choices: ['default', 'nanovlm-222m'],
+    type: 'string',
+    default: 'default',
+    choices: ['default', 'nanovlm-222m'],
     help: 'starting values of the flags: a small VLM on the built-in shapes data, or SigLIP-B/16 + SmolLM2-135M',
   },
   vit: { type: 'string', metavar: 'PATH', help: 'pretrained SigLIP folder (Hugging Face format): the vision backbone' },
   lm: { type: 'string', metavar: 'PATH', help: 'pretrained SmolLM2 / Llama folder for the language backbone' },
   tokenizer: {
-    type: 'string', metavar: 'PATH',
+    type: 'string',
+    metavar: 'PATH',
     help: "folder with tokenizer.json (default: the --lm folder's; without --lm, one of the training text's words)",
   },
   train_data: {
@@ -30,12 +33,15 @@ export const runFlags = defineFlags({
   },
   val_data: { type: 'strings', help: 'validation files (default: --val_ratio of the training rows)' },
   test_data: {
-    type: 'string', metavar: 'PATH',
+    type: 'string',
+    metavar: 'PATH',
     help: 'held-out VQA file, scored by exact-match accuracy at each evaluation',
   },
   mmstar: { type: 'string', metavar: 'PATH', help: 'MMStar parquet: multiple-choice accuracy at each evaluation' },
   out: {
-    type: 'string', default: 'checkpoints/default', metavar: 'DIR',
+    type: 'string',
+    default: 'checkpoints/default',
+    metavar: 'DIR',
     help: 'run folder: best checkpoint, metrics.jsonl, loss.svg, resume/. A folder holding a run is refused',
   },
   resume: {
@@ -49,49 +55,76 @@ export const runFlags = defineFlags({
 /** How to train: nanoVLM's TrainConfig, plus what a local run needs. */
 export const trainFlags = defineFlags({
   lr_mp: {
-    type: 'float', default: 2e-3, min: 0,
+    type: 'float',
+    default: 2e-3,
+    min: 0,
     help: 'peak learning rate of the projector (it starts random: it may move fast)',
   },
   lr_backbones: {
-    type: 'float', default: 1e-4, min: 0,
+    type: 'float',
+    default: 1e-4,
+    min: 0,
     help: 'peak learning rate of the ViT and the decoder (pretrained: small steps, so they are not wrecked early)',
   },
   batch_size: { type: 'int', default: 256, min: 1, help: 'samples per micro-batch' },
   gradient_accumulation_steps: { type: 'int', default: 1, min: 1, help: 'micro-batches per optimizer step' },
   freeze: {
-    type: 'string', default: '', metavar: 'PARTS',
-    help: 'parts that do not train, comma-separated from vit, mp, lm (vit,lm: the projector alone); ' +
+    type: 'string',
+    default: '',
+    metavar: 'PARTS',
+    help:
+      'parts that do not train, comma-separated from vit, mp, lm (vit,lm: the projector alone); ' +
       'they get no gradients and no optimizer state',
   },
   max_steps: {
-    type: 'int', default: 0, min: 0,
-    help: 'optimizer steps; the learning rate warms up over the first 3% and decays to a tenth by the last ' +
+    type: 'int',
+    default: 0,
+    min: 0,
+    help:
+      'optimizer steps; the learning rate warms up over the first 3% and decays to a tenth by the last ' +
       '(0: --epochs passes over the training set)',
   },
   epochs: { type: 'int', default: 5, min: 1, help: 'passes over the training set, used when --max_steps is 0' },
   max_minutes: {
-    type: 'float', default: 0, min: 0, help: 'stop after this many minutes, evaluating and saving first (0: no limit)',
+    type: 'float',
+    default: 0,
+    min: 0,
+    help: 'stop after this many minutes, evaluating and saving first (0: no limit)',
   },
   dtype: {
-    type: 'string', default: 'float32', choices: ['float32', 'float16'],
-    help: 'float16: mixed precision, every matmul on float16 operands (float32 sums, weights and the rest) ' +
+    type: 'string',
+    default: 'float32',
+    choices: ['float32', 'float16'],
+    help:
+      'float16: mixed precision, every matmul on float16 operands (float32 sums, weights and the rest) ' +
       'with dynamic loss scaling (tensor/mixed_precision.ts); WebGPU only',
   },
   max_grad_norm: {
-    type: 'float', default: 0, min: 0,
+    type: 'float',
+    default: 0,
+    min: 0,
     help: "clip the gradients' global L2 norm to this (0: no clipping)",
   },
   eval_interval: {
-    type: 'int', default: 250, min: 1, help: 'steps between evaluations (each saves the best checkpoint and resume/)',
+    type: 'int',
+    default: 250,
+    min: 1,
+    help: 'steps between evaluations (each saves the best checkpoint and resume/)',
   },
   val_ratio: {
-    type: 'float', default: 0.01, above: 0, below: 1,
+    type: 'float',
+    default: 0.01,
+    above: 0,
+    below: 1,
     help: 'share of the training rows kept for validation when there is no --val_data (at least one row)',
   },
   data_cutoff_idx: { type: 'int', default: 0, min: 0, help: 'use at most this many rows of --train_data (0: all)' },
   mmstar_batch_size: { type: 'int', default: 32, min: 1, help: 'batch size of the MMStar evaluation' },
   seed: {
-    type: 'int', default: 0, min: 0, max: 2 ** 32 - 1,
+    type: 'int',
+    default: 0,
+    min: 0,
+    max: 2 ** 32 - 1,
     help: 'seed of the initial weights, the data order and the split',
   },
   num_workers: { type: 'int', default: 0, min: 0, help: 'threads decoding images beside the training step (0: none)' },
@@ -111,26 +144,38 @@ export const modelFlags = defineFlags({
   vit_dropout: { type: 'float', default: d.vit_dropout, min: 0, below: 1, help: 'ViT dropout probability' },
   vit_ln_eps: { type: 'float', default: d.vit_ln_eps, above: 0, help: 'ViT LayerNorm epsilon' },
   mp_pixel_shuffle_factor: {
-    type: 'int', default: d.mp_pixel_shuffle_factor, min: 1, help: 'the projector merges f x f patches into one token',
+    type: 'int',
+    default: d.mp_pixel_shuffle_factor,
+    min: 1,
+    help: 'the projector merges f x f patches into one token',
   },
   lm_hidden_dim: { type: 'int', default: d.lm_hidden_dim, min: 1, help: 'decoder width' },
   lm_inter_dim: { type: 'int', default: d.lm_inter_dim, min: 1, help: 'decoder MLP width' },
   lm_n_heads: { type: 'int', default: d.lm_n_heads, min: 1, help: 'decoder query heads' },
   lm_n_kv_heads: {
-    type: 'int', default: d.lm_n_kv_heads, min: 1,
+    type: 'int',
+    default: d.lm_n_kv_heads,
+    min: 1,
     help: 'decoder key/value heads, each shared by a group of query heads',
   },
   lm_n_blocks: { type: 'int', default: d.lm_n_blocks, min: 1, help: 'decoder blocks' },
   lm_vocab_size: {
-    type: 'int', default: d.lm_vocab_size, min: 2,
+    type: 'int',
+    default: d.lm_vocab_size,
+    min: 2,
     help: "decoder vocabulary, at least the tokenizer's (raised to fit a tokenizer built from the training text)",
   },
   lm_max_length: {
-    type: 'int', default: d.lm_max_length, min: 1,
+    type: 'int',
+    default: d.lm_max_length,
+    min: 1,
     help: 'text tokens per sample; longer samples are left out of the loss',
   },
   lm_max_position_embeddings: {
-    type: 'int', default: d.lm_max_position_embeddings, min: 1, help: 'longest sequence RoPE is built for',
+    type: 'int',
+    default: d.lm_max_position_embeddings,
+    min: 1,
+    help: 'longest sequence RoPE is built for',
   },
   lm_re_base: { type: 'float', default: d.lm_re_base, above: 0, help: 'RoPE base' },
   lm_rms_eps: { type: 'float', default: d.lm_rms_eps, above: 0, help: 'RMSNorm epsilon' },
@@ -138,7 +183,8 @@ export const modelFlags = defineFlags({
   lm_attn_scaling: { type: 'float', default: d.lm_attn_scaling, above: 0, help: 'scale of the attention scores' },
   lm_tie_weights: { type: 'bool', default: d.lm_tie_weights, help: 'the output layer shares the token embedding' },
   vlm_load_backbone_weights: {
-    type: 'bool', default: d.vlm_load_backbone_weights,
+    type: 'bool',
+    default: d.vlm_load_backbone_weights,
     help: 'start from pretrained --vit and --lm (false: random weights)',
   },
 });
@@ -153,11 +199,28 @@ export type TrainRun = FlagValues<typeof allFlags>;
 export const presets: Record<TrainRun['preset'], Partial<TrainRun>> = {
   // A small VLM on the built-in shapes dataset: learns on a laptop CPU in minutes.
   default: {
-    lr_mp: 1e-3, lr_backbones: 1e-3, batch_size: 32, max_steps: 5000, eval_interval: 500, max_grad_norm: 1,
-    max_minutes: 10, builtin_train_size: 160_000,
-    vit_hidden_dim: 64, vit_inter_dim: 256, vit_patch_size: 8, vit_img_size: 32, vit_n_heads: 4, vit_n_blocks: 2,
-    lm_hidden_dim: 64, lm_inter_dim: 192, lm_n_heads: 4, lm_n_kv_heads: 2, lm_n_blocks: 2, lm_vocab_size: 64,
-    lm_max_length: 16, vlm_load_backbone_weights: false,
+    lr_mp: 1e-3,
+    lr_backbones: 1e-3,
+    batch_size: 32,
+    max_steps: 5000,
+    eval_interval: 500,
+    max_grad_norm: 1,
+    max_minutes: 10,
+    builtin_train_size: 160_000,
+    vit_hidden_dim: 64,
+    vit_inter_dim: 256,
+    vit_patch_size: 8,
+    vit_img_size: 32,
+    vit_n_heads: 4,
+    vit_n_blocks: 2,
+    lm_hidden_dim: 64,
+    lm_inter_dim: 192,
+    lm_n_heads: 4,
+    lm_n_kv_heads: 2,
+    lm_n_blocks: 2,
+    lm_vocab_size: 64,
+    lm_max_length: 16,
+    vlm_load_backbone_weights: false,
   },
   // nanoVLM-222M: SigLIP-B/16 + SmolLM2-135M from local folders (--vit, --lm).
   'nanovlm-222m': {},
@@ -226,7 +289,10 @@ const PARTS = ['vit', 'mp', 'lm'];
 
 /** The parts --freeze names. */
 export function frozenParts(run: TrainRun): string[] {
-  return run.freeze.split(',').map((part) => part.trim()).filter(Boolean);
+  return run.freeze
+    .split(',')
+    .map((part) => part.trim())
+    .filter(Boolean);
 }
 
 /** The model's VLMConfig for a run; IMAGE_TOKEN_LENGTH and TOTAL_SEQUENCE_LENGTH follow from the other fields. */

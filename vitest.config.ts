@@ -31,14 +31,16 @@ export default defineConfig({
     projects: [
       { extends: true, test: { name: 'main', include: ['test/**/*.test.ts'] } },
       ...(swiftshader
-        ? [{
-          extends: true as const,
-          test: {
-            name: 'swiftshader',
-            include: ['test/webgpu*.test.ts', 'test/nanovlm.test.ts'],
-            env: { NANOVLM_WEBGPU_BACKEND: 'vulkan', VK_DRIVER_FILES: icd, VK_ICD_FILENAMES: icd },
-          },
-        }]
+        ? [
+            {
+              extends: true as const,
+              test: {
+                name: 'swiftshader',
+                include: ['test/webgpu*.test.ts', 'test/nanovlm.test.ts'],
+                env: { NANOVLM_WEBGPU_BACKEND: 'vulkan', VK_DRIVER_FILES: icd, VK_ICD_FILENAMES: icd },
+              },
+            },
+          ]
         : []),
     ],
   },

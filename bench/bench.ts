@@ -20,18 +20,37 @@ import { cpus } from 'node:os';
 import { defineFlags, parseCommandLine } from '../cli.ts';
 import { useDawn } from '../node/dawn.ts';
 import { getTokenizer } from '../node/tokenizer.ts';
-import { Generator, cpuKernelInfo, getCpuKernels, getCpuThreads, setCpuKernels, setCpuThreads, tensor, tidy, type DeviceName } from '../tensor/index.ts';
+import {
+  Generator,
+  cpuKernelInfo,
+  getCpuKernels,
+  getCpuThreads,
+  setCpuKernels,
+  setCpuThreads,
+  tensor,
+  tidy,
+  type DeviceName,
+} from '../tensor/index.ts';
 import { closeWebGPU, describeAdapter, initWebGPU } from '../tensor/webgpu/device.ts';
 import { defaultVLMConfig, vlmConfigFromJSON, type VLMConfig } from '../vlm/config.ts';
 import { benchLoading, fashionRows, photoRows } from './data.ts';
 import { makeDecoder, type DecoderConfig } from './decoder.ts';
 import { benchMatmul } from './matmul.ts';
-import { benchGenerate, benchTrainStep, disposeModel, imageTokens, makeModel, smallConfig, type StepTiming } from './vlm.ts';
+import {
+  benchGenerate,
+  benchTrainStep,
+  disposeModel,
+  imageTokens,
+  makeModel,
+  smallConfig,
+  type StepTiming,
+} from './vlm.ts';
 
 const flags = defineFlags({
   device: { type: 'string', default: 'cpu', choices: ['cpu', 'webgpu', 'all'], help: 'which backends to measure' },
   threads: {
-    type: 'int', min: 1,
+    type: 'int',
+    min: 1,
     help: 'CPU threads (default: min(2, cores)); the ts/wasm step table always runs 1 and 2',
   },
   config: { type: 'string', metavar: 'FILE', help: 'also time one training step of this nanoVLM config.json' },
@@ -39,7 +58,8 @@ const flags = defineFlags({
   text_len: { type: 'int', default: 48, min: 1, help: 'text tokens per sample for --config' },
   skip_222m: { type: 'switch', help: 'skip nanoVLM-222M (several minutes on a 2-core CPU)' },
   skip_reference: {
-    type: 'switch', help: 'do not run the PyTorch reference (bench/reference.py) even where it is installed',
+    type: 'switch',
+    help: 'do not run the PyTorch reference (bench/reference.py) even where it is installed',
   },
   quick: { type: 'switch', help: 'small sizes only (for llvmpipe)' },
 });
@@ -55,29 +75,43 @@ type Reference = Record<string, any>;
 function reference(what: string[], threads: number): Record<string, Reference> | null {
   if (args.skip_reference) return null;
   const script = new URL('./reference.py', import.meta.url).pathname;
-  const r = spawnSync('python3', [script, '--threads', String(threads), '--what', what.join(',')], { encoding: 'utf8', timeout: 1_800_000 });
+  const r = spawnSync('python3', [script, '--threads', String(threads), '--what', what.join(',')], {
+    encoding: 'utf8',
+    timeout: 1_800_000,
+  });
   if (r.status !== 0) {
-    if (!referenceWarned) console.log(`(no PyTorch reference: ${r.error ? 'python3 not found' : r.stderr.trim().split('\n').pop()})`);
+    if (!referenceWarned)
+      console.log(`(no PyTorch reference: ${r.error ? 'python3 not found' : r.stderr.trim().split('\n').pop()})`);
     referenceWarned = true;
     return null;
   }
-  return Object.fromEntries(r.stdout.trim().split('\n').map((line) => {
-    const o = JSON.parse(line);
-    return [o.what, o];
-  }));
+  return Object.fromEntries(
+    r.stdout
+      .trim()
+      .split('\n')
+      .map((line) => {
+        const o = JSON.parse(line);
+        return [o.what, o];
+      }),
+  );
 }
 let referenceWarned = false;
 
 const devices: DeviceName[] = args.device === 'all' ? ['cpu', 'webgpu'] : [args.device];
 const fmt = (x: number, d = 1) => x.toFixed(d);
 
-console.log(`nanovlm-ts benchmark, ${new Date().toISOString().slice(0, 10)}: ${cpus()[0]?.model ?? 'unknown cpu'}, ${cpus().length} cores, node ${process.version}\n`);
+console.log(
+  `nanovlm-ts benchmark, ${new Date().toISOString().slice(0, 10)}: ${cpus()[0]?.model ?? 'unknown cpu'}, ${cpus().length} cores, node ${process.version}\n`,
+);
 
 /** One forward + backward of the decoder of bench/decoder.ts (median of 3 after a warm-up). */
 async function benchDecoder(cfg: DecoderConfig, device: DeviceName): Promise<number> {
   const model = makeDecoder(cfg, device);
   const g = new Generator(1);
-  const ids = tensor(Int32Array.from({ length: cfg.batch * cfg.seq }, () => g.randint(cfg.vocab)), { shape: [cfg.batch, cfg.seq], device }).keep();
+  const ids = tensor(
+    Int32Array.from({ length: cfg.batch * cfg.seq }, () => g.randint(cfg.vocab)),
+    { shape: [cfg.batch, cfg.seq], device },
+  ).keep();
   const times: number[] = [];
   for (let i = 0; i < 4; i++) {
     const t0 = performance.now();
@@ -95,11 +129,20 @@ async function benchDecoder(cfg: DecoderConfig, device: DeviceName): Promise<num
 
 async function benchDevice(device: DeviceName): Promise<void> {
   const cpu = cpuKernelInfo();
-  const threads = device === 'cpu' ? `, ${getCpuKernels()} kernels${cpu.fma ? ' (relaxed-SIMD FMA)' : ''}, ${getCpuThreads()} threads` : '';
+  const threads =
+    device === 'cpu'
+      ? `, ${getCpuKernels()} kernels${cpu.fma ? ' (relaxed-SIMD FMA)' : ''}, ${getCpuThreads()} threads`
+      : '';
   console.log(`=== ${device}${threads} ===`);
   if (device === 'cpu') {
     // the TypeScript reference loop runs on one thread; the wasm GEMM on one and two
-    await benchMatmul([1], 3, { kernels: ['ts'], shapes: [[256, 256, 256], [1024, 576, 1536]] });
+    await benchMatmul([1], 3, {
+      kernels: ['ts'],
+      shapes: [
+        [256, 256, 256],
+        [1024, 576, 1536],
+      ],
+    });
     await benchMatmul([1, 2], 5, { kernels: ['wasm', 'wasm-nofma'] });
   } else {
     // the kernels themselves (matmul per tile size, attention, dispatch cost) and the host-side counters: bench/gpu.ts
@@ -109,9 +152,18 @@ async function benchDevice(device: DeviceName): Promise<void> {
 
   const decoderCfg: DecoderConfig = { blocks: 4, hidden: 128, heads: 4, mlp: 512, vocab: 512, batch: 8, seq: 128 };
   const decoderMs = await benchDecoder(decoderCfg, device);
-  console.log(`decoder fwd+bwd (4 blocks, hidden 128, 4 heads, MLP 512, batch 8, seq 128, vocab 512): ${fmt(decoderMs)} ms`);
+  console.log(
+    `decoder fwd+bwd (4 blocks, hidden 128, 4 heads, MLP 512, batch 8, seq 128, vocab 512): ${fmt(decoderMs)} ms`,
+  );
 
-  const step = async (name: string, cfg: VLMConfig, batch: number, textLen: number, opts: Parameters<typeof benchTrainStep>[5] = {}, runs = 3) => {
+  const step = async (
+    name: string,
+    cfg: VLMConfig,
+    batch: number,
+    textLen: number,
+    opts: Parameters<typeof benchTrainStep>[5] = {},
+    runs = 3,
+  ) => {
     const r = await benchTrainStep(cfg, batch, textLen, device, runs, opts);
     printStep(name, cfg, batch, textLen, r);
     return r;
@@ -125,7 +177,14 @@ async function benchDevice(device: DeviceName): Promise<void> {
         setCpuKernels(k);
         setCpuThreads(t);
         // the reference loops take half a minute a step: one timed step after the warm-up
-        const r = await step(`small config (hidden 128, 4+4 blocks, 64px), ${k} kernels, ${t} thread${t > 1 ? 's' : ''}`, smallConfig, 16, 48, {}, k === 'ts' ? 1 : 3);
+        const r = await step(
+          `small config (hidden 128, 4+4 blocks, 64px), ${k} kernels, ${t} thread${t > 1 ? 's' : ''}`,
+          smallConfig,
+          16,
+          48,
+          {},
+          k === 'ts' ? 1 : 3,
+        );
         if (k === 'wasm' && t === threadsBefore) smallStep = r.ms;
       }
     }
@@ -140,14 +199,28 @@ async function benchDevice(device: DeviceName): Promise<void> {
   }
   for (const kv of [true, false]) {
     const r = await benchGenerate(smallConfig, device, kv);
-    console.log(`generate (small config, batch 1, 16-token prompt, 32 new tokens) ${kv ? 'with' : 'without'} KV cache: ${fmt(r.tokensPerSec)} tokens/s, first token ${fmt(r.ttftMs)} ms`);
+    console.log(
+      `generate (small config, batch 1, 16-token prompt, 32 new tokens) ${kv ? 'with' : 'without'} KV cache: ${fmt(r.tokensPerSec)} tokens/s, first token ${fmt(r.ttftMs)} ms`,
+    );
   }
 
   // Data loading on the main thread (what the training loop waits for), against the step it feeds.
   const tokenizer = getTokenizer(new URL('../test/fixtures/tokenizers/smollm2', import.meta.url).pathname);
-  const fashion = await benchLoading('Fashion-MNIST layout (40 row groups of 500, 28px PNG)', fashionRows(20_000), 500, tokenizer, { batchSize: 16, imgSize: 64, batches: 30 });
-  console.log(`data loading, ${fashion.name}, shuffled, batch 16 at 64px: ${fmt(fashion.msPerBatch)} ms per batch [${fmt(fashion.spread[0])} .. ${fmt(fashion.spread[1])}], ${fmt(fashion.msPerSample, 2)} ms per sample = ${fmt((100 * fashion.msPerBatch) / smallStep)}% of the small-config step`);
-  const photos = await benchLoading('cauldron layout (row groups of 40, 224px JPEG)', photoRows(240), 40, tokenizer, { batchSize: 2, imgSize: 224, batches: 30 });
+  const fashion = await benchLoading(
+    'Fashion-MNIST layout (40 row groups of 500, 28px PNG)',
+    fashionRows(20_000),
+    500,
+    tokenizer,
+    { batchSize: 16, imgSize: 64, batches: 30 },
+  );
+  console.log(
+    `data loading, ${fashion.name}, shuffled, batch 16 at 64px: ${fmt(fashion.msPerBatch)} ms per batch [${fmt(fashion.spread[0])} .. ${fmt(fashion.spread[1])}], ${fmt(fashion.msPerSample, 2)} ms per sample = ${fmt((100 * fashion.msPerBatch) / smallStep)}% of the small-config step`,
+  );
+  const photos = await benchLoading('cauldron layout (row groups of 40, 224px JPEG)', photoRows(240), 40, tokenizer, {
+    batchSize: 2,
+    imgSize: 224,
+    batches: 30,
+  });
   const photoLine = `data loading, ${photos.name}, shuffled, batch 2 at 224px: ${fmt(photos.msPerBatch)} ms per batch [${fmt(photos.spread[0])} .. ${fmt(photos.spread[1])}], ${fmt(photos.msPerSample, 2)} ms per sample`;
 
   if (!args.skip_222m && !args.quick) {
@@ -155,9 +228,14 @@ async function benchDevice(device: DeviceName): Promise<void> {
     const model = await makeModel(cfg, device);
     const full = await step('nanoVLM-222M', cfg, 2, cfg.lm_max_length, { model });
     console.log(`${photoLine} = ${fmt((100 * photos.msPerBatch) / full.ms, 2)}% of the nanoVLM-222M step`);
-    await step('nanoVLM-222M, projector only (--freeze vit,lm)', cfg, 2, cfg.lm_max_length, { model, freeze: ['vit', 'lm'] });
+    await step('nanoVLM-222M, projector only (--freeze vit,lm)', cfg, 2, cfg.lm_max_length, {
+      model,
+      freeze: ['vit', 'lm'],
+    });
     const gen = await benchGenerate(cfg, device, true, { model });
-    console.log(`generate nanoVLM-222M (batch 1, 49 image + 16 prompt tokens, 32 new, KV cache): ${fmt(gen.tokensPerSec)} tokens/s, first token ${fmt(gen.ttftMs)} ms`);
+    console.log(
+      `generate nanoVLM-222M (batch 1, 49 image + 16 prompt tokens, 32 new, KV cache): ${fmt(gen.tokensPerSec)} tokens/s, first token ${fmt(gen.ttftMs)} ms`,
+    );
     disposeModel(model);
   } else {
     console.log(photoLine);
@@ -171,23 +249,35 @@ function printStep(name: string, cfg: VLMConfig, batch: number, textLen: number,
   const tokens = `${imageTokens(cfg)} image + ${textLen} text tokens`;
   const phases = `forward ${fmt(r.phases.forward)}, backward ${fmt(r.phases.backward)}, optimizer ${fmt(r.phases.optimizer)}`;
   const heap = r.peakHeapBytes ? `, heap peak ${fmt(r.peakHeapBytes / 2 ** 30, 2)} GiB` : '';
-  console.log(`train step ${name}, batch ${batch}, ${tokens}: ${fmt(r.ms)} ms [${fmt(r.spread[0])} .. ${fmt(r.spread[1])}] (${phases})${heap}, ${fmt(r.tokensPerSec, 0)} tokens/s`);
+  console.log(
+    `train step ${name}, batch ${batch}, ${tokens}: ${fmt(r.ms)} ms [${fmt(r.spread[0])} .. ${fmt(r.spread[1])}] (${phases})${heap}, ${fmt(r.tokensPerSec, 0)} tokens/s`,
+  );
 }
 
 /** The PyTorch figures of the same workloads in the same run: on one thread, and on `threads` (the 222M ones). */
 function printReference(threads: number): void {
   const big = args.skip_222m || args.quick ? [] : ['step222', 'decode222'];
-  for (const [n, what] of threads === 1 ? [[1, ['matmul', 'small', ...big]]] as const : [[1, ['matmul', 'small']], [threads, ['small', ...big]]] as const) {
+  for (const [n, what] of threads === 1
+    ? ([[1, ['matmul', 'small', ...big]]] as const)
+    : ([
+        [1, ['matmul', 'small']],
+        [threads, ['small', ...big]],
+      ] as const)) {
     const ref = reference([...what], n);
     if (!ref) return;
     console.log(`PyTorch ${ref.small.torch} reference (bench/reference.py, ${n} thread${n > 1 ? 's' : ''}, same run):`);
     for (const [shape, r] of Object.entries(ref.matmul ?? {}) as [string, Reference][]) {
-      if (typeof r === 'object') console.log(`  matmul ${shape}: ${fmt(r.median, 2)} GFLOP/s [${fmt(r.min, 2)} .. ${fmt(r.max, 2)}]`);
+      if (typeof r === 'object')
+        console.log(`  matmul ${shape}: ${fmt(r.median, 2)} GFLOP/s [${fmt(r.min, 2)} .. ${fmt(r.max, 2)}]`);
     }
-    const line = (name: string, r: Reference) => console.log(`  train step ${name}: ${fmt(r.ms)} ms [${fmt(r.min)} .. ${fmt(r.max)}]`);
+    const line = (name: string, r: Reference) =>
+      console.log(`  train step ${name}: ${fmt(r.ms)} ms [${fmt(r.min)} .. ${fmt(r.max)}]`);
     line('small config, batch 16', ref.small);
     if (ref.step222) line('nanoVLM-222M, batch 2', ref.step222);
-    if (ref.decode222) console.log(`  generate nanoVLM-222M (KV cache): ${fmt(ref.decode222.tokens_per_sec)} tokens/s, first token ${fmt(ref.decode222.ttft_ms)} ms`);
+    if (ref.decode222)
+      console.log(
+        `  generate nanoVLM-222M (KV cache): ${fmt(ref.decode222.tokens_per_sec)} tokens/s, first token ${fmt(ref.decode222.ttft_ms)} ms`,
+      );
   }
 }
 

@@ -52,8 +52,13 @@ export type Compressor = (input: Uint8Array) => Uint8Array;
 
 /** Writes rows as a parquet file in the cauldron's layout (hyparquet-writer), with row groups of `rowGroupSize`. */
 export function writeCauldronParquet(
-  file: string, rows: RowToWrite[],
-  { rowGroupSize = 500, codec = 'SNAPPY', compressors }: { rowGroupSize?: number; codec?: string; compressors?: Record<string, Compressor> } = {},
+  file: string,
+  rows: RowToWrite[],
+  {
+    rowGroupSize = 500,
+    codec = 'SNAPPY',
+    compressors,
+  }: { rowGroupSize?: number; codec?: string; compressors?: Record<string, Compressor> } = {},
 ): void {
   const buffer = parquetWriteBuffer({
     columnData: [
@@ -113,8 +118,13 @@ export function photoRows(n: number, seed = 0): RowToWrite[] {
 
 /** The time to load batches of one layout, shuffled, on the main thread: ms per batch and per sample. */
 export interface LoadTiming {
-  name: string; batchSize: number; imgSize: number; batches: number;
-  msPerBatch: number; msPerSample: number; spread: [number, number];
+  name: string;
+  batchSize: number;
+  imgSize: number;
+  batches: number;
+  msPerBatch: number;
+  msPerSample: number;
+  spread: [number, number];
 }
 
 /**
@@ -124,8 +134,16 @@ export interface LoadTiming {
  * batch. Each batch's time is measured alone.
  */
 export async function benchLoading(
-  name: string, rows: RowToWrite[], rowGroupSize: number, tokenizer: Tokenizer,
-  { batchSize, imgSize, batches, maxLength = 64 }: { batchSize: number; imgSize: number; batches: number; maxLength?: number },
+  name: string,
+  rows: RowToWrite[],
+  rowGroupSize: number,
+  tokenizer: Tokenizer,
+  {
+    batchSize,
+    imgSize,
+    batches,
+    maxLength = 64,
+  }: { batchSize: number; imgSize: number; batches: number; maxLength?: number },
 ): Promise<LoadTiming> {
   const dir = mkdtempSync(join(tmpdir(), 'nanovlm-bench-data-'));
   try {
@@ -133,7 +151,12 @@ export async function benchLoading(
     writeCauldronParquet(file, rows, { rowGroupSize });
     const dataset = new VQADataset(await openVQARows([file]), tokenizer, imgSize);
     const collator = new VQACollator(tokenizer, maxLength);
-    const loader = new DataLoader<VQAItem, VQABatch>(dataset, { batchSize, collate: (items) => collator.call(items), shuffle: true, prefetch: 0 });
+    const loader = new DataLoader<VQAItem, VQABatch>(dataset, {
+      batchSize,
+      collate: (items) => collator.call(items),
+      shuffle: true,
+      prefetch: 0,
+    });
     const times: number[] = [];
     let t0 = performance.now();
     for await (const { step } of loader.epoch(0)) {
@@ -145,7 +168,15 @@ export async function benchLoading(
     await loader.close();
     const sorted = [...times].sort((x, y) => x - y);
     const msPerBatch = sorted[sorted.length >> 1];
-    return { name, batchSize, imgSize, batches: times.length, msPerBatch, msPerSample: msPerBatch / batchSize, spread: [sorted[0], sorted[sorted.length - 1]] };
+    return {
+      name,
+      batchSize,
+      imgSize,
+      batches: times.length,
+      msPerBatch,
+      msPerSample: msPerBatch / batchSize,
+      spread: [sorted[0], sorted[sorted.length - 1]],
+    };
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -29,10 +29,15 @@ const flags = defineFlags({
 const args = parseCommandLine(flags, 'npx tsx bench/decode.ts');
 setCpuThreads(args.threads);
 const threads = getCpuThreads();
-const load = () => loadavg().map((x) => x.toFixed(1)).join(' ');
+const load = () =>
+  loadavg()
+    .map((x) => x.toFixed(1))
+    .join(' ');
 const { fma } = cpuKernelInfo();
-console.log(`nanoVLM-222M decoding, ${new Date().toISOString().slice(0, 10)}: ${cpus()[0]?.model ?? 'unknown cpu'}, ` +
-  `node ${process.version}, wasm kernels${fma ? ' (FMA)' : ''}, ${threads} thread${threads > 1 ? 's' : ''}, load ${load()}`);
+console.log(
+  `nanoVLM-222M decoding, ${new Date().toISOString().slice(0, 10)}: ${cpus()[0]?.model ?? 'unknown cpu'}, ` +
+    `node ${process.version}, wasm kernels${fma ? ' (FMA)' : ''}, ${threads} thread${threads > 1 ? 's' : ''}, load ${load()}`,
+);
 
 const dir = mkdtempSync(join(tmpdir(), 'decode-bench-'));
 const cfg = defaultVLMConfig;
@@ -60,7 +65,7 @@ function reference(): GenerateTiming | null {
   return { ttftMs: o.ttft_ms, tokensPerSec: o.tokens_per_sec };
 }
 
-const results: Record<string, GenerateTiming[]> = { 'ours, float32': [], 'ours, bfloat16': [], 'PyTorch': [] };
+const results: Record<string, GenerateTiming[]> = { 'ours, float32': [], 'ours, bfloat16': [], PyTorch: [] };
 const fmt = (r: GenerateTiming) => `${r.tokensPerSec.toFixed(1)} tokens/s, first token ${r.ttftMs.toFixed(0)} ms`;
 for (let round = 1; round <= args.rounds; round++) {
   const line: string[] = [];
@@ -69,7 +74,11 @@ for (let round = 1; round <= args.rounds; round++) {
   const bf16 = await benchGenerate(cfg, 'cpu', true, { model });
   dropBf16Copies(weights);
   const torch = reference();
-  for (const [name, r] of [['ours, float32', f32], ['ours, bfloat16', bf16], ['PyTorch', torch]] as const) {
+  for (const [name, r] of [
+    ['ours, float32', f32],
+    ['ours, bfloat16', bf16],
+    ['PyTorch', torch],
+  ] as const) {
     if (!r) continue;
     results[name].push(r);
     line.push(`${name} ${fmt(r)}`);
@@ -84,7 +93,18 @@ const spread = (xs: number[], d: number) =>
 const torchRate = results.PyTorch.length ? median(results.PyTorch.map((r) => r.tokensPerSec)) : 0;
 for (const [name, rs] of Object.entries(results)) {
   if (!rs.length) continue;
-  const ratio = torchRate && name !== 'PyTorch' ? `, ${(median(rs.map((r) => r.tokensPerSec)) / torchRate).toFixed(2)}x PyTorch` : '';
-  console.log(`${name}: ${spread(rs.map((r) => r.tokensPerSec), 1)} tokens/s, ` +
-    `first token ${spread(rs.map((r) => r.ttftMs), 0)} ms${ratio}`);
+  const ratio =
+    torchRate && name !== 'PyTorch'
+      ? `, ${(median(rs.map((r) => r.tokensPerSec)) / torchRate).toFixed(2)}x PyTorch`
+      : '';
+  console.log(
+    `${name}: ${spread(
+      rs.map((r) => r.tokensPerSec),
+      1,
+    )} tokens/s, ` +
+      `first token ${spread(
+        rs.map((r) => r.ttftMs),
+        0,
+      )} ms${ratio}`,
+  );
 }

@@ -4,23 +4,47 @@
 // attention, SwiGLU MLP, tied output head, cross-entropy.
 
 import {
-  Generator, cat, crossEntropy, randn, rmsNorm, scaledDotProductAttention, tensor, ones, type DeviceName, type Tensor,
+  Generator,
+  cat,
+  crossEntropy,
+  randn,
+  rmsNorm,
+  scaledDotProductAttention,
+  tensor,
+  ones,
+  type DeviceName,
+  type Tensor,
 } from '../tensor/index.ts';
 
 /** Sizes of the benchmark decoder. */
 export interface DecoderConfig {
-  blocks: number; hidden: number; heads: number; mlp: number; vocab: number; batch: number; seq: number;
+  blocks: number;
+  hidden: number;
+  heads: number;
+  mlp: number;
+  vocab: number;
+  batch: number;
+  seq: number;
 }
 
 /** Parameters for a decoder of `cfg`, seeded, kept out of every tidy scope. */
-export function makeDecoder(cfg: DecoderConfig, device: DeviceName = 'cpu'): { params: Tensor[]; step: (ids: Tensor, targets: Tensor) => Tensor } {
+export function makeDecoder(
+  cfg: DecoderConfig,
+  device: DeviceName = 'cpu',
+): { params: Tensor[]; step: (ids: Tensor, targets: Tensor) => Tensor } {
   const g = new Generator(0);
   const p = (shape: number[]) => randn(shape, { std: 0.02, generator: g, device }).setRequiresGrad().keep();
   const norm = () => ones([cfg.hidden], { device }).setRequiresGrad().keep();
   const embed = p([cfg.vocab, cfg.hidden]);
   const blocks = Array.from({ length: cfg.blocks }, () => ({
-    ln1: norm(), q: p([cfg.hidden, cfg.hidden]), k: p([cfg.hidden, cfg.hidden]), v: p([cfg.hidden, cfg.hidden]),
-    o: p([cfg.hidden, cfg.hidden]), ln2: norm(), gate: p([cfg.hidden, cfg.mlp]), up: p([cfg.hidden, cfg.mlp]),
+    ln1: norm(),
+    q: p([cfg.hidden, cfg.hidden]),
+    k: p([cfg.hidden, cfg.hidden]),
+    v: p([cfg.hidden, cfg.hidden]),
+    o: p([cfg.hidden, cfg.hidden]),
+    ln2: norm(),
+    gate: p([cfg.hidden, cfg.mlp]),
+    up: p([cfg.hidden, cfg.mlp]),
     down: p([cfg.mlp, cfg.hidden]),
   }));
   const lnf = norm();

@@ -289,7 +289,8 @@ async function trainSteps(
     const run = async (n: number) => {
       for (let i = 0; i < n; i++) {
         const logged = await step();
-        if (mode === 'read every step') await logged.data(); // sync point: train.ts reads the loss and the norm
+        if (mode === 'read every step')
+          await logged.data(); // sync point: train.ts reads the loss and the norm
         else tidy(() => void lossSum.assign(lossSum.add(logged)));
         logged.dispose();
       }

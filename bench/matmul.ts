@@ -18,16 +18,33 @@ export type MatmulKernels = 'ts' | 'wasm' | 'wasm-nofma';
 
 /** One measured case (threads: how many actually ran it). */
 export interface MatmulBenchRow {
-  kernels: MatmulKernels; threads: number; M: number; K: number; N: number;
-  median: number; min: number; max: number; runs: number;
+  kernels: MatmulKernels;
+  threads: number;
+  M: number;
+  K: number;
+  N: number;
+  median: number;
+  min: number;
+  max: number;
+  runs: number;
 }
 
 /** The issue's reference shapes (M x K x N). */
-export const MATMUL_SHAPES: [number, number, number][] = [[256, 256, 256], [1024, 1024, 1024], [1024, 576, 1536], [1024, 1536, 576]];
+export const MATMUL_SHAPES: [number, number, number][] = [
+  [256, 256, 256],
+  [1024, 1024, 1024],
+  [1024, 576, 1536],
+  [1024, 1536, 576],
+];
 
 /** Times C = A @ B for each kernel set, thread count and shape; prints a table and returns the rows. */
 export async function benchMatmul(
-  threadCounts: number[] = [1, 2], runs = 5, { kernels: kernelSets = ['ts', 'wasm'], shapes = MATMUL_SHAPES }: { kernels?: MatmulKernels[]; shapes?: [number, number, number][] } = {},
+  threadCounts: number[] = [1, 2],
+  runs = 5,
+  {
+    kernels: kernelSets = ['ts', 'wasm'],
+    shapes = MATMUL_SHAPES,
+  }: { kernels?: MatmulKernels[]; shapes?: [number, number, number][] } = {},
 ): Promise<MatmulBenchRow[]> {
   const [kernelsBefore, threadsBefore] = [getCpuKernels(), getCpuThreads()];
   const backend = getBackend('cpu');
@@ -63,11 +80,23 @@ export async function benchMatmul(
         rates.sort((x, y) => x - y);
         // A product below the parallel threshold (or a failed worker) runs on one thread: say so.
         const used = wasmStats.parallelCalls > parallelBefore ? threads : 1; // the ts kernels run on one thread
-        const row = { kernels, threads: used, M, K, N, median: rates[runs >> 1], min: rates[0], max: rates[runs - 1], runs };
+        const row = {
+          kernels,
+          threads: used,
+          M,
+          K,
+          N,
+          median: rates[runs >> 1],
+          min: rates[0],
+          max: rates[runs - 1],
+          runs,
+        };
         rows.push(row);
         const shape = `${M} x ${K} x ${N}`.padEnd(20);
         const spread = `[${row.min.toFixed(2)} .. ${row.max.toFixed(2)}]`;
-        console.log(`${kernels.padEnd(10)}  ${String(used).padStart(7)}  ${shape}  ${row.median.toFixed(2).padStart(14)}  ${spread}`);
+        console.log(
+          `${kernels.padEnd(10)}  ${String(used).padStart(7)}  ${shape}  ${row.median.toFixed(2).padStart(14)}  ${spread}`,
+        );
       }
     }
   }
@@ -80,14 +109,13 @@ if (process.argv[1] && new URL(import.meta.url).pathname === process.argv[1]) {
   const flags = defineFlags({
     kernels: { type: 'string', default: 'all', choices: ['all', 'ts', 'wasm', 'wasm-nofma'], help: 'which kernels' },
     threads: { type: 'int', min: 1, help: 'one thread count (default: 1 and 2)' },
-    shapes: { type: 'string', metavar: 'MxKxN,...', help: 'the products to time (default: the model\'s shapes)' },
+    shapes: { type: 'string', metavar: 'MxKxN,...', help: "the products to time (default: the model's shapes)" },
     runs: { type: 'int', default: 5, min: 1, help: 'timed runs per product (the median is reported)' },
   });
   const args = parseCommandLine(flags, 'npx tsx bench/matmul.ts');
   const info = cpuKernelInfo();
-  const sets: MatmulKernels[] = args.kernels === 'all'
-    ? ['ts', 'wasm', ...(info.relaxedSimd ? ['wasm-nofma' as const] : [])]
-    : [args.kernels];
+  const sets: MatmulKernels[] =
+    args.kernels === 'all' ? ['ts', 'wasm', ...(info.relaxedSimd ? ['wasm-nofma' as const] : [])] : [args.kernels];
   const shapes = args.shapes?.split(',').map((s) => s.split('x').map(Number) as [number, number, number]);
   await benchMatmul(args.threads ? [args.threads] : [1, 2], args.runs, { kernels: sets, shapes });
 }

@@ -18,24 +18,42 @@ import { Generator } from '../tensor/random.ts';
 
 /** The vision_config fields of a SigLIP config.json that nanoVLM reads. */
 export interface SiglipShape {
-  hidden_size: number; intermediate_size: number; num_attention_heads: number; num_hidden_layers: number;
-  patch_size: number; image_size: number;
+  hidden_size: number;
+  intermediate_size: number;
+  num_attention_heads: number;
+  num_hidden_layers: number;
+  patch_size: number;
+  image_size: number;
 }
 
 /** The fields of a Llama config.json that nanoVLM reads. */
 export interface LlamaShape {
-  hidden_size: number; intermediate_size: number; num_attention_heads: number; num_key_value_heads: number;
-  num_hidden_layers: number; vocab_size: number;
+  hidden_size: number;
+  intermediate_size: number;
+  num_attention_heads: number;
+  num_key_value_heads: number;
+  num_hidden_layers: number;
+  vocab_size: number;
 }
 
 /** google/siglip-base-patch16-224's vision tower. */
 export const SIGLIP_B16_224: SiglipShape = {
-  hidden_size: 768, intermediate_size: 3072, num_attention_heads: 12, num_hidden_layers: 12, patch_size: 16, image_size: 224,
+  hidden_size: 768,
+  intermediate_size: 3072,
+  num_attention_heads: 12,
+  num_hidden_layers: 12,
+  patch_size: 16,
+  image_size: 224,
 };
 
 /** HuggingFaceTB/SmolLM2-135M. */
 export const SMOLLM2_135M: LlamaShape = {
-  hidden_size: 576, intermediate_size: 1536, num_attention_heads: 9, num_key_value_heads: 3, num_hidden_layers: 30, vocab_size: 49152,
+  hidden_size: 576,
+  intermediate_size: 1536,
+  num_attention_heads: 9,
+  num_key_value_heads: 3,
+  num_hidden_layers: 30,
+  vocab_size: 49152,
 };
 
 /** How a tensor is filled: normal-like values of std 0.02 (weights), zeros (biases) or ones (norm weights). */
@@ -51,8 +69,10 @@ export function siglipTensors(s: SiglipShape): [string, number[], Fill][] {
   ];
   for (let i = 0; i < s.num_hidden_layers; i++) {
     const l = `vision_model.encoder.layers.${i}.`;
-    for (const n of ['layer_norm1', 'layer_norm2']) out.push([`${l}${n}.weight`, [D], 'ones'], [`${l}${n}.bias`, [D], 'zeros']);
-    for (const n of ['q_proj', 'k_proj', 'v_proj', 'out_proj']) out.push([`${l}self_attn.${n}.weight`, [D, D], 'weight'], [`${l}self_attn.${n}.bias`, [D], 'zeros']);
+    for (const n of ['layer_norm1', 'layer_norm2'])
+      out.push([`${l}${n}.weight`, [D], 'ones'], [`${l}${n}.bias`, [D], 'zeros']);
+    for (const n of ['q_proj', 'k_proj', 'v_proj', 'out_proj'])
+      out.push([`${l}self_attn.${n}.weight`, [D, D], 'weight'], [`${l}self_attn.${n}.bias`, [D], 'zeros']);
     out.push([`${l}mlp.fc1.weight`, [F, D], 'weight'], [`${l}mlp.fc1.bias`, [F], 'zeros']);
     out.push([`${l}mlp.fc2.weight`, [D, F], 'weight'], [`${l}mlp.fc2.bias`, [D], 'zeros']);
   }
@@ -68,11 +88,15 @@ export function llamaTensors(s: LlamaShape): [string, number[], Fill][] {
   for (let i = 0; i < s.num_hidden_layers; i++) {
     const l = `model.layers.${i}.`;
     out.push(
-      [`${l}self_attn.q_proj.weight`, [D, D], 'weight'], [`${l}self_attn.k_proj.weight`, [kv, D], 'weight'],
-      [`${l}self_attn.v_proj.weight`, [kv, D], 'weight'], [`${l}self_attn.o_proj.weight`, [D, D], 'weight'],
-      [`${l}mlp.gate_proj.weight`, [F, D], 'weight'], [`${l}mlp.up_proj.weight`, [F, D], 'weight'],
+      [`${l}self_attn.q_proj.weight`, [D, D], 'weight'],
+      [`${l}self_attn.k_proj.weight`, [kv, D], 'weight'],
+      [`${l}self_attn.v_proj.weight`, [kv, D], 'weight'],
+      [`${l}self_attn.o_proj.weight`, [D, D], 'weight'],
+      [`${l}mlp.gate_proj.weight`, [F, D], 'weight'],
+      [`${l}mlp.up_proj.weight`, [F, D], 'weight'],
       [`${l}mlp.down_proj.weight`, [D, F], 'weight'],
-      [`${l}input_layernorm.weight`, [D], 'ones'], [`${l}post_attention_layernorm.weight`, [D], 'ones'],
+      [`${l}input_layernorm.weight`, [D], 'ones'],
+      [`${l}post_attention_layernorm.weight`, [D], 'ones'],
     );
   }
   out.push(['model.norm.weight', [D], 'ones']);
@@ -106,25 +130,54 @@ function writeFolder(dir: string, config: object, tensors: Record<string, WriteT
  */
 export function writeRandomBackbones(
   out: string,
-  { siglip = SIGLIP_B16_224, llama = SMOLLM2_135M, seed = 0 }: { siglip?: SiglipShape; llama?: LlamaShape; seed?: number } = {},
+  {
+    siglip = SIGLIP_B16_224,
+    llama = SMOLLM2_135M,
+    seed = 0,
+  }: { siglip?: SiglipShape; llama?: LlamaShape; seed?: number } = {},
 ): { vit: string; lm: string } {
   const g = new Generator(seed);
-  const vit = writeFolder(join(out, 'siglip-base-patch16-224'), {
-    architectures: ['SiglipModel'], model_type: 'siglip',
-    vision_config: { ...siglip, layer_norm_eps: 1e-6, attention_dropout: 0.0, hidden_act: 'gelu_pytorch_tanh', model_type: 'siglip_vision_model' },
-  }, randomTensors(siglipTensors(siglip), g));
-  const lm = writeFolder(join(out, 'SmolLM2-135M'), {
-    architectures: ['LlamaForCausalLM'], model_type: 'llama', ...llama,
-    rms_norm_eps: 1e-5, rope_theta: 100000.0, max_position_embeddings: 8192, tie_word_embeddings: true, hidden_act: 'silu',
-    attention_dropout: 0.0, torch_dtype: 'bfloat16', bos_token_id: 0, eos_token_id: 0,
-  }, randomTensors(llamaTensors(llama), g));
+  const vit = writeFolder(
+    join(out, 'siglip-base-patch16-224'),
+    {
+      architectures: ['SiglipModel'],
+      model_type: 'siglip',
+      vision_config: {
+        ...siglip,
+        layer_norm_eps: 1e-6,
+        attention_dropout: 0.0,
+        hidden_act: 'gelu_pytorch_tanh',
+        model_type: 'siglip_vision_model',
+      },
+    },
+    randomTensors(siglipTensors(siglip), g),
+  );
+  const lm = writeFolder(
+    join(out, 'SmolLM2-135M'),
+    {
+      architectures: ['LlamaForCausalLM'],
+      model_type: 'llama',
+      ...llama,
+      rms_norm_eps: 1e-5,
+      rope_theta: 100000.0,
+      max_position_embeddings: 8192,
+      tie_word_embeddings: true,
+      hidden_act: 'silu',
+      attention_dropout: 0.0,
+      torch_dtype: 'bfloat16',
+      bos_token_id: 0,
+      eos_token_id: 0,
+    },
+    randomTensors(llamaTensors(llama), g),
+  );
   return { vit, lm };
 }
 
 if (process.argv[1] && new URL(import.meta.url).pathname === process.argv[1]) {
   const flags = defineFlags({
     out: {
-      type: 'string', metavar: 'DIR',
+      type: 'string',
+      metavar: 'DIR',
       help: 'writes DIR/siglip-base-patch16-224 and DIR/SmolLM2-135M (random weights, bf16; about 700 MB)',
     },
     seed: { type: 'int', default: 0, min: 0, help: 'seed of the weights' },

@@ -11,9 +11,21 @@ import { VisionLanguageModel } from '../vlm/vision_language_model.ts';
 /** The small configuration the issues compare against PyTorch: hidden 128, 4 blocks, 64px, 16 + 48 tokens. */
 export const smallConfig: VLMConfig = {
   ...defaultVLMConfig,
-  vit_hidden_dim: 128, vit_inter_dim: 512, vit_patch_size: 8, vit_img_size: 64, vit_n_heads: 4, vit_n_blocks: 4,
-  lm_hidden_dim: 128, lm_inter_dim: 384, lm_n_heads: 4, lm_n_kv_heads: 2, lm_n_blocks: 4, lm_vocab_size: 512,
-  IMAGE_TOKEN_LENGTH: 16, TOTAL_SEQUENCE_LENGTH: 64, lm_max_length: 48,
+  vit_hidden_dim: 128,
+  vit_inter_dim: 512,
+  vit_patch_size: 8,
+  vit_img_size: 64,
+  vit_n_heads: 4,
+  vit_n_blocks: 4,
+  lm_hidden_dim: 128,
+  lm_inter_dim: 384,
+  lm_n_heads: 4,
+  lm_n_kv_heads: 2,
+  lm_n_blocks: 4,
+  lm_vocab_size: 512,
+  IMAGE_TOKEN_LENGTH: 16,
+  TOTAL_SEQUENCE_LENGTH: 64,
+  lm_max_length: 48,
 };
 
 /** Number of image tokens the projector emits for a config. */
@@ -45,7 +57,9 @@ function median(xs: number[]): number {
 
 /** One training step's timing: median ms with the spread, tokens/s, the median of each phase, and the heap's peak. */
 export interface StepTiming {
-  ms: number; tokensPerSec: number; spread: [number, number];
+  ms: number;
+  tokensPerSec: number;
+  spread: [number, number];
   phases: { forward: number; backward: number; optimizer: number };
   /** The most bytes of the CPU backend's WebAssembly memory in use during a step (0 on other devices). */
   peakHeapBytes: number;
@@ -58,15 +72,22 @@ export interface StepTiming {
  * given (a large one takes long to make); `freeze` leaves parts untrained.
  */
 export async function benchTrainStep(
-  cfg: VLMConfig, batch: number, textLen: number, device: DeviceName, runs = 3,
+  cfg: VLMConfig,
+  batch: number,
+  textLen: number,
+  device: DeviceName,
+  runs = 3,
   { model: given, freeze = [] }: { model?: VisionLanguageModel; freeze?: ('vit' | 'lm')[] } = {},
 ): Promise<StepTiming> {
-  const model = given ?? await makeModel(cfg, device);
+  const model = given ?? (await makeModel(cfg, device));
   model.setRequiresGrad(true);
   if (freeze.includes('vit')) model.vision_encoder.setRequiresGrad(false);
   if (freeze.includes('lm')) model.decoder.setRequiresGrad(false);
   const mp = model.MP.parameters();
-  const opt = new AdamW([{ params: mp, lr: 2e-3 }, { params: model.parameters().filter((p) => !mp.includes(p)), lr: 1e-4 }]);
+  const opt = new AdamW([
+    { params: mp, lr: 2e-3 },
+    { params: model.parameters().filter((p) => !mp.includes(p)), lr: 1e-4 },
+  ]);
   const { ids, targets, image } = randomBatch(cfg, batch, textLen, device);
   const [times, forward, backward, optimizer, peaks]: number[][] = [[], [], [], [], []];
   for (let i = 0; i <= runs; i++) {
@@ -96,7 +117,9 @@ export async function benchTrainStep(
   if (!given) disposeModel(model);
   const ms = median(times);
   return {
-    ms, tokensPerSec: (batch * (imageTokens(cfg) + textLen) * 1000) / ms, spread: [Math.min(...times), Math.max(...times)],
+    ms,
+    tokensPerSec: (batch * (imageTokens(cfg) + textLen) * 1000) / ms,
+    spread: [Math.min(...times), Math.max(...times)],
     phases: { forward: median(forward), backward: median(backward), optimizer: median(optimizer) },
     peakHeapBytes: peaks.length ? Math.max(...peaks) : 0,
   };
@@ -104,7 +127,8 @@ export async function benchTrainStep(
 
 /** Generation timing: time to the first new token (the prefill: image and prompt) and tokens/s after it. */
 export interface GenerateTiming {
-  ttftMs: number; tokensPerSec: number;
+  ttftMs: number;
+  tokensPerSec: number;
 }
 
 /**
@@ -113,16 +137,31 @@ export interface GenerateTiming {
  * decoding speed after it, after a warm-up.
  */
 export async function benchGenerate(
-  cfg: VLMConfig, device: DeviceName, kvCache: boolean,
-  { newTokens = 32, promptLen = 16, runs = 3, model: given }: { newTokens?: number; promptLen?: number; runs?: number; model?: VisionLanguageModel } = {},
+  cfg: VLMConfig,
+  device: DeviceName,
+  kvCache: boolean,
+  {
+    newTokens = 32,
+    promptLen = 16,
+    runs = 3,
+    model: given,
+  }: { newTokens?: number; promptLen?: number; runs?: number; model?: VisionLanguageModel } = {},
 ): Promise<GenerateTiming> {
-  const model = given ?? await makeModel(cfg, device);
+  const model = given ?? (await makeModel(cfg, device));
   model.eval();
   const { ids, targets, image } = randomBatch(cfg, 1, promptLen, device);
   const once = async (n: number) => {
     const t0 = performance.now();
     let first = 0;
-    await model.generate(ids, image, null, { greedy: true, maxNewTokens: n, eosTokenId: null, kvCache, onTokens: (_, step) => { if (step === 0) first = performance.now(); } });
+    await model.generate(ids, image, null, {
+      greedy: true,
+      maxNewTokens: n,
+      eosTokenId: null,
+      kvCache,
+      onTokens: (_, step) => {
+        if (step === 0) first = performance.now();
+      },
+    });
     return { ttftMs: first - t0, tokensPerSec: ((n - 1) * 1000) / (performance.now() - first) };
   };
   await once(3); // warm-up

@@ -54,10 +54,7 @@ export class VQACollator {
   call(batch: VQAItem[]): VQABatch {
     const { tokenizer, maxLength } = this;
     const inputSequences = batch.map((item) => `${item.text_data}${item.answer}`);
-    const { input_ids, attention_mask, lengths, seqLen } = tokenizer.batchEncodePlus(
-      inputSequences,
-      { maxLength },
-    );
+    const { input_ids, attention_mask, lengths, seqLen } = tokenizer.batchEncodePlus(inputSequences, { maxLength });
 
     // Causal LM labels: position t predicts token t+1, the last one nothing.
     // Shifting the flat array carries each row's first token into the end of

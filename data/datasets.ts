@@ -100,9 +100,7 @@ export class VQADataset implements Dataset<VQAItem> {
     checkIndex(i, this.length); // a bad index is the caller's bug, not a bad row
     try {
       const row = await this.rows.read(i);
-      const image = processImage
-        ? await processImage(row.image, row.where)
-        : this.imageProcessor(row.image, row.where);
+      const image = processImage ? await processImage(row.image, row.where) : this.imageProcessor(row.image, row.where);
       return { image, ...this.format(row) };
     } catch (err) {
       const message = errorMessage(err);
@@ -163,7 +161,9 @@ export function concatenateRows(parts: VQARows[]): VQARows {
       while (starts[p] > i) p--;
       return parts[p].read(i - starts[p]);
     },
-    groups: parts.some((part) => part.groups) ? () => parts.flatMap((part, p) => ownGroups(part).map((g) => g.map((i) => i + starts[p]))) : undefined,
+    groups: parts.some((part) => part.groups)
+      ? () => parts.flatMap((part, p) => ownGroups(part).map((g) => g.map((i) => i + starts[p])))
+      : undefined,
   };
 }
 
@@ -181,14 +181,16 @@ export function selectRows(rows: VQARows, indices: number[]): VQARows {
       return rows.read(indices[i]);
     },
     // the selected rows of each underlying group form a group
-    groups: rows.groups && (() => {
-      const groupOf = new Int32Array(rows.length);
-      const groups = rows.groups!();
-      groups.forEach((g, k) => g.forEach((i) => (groupOf[i] = k)));
-      const selected: number[][] = groups.map(() => []);
-      indices.forEach((row, i) => selected[groupOf[row]].push(i));
-      return selected.filter((g) => g.length > 0);
-    }),
+    groups:
+      rows.groups &&
+      (() => {
+        const groupOf = new Int32Array(rows.length);
+        const groups = rows.groups!();
+        groups.forEach((g, k) => g.forEach((i) => (groupOf[i] = k)));
+        const selected: number[][] = groups.map(() => []);
+        indices.forEach((row, i) => selected[groupOf[row]].push(i));
+        return selected.filter((g) => g.length > 0);
+      }),
   };
 }
 
@@ -260,7 +262,9 @@ export class ParquetFile {
       for (const chunk of group.columns) {
         const codec = chunk.meta_data?.codec ?? 'UNCOMPRESSED';
         if (codec !== 'UNCOMPRESSED' && !(codec in compressors)) {
-          throw new Error(`${path} is compressed with ${codec}; nanovlm-ts reads uncompressed, snappy, gzip, brotli, zstd and lz4 parquet`);
+          throw new Error(
+            `${path} is compressed with ${codec}; nanovlm-ts reads uncompressed, snappy, gzip, brotli, zstd and lz4 parquet`,
+          );
         }
       }
     }

@@ -71,7 +71,9 @@ export class DataLoader<T, B> {
     this.shuffle = options.shuffle ?? false;
     this.shuffleWindow = options.shuffleWindow ?? 8;
     if (!Number.isInteger(this.shuffleWindow) || this.shuffleWindow < 1) {
-      throw new Error(`shuffleWindow must be a positive integer (row groups shuffled together), got ${options.shuffleWindow}`);
+      throw new Error(
+        `shuffleWindow must be a positive integer (row groups shuffled together), got ${options.shuffleWindow}`,
+      );
     }
     this.seed = options.seed ?? 0;
     this.dropLast = options.dropLast ?? false;

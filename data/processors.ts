@@ -109,7 +109,8 @@ function readPng(bytes: Uint8Array): PNGWithMetadata {
   try {
     return PNG.sync.read(buffer, { skipRescale: true });
   } catch (err) {
-    if (err instanceof Error && err.message.includes('read requests')) throw new Error('truncated: the data ends early');
+    if (err instanceof Error && err.message.includes('read requests'))
+      throw new Error('truncated: the data ends early');
     throw err;
   }
 }
@@ -152,7 +153,7 @@ interface JpegHeader {
 /** Walks the markers before the first scan: each is 0xFF, a code, then a 2-byte length and data. */
 function readJpegHeader(bytes: Uint8Array): JpegHeader {
   const header: JpegHeader = { components: [], jfif: false, adobeTransformAt: -1 };
-  for (let at = 2; at + 4 <= bytes.length && bytes[at] === 0xff; ) {
+  for (let at = 2; at + 4 <= bytes.length && bytes[at] === 0xff;) {
     const marker = bytes[at + 1];
     const body = at + 4;
     if (marker === 0xda) break; // start of scan: the header is over

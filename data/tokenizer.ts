@@ -46,10 +46,7 @@ export interface EncodedBatch {
 }
 
 /** Wraps parsed `tokenizer.json` and `tokenizer_config.json` contents (no file access). */
-export function createTokenizer(
-  tokenizerJson: object,
-  tokenizerConfig: Record<string, unknown> = {},
-): Tokenizer {
+export function createTokenizer(tokenizerJson: object, tokenizerConfig: Record<string, unknown> = {}): Tokenizer {
   // tokenizers.js cleans up spaces before punctuation on decode unless told
   // otherwise; the Rust library never does and transformers no longer does by
   // default, so "a ." must decode to "a ." here too.
@@ -73,9 +70,7 @@ export function createTokenizer(
     encode,
     // tokenizers.js throws on an empty list; an empty generation decodes to ''.
     decode: (ids, options = {}) =>
-      ids.length === 0
-        ? ''
-        : tok.decode(Array.from(ids), { skip_special_tokens: options.skipSpecialTokens ?? false }),
+      ids.length === 0 ? '' : tok.decode(Array.from(ids), { skip_special_tokens: options.skipSpecialTokens ?? false }),
     batchEncodePlus(texts, options = {}) {
       const encoded = texts.map(encode);
       const lengths = encoded.map((ids) => ids.length);

@@ -27,7 +27,12 @@ function drawn(shape: number[], device: DeviceName | undefined, draw: () => Tens
 }
 
 /** Normal(0, std) values of `shape`: nanoVLM initialises Linear and Embedding weights with std 0.02. */
-export function normal(shape: number[], std: number, device?: DeviceName, generator: Generator = defaultGenerator): Tensor {
+export function normal(
+  shape: number[],
+  std: number,
+  device?: DeviceName,
+  generator: Generator = defaultGenerator,
+): Tensor {
   return drawn(shape, device, () => randn(shape, { std, generator, device }));
 }
 
@@ -41,7 +46,11 @@ export function uniform(shape: number[], device?: DeviceName, generator: Generat
  * ReLU gain (what nanoVLM's ViT uses): std = sqrt(2 / (out * k * k)), which
  * keeps activations from shrinking or growing layer after layer.
  */
-export function kaimingNormalFanOut(shape: number[], device?: DeviceName, generator: Generator = defaultGenerator): Tensor {
+export function kaimingNormalFanOut(
+  shape: number[],
+  device?: DeviceName,
+  generator: Generator = defaultGenerator,
+): Tensor {
   const fanOut = shape[0] * shape.slice(2).reduce((a, b) => a * b, 1);
   return drawn(shape, device, () => randn(shape, { std: Math.sqrt(2 / fanOut), generator, device }));
 }

@@ -37,7 +37,10 @@ export class Embedding extends Module {
 export class LayerNorm extends Module {
   weight: Tensor;
   bias: Tensor;
-  constructor(dim: number, public eps = 1e-5) {
+  constructor(
+    dim: number,
+    public eps = 1e-5,
+  ) {
     super();
     this.weight = parameter(init.ones([dim]));
     this.bias = parameter(init.zeros([dim]));
@@ -50,7 +53,10 @@ export class LayerNorm extends Module {
 /** Llama's norm: divides by the root mean square (no mean subtraction, no bias). */
 export class RMSNorm extends Module {
   weight: Tensor;
-  constructor(dim: number, public eps = 1e-5) {
+  constructor(
+    dim: number,
+    public eps = 1e-5,
+  ) {
     super();
     this.weight = parameter(init.ones([dim]));
   }
@@ -82,7 +88,10 @@ export class Conv2d extends Module {
   bias: Tensor | null;
   constructor(inChannels: number, outChannels: number, kernelSize: number, stride: number, bias = true) {
     super();
-    if (stride !== kernelSize) throw new Error(`Conv2d: only stride == kernel_size is supported (patch embedding), got kernel ${kernelSize}, stride ${stride}`);
+    if (stride !== kernelSize)
+      throw new Error(
+        `Conv2d: only stride == kernel_size is supported (patch embedding), got kernel ${kernelSize}, stride ${stride}`,
+      );
     this.weight = parameter(init.kaimingNormalFanOut([outChannels, inChannels, kernelSize, kernelSize]));
     this.bias = bias ? parameter(init.zeros([outChannels])) : null;
   }

@@ -179,6 +179,7 @@ function writeInto(t: Tensor, v: StateValue): void {
   if (!(v instanceof Tensor)) return void t.setData(v.data);
   if (v.device === t.device) return void t.assign(v.dtype === t.dtype ? v : v.cast(t.dtype));
   // from another device: CPU values can be read synchronously; a GPU's cannot (await tensor.data() first)
-  if (v.device !== 'cpu') throw new Error(`loadStateDict: cannot copy a ${v.device} tensor into a ${t.device} module synchronously`);
+  if (v.device !== 'cpu')
+    throw new Error(`loadStateDict: cannot copy a ${v.device} tensor into a ${t.device} module synchronously`);
   t.setData(v.dataSync());
 }

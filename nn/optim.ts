@@ -42,7 +42,8 @@ export class AdamW {
   constructor(groups: ParamGroup[] | Tensor[], opts: AdamWOptions = {}) {
     const lr = opts.lr ?? 1e-3;
     const weightDecay = opts.weightDecay ?? 0.01;
-    const list = groups.length && !('params' in groups[0]) ? [{ params: groups as Tensor[], lr }] : (groups as ParamGroup[]);
+    const list =
+      groups.length && !('params' in groups[0]) ? [{ params: groups as Tensor[], lr }] : (groups as ParamGroup[]);
     this.paramGroups = list.map((g) => ({ ...g, weightDecay: g.weightDecay ?? weightDecay }));
     this.betas = opts.betas ?? [0.9, 0.999];
     this.eps = opts.eps ?? 1e-8;
@@ -95,7 +96,11 @@ export class AdamW {
   private stateOf(p: Tensor): ParamState {
     let s = this.state.get(p);
     if (!s) {
-      s = { step: 0, expAvg: zeros(p.shape, { device: p.device }).keep(), expAvgSq: zeros(p.shape, { device: p.device }).keep() };
+      s = {
+        step: 0,
+        expAvg: zeros(p.shape, { device: p.device }).keep(),
+        expAvgSq: zeros(p.shape, { device: p.device }).keep(),
+      };
       this.state.set(p, s);
     }
     return s;
@@ -106,7 +111,15 @@ export class AdamW {
     const params: AdamWState['params'] = [];
     for (const p of this.paramGroups.flatMap((g) => g.params)) {
       const s = this.state.get(p);
-      params.push(s ? { step: s.step, expAvg: (await s.expAvg.data()) as Float32Array, expAvgSq: (await s.expAvgSq.data()) as Float32Array } : null);
+      params.push(
+        s
+          ? {
+              step: s.step,
+              expAvg: (await s.expAvg.data()) as Float32Array,
+              expAvgSq: (await s.expAvgSq.data()) as Float32Array,
+            }
+          : null,
+      );
     }
     return { lrs: this.paramGroups.map((g) => g.lr), params };
   }
@@ -114,7 +127,8 @@ export class AdamW {
   /** Restores a stateDict() (same parameter order and shapes). */
   loadStateDict(state: AdamWState): void {
     const all = this.paramGroups.flatMap((g) => g.params);
-    if (state.params.length !== all.length) throw new Error(`AdamW.loadStateDict: state has ${state.params.length} parameters, the optimizer ${all.length}`);
+    if (state.params.length !== all.length)
+      throw new Error(`AdamW.loadStateDict: state has ${state.params.length} parameters, the optimizer ${all.length}`);
     state.lrs.forEach((lr, i) => (this.paramGroups[i].lr = lr));
     all.forEach((p, i) => {
       const saved = state.params[i];
@@ -136,7 +150,12 @@ export function clipGradNorm(params: Tensor[], maxNorm: number): Tensor {
   return noGrad(() => {
     const grads = params.map((p) => p.grad).filter((g): g is Tensor => g !== null);
     if (grads.length === 0) return zeros([]);
-    const total = tidy(() => grads.map((g) => g.mul(g).sum()).reduce((a, b) => a.add(b)).sqrt());
+    const total = tidy(() =>
+      grads
+        .map((g) => g.mul(g).sum())
+        .reduce((a, b) => a.add(b))
+        .sqrt(),
+    );
     tidy(() => {
       const coef = total.add(1e-6).reciprocal().mul(maxNorm).minimum(1); // PyTorch's clip_coef_clamped
       for (const p of params) if (p.grad) p.grad.assign(p.grad.mul(coef));

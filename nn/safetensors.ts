@@ -18,8 +18,7 @@ export interface RawTensor {
 
 /** A tensor to write: F32 and BF16 take a Float32Array, I32 an Int32Array. */
 export type WriteTensor =
-  | { dtype: 'F32' | 'BF16'; shape: number[]; data: Float32Array }
-  | { dtype: 'I32'; shape: number[]; data: Int32Array };
+  { dtype: 'F32' | 'BF16'; shape: number[]; data: Float32Array } | { dtype: 'I32'; shape: number[]; data: Int32Array };
 
 /** One validated header entry; begin and end are absolute byte offsets in the file. */
 export interface TensorEntry {
@@ -40,8 +39,14 @@ export interface Header {
 // The dtypes we read, with their sizes in bytes. F64 is narrowed to float32
 // and I64 to int32 (with a range check): our tensors hold nothing wider.
 const READ_SIZES = new Map([
-  ['F64', 8], ['F32', 4], ['F16', 2], ['BF16', 2],
-  ['I64', 8], ['I32', 4], ['U8', 1], ['BOOL', 1],
+  ['F64', 8],
+  ['F32', 4],
+  ['F16', 2],
+  ['BF16', 2],
+  ['I64', 8],
+  ['I32', 4],
+  ['U8', 1],
+  ['BOOL', 1],
 ]);
 
 // The dtypes we write, in the order PyTorch's writer (the Rust safetensors
@@ -76,9 +81,11 @@ function numel(shape: number[]): number {
 
 /** Reads the header length N from a file's first 8 bytes and checks that it fits the file. */
 export function headerLength(first8: Uint8Array, fileSize: number, source: string): number {
-  if (fileSize < 8) fail(source, `file is ${fileSize} bytes, too short to be safetensors (needs 8 for the header length)`);
+  if (fileSize < 8)
+    fail(source, `file is ${fileSize} bytes, too short to be safetensors (needs 8 for the header length)`);
   const n = new DataView(first8.buffer, first8.byteOffset, 8).getBigUint64(0, true);
-  if (n > BigInt(MAX_HEADER_BYTES)) fail(source, `header length ${n} is over the ${MAX_HEADER_BYTES}-byte limit: not a safetensors file?`);
+  if (n > BigInt(MAX_HEADER_BYTES))
+    fail(source, `header length ${n} is over the ${MAX_HEADER_BYTES}-byte limit: not a safetensors file?`);
   if (8 + Number(n) > fileSize) fail(source, `header length ${n} runs past the end of the file (${fileSize} bytes)`);
   return Number(n);
 }
@@ -139,19 +146,27 @@ function checkEntry(name: string, value: unknown, dataSize: number, source: stri
   if (typeof dtype !== 'string') fail(source, `${where} has no dtype string`);
   const size = READ_SIZES.get(dtype);
   if (size === undefined) {
-    fail(source, `${where} has dtype ${JSON.stringify(dtype)}, which is not supported (only ${[...READ_SIZES.keys()].join(', ')})`);
+    fail(
+      source,
+      `${where} has dtype ${JSON.stringify(dtype)}, which is not supported (only ${[...READ_SIZES.keys()].join(', ')})`,
+    );
   }
   // Values from the file are not echoed back: a hostile one could be huge.
-  if (!Array.isArray(shape) || !shape.every(isCount)) fail(source, `${where} has no shape, or one that is not a list of non-negative integers`);
+  if (!Array.isArray(shape) || !shape.every(isCount))
+    fail(source, `${where} has no shape, or one that is not a list of non-negative integers`);
   if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every(isCount)) {
     fail(source, `${where} has no data_offsets, or ones that are not two non-negative integers`);
   }
   const [begin, end] = offsets as [number, number];
   if (begin > end) fail(source, `${where} has data_offsets [${begin}, ${end}] that end before they begin`);
-  if (end > dataSize) fail(source, `${where} has data_offsets [${begin}, ${end}] past the end of the data section (${dataSize} bytes)`);
+  if (end > dataSize)
+    fail(source, `${where} has data_offsets [${begin}, ${end}] past the end of the data section (${dataSize} bytes)`);
   const bytes = numel(shape) * size;
   if (bytes !== end - begin) {
-    fail(source, `${where} is ${dtype} of shape [${shape.join(', ')}], which needs ${bytes} bytes, but data_offsets span ${end - begin}`);
+    fail(
+      source,
+      `${where} is ${dtype} of shape [${shape.join(', ')}], which needs ${bytes} bytes, but data_offsets span ${end - begin}`,
+    );
   }
   return { dtype, shape, begin, end };
 }
@@ -171,17 +186,21 @@ function inPlace(bytes: Uint8Array): [ArrayBufferLike, number] {
  */
 export function decodeTensor(entry: TensorEntry, bytes: Uint8Array, source: string): RawTensor {
   const where = `tensor ${JSON.stringify(entry.name)}`;
-  if (bytes.length !== entry.end - entry.begin) fail(source, `${where} needs ${entry.end - entry.begin} bytes, got ${bytes.length}`);
+  if (bytes.length !== entry.end - entry.begin)
+    fail(source, `${where} needs ${entry.end - entry.begin} bytes, got ${bytes.length}`);
   const shape = [...entry.shape]; // the caller's to keep, apart from the header's
   const n = numel(shape);
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const float = (data: Float32Array): RawTensor => ({ dtype: 'float32', shape, data });
   const int = (data: Int32Array): RawTensor => ({ dtype: 'int32', shape, data });
   switch (entry.dtype) {
-    case 'F32': return float(new Float32Array(...inPlace(bytes), n));
-    case 'I32': return int(new Int32Array(...inPlace(bytes), n));
+    case 'F32':
+      return float(new Float32Array(...inPlace(bytes), n));
+    case 'I32':
+      return int(new Int32Array(...inPlace(bytes), n));
     case 'U8':
-    case 'BOOL': return int(Int32Array.from(bytes));
+    case 'BOOL':
+      return int(Int32Array.from(bytes));
     case 'BF16': {
       // A bf16 is the top half of a float32.
       const bits = new Uint32Array(n);
@@ -248,7 +267,9 @@ export function serialize(tensors: Record<string, WriteTensor>, metadata?: Recor
   for (const name of names) {
     const t = tensors[name];
     const bytes = encodeTensor(name, t);
-    parts.push(`${JSON.stringify(name)}:${JSON.stringify({ dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + bytes.length] })}`);
+    parts.push(
+      `${JSON.stringify(name)}:${JSON.stringify({ dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + bytes.length] })}`,
+    );
     chunks.push(bytes);
     offset += bytes.length;
   }
@@ -264,12 +285,16 @@ export function serialize(tensors: Record<string, WriteTensor>, metadata?: Recor
 function encodeTensor(name: string, t: WriteTensor): Uint8Array {
   const where = `safetensors: tensor ${JSON.stringify(name)}`;
   if (name === '__metadata__') throw new Error(`${where}: the name is reserved for metadata`);
-  if (!WRITE_ORDER.includes(t.dtype)) throw new Error(`${where}: cannot write dtype ${t.dtype} (only ${WRITE_ORDER.join(', ')})`);
+  if (!WRITE_ORDER.includes(t.dtype))
+    throw new Error(`${where}: cannot write dtype ${t.dtype} (only ${WRITE_ORDER.join(', ')})`);
   const arrayType = t.dtype === 'I32' ? Int32Array : Float32Array;
   if (!(t.data instanceof arrayType)) throw new Error(`${where}: ${t.dtype} data must be a ${arrayType.name}`);
-  if (!Array.isArray(t.shape) || !t.shape.every(isCount)) throw new Error(`${where}: shape must be a list of non-negative integers`);
+  if (!Array.isArray(t.shape) || !t.shape.every(isCount))
+    throw new Error(`${where}: shape must be a list of non-negative integers`);
   if (numel(t.shape) !== t.data.length) {
-    throw new Error(`${where}: shape [${t.shape.join(', ')}] holds ${numel(t.shape)} values but data has ${t.data.length}`);
+    throw new Error(
+      `${where}: shape [${t.shape.join(', ')}] holds ${numel(t.shape)} values but data has ${t.data.length}`,
+    );
   }
   if (t.dtype !== 'BF16') return new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
   const bits = new Uint32Array(t.data.buffer, t.data.byteOffset, t.data.length);

@@ -6,9 +6,7 @@ import { readdirSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { dirname, extname, join, resolve } from 'node:path';
 import { asyncBufferFromFile, type AsyncBuffer } from 'hyparquet';
-import {
-  JsonlRows, cauldronRows, concatenateRows, errorMessage, mmstarRows, type VQARows,
-} from '../data/datasets.ts';
+import { JsonlRows, cauldronRows, concatenateRows, errorMessage, mmstarRows, type VQARows } from '../data/datasets.ts';
 
 /**
  * Opens VQA rows from files: the cauldron's parquet files (`images`, `texts` columns),

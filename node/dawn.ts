@@ -62,19 +62,17 @@ const dawn: GPUProvider = {
     const { create } = await import('webgpu');
     const adapter = opts.adapter ?? process.env.NANOVLM_WEBGPU_ADAPTER;
     const backends = dawnBackends(opts.backend ?? process.env.NANOVLM_WEBGPU_BACKEND, opts.hardwareOnly ?? false);
-    const list = backends.map(
-      (c): GPUCandidate => ({
-        name: c.name,
-        compat: c.compat,
-        gpu() {
-          // EGL reads this when the GLES backend starts: no X11/Wayland display needed
-          if (c.compat) process.env.EGL_PLATFORM ??= 'surfaceless';
-          const gpu = create([...c.options, TOGGLES, ...(adapter ? [`adapter=${adapter}`] : [])]);
-          instances.push(gpu);
-          return gpu;
-        },
-      }),
-    );
+    const list = backends.map((c): GPUCandidate => ({
+      name: c.name,
+      compat: c.compat,
+      gpu() {
+        // EGL reads this when the GLES backend starts: no X11/Wayland display needed
+        if (c.compat) process.env.EGL_PLATFORM ??= 'surfaceless';
+        const gpu = create([...c.options, TOGGLES, ...(adapter ? [`adapter=${adapter}`] : [])]);
+        instances.push(gpu);
+        return gpu;
+      },
+    }));
     return { list, adapter };
   },
   noAdapterMessage: NO_ADAPTER_MESSAGE,

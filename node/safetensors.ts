@@ -16,7 +16,10 @@ function readAt(fd: number, position: number, length: number, file: string): Uin
   const out = new Uint8Array(length);
   for (let done = 0; done < length;) {
     const n = fs.readSync(fd, out, done, Math.min(length - done, MAX_IO), position + done);
-    if (n === 0) throw new Error(`${file}: file ended at byte ${position + done}, expected ${position + length} (changed while open?)`);
+    if (n === 0)
+      throw new Error(
+        `${file}: file ended at byte ${position + done}, expected ${position + length} (changed while open?)`,
+      );
     done += n;
   }
   return out;
@@ -104,7 +107,9 @@ export function loadSafetensors(file: string): Map<string, RawTensor> {
  * midway leaves the previous file as it was, and no temporary file behind.
  */
 export function saveSafetensors(
-  file: string, tensors: Record<string, WriteTensor>, metadata?: Record<string, string>,
+  file: string,
+  tensors: Record<string, WriteTensor>,
+  metadata?: Record<string, string>,
 ): void {
   writeFileAtomic(file, serialize(tensors, metadata)); // serialize validates before touching the disk
 }

@@ -47,7 +47,11 @@ export function noGrad<T>(fn: () => T): T {
 
 /** Attaches a backward rule to `out` when any input needs a gradient. */
 export function recordGrad(
-  out: Tensor, op: string, inputs: Tensor[], backward: GradCtx['backward'], saved: Tensor[] = [],
+  out: Tensor,
+  op: string,
+  inputs: Tensor[],
+  backward: GradCtx['backward'],
+  saved: Tensor[] = [],
 ): Tensor {
   if (isGradEnabled() && inputs.some((t) => t.requiresGrad)) {
     out.requiresGrad = true;

@@ -30,11 +30,9 @@ export interface View {
 }
 
 export type UnaryOp =
-  | 'neg' | 'abs' | 'exp' | 'log' | 'sqrt' | 'rsqrt' | 'sin' | 'cos' | 'tanh'
-  | 'sigmoid' | 'relu' | 'silu' | 'gelu';
+  'neg' | 'abs' | 'exp' | 'log' | 'sqrt' | 'rsqrt' | 'sin' | 'cos' | 'tanh' | 'sigmoid' | 'relu' | 'silu' | 'gelu';
 export type BinaryOp =
-  | 'add' | 'sub' | 'mul' | 'div' | 'pow' | 'maximum' | 'minimum'
-  | 'eq' | 'ne' | 'lt' | 'le' | 'gt' | 'ge';
+  'add' | 'sub' | 'mul' | 'div' | 'pow' | 'maximum' | 'minimum' | 'eq' | 'ne' | 'lt' | 'le' | 'gt' | 'ge';
 export type ReduceOp = 'sum' | 'max' | 'argmax';
 
 /** Every kernel a backend must provide. Both backends implement all of it. */
@@ -98,7 +96,10 @@ export interface Backend {
   // --- the backward passes of the fused row kernels (gradOut has x's shape; weight grads are summed over rows) ---
   /** layerNorm's dx (contiguous, x's shape), dweight and dbias (the last dim's length). */
   layerNormBackward(
-    x: View, weight: View, gradOut: View, eps: number,
+    x: View,
+    weight: View,
+    gradOut: View,
+    eps: number,
   ): { dx: Storage; dweight: Storage; dbias: Storage };
   /** rmsNorm's dx (contiguous, x's shape) and dweight. */
   rmsNormBackward(x: View, weight: View, gradOut: View, eps: number): { dx: Storage; dweight: Storage };
@@ -122,7 +123,13 @@ export interface Backend {
    * (the layouts of the projections they flow back into). The mask gets none.
    */
   attentionBackward(
-    q: View, k: View, v: View, out: View, gradOut: View, lse: View, opts: AttentionOptions,
+    q: View,
+    k: View,
+    v: View,
+    out: View,
+    gradOut: View,
+    lse: View,
+    opts: AttentionOptions,
   ): { dq: Storage; dk: Storage; dv: Storage };
 
   // --- optimizer ---

@@ -59,8 +59,11 @@ export function dropout(x: Tensor, p: number, training: boolean, generator: Gene
 export function split(x: Tensor, sizes: number | number[], dim = 0): Tensor[] {
   const d = normalizeDim(dim, x.ndim, 'split');
   const n = x.shape[d];
-  const parts = Array.isArray(sizes) ? sizes : Array.from({ length: Math.ceil(n / sizes) }, (_, i) => Math.min(sizes, n - i * sizes));
-  if (parts.reduce((a, b) => a + b, 0) !== n) throw new Error(`split: sizes [${parts}] do not add up to ${n} (dim ${dim} of ${fmt(x.shape)})`);
+  const parts = Array.isArray(sizes)
+    ? sizes
+    : Array.from({ length: Math.ceil(n / sizes) }, (_, i) => Math.min(sizes, n - i * sizes));
+  if (parts.reduce((a, b) => a + b, 0) !== n)
+    throw new Error(`split: sizes [${parts}] do not add up to ${n} (dim ${dim} of ${fmt(x.shape)})`);
   let at = 0;
   return parts.map((p) => O.slice(x, d, at, (at += p)));
 }
@@ -75,7 +78,10 @@ export function chunk(x: Tensor, n: number, dim = 0): Tensor[] {
 export function stack(tensors: Tensor[], dim = 0): Tensor {
   if (tensors.length === 0) throw new Error('stack: expected at least one tensor');
   const d = normalizeDim(dim, tensors[0].ndim + 1, 'stack');
-  return O.cat(tensors.map((t) => t.unsqueeze(d)), d);
+  return O.cat(
+    tensors.map((t) => t.unsqueeze(d)),
+    d,
+  );
 }
 
 /** Repeats each element `repeats` times along dim: [a, b] -> [a, a, b, b] (used for grouped-query attention). */
@@ -84,7 +90,10 @@ export function repeatInterleave(x: Tensor, repeats: number, dim: number): Tenso
   const shape = [...x.shape];
   const expanded = [...shape.slice(0, d + 1), repeats, ...shape.slice(d + 1)];
   shape[d] *= repeats;
-  return x.unsqueeze(d + 1).expand(expanded).reshape(shape);
+  return x
+    .unsqueeze(d + 1)
+    .expand(expanded)
+    .reshape(shape);
 }
 
 /** Sorts along dim; returns sorted values and their int32 indices. */

@@ -42,7 +42,8 @@ function shapeOf(values: NestedArray): number[] {
 export function tensor(values: NestedArray | TypedArray, opts: TensorOptions & { shape?: number[] } = {}): Tensor {
   let flat: TypedArray;
   let shape: number[];
-  const dtype = opts.dtype ?? (values instanceof Int32Array ? 'int32' : values instanceof Float64Array ? 'float64' : 'float32');
+  const dtype =
+    opts.dtype ?? (values instanceof Int32Array ? 'int32' : values instanceof Float64Array ? 'float64' : 'float32');
   if (ArrayBuffer.isView(values)) {
     flat = dtypeOf(values) === dtype ? values : toTypedArray(dtype, values);
     shape = opts.shape ?? [values.length];
@@ -51,7 +52,8 @@ export function tensor(values: NestedArray | TypedArray, opts: TensorOptions & {
     const nums: number[] = [];
     const walk = (v: NestedArray): void => void (Array.isArray(v) ? v.forEach(walk) : nums.push(v));
     walk(values);
-    if (nums.length !== numel(shape)) throw new Error(`tensor: nested arrays are not rectangular (expected shape ${fmt(shape)})`);
+    if (nums.length !== numel(shape))
+      throw new Error(`tensor: nested arrays are not rectangular (expected shape ${fmt(shape)})`);
     flat = toTypedArray(dtype, nums);
     if (opts.shape) shape = opts.shape;
   }
@@ -82,7 +84,14 @@ export function arange(start: number, end?: number, step = 1, opts: TensorOption
   if (end === undefined) [start, end] = [0, start];
   const n = Math.max(0, Math.ceil((end - start) / step));
   const dtype = opts.dtype ?? 'int32';
-  return make(toTypedArray(dtype, Array.from({ length: n }, (_, i) => start + i * step)), [n], opts);
+  return make(
+    toTypedArray(
+      dtype,
+      Array.from({ length: n }, (_, i) => start + i * step),
+    ),
+    [n],
+    opts,
+  );
 }
 
 /** Uniform samples in [0, 1). */
@@ -92,7 +101,10 @@ export function rand(shape: number[], opts: TensorOptions & { generator?: Genera
 }
 
 /** Standard normal samples (times std plus mean when given). */
-export function randn(shape: number[], opts: TensorOptions & { generator?: Generator; mean?: number; std?: number } = {}): Tensor {
+export function randn(
+  shape: number[],
+  opts: TensorOptions & { generator?: Generator; mean?: number; std?: number } = {},
+): Tensor {
   const g = opts.generator ?? defaultGenerator;
   const [mean, std] = [opts.mean ?? 0, opts.std ?? 1];
   return randomTensor(shape, opts, () => mean + std * g.normal());

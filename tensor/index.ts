@@ -2,7 +2,21 @@
 
 export { Tensor, type NestedArray } from './tensor.ts';
 export { tensor, zeros, ones, full, arange, rand, randn, type TensorOptions } from './creation.ts';
-export { crossEntropy, softmax, logSoftmax, dropout, split, chunk, stack, repeatInterleave, sort, topk, tril, conv2dPatch, mean } from './composite.ts';
+export {
+  crossEntropy,
+  softmax,
+  logSoftmax,
+  dropout,
+  split,
+  chunk,
+  stack,
+  repeatInterleave,
+  sort,
+  topk,
+  tril,
+  conv2dPatch,
+  mean,
+} from './composite.ts';
 export { cat, where, matmul, embedding, layerNorm, rmsNorm, copyInto, scaledDotProductAttention } from './ops.ts';
 export { noGrad, isGradEnabled } from './autograd.ts';
 export { tidy, tidyForward } from './scope.ts';

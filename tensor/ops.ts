@@ -10,8 +10,15 @@ import { autocast, autocastDtype } from './mixed_precision.ts';
 import { type Generator, defaultGenerator } from './random.ts';
 import { type DType, type TypedArray, dtypeOf, isFloat } from './dtype.ts';
 import {
-  broadcastReduceDims, broadcastShapes, broadcastStrides, fmt, inferReshape, isContiguous,
-  normalizeDim, numel, viewStrides,
+  broadcastReduceDims,
+  broadcastShapes,
+  broadcastStrides,
+  fmt,
+  inferReshape,
+  isContiguous,
+  normalizeDim,
+  numel,
+  viewStrides,
 } from './shape.ts';
 import { Tensor } from './tensor.ts';
 
@@ -20,7 +27,13 @@ export type TensorLike = Tensor | number;
 
 /** The view of `t` read as if broadcast to `shape` (stride 0 where expanded). */
 function viewAs(t: Tensor, shape: number[]): View {
-  return { storage: t.storage, shape, strides: broadcastStrides(t.shape, t.strides, shape), offset: t.offset, dtype: t.dtype };
+  return {
+    storage: t.storage,
+    shape,
+    strides: broadcastStrides(t.shape, t.strides, shape),
+    offset: t.offset,
+    dtype: t.dtype,
+  };
 }
 
 /** A new tensor on `like`'s device around freshly computed storage. */
@@ -37,7 +50,8 @@ function alias(t: Tensor, shape: number[], strides: number[], offset: number): T
 function checkSameDevice(op: string, ts: Tensor[]): void {
   for (const t of ts) {
     t.assertAlive(op);
-    if (t.backend !== ts[0].backend) throw new Error(`${op}: tensors are on different devices (${ts[0].device} and ${t.device})`);
+    if (t.backend !== ts[0].backend)
+      throw new Error(`${op}: tensors are on different devices (${ts[0].device} and ${t.device})`);
   }
 }
 
@@ -100,17 +114,28 @@ export function unary(op: UnaryOp, x: Tensor): Tensor {
 /** d op(x) / dx, from the input x and the output y. */
 function unaryGrad(op: UnaryOp, x: Tensor, y: Tensor): TensorLike {
   switch (op) {
-    case 'neg': return -1;
-    case 'abs': return x.gt(0).sub(x.lt(0)).cast(x.dtype);
-    case 'exp': return y;
-    case 'log': return x.reciprocal();
-    case 'sqrt': return y.reciprocal().mul(0.5);
-    case 'rsqrt': return y.pow(3).mul(-0.5);
-    case 'sin': return x.cos();
-    case 'cos': return x.sin().neg();
-    case 'tanh': return y.square().neg().add(1);
-    case 'sigmoid': return y.mul(y.neg().add(1));
-    case 'relu': return x.gt(0).cast(x.dtype);
+    case 'neg':
+      return -1;
+    case 'abs':
+      return x.gt(0).sub(x.lt(0)).cast(x.dtype);
+    case 'exp':
+      return y;
+    case 'log':
+      return x.reciprocal();
+    case 'sqrt':
+      return y.reciprocal().mul(0.5);
+    case 'rsqrt':
+      return y.pow(3).mul(-0.5);
+    case 'sin':
+      return x.cos();
+    case 'cos':
+      return x.sin().neg();
+    case 'tanh':
+      return y.square().neg().add(1);
+    case 'sigmoid':
+      return y.mul(y.neg().add(1));
+    case 'relu':
+      return x.gt(0).cast(x.dtype);
     case 'silu': {
       const s = x.sigmoid();
       return s.mul(x.mul(s.neg().add(1)).add(1)); // s (1 + x (1 - s))
@@ -121,7 +146,12 @@ function unaryGrad(op: UnaryOp, x: Tensor, y: Tensor): TensorLike {
       const c = 0.7978845608028654;
       const x2 = x.square();
       const t = x.add(x2.mul(x).mul(0.044715)).mul(c).tanh();
-      const dt = t.square().neg().add(1).mul(x2.mul(3 * 0.044715).add(1)).mul(c);
+      const dt = t
+        .square()
+        .neg()
+        .add(1)
+        .mul(x2.mul(3 * 0.044715).add(1))
+        .mul(c);
       return t.add(1).mul(0.5).add(x.mul(dt).mul(0.5));
     }
   }
@@ -213,7 +243,9 @@ export function max(x: Tensor, dim: number, keepdim = false): Tensor {
   const shape = x.shape.filter((_, i) => i !== axis);
   const out = wrap(x, x.backend.reduce('max', x.view(), axis), shape);
   recordGrad(out, 'max', [x], (g) => {
-    const picked = argmax(x, axis, true).eq(arangeLike(x, x.shape[axis], axis)).cast(g.dtype);
+    const picked = argmax(x, axis, true)
+      .eq(arangeLike(x, x.shape[axis], axis))
+      .cast(g.dtype);
     return [picked.mul(g.unsqueeze(axis))];
   });
   return keepdim ? out.unsqueeze(axis) : out;
@@ -231,7 +263,11 @@ export function argmax(x: Tensor, dim: number, keepdim = false): Tensor {
 /** 0..n-1 laid along `axis` of a tensor with x's rank (for one-hot comparisons). */
 function arangeLike(x: Tensor, n: number, axis: number): Tensor {
   const ids = Int32Array.from({ length: n }, (_, i) => i);
-  return fromHost(x, ids, x.shape.map((_, i) => (i === axis ? n : 1)));
+  return fromHost(
+    x,
+    ids,
+    x.shape.map((_, i) => (i === axis ? n : 1)),
+  );
 }
 
 function reduceAxes(x: Tensor, dims: number | number[] | undefined, op: string): number[] {
@@ -244,7 +280,8 @@ function reduceAxes(x: Tensor, dims: number | number[] | undefined, op: string):
 /** Batched matrix product with broadcast batch dims: [..., M, K] @ [..., K, N]. */
 export function matmul(a: Tensor, b: Tensor): Tensor {
   checkSameDevice('matmul', [a, b]);
-  if (a.ndim < 1 || b.ndim < 1) throw new Error(`matmul: both operands need at least 1 dim, got ${fmt(a.shape)} and ${fmt(b.shape)}`);
+  if (a.ndim < 1 || b.ndim < 1)
+    throw new Error(`matmul: both operands need at least 1 dim, got ${fmt(a.shape)} and ${fmt(b.shape)}`);
   // vectors are treated as a row / a column, then the dim is dropped again
   if (a.ndim === 1) return matmul(a.unsqueeze(0), b).squeeze(-2);
   if (b.ndim === 1) return matmul(a, b.unsqueeze(-1)).squeeze(-1);
@@ -259,20 +296,22 @@ export function matmul(a: Tensor, b: Tensor): Tensor {
   const half = mode === 'float16' && a.dtype === 'float32';
   const out = wrap(a, half ? a.backend.matmulF16(av, bv) : a.backend.matmul(av, bv), [...batch, M, N]);
   // the backward's products in the forward's precision, wherever backward() is called
-  return recordGrad(out, 'matmul', [a, b], (g) => autocast(mode, () => [
-    ifNeeded(a, () => sumTo(g.matmul(b.transpose(-1, -2)), a.shape)),
-    ifNeeded(b, () => {
-      if (b.ndim !== 2) return sumTo(a.transpose(-1, -2).matmul(g), b.shape);
-      // A weight shared by the whole batch (x @ W): one [K, batch*M] @ [batch*M, N]
-      // product, rather than a product per batch entry summed afterwards.
-      const [a2, g2] = [a.reshape([-1, K]), g.reshape([-1, N])];
-      // A weight read transposed (Linear's x @ W^T, W stored [N, K]): make its
-      // gradient in W's own layout, (g^T a)^T, so that it reaches W contiguous
-      // instead of needing a strided copy. Same products, same sums.
-      if (b.strides[0] === 1 && b.strides[1] === K && K > 1) return g2.transpose(0, 1).matmul(a2).transpose(0, 1);
-      return a2.transpose(0, 1).matmul(g2);
-    }),
-  ]));
+  return recordGrad(out, 'matmul', [a, b], (g) =>
+    autocast(mode, () => [
+      ifNeeded(a, () => sumTo(g.matmul(b.transpose(-1, -2)), a.shape)),
+      ifNeeded(b, () => {
+        if (b.ndim !== 2) return sumTo(a.transpose(-1, -2).matmul(g), b.shape);
+        // A weight shared by the whole batch (x @ W): one [K, batch*M] @ [batch*M, N]
+        // product, rather than a product per batch entry summed afterwards.
+        const [a2, g2] = [a.reshape([-1, K]), g.reshape([-1, N])];
+        // A weight read transposed (Linear's x @ W^T, W stored [N, K]): make its
+        // gradient in W's own layout, (g^T a)^T, so that it reaches W contiguous
+        // instead of needing a strided copy. Same products, same sums.
+        if (b.strides[0] === 1 && b.strides[1] === K && K > 1) return g2.transpose(0, 1).matmul(a2).transpose(0, 1);
+        return a2.transpose(0, 1).matmul(g2);
+      }),
+    ]),
+  );
 }
 
 // ---------------------------------------------------------------- views (no copies)
@@ -293,7 +332,12 @@ export function permute(x: Tensor, dims: number[]): Tensor {
   if (axes.length !== x.ndim || new Set(axes).size !== axes.length) {
     throw new Error(`permute: [${dims}] is not a permutation of the ${x.ndim} dims of ${fmt(x.shape)}`);
   }
-  const out = alias(x, axes.map((d) => x.shape[d]), axes.map((d) => x.strides[d]), x.offset);
+  const out = alias(
+    x,
+    axes.map((d) => x.shape[d]),
+    axes.map((d) => x.strides[d]),
+    x.offset,
+  );
   const inverse = axes.map((_, i) => axes.indexOf(i));
   return recordGrad(out, 'permute', [x], (g) => [g.permute(...inverse)]);
 }
@@ -339,8 +383,14 @@ export function cat(tensors: Tensor[], dim = 0): Tensor {
   const first = tensors[0];
   const axis = normalizeDim(dim, first.ndim, 'cat');
   for (const t of tensors) {
-    if (t.ndim !== first.ndim || t.shape.some((d, i) => i !== axis && d !== first.shape[i]) || t.dtype !== first.dtype) {
-      throw new Error(`cat: cannot join ${fmt(first.shape)} (${first.dtype}) and ${fmt(t.shape)} (${t.dtype}) along dim ${dim}`);
+    if (
+      t.ndim !== first.ndim ||
+      t.shape.some((d, i) => i !== axis && d !== first.shape[i]) ||
+      t.dtype !== first.dtype
+    ) {
+      throw new Error(
+        `cat: cannot join ${fmt(first.shape)} (${first.dtype}) and ${fmt(t.shape)} (${t.dtype}) along dim ${dim}`,
+      );
     }
   }
   const shape = first.shape.map((d, i) => (i === axis ? tensors.reduce((s, t) => s + t.shape[axis], 0) : d));
@@ -349,11 +399,19 @@ export function cat(tensors: Tensor[], dim = 0): Tensor {
   let at = 0;
   for (const t of tensors) {
     starts.push(at);
-    const part = { storage: out.storage, shape: t.shape, strides: out.strides, offset: at * out.strides[axis], dtype: out.dtype };
+    const part = {
+      storage: out.storage,
+      shape: t.shape,
+      strides: out.strides,
+      offset: at * out.strides[axis],
+      dtype: out.dtype,
+    };
     first.backend.copyInto(part, t.view());
     at += t.shape[axis];
   }
-  return recordGrad(out, 'cat', tensors, (g) => tensors.map((t, i) => ifNeeded(t, () => slice(g, axis, starts[i], starts[i] + t.shape[axis]))));
+  return recordGrad(out, 'cat', tensors, (g) =>
+    tensors.map((t, i) => ifNeeded(t, () => slice(g, axis, starts[i], starts[i] + t.shape[axis]))),
+  );
 }
 
 // ---------------------------------------------------------------- indexing
@@ -422,7 +480,8 @@ export function layerNorm(x: Tensor, weight: Tensor, bias: Tensor, eps: number):
 export function rmsNorm(x: Tensor, weight: Tensor, eps: number): Tensor {
   checkSameDevice('rmsNorm', [x, weight]);
   const D = x.shape[x.ndim - 1];
-  if (weight.size !== D) throw new Error(`rmsNorm: weight ${fmt(weight.shape)} does not match the last dim of ${fmt(x.shape)}`);
+  if (weight.size !== D)
+    throw new Error(`rmsNorm: weight ${fmt(weight.shape)} does not match the last dim of ${fmt(x.shape)}`);
   const out = wrap(x, x.backend.rmsNorm(x.view(), weight.view(), eps), x.shape);
   return recordGrad(out, 'rmsNorm', [x, weight], (g) => {
     const r = x.backend.rmsNormBackward(x.view(), weight.view(), g.view(), eps);
@@ -435,7 +494,9 @@ export function crossEntropyRows(logits: Tensor, targets: Tensor, ignoreIndex: n
   checkSameDevice('crossEntropy', [logits, targets]);
   const [N, V] = logits.shape;
   if (logits.ndim !== 2 || targets.ndim !== 1 || targets.shape[0] !== N) {
-    throw new Error(`crossEntropy: logits ${fmt(logits.shape)} and targets ${fmt(targets.shape)} do not match (expected [N, V] and [N])`);
+    throw new Error(
+      `crossEntropy: logits ${fmt(logits.shape)} and targets ${fmt(targets.shape)} do not match (expected [N, V] and [N])`,
+    );
   }
   if (targets.dtype !== 'int32') throw new Error(`crossEntropy: targets must be int32, got ${targets.dtype}`);
   const out = wrap(logits, logits.backend.crossEntropy(logits.view(), targets.view(), ignoreIndex), [N]);
@@ -481,9 +542,12 @@ export function scaledDotProductAttention(q: Tensor, k: Tensor, v: Tensor, args:
     throw new Error(`attention: expected q (B, H, T, D) and k, v (B, Hkv, Tk, D), got ${shapes}`);
   }
   if (H % Hkv !== 0) throw new Error(`attention: ${H} query heads cannot share ${Hkv} key/value heads (${shapes})`);
-  if (args.isCausal && T > Tk) throw new Error(`attention: causal attention needs at least as many keys as queries (${shapes})`);
+  if (args.isCausal && T > Tk)
+    throw new Error(`attention: causal attention needs at least as many keys as queries (${shapes})`);
   if (!isFloat(q.dtype) || k.dtype !== q.dtype || v.dtype !== q.dtype || (mask && mask.dtype !== q.dtype)) {
-    throw new Error(`attention: q, k, v and the mask must share one float dtype (got ${q.dtype}, ${k.dtype}, ${v.dtype})`);
+    throw new Error(
+      `attention: q, k, v and the mask must share one float dtype (got ${q.dtype}, ${k.dtype}, ${v.dtype})`,
+    );
   }
   const full = [B, H, T, Tk];
   if (mask) broadcastShapes('attention mask', mask.shape, full);
@@ -526,7 +590,10 @@ export function sortLast(x: Tensor, descending: boolean): { values: Tensor; indi
 
 /** out[..., j] = sum of g[..., k] where indices[..., k] == j: puts sorted values back. */
 export function scatterLast(g: Tensor, indices: Tensor, n: number): Tensor {
-  const hits = indices.unsqueeze(-1).eq(arangeLike(indices.unsqueeze(-1), n, indices.ndim)).cast(g.dtype);
+  const hits = indices
+    .unsqueeze(-1)
+    .eq(arangeLike(indices.unsqueeze(-1), n, indices.ndim))
+    .cast(g.dtype);
   return hits.mul(g.unsqueeze(-1)).sum(-2);
 }
 
@@ -540,4 +607,3 @@ export function copyInto(dst: Tensor, src: Tensor): void {
   dst.backend.copyInto(dst.view(), viewAs(s, dst.shape));
   if (s !== src) s.dispose();
 }
-

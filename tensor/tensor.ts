@@ -140,7 +140,8 @@ export class Tensor {
 
   /** Overwrites the contents with host values (same element count, converted to this dtype). */
   setData(values: TypedArray): this {
-    if (values.length !== this.size) throw new Error(`setData: ${values.length} values for a tensor of ${this.size} elements`);
+    if (values.length !== this.size)
+      throw new Error(`setData: ${values.length} values for a tensor of ${this.size} elements`);
     const fresh = this.backend.alloc(this.dtype, this.size);
     this.backend.write(fresh, dtypeOf(values) === this.dtype ? values : toTypedArray(this.dtype, values));
     this.backend.release(this.storage);
@@ -154,13 +155,17 @@ export class Tensor {
 
   /** Backpropagates from this tensor (a scalar, unless a gradient is given). */
   backward(gradient?: Tensor): void {
-    if (!gradient && this.size !== 1) throw new Error(`backward: the output has shape ${fmt(this.shape)}; pass a gradient or reduce it to a scalar first`);
+    if (!gradient && this.size !== 1)
+      throw new Error(
+        `backward: the output has shape ${fmt(this.shape)}; pass a gradient or reduce it to a scalar first`,
+      );
     const ones = () => new Tensor(this.backend, this.backend.fill(this.dtype, this.size, 1), this.shape, this.dtype);
     runBackward(this, gradient ?? ones());
   }
   /** Marks a leaf as trainable (or not). */
   setRequiresGrad(flag = true): this {
-    if (flag && !isFloat(this.dtype)) throw new Error(`requiresGrad: only float tensors can require grad, got ${this.dtype}`);
+    if (flag && !isFloat(this.dtype))
+      throw new Error(`requiresGrad: only float tensors can require grad, got ${this.dtype}`);
     this.requiresGrad = flag;
     return this;
   }
@@ -171,45 +176,115 @@ export class Tensor {
   }
 
   // ------------------------------------------------------------ elementwise
-  add(o: O.TensorLike): Tensor { return O.binary('add', this, o); }
-  sub(o: O.TensorLike): Tensor { return O.binary('sub', this, o); }
-  mul(o: O.TensorLike): Tensor { return O.binary('mul', this, o); }
-  div(o: O.TensorLike): Tensor { return O.binary('div', this, o); }
-  pow(o: O.TensorLike): Tensor { return O.binary('pow', this, o); }
-  maximum(o: O.TensorLike): Tensor { return O.binary('maximum', this, o); }
-  minimum(o: O.TensorLike): Tensor { return O.binary('minimum', this, o); }
-  eq(o: O.TensorLike): Tensor { return O.binary('eq', this, o); }
-  ne(o: O.TensorLike): Tensor { return O.binary('ne', this, o); }
-  lt(o: O.TensorLike): Tensor { return O.binary('lt', this, o); }
-  le(o: O.TensorLike): Tensor { return O.binary('le', this, o); }
-  gt(o: O.TensorLike): Tensor { return O.binary('gt', this, o); }
-  ge(o: O.TensorLike): Tensor { return O.binary('ge', this, o); }
-  neg(): Tensor { return this.unary('neg'); }
-  abs(): Tensor { return this.unary('abs'); }
-  exp(): Tensor { return this.unary('exp'); }
-  log(): Tensor { return this.unary('log'); }
-  sqrt(): Tensor { return this.unary('sqrt'); }
-  rsqrt(): Tensor { return this.unary('rsqrt'); }
-  sin(): Tensor { return this.unary('sin'); }
-  cos(): Tensor { return this.unary('cos'); }
-  tanh(): Tensor { return this.unary('tanh'); }
-  sigmoid(): Tensor { return this.unary('sigmoid'); }
-  relu(): Tensor { return this.unary('relu'); }
-  silu(): Tensor { return this.unary('silu'); }
+  add(o: O.TensorLike): Tensor {
+    return O.binary('add', this, o);
+  }
+  sub(o: O.TensorLike): Tensor {
+    return O.binary('sub', this, o);
+  }
+  mul(o: O.TensorLike): Tensor {
+    return O.binary('mul', this, o);
+  }
+  div(o: O.TensorLike): Tensor {
+    return O.binary('div', this, o);
+  }
+  pow(o: O.TensorLike): Tensor {
+    return O.binary('pow', this, o);
+  }
+  maximum(o: O.TensorLike): Tensor {
+    return O.binary('maximum', this, o);
+  }
+  minimum(o: O.TensorLike): Tensor {
+    return O.binary('minimum', this, o);
+  }
+  eq(o: O.TensorLike): Tensor {
+    return O.binary('eq', this, o);
+  }
+  ne(o: O.TensorLike): Tensor {
+    return O.binary('ne', this, o);
+  }
+  lt(o: O.TensorLike): Tensor {
+    return O.binary('lt', this, o);
+  }
+  le(o: O.TensorLike): Tensor {
+    return O.binary('le', this, o);
+  }
+  gt(o: O.TensorLike): Tensor {
+    return O.binary('gt', this, o);
+  }
+  ge(o: O.TensorLike): Tensor {
+    return O.binary('ge', this, o);
+  }
+  neg(): Tensor {
+    return this.unary('neg');
+  }
+  abs(): Tensor {
+    return this.unary('abs');
+  }
+  exp(): Tensor {
+    return this.unary('exp');
+  }
+  log(): Tensor {
+    return this.unary('log');
+  }
+  sqrt(): Tensor {
+    return this.unary('sqrt');
+  }
+  rsqrt(): Tensor {
+    return this.unary('rsqrt');
+  }
+  sin(): Tensor {
+    return this.unary('sin');
+  }
+  cos(): Tensor {
+    return this.unary('cos');
+  }
+  tanh(): Tensor {
+    return this.unary('tanh');
+  }
+  sigmoid(): Tensor {
+    return this.unary('sigmoid');
+  }
+  relu(): Tensor {
+    return this.unary('relu');
+  }
+  silu(): Tensor {
+    return this.unary('silu');
+  }
   /** GELU, tanh approximation (SigLIP's gelu_pytorch_tanh). */
-  gelu(): Tensor { return this.unary('gelu'); }
-  square(): Tensor { return this.mul(this); }
-  reciprocal(): Tensor { return O.binary('div', 1, this); }
-  private unary(op: UnaryOp): Tensor { return O.unary(op, this); }
+  gelu(): Tensor {
+    return this.unary('gelu');
+  }
+  square(): Tensor {
+    return this.mul(this);
+  }
+  reciprocal(): Tensor {
+    return O.binary('div', 1, this);
+  }
+  private unary(op: UnaryOp): Tensor {
+    return O.unary(op, this);
+  }
   /** mask ? value : this (mask broadcasts). */
-  maskedFill(mask: Tensor, value: number): Tensor { return O.where(mask, value, this); }
-  cast(dtype: DType): Tensor { return dtype === this.dtype ? this : O.cast(this, dtype); }
-  float(): Tensor { return this.cast('float32'); }
-  int(): Tensor { return this.cast('int32'); }
+  maskedFill(mask: Tensor, value: number): Tensor {
+    return O.where(mask, value, this);
+  }
+  cast(dtype: DType): Tensor {
+    return dtype === this.dtype ? this : O.cast(this, dtype);
+  }
+  float(): Tensor {
+    return this.cast('float32');
+  }
+  int(): Tensor {
+    return this.cast('int32');
+  }
 
   // ------------------------------------------------------------ reductions
-  sum(dims?: number | number[], keepdim = false): Tensor { return O.sum(this, dims, keepdim); }
-  mean(dims?: number | number[], keepdim = false): Tensor { return C.mean(this, dims, keepdim); }
+  sum(dims?: number | number[], keepdim = false): Tensor {
+    return O.sum(this, dims, keepdim);
+  }
+  mean(dims?: number | number[], keepdim = false): Tensor {
+    return C.mean(this, dims, keepdim);
+  }
   /** Max over a dim (over everything when dim is omitted). */
   max(dim?: number, keepdim = false): Tensor {
     return dim === undefined ? O.max(this.reshape([-1]), 0) : O.max(this, dim, keepdim);
@@ -217,27 +292,39 @@ export class Tensor {
   argmax(dim?: number, keepdim = false): Tensor {
     return dim === undefined ? O.argmax(this.reshape([-1]), 0) : O.argmax(this, dim, keepdim);
   }
-  softmax(dim = -1): Tensor { return C.softmax(this, dim); }
-  logSoftmax(dim = -1): Tensor { return C.logSoftmax(this, dim); }
+  softmax(dim = -1): Tensor {
+    return C.softmax(this, dim);
+  }
+  logSoftmax(dim = -1): Tensor {
+    return C.logSoftmax(this, dim);
+  }
 
   // ------------------------------------------------------------ linear algebra
-  matmul(o: Tensor): Tensor { return O.matmul(this, o); }
+  matmul(o: Tensor): Tensor {
+    return O.matmul(this, o);
+  }
 
   // ------------------------------------------------------------ shape (views, no copy)
-  reshape(shape: number[]): Tensor { return O.reshape(this, shape); }
+  reshape(shape: number[]): Tensor {
+    return O.reshape(this, shape);
+  }
   flatten(startDim = 0, endDim = -1): Tensor {
     const s = normalizeDim(startDim, Math.max(this.ndim, 1), 'flatten');
     const e = normalizeDim(endDim, Math.max(this.ndim, 1), 'flatten');
     return this.reshape([...this.shape.slice(0, s), numel(this.shape.slice(s, e + 1)), ...this.shape.slice(e + 1)]);
   }
-  permute(...dims: number[]): Tensor { return O.permute(this, dims); }
+  permute(...dims: number[]): Tensor {
+    return O.permute(this, dims);
+  }
   transpose(d0: number, d1: number): Tensor {
     const dims = this.shape.map((_, i) => i);
     const [a, b] = [normalizeDim(d0, this.ndim, 'transpose'), normalizeDim(d1, this.ndim, 'transpose')];
     [dims[a], dims[b]] = [dims[b], dims[a]];
     return O.permute(this, dims);
   }
-  expand(shape: number[]): Tensor { return O.expand(this, shape); }
+  expand(shape: number[]): Tensor {
+    return O.expand(this, shape);
+  }
   unsqueeze(dim: number): Tensor {
     const d = normalizeDim(dim, this.ndim + 1, 'unsqueeze');
     return this.reshape([...this.shape.slice(0, d), 1, ...this.shape.slice(d)]);
@@ -248,18 +335,38 @@ export class Tensor {
     const d = normalizeDim(dim, this.ndim, 'squeeze');
     return this.shape[d] === 1 ? this.reshape(this.shape.filter((_, i) => i !== d)) : this.reshape(this.shape);
   }
-  slice(dim: number, start?: number, end?: number, step?: number): Tensor { return O.slice(this, dim, start, end, step); }
-  narrow(dim: number, start: number, length: number): Tensor { return O.slice(this, dim, start, start + length); }
-  contiguous(): Tensor { return O.contiguous(this); }
-  split(sizes: number | number[], dim = 0): Tensor[] { return C.split(this, sizes, dim); }
-  chunk(n: number, dim = 0): Tensor[] { return C.chunk(this, n, dim); }
-  repeatInterleave(repeats: number, dim: number): Tensor { return C.repeatInterleave(this, repeats, dim); }
+  slice(dim: number, start?: number, end?: number, step?: number): Tensor {
+    return O.slice(this, dim, start, end, step);
+  }
+  narrow(dim: number, start: number, length: number): Tensor {
+    return O.slice(this, dim, start, start + length);
+  }
+  contiguous(): Tensor {
+    return O.contiguous(this);
+  }
+  split(sizes: number | number[], dim = 0): Tensor[] {
+    return C.split(this, sizes, dim);
+  }
+  chunk(n: number, dim = 0): Tensor[] {
+    return C.chunk(this, n, dim);
+  }
+  repeatInterleave(repeats: number, dim: number): Tensor {
+    return C.repeatInterleave(this, repeats, dim);
+  }
 
   // ------------------------------------------------------------ nn helpers
-  embedding(ids: Tensor): Tensor { return O.embedding(this, ids); }
-  dropout(p: number, training: boolean, generator?: Generator): Tensor { return C.dropout(this, p, training, generator); }
-  sort(dim = -1, descending = false): { values: Tensor; indices: Tensor } { return C.sort(this, dim, descending); }
-  topk(k: number, dim = -1): { values: Tensor; indices: Tensor } { return C.topk(this, k, dim); }
+  embedding(ids: Tensor): Tensor {
+    return O.embedding(this, ids);
+  }
+  dropout(p: number, training: boolean, generator?: Generator): Tensor {
+    return C.dropout(this, p, training, generator);
+  }
+  sort(dim = -1, descending = false): { values: Tensor; indices: Tensor } {
+    return C.sort(this, dim, descending);
+  }
+  topk(k: number, dim = -1): { values: Tensor; indices: Tensor } {
+    return C.topk(this, k, dim);
+  }
 }
 
 function nest(data: TypedArray, shape: number[]): NestedArray {

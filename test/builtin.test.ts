@@ -145,7 +145,8 @@ describe('the built-in dataset', () => {
     expect(item.image.length).toBe(3 * 64 * 64);
     const plane = 64 * 64;
     for (let p = 0; p < plane; p += 97) {
-      for (let c = 0; c < 3; c++) expect(item.image[c * plane + p]).toBe(Math.fround(sample.image.data[p * 3 + c] / 255));
+      for (let c = 0; c < 3; c++)
+        expect(item.image[c * plane + p]).toBe(Math.fround(sample.image.data[p * 3 + c] / 255));
     }
     expect(() => dataset.sample(5)).toThrow(RangeError);
     expect(() => new BuiltinVQADataset({ eosToken: eos }, { imgSize: 16 })).toThrow(/at least 32 px/);

@@ -139,7 +139,7 @@ describe("train.ts's configuration", () => {
     expect(() => resumed(['--train_data', 'a.jsonl'])).toThrow(data);
   });
 
-  it('--help lists every flag, says what 0 means, and shows the chosen preset\'s defaults', () => {
+  it("--help lists every flag, says what 0 means, and shows the chosen preset's defaults", () => {
     const help = trainHelp('npm run train --').replace(/\s+/g, ' '); // one line: wrapping aside
     expect(help.startsWith('usage: npm run train -- [flags]')).toBe(true);
     for (const name of Object.keys(allFlags)) expect(help).toContain(`--${name} `);

@@ -49,15 +49,11 @@ describe('VQACollator', () => {
   });
 
   test('a sample of exactly maxLength is kept; one token more is ignored', () => {
-    const items = vqaItems(
-      ['What is this?', 'What is this?', 'Hi?'],
-      ['A big cat.', 'A big fat cat.', 'No.'],
-    );
+    const items = vqaItems(['What is this?', 'What is this?', 'Hi?'], ['A big cat.', 'A big fat cat.', 'No.']);
     const maxLength = tok.encode(items[0].text_data + items[0].answer).length;
     expect(tok.encode(items[1].text_data + items[1].answer).length).toBe(maxLength + 1);
     const batch = new VQACollator(tok, maxLength).call(items);
-    const row = (b: number, a: Int32Array) =>
-      Array.from(a.subarray(b * maxLength, (b + 1) * maxLength));
+    const row = (b: number, a: Int32Array) => Array.from(a.subarray(b * maxLength, (b + 1) * maxLength));
 
     expect(row(0, batch.input_ids)).toEqual(expectedRow(items[0], maxLength).input_ids);
     expect(row(0, batch.attention_mask)).toEqual(Array(maxLength).fill(1));

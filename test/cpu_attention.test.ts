@@ -53,7 +53,11 @@ function pass(kernels: 'ts' | 'wasm', c: Case): Float32Array[] {
   const opts = { attnMask: mask, isCausal: c.causal, dropoutP: c.p, generator: new Generator(4) };
   const out = scaledDotProductAttention(q, k, v, opts);
   if (c.sum) out.sum().backward();
-  else out.mul(randn(out.shape, { generator: new Generator(6) })).sum().backward();
+  else
+    out
+      .mul(randn(out.shape, { generator: new Generator(6) }))
+      .sum()
+      .backward();
   return [out.dataSync() as Float32Array, ...leaves.map((x) => x.grad!.dataSync() as Float32Array)];
 }
 
@@ -77,14 +81,22 @@ describe('wasm attention against the TypeScript reference, one thread', () => {
     ['the ViT: bidirectional, 17 patches, head dim 24', { q: [2, 3, 17, 24], k: [2, 3, 17, 24] }],
     ['67 rows, head dim 64, head-transposed inputs', { q: [1, 2, 67, 64], k: [1, 2, 67, 64], transposed: true }],
     ['GQA 4:1, causal, head dim 20, key padding', { q: [2, 8, 3, 20], k: [2, 2, 3, 20], causal: true, mask: 'keys' }],
-    ['a KV-cache step: 1 query over 9 keys, head dim 6',
-      { q: [3, 4, 1, 6], k: [3, 2, 9, 6], causal: true, mask: 'keys' }],
-    ['a KV-cache step of the 222M decoder: GQA 3:1, head dim 64, 145 keys, a full mask, head-transposed inputs',
-      { q: [2, 9, 1, 64], k: [2, 3, 145, 64], causal: true, mask: 'full', transposed: true }],
-    ['3 queries over 17 keys, causal, a full mask with key stride T',
-      { q: [2, 2, 3, 40], k: [2, 1, 17, 40], causal: true, mask: 'full' }],
-    ['several blocks of queries and keys (130 x 300), causal, head dim 10',
-      { q: [1, 2, 130, 10], k: [1, 1, 300, 10], causal: true }],
+    [
+      'a KV-cache step: 1 query over 9 keys, head dim 6',
+      { q: [3, 4, 1, 6], k: [3, 2, 9, 6], causal: true, mask: 'keys' },
+    ],
+    [
+      'a KV-cache step of the 222M decoder: GQA 3:1, head dim 64, 145 keys, a full mask, head-transposed inputs',
+      { q: [2, 9, 1, 64], k: [2, 3, 145, 64], causal: true, mask: 'full', transposed: true },
+    ],
+    [
+      '3 queries over 17 keys, causal, a full mask with key stride T',
+      { q: [2, 2, 3, 40], k: [2, 1, 17, 40], causal: true, mask: 'full' },
+    ],
+    [
+      'several blocks of queries and keys (130 x 300), causal, head dim 10',
+      { q: [1, 2, 130, 10], k: [1, 1, 300, 10], causal: true },
+    ],
     ['dropout, GQA, causal', { q: [2, 2, 17, 5], k: [2, 1, 19, 5], causal: true, p: 0.25 }],
     ['dropout over several key blocks', { q: [1, 1, 7, 8], k: [1, 1, 300, 8], p: 0.5, mask: 'keys' }],
     ['a broadcast gradient (the loss is a plain sum)', { q: [1, 3, 17, 24], k: [1, 3, 17, 24], sum: true }],

@@ -22,10 +22,16 @@ const SCRIPT = `
   console.log(JSON.stringify({ info: cpuKernelInfo(), c: Array.from(c), s: Array.from(s, (x) => Math.round(x * 1e6) / 1e6) }));`;
 
 /** Runs SCRIPT under node with `flags`, after `prelude`: its result, and the lines it warned with. */
-function runScript(flags: string[], prelude = ''): { info: Record<string, unknown>; c: number[]; s: number[]; warnings: string[] } {
+function runScript(
+  flags: string[],
+  prelude = '',
+): { info: Record<string, unknown>; c: number[]; s: number[]; warnings: string[] } {
   const root = fileURLToPath(new URL('..', import.meta.url));
-  const r = spawnSync(process.execPath, [...flags, '--import', 'tsx', '--input-type=module', '-e', prelude + SCRIPT],
-    { cwd: root, timeout: 60_000, encoding: 'utf8' });
+  const r = spawnSync(process.execPath, [...flags, '--import', 'tsx', '--input-type=module', '-e', prelude + SCRIPT], {
+    cwd: root,
+    timeout: 60_000,
+    encoding: 'utf8',
+  });
   expect(r.status, r.stderr).toBe(0);
   const warnings = r.stderr.split('\n').filter((line) => line.startsWith('cpu '));
   return { ...JSON.parse(r.stdout.trim().split('\n').pop()!), warnings };
@@ -102,13 +108,20 @@ const PAGE = `
 describe('a web page', () => {
   it('without process: wasm kernels, Web Workers that join when they have started, a main thread that never waits', () => {
     const root = fileURLToPath(new URL('..', import.meta.url));
-    const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', PAGE],
-      { cwd: root, timeout: 60_000, encoding: 'utf8' });
+    const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', PAGE], {
+      cwd: root,
+      timeout: 60_000,
+      encoding: 'utf8',
+    });
     expect(r.status, r.stderr).toBe(0);
     const out = JSON.parse(r.stdout.trim().split('\n').pop()!);
     expect(out.info).toMatchObject({ kernels: 'wasm', simd: true, sharedMemory: true, threads: 2 });
     expect(out.parallel).toBe(4); // each matmul was split into tasks
-    expect({ before: out.before, after: out.after, workers: out.workers }).toEqual({ before: 6030000, after: [6030000, 6030000, 6030000], workers: 1 });
+    expect({ before: out.before, after: out.after, workers: out.workers }).toEqual({
+      before: 6030000,
+      after: [6030000, 6030000, 6030000],
+      workers: 1,
+    });
     expect(r.stderr).toBe('');
   });
 });

@@ -24,10 +24,34 @@ describe('generate.ts --dtype', () => {
   it('bfloat16 keeps a copy of the decoder weights and generates', () => {
     const out = join(work, 'run');
     const train = run('train.ts', [
-      '--device', 'cpu', '--max_steps', '2', '--eval_interval', '2', '--batch_size', '8',
-      '--builtin_train_size', '40', '--builtin_val_size', '8',
-      '--vit_hidden_dim', '32', '--vit_inter_dim', '64', '--vit_patch_size', '8', '--vit_n_blocks', '1',
-      '--lm_hidden_dim', '64', '--lm_inter_dim', '128', '--lm_n_blocks', '2', '--out', out,
+      '--device',
+      'cpu',
+      '--max_steps',
+      '2',
+      '--eval_interval',
+      '2',
+      '--batch_size',
+      '8',
+      '--builtin_train_size',
+      '40',
+      '--builtin_val_size',
+      '8',
+      '--vit_hidden_dim',
+      '32',
+      '--vit_inter_dim',
+      '64',
+      '--vit_patch_size',
+      '8',
+      '--vit_n_blocks',
+      '1',
+      '--lm_hidden_dim',
+      '64',
+      '--lm_inter_dim',
+      '128',
+      '--lm_n_blocks',
+      '2',
+      '--out',
+      out,
     ]);
     expect(train.code, train.err).toBe(0);
     const model = VisionLanguageModel.fromPretrained(readModelFolder(out));

@@ -6,7 +6,16 @@
 
 import { afterAll, describe, expect, it } from 'vitest';
 import {
-  Generator, crossEntropy, layerNorm, manualSeed, rmsNorm, softmax, tensor, tidy, where, type Tensor,
+  Generator,
+  crossEntropy,
+  layerNorm,
+  manualSeed,
+  rmsNorm,
+  softmax,
+  tensor,
+  tidy,
+  where,
+  type Tensor,
 } from '../tensor/index.ts';
 import { setCpuThreads } from '../tensor/cpu/threads.ts';
 import { setCpuKernels, wasmStats } from '../tensor/cpu/wasm/kernels.ts';
@@ -15,7 +24,13 @@ import { VisionLanguageModel } from '../vlm/vision_language_model.ts';
 import { randomValues } from './helpers.ts';
 
 /** Each gradient within atol + rtol * (its largest magnitude) of the other's. */
-function expectGradsClose(got: ArrayLike<number>, want: ArrayLike<number>, what: string, rtol: number, atol = 1e-6): void {
+function expectGradsClose(
+  got: ArrayLike<number>,
+  want: ArrayLike<number>,
+  what: string,
+  rtol: number,
+  atol = 1e-6,
+): void {
   expect(got.length).toBe(want.length);
   let [scale, worst, at] = [0, 0, 0];
   for (let i = 0; i < want.length; i++) scale = Math.max(scale, Math.abs(want[i]));
@@ -23,7 +38,9 @@ function expectGradsClose(got: ArrayLike<number>, want: ArrayLike<number>, what:
     const err = Math.abs(got[i] - want[i]);
     if (!(err <= worst)) [worst, at] = [err, i];
   }
-  expect(worst, `${what}: element ${at} is ${got[at]}, float64 says ${want[at]}`).toBeLessThanOrEqual(atol + rtol * scale);
+  expect(worst, `${what}: element ${at} is ${got[at]}, float64 says ${want[at]}`).toBeLessThanOrEqual(
+    atol + rtol * scale,
+  );
 }
 
 /**
@@ -31,7 +48,14 @@ function expectGradsClose(got: ArrayLike<number>, want: ArrayLike<number>, what:
  * float32 (wasm kernels) and in float64 (TypeScript kernels).
  */
 function gradAgree(fn: (...xs: Tensor[]) => Tensor, shapes: number[][], { lo = -1, hi = 1, rtol = 1e-4 } = {}): void {
-  const values = shapes.map((s, i) => randomValues(s.reduce((a, b) => a * b, 1), 1 + i, lo, hi));
+  const values = shapes.map((s, i) =>
+    randomValues(
+      s.reduce((a, b) => a * b, 1),
+      1 + i,
+      lo,
+      hi,
+    ),
+  );
   const grads = (dtype: 'float32' | 'float64') => {
     const xs = values.map((v, i) => tensor(v, { shape: shapes[i], dtype, requiresGrad: true }));
     const y = fn(...xs);
@@ -58,14 +82,29 @@ for (const threads of [1, 2]) {
 
     it('unary ops', () => {
       setup();
-      const ops = many ? (['neg', 'abs', 'exp', 'tanh', 'sigmoid', 'relu', 'silu', 'gelu', 'square'] as const) : (['silu', 'gelu'] as const);
+      const ops = many
+        ? (['neg', 'abs', 'exp', 'tanh', 'sigmoid', 'relu', 'silu', 'gelu', 'square'] as const)
+        : (['silu', 'gelu'] as const);
       for (const op of ops) gradAgree((x) => x[op](), [[R, C]], { lo: -3, hi: 3 });
-      if (many) for (const op of ['sqrt', 'rsqrt', 'log', 'reciprocal'] as const) gradAgree((x) => x[op](), [[R, C]], { lo: 0.5, hi: 3 });
+      if (many)
+        for (const op of ['sqrt', 'rsqrt', 'log', 'reciprocal'] as const)
+          gradAgree((x) => x[op](), [[R, C]], { lo: 0.5, hi: 3 });
     });
 
     it('binary ops with broadcasting, and where', () => {
       setup();
-      const pairs = [[[R, C], [R, C]], [[R, C], [C]], [[R, 1], [1, C]], [[R, C], []]] as [number[], number[]][];
+      const pairs = [
+        [
+          [R, C],
+          [R, C],
+        ],
+        [[R, C], [C]],
+        [
+          [R, 1],
+          [1, C],
+        ],
+        [[R, C], []],
+      ] as [number[], number[]][];
       for (const [sa, sb] of many ? pairs : pairs.slice(1, 2)) {
         gradAgree((a, b) => a.add(b).mul(a.sub(b)).div(b.abs().add(0.5)), [sa, sb]);
         gradAgree((a, b) => a.maximum(b).add(a.minimum(b.mul(2))), [sa, sb]);
@@ -89,24 +128,62 @@ for (const threads of [1, 2]) {
       setup();
       const before = wasmStats.parallelCalls;
       const M = many ? R : 257; // 257 x 16 x 513: just over 2^21 multiply-adds
-      gradAgree((a, b) => a.matmul(b), [[M, 16], [16, C]]);
-      gradAgree((a, b) => a.transpose(0, 1).matmul(b.transpose(0, 1)), [[16, M], [C, 16]]);
-      if (many) gradAgree((a, b) => a.matmul(b), [[3, R, 17], [3, 17, C]]);
-      gradAgree((x, w) => x.matmul(w.transpose(0, 1)).gelu(), [[2, M, 9], [C, 9]]); // a Linear layer
+      gradAgree(
+        (a, b) => a.matmul(b),
+        [
+          [M, 16],
+          [16, C],
+        ],
+      );
+      gradAgree(
+        (a, b) => a.transpose(0, 1).matmul(b.transpose(0, 1)),
+        [
+          [16, M],
+          [C, 16],
+        ],
+      );
+      if (many)
+        gradAgree(
+          (a, b) => a.matmul(b),
+          [
+            [3, R, 17],
+            [3, 17, C],
+          ],
+        );
+      gradAgree(
+        (x, w) => x.matmul(w.transpose(0, 1)).gelu(),
+        [
+          [2, M, 9],
+          [C, 9],
+        ],
+      ); // a Linear layer
       if (threads > 1) expect(wasmStats.parallelCalls).toBeGreaterThan(before);
     });
 
     it('attention with a causal mask, and cross-entropy with ignored targets', () => {
       setup();
       const T = threads === 1 ? 6 : 96;
-      const mask = tensor(Float32Array.from({ length: T * T }, (_, i) => (i % T > Math.floor(i / T) ? 1 : 0)), { shape: [T, T] });
-      gradAgree((q, k, v) => {
-        const scores = q.matmul(k.transpose(-1, -2)).mul(1 / Math.sqrt(8));
-        const masked = where(mask.cast(q.dtype).gt(0), -Infinity, scores);
-        return softmax(masked, -1).matmul(v);
-      }, [[2, 2, T, 8], [2, 2, T, 8], [2, 2, T, 8]]);
+      const mask = tensor(
+        Float32Array.from({ length: T * T }, (_, i) => (i % T > Math.floor(i / T) ? 1 : 0)),
+        { shape: [T, T] },
+      );
+      gradAgree(
+        (q, k, v) => {
+          const scores = q.matmul(k.transpose(-1, -2)).mul(1 / Math.sqrt(8));
+          const masked = where(mask.cast(q.dtype).gt(0), -Infinity, scores);
+          return softmax(masked, -1).matmul(v);
+        },
+        [
+          [2, 2, T, 8],
+          [2, 2, T, 8],
+          [2, 2, T, 8],
+        ],
+      );
       const g = new Generator(3);
-      const targets = tensor(Int32Array.from({ length: 4 * R }, () => (g.random() < 0.2 ? -100 : g.randint(C))), { shape: [4, R] });
+      const targets = tensor(
+        Int32Array.from({ length: 4 * R }, () => (g.random() < 0.2 ? -100 : g.randint(C))),
+        { shape: [4, R] },
+      );
       gradAgree((x) => crossEntropy(x, targets), [[4, R, C]], { lo: -3, hi: 3 });
     });
   });
@@ -115,9 +192,21 @@ for (const threads of [1, 2]) {
 describe('a small nanoVLM, wasm kernels against TypeScript kernels', () => {
   const cfg: VLMConfig = {
     ...defaultVLMConfig,
-    vit_hidden_dim: 32, vit_inter_dim: 64, vit_patch_size: 8, vit_img_size: 32, vit_n_heads: 2, vit_n_blocks: 2,
-    lm_hidden_dim: 32, lm_inter_dim: 48, lm_n_heads: 4, lm_n_kv_heads: 2, lm_n_blocks: 2, lm_vocab_size: 64,
-    IMAGE_TOKEN_LENGTH: 4, TOTAL_SEQUENCE_LENGTH: 16, lm_max_length: 12,
+    vit_hidden_dim: 32,
+    vit_inter_dim: 64,
+    vit_patch_size: 8,
+    vit_img_size: 32,
+    vit_n_heads: 2,
+    vit_n_blocks: 2,
+    lm_hidden_dim: 32,
+    lm_inter_dim: 48,
+    lm_n_heads: 4,
+    lm_n_kv_heads: 2,
+    lm_n_blocks: 2,
+    lm_vocab_size: 64,
+    IMAGE_TOKEN_LENGTH: 4,
+    TOTAL_SEQUENCE_LENGTH: 16,
+    lm_max_length: 12,
   };
 
   /** Loss and every parameter's gradient after one forward and backward pass. */
@@ -126,8 +215,14 @@ describe('a small nanoVLM, wasm kernels against TypeScript kernels', () => {
     manualSeed(0);
     const model = new VisionLanguageModel(cfg);
     const g = new Generator(1);
-    const ids = tensor(Int32Array.from({ length: 2 * 12 }, () => g.randint(64)), { shape: [2, 12] });
-    const image = tensor(Float32Array.from({ length: 2 * 3 * 32 * 32 }, () => g.random()), { shape: [2, 3, 32, 32] });
+    const ids = tensor(
+      Int32Array.from({ length: 2 * 12 }, () => g.randint(64)),
+      { shape: [2, 12] },
+    );
+    const image = tensor(
+      Float32Array.from({ length: 2 * 3 * 32 * 32 }, () => g.random()),
+      { shape: [2, 3, 32, 32] },
+    );
     const loss = tidy(() => {
       const { loss } = model.forward(ids, image, null, ids);
       loss!.backward();

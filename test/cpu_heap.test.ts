@@ -71,7 +71,14 @@ describe('live bytes', () => {
     t.dispose();
     expect(liveMemory().numBytes).toBe(before);
     for (let step = 0; step < 3; step++) {
-      tidy(() => void zeros([64, 65]).add(1).matmul(zeros([65, 3])).softmax(-1).sum());
+      tidy(
+        () =>
+          void zeros([64, 65])
+            .add(1)
+            .matmul(zeros([65, 3]))
+            .softmax(-1)
+            .sum(),
+      );
       expect(liveMemory().numBytes).toBe(before);
     }
   });
@@ -95,7 +102,11 @@ describe('live bytes', () => {
     compactHeap();
     const before = heapStats();
     const big = malloc(200_000); // size class 229376: no free list has it, a merged run does
-    expect(heapStats()).toMatchObject({ carved: before.carved + 1, fresh: before.fresh, reservedBytes: before.reservedBytes });
+    expect(heapStats()).toMatchObject({
+      carved: before.carved + 1,
+      fresh: before.fresh,
+      reservedBytes: before.reservedBytes,
+    });
     expect(big).toBeLessThanOrEqual(blocks[0]);
     free(big, 200_000);
     free(guard, 64);

@@ -5,7 +5,16 @@
 
 import { afterAll, describe, expect, it } from 'vitest';
 import {
-  Generator, cat, crossEntropy, getBackend, layerNorm, rmsNorm, softmax, tensor, where, type Tensor,
+  Generator,
+  cat,
+  crossEntropy,
+  getBackend,
+  layerNorm,
+  rmsNorm,
+  softmax,
+  tensor,
+  where,
+  type Tensor,
 } from '../tensor/index.ts';
 import { setCpuThreads } from '../tensor/cpu/threads.ts';
 import { CpuStorage } from '../tensor/cpu/heap.ts';
@@ -15,7 +24,10 @@ import { cpuKernelInfo, getCpuKernels, mergeDims, setCpuKernels, wasmStats } fro
 function rand(shape: number[], seed: number, lo = -3, hi = 3): Tensor {
   const g = new Generator(seed);
   const n = shape.reduce((a, b) => a * b, 1);
-  return tensor(Float32Array.from({ length: n }, () => lo + (hi - lo) * g.random()), { shape });
+  return tensor(
+    Float32Array.from({ length: n }, () => lo + (hi - lo) * g.random()),
+    { shape },
+  );
 }
 
 /** Runs fn with the TypeScript kernels and with the wasm kernels; returns both results' values. */
@@ -55,7 +67,21 @@ it('the wasm kernels are on by default here', () => {
 describe('mergeDims', () => {
   it('merges dims every operand walks contiguously and drops size-1 dims', () => {
     // [2, 3, 4] plus a [4] bias broadcast to it: rows of 4, bias stride 0 between rows
-    expect(mergeDims([2, 3, 4], [[12, 4, 1], [0, 0, 1]])).toEqual({ shape: [6, 4], strides: [[4, 1], [0, 1]] });
+    expect(
+      mergeDims(
+        [2, 3, 4],
+        [
+          [12, 4, 1],
+          [0, 0, 1],
+        ],
+      ),
+    ).toEqual({
+      shape: [6, 4],
+      strides: [
+        [4, 1],
+        [0, 1],
+      ],
+    });
     expect(mergeDims([2, 1, 3], [[3, 3, 1]])).toEqual({ shape: [6], strides: [[1]] });
     // a transpose cannot merge
     expect(mergeDims([3, 2], [[1, 3]])).toEqual({ shape: [3, 2], strides: [[1, 3]] });
@@ -64,7 +90,13 @@ describe('mergeDims', () => {
 
 for (const threads of [1, 2]) {
   // sizes with tails; with two threads, big enough to be split
-  const shapes = threads === 1 ? [[1], [3], [5, 7], [67, 129], [2, 3, 5, 7]] : [[513, 515], [3, 260, 347]];
+  const shapes =
+    threads === 1
+      ? [[1], [3], [5, 7], [67, 129], [2, 3, 5, 7]]
+      : [
+          [513, 515],
+          [3, 260, 347],
+        ];
   describe(`elementwise kernels, ${threads} thread(s)`, () => {
     const setup = () => setCpuThreads(threads);
     const parallel = (fn: () => void) => {
@@ -92,9 +124,27 @@ for (const threads of [1, 2]) {
 
     it('unary ops at special values: 0, -0, +-inf, NaN, under- and overflow, the tanh switch', () => {
       setup();
-      const special = [0, -0, Infinity, -Infinity, NaN, 100, -100, 88, -87, -90, 0.6249, 0.6251, -0.6251, 1e-30, -1e-30, 20];
+      const special = [
+        0,
+        -0,
+        Infinity,
+        -Infinity,
+        NaN,
+        100,
+        -100,
+        88,
+        -87,
+        -90,
+        0.6249,
+        0.6251,
+        -0.6251,
+        1e-30,
+        -1e-30,
+        20,
+      ];
       const x = tensor(Float32Array.from(special), { shape: [special.length] });
-      for (const op of ['exp', 'tanh', 'sigmoid', 'relu', 'silu', 'gelu', 'neg', 'abs'] as const) agree(() => x[op](), 3e-6, 1e-30);
+      for (const op of ['exp', 'tanh', 'sigmoid', 'relu', 'silu', 'gelu', 'neg', 'abs'] as const)
+        agree(() => x[op](), 3e-6, 1e-30);
     });
 
     it('binary ops with broadcasting and strided operands', () => {
@@ -106,12 +156,28 @@ for (const threads of [1, 2]) {
           [last, [last[last.length - 1]]], // a bias row
           [last, [...last.slice(0, -1), 1]], // a per-row statistic
           [last, []], // a scalar
-          [[1, last[last.length - 1]], [last[0], 1]], // outer broadcast
+          [
+            [1, last[last.length - 1]],
+            [last[0], 1],
+          ], // outer broadcast
         ];
         for (const [sa, sb] of pairs) {
           const a = rand(sa, 3);
           const b = rand(sb, 4);
-          for (const op of ['add', 'sub', 'mul', 'div', 'maximum', 'minimum', 'eq', 'ne', 'lt', 'le', 'gt', 'ge'] as const) {
+          for (const op of [
+            'add',
+            'sub',
+            'mul',
+            'div',
+            'maximum',
+            'minimum',
+            'eq',
+            'ne',
+            'lt',
+            'le',
+            'gt',
+            'ge',
+          ] as const) {
             agree(() => a[op](b), 2e-6, 1e-7);
           }
           a.dispose();
@@ -127,7 +193,11 @@ for (const threads of [1, 2]) {
       setup();
       const g = new Generator(7);
       const n = threads === 1 ? 37 : 270001;
-      const ints = (len: number) => tensor(Int32Array.from({ length: len }, () => g.randint(9) - 4), { shape: [len] });
+      const ints = (len: number) =>
+        tensor(
+          Int32Array.from({ length: len }, () => g.randint(9) - 4),
+          { shape: [len] },
+        );
       const [a, b] = [ints(n), ints(n)];
       for (const op of ['add', 'sub', 'mul', 'eq', 'ne', 'lt', 'le', 'gt', 'ge'] as const) agree(() => a[op](b));
       agree(() => a.reshape([n, 1]).eq(tensor(Int32Array.from([0, 1, 2, 3, 4]), { shape: [1, 5] })));
@@ -161,7 +231,19 @@ for (const threads of [1, 2]) {
   });
 
   describe(`row kernels, ${threads} thread(s)`, () => {
-    const rowShapes = threads === 1 ? [[1, 1], [5, 7], [67, 129], [2, 3, 33], [4, 8]] : [[2063, 129], [16, 4, 64, 67]];
+    const rowShapes =
+      threads === 1
+        ? [
+            [1, 1],
+            [5, 7],
+            [67, 129],
+            [2, 3, 33],
+            [4, 8],
+          ]
+        : [
+            [2063, 129],
+            [16, 4, 64, 67],
+          ];
     it('sum over every axis, contiguous or not', () => {
       setCpuThreads(threads);
       for (const shape of rowShapes) {
@@ -195,10 +277,16 @@ for (const threads of [1, 2]) {
       const [N, V] = threads === 1 ? [7, 13] : [1031, 257];
       const g = new Generator(17);
       const logits = rand([N, V], 18, -8, 8);
-      const targets = tensor(Int32Array.from({ length: N }, () => (g.random() < 0.2 ? -100 : g.randint(V))), { shape: [N] });
+      const targets = tensor(
+        Int32Array.from({ length: N }, () => (g.random() < 0.2 ? -100 : g.randint(V))),
+        { shape: [N] },
+      );
       agree(() => crossEntropy(logits, targets), 1e-6, 1e-5);
       agree(() => crossEntropy(rand([V, N], 19).transpose(0, 1), targets), 1e-6, 1e-5);
-      const bad = tensor(Int32Array.from({ length: N }, () => V), { shape: [N] });
+      const bad = tensor(
+        Int32Array.from({ length: N }, () => V),
+        { shape: [N] },
+      );
       for (const kind of ['ts', 'wasm'] as const) {
         setCpuKernels(kind);
         expect(() => crossEntropy(logits, bad), kind).toThrow(/out of range/);
@@ -218,9 +306,15 @@ for (const threads of [1, 2]) {
 describe('fused AdamW', () => {
   it('updates in place exactly as the tensor ops of nn/optim.ts do, on both kernel sets', () => {
     const h = { lr: 2e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01 };
-    const backend = getBackend('cpu') as ReturnType<typeof getBackend> & { adamw(p: unknown, g: unknown, m: unknown, v: unknown, h: unknown): void };
+    const backend = getBackend('cpu') as ReturnType<typeof getBackend> & {
+      adamw(p: unknown, g: unknown, m: unknown, v: unknown, h: unknown): void;
+    };
     // 70,000 elements: the moments (kept outside the WebAssembly memory) stream through it in three chunks
-    for (const [kind, n] of [['ts', 1027], ['wasm', 1027], ['wasm', 70_000]] as const) {
+    for (const [kind, n] of [
+      ['ts', 1027],
+      ['wasm', 1027],
+      ['wasm', 70_000],
+    ] as const) {
       setCpuKernels(kind);
       const steps = 3;
       let p = rand([n], 20);
@@ -232,7 +326,10 @@ describe('fused AdamW', () => {
         const decayed = p.mul(1 - h.lr * h.weightDecay);
         m = m.add(g.sub(m).mul(1 - h.beta1));
         v = v.mul(h.beta2).add(g.mul(g).mul(1 - h.beta2));
-        const denom = v.sqrt().div(Math.sqrt(1 - h.beta2 ** step)).add(h.eps);
+        const denom = v
+          .sqrt()
+          .div(Math.sqrt(1 - h.beta2 ** step))
+          .add(h.eps);
         p = decayed.sub(m.div(denom).mul(h.lr / (1 - h.beta1 ** step)));
         backend.adamw(pf.view(), g.view(), mf.view(), vf.view(), { ...h, step });
       }

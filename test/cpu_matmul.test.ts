@@ -22,13 +22,23 @@ function rng(seed: number): () => number {
 }
 
 interface Case {
-  M: number; K: number; N: number;
+  M: number;
+  K: number;
+  N: number;
   batch?: number;
-  transA?: boolean; transB?: boolean; // store the operand transposed and read it through swapped strides
-  shareA?: boolean; shareB?: boolean; // every batch entry reads the same matrix (broadcast)
+  transA?: boolean;
+  transB?: boolean; // store the operand transposed and read it through swapped strides
+  shareA?: boolean;
+  shareB?: boolean; // every batch entry reads the same matrix (broadcast)
 }
 
-const SIZES: [number, number, number][] = [[1, 1, 1], [3, 5, 7], [17, 33, 19], [67, 129, 45], [5, 513, 9]]; // M, K, N
+const SIZES: [number, number, number][] = [
+  [1, 1, 1],
+  [3, 5, 7],
+  [17, 33, 19],
+  [67, 129, 45],
+  [5, 513, 9],
+]; // M, K, N
 
 // Products big enough to take the threaded path: tall (split by rows), wide
 // (split by columns), transposed, batched, broadcast.
@@ -77,7 +87,8 @@ function checkTensor(t: Case): void {
   const { got, want } = tensorCase(t);
   const [g, w] = [got.dataSync(), want];
   let [scale, worst] = [1, 0];
-  for (let i = 0; i < w.length; i++) [scale, worst] = [Math.max(scale, Math.abs(w[i])), Math.max(worst, Math.abs(g[i] - w[i]))];
+  for (let i = 0; i < w.length; i++)
+    [scale, worst] = [Math.max(scale, Math.abs(w[i])), Math.max(worst, Math.abs(g[i] - w[i]))];
   expect(Array.from(g).every(Number.isFinite), 'every output written').toBe(true);
   expect(worst, JSON.stringify(t)).toBeLessThanOrEqual(1e-5 * Math.sqrt(Math.max(1, t.K)) * scale);
 }
@@ -94,7 +105,12 @@ describe('ts reference matmul', () => {
   });
   it('handles empty dims (K = 0 gives zeros)', () => {
     setCpuKernels('ts');
-    for (const [M, K, N] of [[0, 5, 7], [3, 0, 7], [3, 5, 0]]) checkTensor({ M, K, N });
+    for (const [M, K, N] of [
+      [0, 5, 7],
+      [3, 0, 7],
+      [3, 5, 0],
+    ])
+      checkTensor({ M, K, N });
     expect(Array.from(tensorCase({ M: 2, K: 0, N: 3 }).got.dataSync())).toEqual([0, 0, 0, 0, 0, 0]);
   });
 });
@@ -109,13 +125,23 @@ for (const fma of cpuKernelInfo().relaxedSimd ? [true, false] : [false]) {
       it('matches float64 on sizes that are not multiples of the tile, any transpose', () => {
         setup();
         // M < 6 (MR) takes the unpacked path (gemv); 37 and 70 columns cover its 16-column blocks and their tail
-        for (const [M, K, N] of [...SIZES, [4, 8, 8], [130, 300, 9], [2, 40, 37], [1, 300, 70]] as [number, number, number][]) {
-          for (const transA of [false, true]) for (const transB of [false, true]) checkTensor({ M, K, N, transA, transB });
+        for (const [M, K, N] of [...SIZES, [4, 8, 8], [130, 300, 9], [2, 40, 37], [1, 300, 70]] as [
+          number,
+          number,
+          number,
+        ][]) {
+          for (const transA of [false, true])
+            for (const transB of [false, true]) checkTensor({ M, K, N, transA, transB });
         }
       });
       it('handles empty dims (K = 0 gives zeros)', () => {
         setup();
-        for (const [M, K, N] of [[0, 5, 7], [3, 0, 7], [3, 5, 0]]) checkTensor({ M, K, N });
+        for (const [M, K, N] of [
+          [0, 5, 7],
+          [3, 0, 7],
+          [3, 5, 0],
+        ])
+          checkTensor({ M, K, N });
         expect(Array.from(tensorCase({ M: 2, K: 0, N: 3 }).got.dataSync())).toEqual([0, 0, 0, 0, 0, 0]);
       });
       it('batches, with broadcast operands', () => {
@@ -154,7 +180,11 @@ describe('wasm kernel threads', () => {
       const c = ones([300, 200]).matmul(ones([200, 100])).add(1).dataSync();
       console.log(wasmStats.parallelCalls, c[0], c[c.length - 1]);`;
     const tsx = fileURLToPath(import.meta.resolve('tsx/cli'));
-    const out = execFileSync(process.execPath, [tsx, '--input-type=module', '-e', script], { cwd: root, timeout: 60_000, encoding: 'utf8' });
+    const out = execFileSync(process.execPath, [tsx, '--input-type=module', '-e', script], {
+      cwd: root,
+      timeout: 60_000,
+      encoding: 'utf8',
+    });
     expect(out.trim()).toBe('1 201 201');
   });
 });
@@ -234,10 +264,19 @@ describe('bfloat16 copies of weights (keepBf16Copies)', () => {
     keepBf16Copies([W]);
     keepBf16Copies([W]); // a second call keeps the one copy
     expect(memory().numBytes - start).toBe(2 * N * K);
-    const third = tensor(w.map((v) => v / 3), { shape: [N, K] });
+    const third = tensor(
+      w.map((v) => v / 3),
+      { shape: [N, K] },
+    );
     copyInto(W, third);
     expect(memory().numBytes - start).toBe(4 * N * K); // the copy gone, `third` added
-    const want = product(x, w.map((v) => v / 3), 2, K, N);
+    const want = product(
+      x,
+      w.map((v) => v / 3),
+      2,
+      K,
+      N,
+    );
     expect(worst(mmT(two, W), want)).toBeLessThanOrEqual(tight);
     keepBf16Copies([W]);
     W.setData(w);

@@ -333,15 +333,22 @@ describe('compressed parquet', () => {
       const metadata = parquetMetadata(new Uint8Array(readFileSync(file)).buffer);
       expect(metadata.row_groups[0].columns[0].meta_data?.codec).toBe(codec);
       const got = await rowsOf(file);
-      expect(got.map((r) => [r.question, r.answer, Array.from(r.image)]), codec)
-        .toEqual(original.map((r) => [r.question, r.answer, Array.from(r.image)]));
+      expect(
+        got.map((r) => [r.question, r.answer, Array.from(r.image)]),
+        codec,
+      ).toEqual(original.map((r) => [r.question, r.answer, Array.from(r.image)]));
     }
   });
 
   test('LZO, which no reader here has, is refused at open with the codec named', async () => {
     const file = join(dir, 'lzo.parquet');
-    writeCauldronParquet(file, [{ image: png([1, 2, 3]), question: 'q', answer: 'a' }], { codec: 'LZO', compressors: { LZO: (b) => b } });
-    await expect(openVQARows([file])).rejects.toThrow(/lzo\.parquet is compressed with LZO; nanovlm-ts reads uncompressed, snappy, gzip, brotli, zstd/);
+    writeCauldronParquet(file, [{ image: png([1, 2, 3]), question: 'q', answer: 'a' }], {
+      codec: 'LZO',
+      compressors: { LZO: (b) => b },
+    });
+    await expect(openVQARows([file])).rejects.toThrow(
+      /lzo\.parquet is compressed with LZO; nanovlm-ts reads uncompressed, snappy, gzip, brotli, zstd/,
+    );
   });
 });
 

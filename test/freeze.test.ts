@@ -12,9 +12,21 @@ import { VisionLanguageModel } from '../vlm/vision_language_model.ts';
 
 const cfg: VLMConfig = {
   ...defaultVLMConfig,
-  vit_hidden_dim: 32, vit_inter_dim: 64, vit_patch_size: 8, vit_img_size: 32, vit_n_heads: 2, vit_n_blocks: 2,
-  lm_hidden_dim: 32, lm_inter_dim: 48, lm_n_heads: 4, lm_n_kv_heads: 2, lm_n_blocks: 2, lm_vocab_size: 64,
-  IMAGE_TOKEN_LENGTH: 4, TOTAL_SEQUENCE_LENGTH: 16, lm_max_length: 12,
+  vit_hidden_dim: 32,
+  vit_inter_dim: 64,
+  vit_patch_size: 8,
+  vit_img_size: 32,
+  vit_n_heads: 2,
+  vit_n_blocks: 2,
+  lm_hidden_dim: 32,
+  lm_inter_dim: 48,
+  lm_n_heads: 4,
+  lm_n_kv_heads: 2,
+  lm_n_blocks: 2,
+  lm_vocab_size: 64,
+  IMAGE_TOKEN_LENGTH: 4,
+  TOTAL_SEQUENCE_LENGTH: 16,
+  lm_max_length: 12,
 };
 
 /** One forward + backward + AdamW step with `frozen` parts; the matmuls run during backward, and the model. */
@@ -25,8 +37,14 @@ function step(frozen: ('vit' | 'lm')[]): { model: VisionLanguageModel; opt: Adam
   if (frozen.includes('lm')) model.decoder.setRequiresGrad(false);
   const opt = new AdamW(model.parameters(), { lr: 1e-3 });
   const g = new Generator(1);
-  const ids = tensor(Int32Array.from({ length: 2 * 12 }, () => g.randint(64)), { shape: [2, 12] });
-  const image = tensor(Float32Array.from({ length: 2 * 3 * 32 * 32 }, () => g.random()), { shape: [2, 3, 32, 32] });
+  const ids = tensor(
+    Int32Array.from({ length: 2 * 12 }, () => g.randint(64)),
+    { shape: [2, 12] },
+  );
+  const image = tensor(
+    Float32Array.from({ length: 2 * 3 * 32 * 32 }, () => g.random()),
+    { shape: [2, 3, 32, 32] },
+  );
   const backend = getBackend('cpu');
   const matmul = backend.matmul;
   let backwardMatmuls = 0;
@@ -55,7 +73,9 @@ describe('frozen parts', () => {
     expect(Array.from(b)).toEqual(Array.from(a));
     const state = await frozen.opt.stateDict();
     const params = frozen.model.parameters();
-    state.params.forEach((s, i) => expect(s !== null, `moments of parameter ${i}`).toBe(params[i] === frozen.model.MP.proj.weight));
+    state.params.forEach((s, i) =>
+      expect(s !== null, `moments of parameter ${i}`).toBe(params[i] === frozen.model.MP.proj.weight),
+    );
   });
 
   it('skip the weight-gradient matmul of every frozen linear layer, and all of a frozen ViT', () => {

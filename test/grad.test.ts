@@ -3,7 +3,16 @@
 
 import { describe, it } from 'vitest';
 import {
-  Generator, cat, conv2dPatch, crossEntropy, layerNorm, rmsNorm, scaledDotProductAttention, stack, tensor, where,
+  Generator,
+  cat,
+  conv2dPatch,
+  crossEntropy,
+  layerNorm,
+  rmsNorm,
+  scaledDotProductAttention,
+  stack,
+  tensor,
+  where,
   type Tensor,
 } from '../tensor/index.ts';
 import { gradCheck } from './helpers.ts';
@@ -43,13 +52,20 @@ describe('gradients of binary ops with broadcasting', () => {
     ['minimum', (a, b) => a.minimum(b)],
   ];
   const shapes: [number[], number[]][] = [
-    [[2, 3], [2, 3]],
+    [
+      [2, 3],
+      [2, 3],
+    ],
     [[2, 3], [3]],
-    [[4, 1, 3], [2, 1]],
+    [
+      [4, 1, 3],
+      [2, 1],
+    ],
     [[3], []],
   ];
   for (const [name, f] of ops) {
-    for (const [sa, sb] of shapes) it(`${name} ${JSON.stringify(sa)} ${JSON.stringify(sb)}`, () => gradCheck(f, [sa, sb]));
+    for (const [sa, sb] of shapes)
+      it(`${name} ${JSON.stringify(sa)} ${JSON.stringify(sb)}`, () => gradCheck(f, [sa, sb]));
   }
   it('with a scalar operand', () => gradCheck((a) => a.mul(3).add(1).div(2).sub(0.5).pow(2), [[2, 2]]));
   it('where', () => gradCheck((a, b) => where(a.gt(0), a, b.mul(2)), [[3, 4], [4]]));
@@ -74,26 +90,81 @@ describe('gradients of reductions', () => {
 });
 
 describe('gradients of matmul', () => {
-  it('2-d', () => gradCheck((a, b) => a.matmul(b), [[3, 4], [4, 5]]));
-  it('batched', () => gradCheck((a, b) => a.matmul(b), [[2, 3, 4], [2, 4, 5]]));
-  it('broadcast batch dims', () => gradCheck((a, b) => a.matmul(b), [[2, 1, 3, 4], [3, 4, 2]]));
-  it('transposed operands', () => gradCheck((a, b) => a.transpose(0, 1).matmul(b.transpose(0, 1)), [[4, 3], [5, 4]]));
+  it('2-d', () =>
+    gradCheck(
+      (a, b) => a.matmul(b),
+      [
+        [3, 4],
+        [4, 5],
+      ],
+    ));
+  it('batched', () =>
+    gradCheck(
+      (a, b) => a.matmul(b),
+      [
+        [2, 3, 4],
+        [2, 4, 5],
+      ],
+    ));
+  it('broadcast batch dims', () =>
+    gradCheck(
+      (a, b) => a.matmul(b),
+      [
+        [2, 1, 3, 4],
+        [3, 4, 2],
+      ],
+    ));
+  it('transposed operands', () =>
+    gradCheck(
+      (a, b) => a.transpose(0, 1).matmul(b.transpose(0, 1)),
+      [
+        [4, 3],
+        [5, 4],
+      ],
+    ));
   it('vector operands', () => gradCheck((a, b) => a.matmul(b), [[4], [4, 3]]));
 });
 
 describe('gradients of views and joins', () => {
   it('reshape', () => gradCheck((x) => x.reshape([4, 3]).mul(x.reshape([4, 3])), [[2, 6]]));
-  it('reshape of a transposed view (copies)', () => gradCheck((x) => x.transpose(0, 1).reshape([2, 6]).sin(), [[3, 4]]));
+  it('reshape of a transposed view (copies)', () =>
+    gradCheck((x) => x.transpose(0, 1).reshape([2, 6]).sin(), [[3, 4]]));
   it('permute', () => gradCheck((x) => x.permute(2, 0, 1), [[2, 3, 4]]));
   it('expand', () => gradCheck((x) => x.expand([3, 2, 4]), [[2, 1]]));
   it('slice with step', () => gradCheck((x) => x.slice(1, 1, 5, 2), [[3, 6]]));
   it('slice with negative bounds', () => gradCheck((x) => x.slice(0, -2), [[4, 3]]));
   it('narrow', () => gradCheck((x) => x.narrow(1, 1, 2), [[3, 4]]));
-  it('cat', () => gradCheck((a, b) => cat([a, b, a], 1), [[2, 3], [2, 1]]));
-  it('stack', () => gradCheck((a, b) => stack([a, b], 1), [[2, 3], [2, 3]]));
+  it('cat', () =>
+    gradCheck(
+      (a, b) => cat([a, b, a], 1),
+      [
+        [2, 3],
+        [2, 1],
+      ],
+    ));
+  it('stack', () =>
+    gradCheck(
+      (a, b) => stack([a, b], 1),
+      [
+        [2, 3],
+        [2, 3],
+      ],
+    ));
   it('split and chunk', () => {
-    gradCheck((x) => { const [a, b] = x.split([1, 3], 1); return a.mul(b.sum(1, true)); }, [[2, 4]]);
-    gradCheck((x) => { const [a, b] = x.chunk(2, 0); return a.mul(b); }, [[4, 3]]);
+    gradCheck(
+      (x) => {
+        const [a, b] = x.split([1, 3], 1);
+        return a.mul(b.sum(1, true));
+      },
+      [[2, 4]],
+    );
+    gradCheck(
+      (x) => {
+        const [a, b] = x.chunk(2, 0);
+        return a.mul(b);
+      },
+      [[4, 3]],
+    );
   });
   it('repeatInterleave', () => gradCheck((x) => x.repeatInterleave(3, 1), [[2, 2, 3]]));
   it('contiguous of a permuted view', () => gradCheck((x) => x.permute(1, 0).contiguous(), [[3, 4]]));
@@ -115,9 +186,12 @@ describe('gradients of nn ops', () => {
     const targets = tensor(new Int32Array([2, -100, 0, 4]), { shape: [2, 2] });
     gradCheck((x) => crossEntropy(x, targets), [[2, 2, 5]], { lo: -3, hi: 3 });
   });
-  it('conv2d with stride == kernel', () => gradCheck((x, w, b) => conv2dPatch(x, w, b), [[2, 3, 4, 4], [5, 3, 2, 2], [5]]));
-  it('conv2d with a ragged edge', () => gradCheck((x, w, b) => conv2dPatch(x, w, b), [[1, 2, 5, 3], [3, 2, 2, 2], [3]]));
-  it('dropout (same mask for every evaluation)', () => gradCheck((x) => x.dropout(0.3, true, new Generator(7)), [[4, 5]]));
+  it('conv2d with stride == kernel', () =>
+    gradCheck((x, w, b) => conv2dPatch(x, w, b), [[2, 3, 4, 4], [5, 3, 2, 2], [5]]));
+  it('conv2d with a ragged edge', () =>
+    gradCheck((x, w, b) => conv2dPatch(x, w, b), [[1, 2, 5, 3], [3, 2, 2, 2], [3]]));
+  it('dropout (same mask for every evaluation)', () =>
+    gradCheck((x) => x.dropout(0.3, true, new Generator(7)), [[4, 5]]));
   it('sort and topk values', () => {
     gradCheck((x) => x.sort(-1, true).values, [[3, 5]]);
     gradCheck((x) => x.topk(2, 0).values, [[4, 3]]);
@@ -126,21 +200,50 @@ describe('gradients of nn ops', () => {
 });
 
 describe('gradients of fused attention', () => {
-  const sdpa = (opts: Parameters<typeof scaledDotProductAttention>[3] = {}) => (q: Tensor, k: Tensor, v: Tensor) =>
-    scaledDotProductAttention(q, k, v, opts);
-  it('bidirectional (the ViT)', () => gradCheck(sdpa(), [[2, 2, 3, 4], [2, 2, 3, 4], [2, 2, 3, 4]]));
+  const sdpa =
+    (opts: Parameters<typeof scaledDotProductAttention>[3] = {}) =>
+    (q: Tensor, k: Tensor, v: Tensor) =>
+      scaledDotProductAttention(q, k, v, opts);
+  it('bidirectional (the ViT)', () =>
+    gradCheck(sdpa(), [
+      [2, 2, 3, 4],
+      [2, 2, 3, 4],
+      [2, 2, 3, 4],
+    ]));
   it('causal, fewer queries than keys (a KV cache), grouped heads', () => {
-    gradCheck(sdpa({ isCausal: true }), [[1, 4, 2, 3], [1, 2, 5, 3], [1, 2, 5, 3]]);
+    gradCheck(sdpa({ isCausal: true }), [
+      [1, 4, 2, 3],
+      [1, 2, 5, 3],
+      [1, 2, 5, 3],
+    ]);
   });
   it('with a broadcast key-padding mask and a custom scale', () => {
     const attnMask = tensor([0, -1e9, 0, 0.5, 0, 0, -1e9, 0], { dtype: 'float64' }).reshape([2, 1, 1, 4]); // (B, 1, 1, Tk)
-    gradCheck(sdpa({ attnMask, isCausal: true, scale: 0.7 }), [[2, 2, 4, 3], [2, 1, 4, 3], [2, 1, 4, 3]]);
+    gradCheck(sdpa({ attnMask, isCausal: true, scale: 0.7 }), [
+      [2, 2, 4, 3],
+      [2, 1, 4, 3],
+      [2, 1, 4, 3],
+    ]);
   });
   it('with dropout (the same seed gives the same mask)', () => {
-    gradCheck((q, k, v) => scaledDotProductAttention(q, k, v, { dropoutP: 0.3, generator: new Generator(9) }), [[1, 2, 3, 2], [1, 2, 4, 2], [1, 2, 4, 2]]);
+    gradCheck(
+      (q, k, v) => scaledDotProductAttention(q, k, v, { dropoutP: 0.3, generator: new Generator(9) }),
+      [
+        [1, 2, 3, 2],
+        [1, 2, 4, 2],
+        [1, 2, 4, 2],
+      ],
+    );
   });
   it('through non-contiguous (head-transposed) inputs', () => {
     const heads = (x: Tensor) => x.reshape([2, 3, 2, 2]).transpose(1, 2); // (B, T, H*D) -> (B, H, T, D)
-    gradCheck((q, k, v) => scaledDotProductAttention(heads(q), heads(k), heads(v), { isCausal: true }).transpose(1, 2), [[2, 3, 4], [2, 3, 4], [2, 3, 4]]);
+    gradCheck(
+      (q, k, v) => scaledDotProductAttention(heads(q), heads(k), heads(v), { isCausal: true }).transpose(1, 2),
+      [
+        [2, 3, 4],
+        [2, 3, 4],
+        [2, 3, 4],
+      ],
+    );
   });
 });

@@ -42,7 +42,15 @@ export function randomValues(n: number, seed: number, lo = -1, hi = 1): Float64A
 export function gradCheck(
   fn: (...xs: Tensor[]) => Tensor,
   shapes: number[][],
-  opts: { seed?: number; lo?: number; hi?: number; eps?: number; rtol?: number; atol?: number; values?: Float64Array[] } = {},
+  opts: {
+    seed?: number;
+    lo?: number;
+    hi?: number;
+    eps?: number;
+    rtol?: number;
+    atol?: number;
+    values?: Float64Array[];
+  } = {},
 ): void {
   const { seed = 1, lo = -1, hi = 1, eps = 1e-6, rtol = 1e-5, atol = 1e-7 } = opts;
   const values = opts.values ?? shapes.map((s, i) => randomValues(numel(s), seed + i, lo, hi));
@@ -50,10 +58,17 @@ export function gradCheck(
     vals.map((v, i) => tensor(v, { shape: shapes[i], dtype: 'float64', requiresGrad: grad }));
   const probe = fn(...make(values, false));
   const w = tensor(randomValues(probe.size, seed + 100), { shape: probe.shape, dtype: 'float64' });
-  const loss = (xs: Tensor[]) => fn(...xs).mul(w).sum().dataSync()[0];
+  const loss = (xs: Tensor[]) =>
+    fn(...xs)
+      .mul(w)
+      .sum()
+      .dataSync()[0];
 
   const xs = make(values, true);
-  fn(...xs).mul(w).sum().backward();
+  fn(...xs)
+    .mul(w)
+    .sum()
+    .backward();
   values.forEach((v, i) => {
     const numeric = new Float64Array(v.length);
     for (let k = 0; k < v.length; k++) {

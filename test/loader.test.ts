@@ -83,13 +83,21 @@ describe('DataLoader', () => {
     const keep = new DataLoader(dataset, { batchSize: 4, collate: (items) => items });
     const drop = new DataLoader(dataset, { batchSize: 4, collate: (items) => items, dropLast: true });
     expect([keep.length, drop.length]).toEqual([3, 2]);
-    expect((await collect(keep.epoch(0))).map((b) => b.batch)).toEqual([[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]);
-    expect((await collect(drop.epoch(0))).map((b) => b.batch)).toEqual([[0, 1, 2, 3], [4, 5, 6, 7]]);
+    expect((await collect(keep.epoch(0))).map((b) => b.batch)).toEqual([
+      [0, 1, 2, 3],
+      [4, 5, 6, 7],
+      [8, 9],
+    ]);
+    expect((await collect(drop.epoch(0))).map((b) => b.batch)).toEqual([
+      [0, 1, 2, 3],
+      [4, 5, 6, 7],
+    ]);
     expect(() => new DataLoader(dataset, { batchSize: 0, collate: (items) => items })).toThrow(/positive integer/);
   });
 
   test('a new order each epoch, fixed by (seed, epoch)', async () => {
-    const loader = (seed: number) => new DataLoader(new NumberDataset(50), { batchSize: 8, collate: (i) => i, shuffle: true, seed });
+    const loader = (seed: number) =>
+      new DataLoader(new NumberDataset(50), { batchSize: 8, collate: (i) => i, shuffle: true, seed });
     const [a, b] = [loader(0), loader(0)];
     const identity = [...Array(50).keys()];
     for (const epoch of [0, 1, 5]) {
@@ -105,7 +113,12 @@ describe('DataLoader', () => {
 
   test('resuming at (epoch, step) gives exactly the batches the run would have seen', async () => {
     const make = () =>
-      new DataLoader(new BuiltinVQADataset(tok, { size: 30, seed: 4 }), { batchSize: 4, collate, shuffle: true, seed: 9 });
+      new DataLoader(new BuiltinVQADataset(tok, { size: 30, seed: 4 }), {
+        batchSize: 4,
+        collate,
+        shuffle: true,
+        seed: 9,
+      });
     const full = await collect(make().epoch(2));
     // A fresh loader (as after a restart) asked for epoch 2 from step 3 on.
     const resumed = await collect(make().epoch(2, 3));
@@ -139,25 +152,36 @@ describe('DataLoader', () => {
 describe('DataLoader over row groups', () => {
   /** NumberDataset stored in groups of `size` (the last one shorter). */
   class GroupedDataset extends NumberDataset {
-    constructor(length: number, readonly size: number) {
+    constructor(
+      length: number,
+      readonly size: number,
+    ) {
       super(length);
     }
     groups(): number[][] {
       return Array.from({ length: Math.ceil(this.length / this.size) }, (_, g) =>
-        Array.from({ length: Math.min(this.size, this.length - g * this.size) }, (_, i) => g * this.size + i));
+        Array.from({ length: Math.min(this.size, this.length - g * this.size) }, (_, i) => g * this.size + i),
+      );
     }
   }
 
   test('shuffles the groups, then the items within each window of groups', () => {
     const dataset = new GroupedDataset(1003, 50); // 21 groups
-    const loader = new DataLoader(dataset, { batchSize: 8, collate: (items) => items, shuffle: true, seed: 3, shuffleWindow: 4 });
+    const loader = new DataLoader(dataset, {
+      batchSize: 8,
+      collate: (items) => items,
+      shuffle: true,
+      seed: 3,
+      shuffleWindow: 4,
+    });
     const order = loader.order(0);
     expect([...order].sort((a, b) => a - b)).toEqual([...Array(1003).keys()]); // every item once
     const windows: number[][] = [];
     for (let at = 0; at < order.length;) {
       const groupsHere = new Set<number>();
       let end = at;
-      while (end < order.length && (groupsHere.has(Math.floor(order[end] / 50)) || groupsHere.size < 4)) groupsHere.add(Math.floor(order[end++] / 50));
+      while (end < order.length && (groupsHere.has(Math.floor(order[end] / 50)) || groupsHere.size < 4))
+        groupsHere.add(Math.floor(order[end++] / 50));
       windows.push(order.slice(at, end));
       at = end;
     }
@@ -208,7 +232,8 @@ describe('DataLoader with worker threads', () => {
     for (let k = 0; k < 8; k++) {
       const [width, height] = [640, 480];
       const rgba = Buffer.alloc(width * height * 4);
-      for (let p = 0; p < width * height; p++) rgba.set([(p * 7 + k) & 255, (p >> 9) & 255, (p >> 3) & 255, 255], p * 4);
+      for (let p = 0; p < width * height; p++)
+        rgba.set([(p * 7 + k) & 255, (p >> 9) & 255, (p >> 3) & 255, 255], p * 4);
       writeFileSync(join(dir, `${k}.jpg`), jpeg.encode({ data: rgba, width, height }, 90).data);
       lines.push(JSON.stringify({ image: `${k}.jpg`, question: 'What is this?', answer: 'no' }));
     }
@@ -218,7 +243,12 @@ describe('DataLoader with worker threads', () => {
     // Batch 1 after a synchronous "training step" on batch 0. How long the wait is depends on
     // how busy the machine is, so it is printed, not asserted (timings never fail tests).
     const afterBusyStep = async (numWorkers: number) => {
-      const loader = new DataLoader(dataset, { batchSize: 4, collate: (items: VQAItem[]) => items, numWorkers, prefetch: 1 });
+      const loader = new DataLoader(dataset, {
+        batchSize: 4,
+        collate: (items: VQAItem[]) => items,
+        numWorkers,
+        prefetch: 1,
+      });
       const batches = loader.epoch(0);
       await batches.next();
       const busyUntil = performance.now() + 500;
@@ -231,7 +261,9 @@ describe('DataLoader with worker threads', () => {
     };
     const main = await afterBusyStep(0);
     const threaded = await afterBusyStep(1);
-    console.log(`wait for the next batch after a busy step: ${main.waited.toFixed(1)} ms without workers, ${threaded.waited.toFixed(1)} ms with one`);
+    console.log(
+      `wait for the next batch after a busy step: ${main.waited.toFixed(1)} ms without workers, ${threaded.waited.toFixed(1)} ms with one`,
+    );
     expect(threaded.images).toEqual(main.images);
   });
 

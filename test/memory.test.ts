@@ -24,10 +24,12 @@ describe('memory', () => {
   });
   it('tidy frees everything when the step throws', () => {
     const before = memory();
-    expect(() => tidy(() => {
-      zeros([5]).add(1);
-      throw new Error('boom');
-    })).toThrow('boom');
+    expect(() =>
+      tidy(() => {
+        zeros([5]).add(1);
+        throw new Error('boom');
+      }),
+    ).toThrow('boom');
     expect(memory()).toEqual(before);
   });
   it('views keep their storage alive until the last one is disposed', () => {
@@ -67,17 +69,23 @@ describe('memory', () => {
     // activations ([128, 128] per layer) as large as the weights' gradients: without the hand-over both are alive at the end
     const ws = Array.from({ length: 12 }, () => randn([128, 128], { std: 0.09 }).setRequiresGrad().keep());
     const x = randn([128, 128]).keep();
-    const deep = () => ws.reduce((h, w) => h.matmul(w), x).square().mean();
+    const deep = () =>
+      ws
+        .reduce((h, w) => h.matmul(w), x)
+        .square()
+        .mean();
     const run = (handOver: boolean) => {
       const before = memory();
       resetHeapPeak();
       let intermediate: Tensor | null = null;
       tidy(() => {
-        const loss = handOver ? tidyForward(() => {
-          const h = deep();
-          intermediate = h;
-          return h.sqrt(); // the returned tensor stays readable after backward
-        }) : deep().sqrt();
+        const loss = handOver
+          ? tidyForward(() => {
+              const h = deep();
+              intermediate = h;
+              return h.sqrt(); // the returned tensor stays readable after backward
+            })
+          : deep().sqrt();
         loss.backward();
         expect(loss.dataSync()[0]).toBeGreaterThan(0);
         if (handOver) expect(() => intermediate!.dataSync()).toThrow(/after dispose/);
@@ -95,7 +103,7 @@ describe('memory', () => {
     expect(handed.grads).toEqual(plain.grads);
     expect(handed.peak).toBeLessThan(0.7 * plain.peak);
   });
-  it('tidyForward disposes at once what backward will not read (a frozen part\'s activations)', () => {
+  it("tidyForward disposes at once what backward will not read (a frozen part's activations)", () => {
     const frozen = randn([8, 8]).keep(); // no gradient: the part before the trainable weight
     const w = randn([8, 8]).setRequiresGrad().keep();
     const x = randn([4, 8]).keep();

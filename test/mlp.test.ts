@@ -12,9 +12,12 @@ describe('an MLP on two moons', () => {
     const x = tensor(data.x, { shape: [400, 2] }).keep();
     const y = tensor(data.y).keep();
     const params = [
-      randn([2, 32], { std: 0.7, generator: g }), zeros([32]),
-      randn([32, 32], { std: 0.25, generator: g }), zeros([32]),
-      randn([32, 2], { std: 0.25, generator: g }), zeros([2]),
+      randn([2, 32], { std: 0.7, generator: g }),
+      zeros([32]),
+      randn([32, 32], { std: 0.25, generator: g }),
+      zeros([32]),
+      randn([32, 2], { std: 0.25, generator: g }),
+      zeros([2]),
     ].map((p) => p.setRequiresGrad().keep());
     const forward = (inp: Tensor) => {
       const [w1, b1, w2, b2, w3, b3] = params;

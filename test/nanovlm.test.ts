@@ -22,12 +22,19 @@ import { NANOVLM_GOLD_CASES } from './fixtures.ts';
 import { describeWebGPU } from './webgpu_helpers.ts';
 
 /** |actual - expected| <= tol * max|expected| over the selected elements. */
-function expectNear(actual: ArrayLike<number>, want: ArrayLike<number>, what: string, select?: (i: number) => boolean, tol = 1e-4): void {
+function expectNear(
+  actual: ArrayLike<number>,
+  want: ArrayLike<number>,
+  what: string,
+  select?: (i: number) => boolean,
+  tol = 1e-4,
+): void {
   expect(actual.length, what).toBe(want.length);
   let scale = 0;
   for (let i = 0; i < want.length; i++) if (!select || select(i)) scale = Math.max(scale, Math.abs(want[i]));
   let worst = 0;
-  for (let i = 0; i < want.length; i++) if (!select || select(i)) worst = Math.max(worst, Math.abs(actual[i] - want[i]));
+  for (let i = 0; i < want.length; i++)
+    if (!select || select(i)) worst = Math.max(worst, Math.abs(actual[i] - want[i]));
   expect(worst / scale, `${what}: max error ${worst} vs largest magnitude ${scale}`).toBeLessThanOrEqual(tol);
 }
 
@@ -61,12 +68,15 @@ function parity(folder: string, device: DeviceName): void {
 
   beforeAll(async () => {
     model = await load(checkpoint, device);
-    [pixels, ids, mask, targets] = await Promise.all(['pixel_values', 'input_ids', 'attention_mask', 'targets'].map((n) => asTensor(n).to(device)));
+    [pixels, ids, mask, targets] = await Promise.all(
+      ['pixel_values', 'input_ids', 'attention_mask', 'targets'].map((n) => asTensor(n).to(device)),
+    );
   });
   afterAll(() => [pixels, ids, mask, targets].forEach((t) => t.dispose()));
 
   it('reads the configuration from the checkpoint', () => {
-    for (const [key, value] of Object.entries(manifest.config)) expect(model.cfg[key as keyof typeof model.cfg], key).toBe(value);
+    for (const [key, value] of Object.entries(manifest.config))
+      expect(model.cfg[key as keyof typeof model.cfg], key).toBe(value);
   });
 
   it('processes the images as nanoVLM does', () => {
@@ -93,11 +103,16 @@ function parity(folder: string, device: DeviceName): void {
     const mp = vlm.MP.parameters();
     const rest = vlm.parameters().filter((p) => !mp.includes(p));
     return new AdamW(
-      [{ params: mp, lr: adamw.lr_mp }, { params: rest, lr: adamw.lr_backbones }],
+      [
+        { params: mp, lr: adamw.lr_mp },
+        { params: rest, lr: adamw.lr_backbones },
+      ],
       { betas: adamw.betas, eps: adamw.eps, weightDecay: adamw.weight_decay },
     );
   };
-  const adamwNames = [...gold.keys()].filter((n) => n.startsWith('after_adamw.')).map((n) => n.slice('after_adamw.'.length));
+  const adamwNames = [...gold.keys()]
+    .filter((n) => n.startsWith('after_adamw.'))
+    .map((n) => n.slice('after_adamw.'.length));
 
   it('matches logits (where attended), loss, gradients and one AdamW step where the gradient is determined', async () => {
     const { logits, loss } = model.forward(ids, pixels, mask, targets);
@@ -142,7 +157,13 @@ function parity(folder: string, device: DeviceName): void {
     for (const name of withGold) params.get(name)!.grad = (await asTensor(`grad.${name}`).to(device)).keep();
     goldOptimizer(fresh).step(); // only parameters with a gradient move
     for (const name of withGold) {
-      expectNear(await params.get(name)!.data(), expected(`after_adamw.${name}`).data, `after_adamw.${name}`, undefined, 1e-6);
+      expectNear(
+        await params.get(name)!.data(),
+        expected(`after_adamw.${name}`).data,
+        `after_adamw.${name}`,
+        undefined,
+        1e-6,
+      );
     }
   });
 
@@ -151,11 +172,21 @@ function parity(folder: string, device: DeviceName): void {
     const want = expected('greedy_tokens');
     const [B, steps] = want.shape;
     for (const kvCache of [true, false]) {
-      const out = await fresh.generate(ids, pixels, mask, { greedy: true, maxNewTokens: steps, eosTokenId: null, kvCache, returnLogits: true });
+      const out = await fresh.generate(ids, pixels, mask, {
+        greedy: true,
+        maxNewTokens: steps,
+        eosTokenId: null,
+        kvCache,
+        returnLogits: true,
+      });
       expect(out.tokens.flat(), `kvCache ${kvCache}`).toEqual(Array.from(want.data));
       const stepLogits = expected('greedy_step_logits');
       const V = stepLogits.shape[2];
-      expectNear(out.logits.flatMap((l) => Array.from(l)), stepLogits.data, `greedy_step_logits (kvCache ${kvCache})`);
+      expectNear(
+        out.logits.flatMap((l) => Array.from(l)),
+        stepLogits.data,
+        `greedy_step_logits (kvCache ${kvCache})`,
+      );
       expect(out.tokens.length).toBe(B);
       expect(V).toBe(fresh.cfg.lm_vocab_size);
     }
@@ -164,7 +195,9 @@ function parity(folder: string, device: DeviceName): void {
   it('loads the same weights from Hugging Face SigLIP and Llama (bf16) files', async () => {
     const backbones = loadSafetensors(join(folder, 'expected_backbones.safetensors'));
     let vlm = VisionLanguageModel.fromBackbones(
-      model.cfg, readModelFolder(join(folder, 'hf-siglip')), readModelFolder(join(folder, 'hf-smollm2')),
+      model.cfg,
+      readModelFolder(join(folder, 'hf-siglip')),
+      readModelFolder(join(folder, 'hf-smollm2')),
     );
     if (device !== 'cpu') vlm = await vlm.to(device);
     const [vit, logits] = tidy(() => {

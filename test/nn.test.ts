@@ -37,11 +37,19 @@ describe('Module', () => {
     const m = new Tiny();
     expect([...m.stateDict().keys()]).toEqual([
       'token_embedding.weight',
-      'blocks.0.attn.q_proj.weight', 'blocks.0.attn.out_proj.weight', 'blocks.0.attn.out_proj.bias',
-      'blocks.0.ln1.weight', 'blocks.0.ln1.bias',
-      'blocks.1.attn.q_proj.weight', 'blocks.1.attn.out_proj.weight', 'blocks.1.attn.out_proj.bias',
-      'blocks.1.ln1.weight', 'blocks.1.ln1.bias',
-      'norm.weight', 'head.weight', 'inv_freq',
+      'blocks.0.attn.q_proj.weight',
+      'blocks.0.attn.out_proj.weight',
+      'blocks.0.attn.out_proj.bias',
+      'blocks.0.ln1.weight',
+      'blocks.0.ln1.bias',
+      'blocks.1.attn.q_proj.weight',
+      'blocks.1.attn.out_proj.weight',
+      'blocks.1.attn.out_proj.bias',
+      'blocks.1.ln1.weight',
+      'blocks.1.ln1.bias',
+      'norm.weight',
+      'head.weight',
+      'inv_freq',
     ]);
     // a tied tensor is one parameter, buffers are not parameters
     expect(m.parameters().length).toBe(12);
@@ -53,7 +61,9 @@ describe('Module', () => {
     manualSeed(2);
     const b = new Tiny();
     b.loadStateDict(a.stateDict());
-    expect(Array.from(b.blocks[1].attn.q_proj.weight.dataSync())).toEqual(Array.from(a.blocks[1].attn.q_proj.weight.dataSync()));
+    expect(Array.from(b.blocks[1].attn.q_proj.weight.dataSync())).toEqual(
+      Array.from(a.blocks[1].attn.q_proj.weight.dataSync()),
+    );
 
     const sd = a.stateDict();
     sd.delete('norm.weight');
@@ -109,11 +119,15 @@ describe('Module', () => {
       const a = new Tiny();
       await saveModule(join(dir, 'm.safetensors'), a);
       const { loadSafetensors } = await import('../node/safetensors.ts');
-      expect([...loadSafetensors(join(dir, 'm.safetensors')).keys()], 'the tied weight once').not.toContain('token_embedding.weight');
+      expect([...loadSafetensors(join(dir, 'm.safetensors')).keys()], 'the tied weight once').not.toContain(
+        'token_embedding.weight',
+      );
       const b = new Tiny();
       loadModule(join(dir, 'm.safetensors'), b);
       expect(Array.from(b.token_embedding.weight.dataSync())).toEqual(Array.from(a.token_embedding.weight.dataSync()));
-      expect(() => loadModule(join(dir, 'm.safetensors'), new Block())).toThrow(/m\.safetensors: loadStateDict: missing keys: attn\.q_proj\.weight/);
+      expect(() => loadModule(join(dir, 'm.safetensors'), new Block())).toThrow(
+        /m\.safetensors: loadStateDict: missing keys: attn\.q_proj\.weight/,
+      );
     } finally {
       rmSync(dir, { recursive: true });
     }

@@ -3,8 +3,24 @@
 
 import { describe, expect, it } from 'vitest';
 import {
-  Generator, arange, cat, conv2dPatch, crossEntropy, full, layerNorm, ones, rand, randn,
-  rmsNorm, scaledDotProductAttention, stack, tensor, tril, where, zeros, type Tensor,
+  Generator,
+  arange,
+  cat,
+  conv2dPatch,
+  crossEntropy,
+  full,
+  layerNorm,
+  ones,
+  rand,
+  randn,
+  rmsNorm,
+  scaledDotProductAttention,
+  stack,
+  tensor,
+  tril,
+  where,
+  zeros,
+  type Tensor,
 } from '../tensor/index.ts';
 import { dropoutKeeps } from '../tensor/random.ts';
 import { expectClose, randomValues } from './helpers.ts';
@@ -48,7 +64,10 @@ describe('elementwise', () => {
 });
 
 describe('reductions', () => {
-  const x = t([[1, 5, 3], [4, 2, 6]]);
+  const x = t([
+    [1, 5, 3],
+    [4, 2, 6],
+  ]);
   it('sum, mean, max, argmax over each dim with keepdim', () => {
     expect(Array.from(x.sum(0).dataSync())).toEqual([5, 7, 9]);
     expect(Array.from(x.sum(-1).dataSync())).toEqual([9, 12]);
@@ -67,11 +86,21 @@ describe('reductions', () => {
     expect(() => zeros([2, 0]).max(1)).toThrow(/empty dim/);
   });
   it('softmax and logSoftmax do not overflow on large inputs', () => {
-    const big = t([[1000, 1001, 1002], [-1000, -1000, -1000]]);
+    const big = t([
+      [1000, 1001, 1002],
+      [-1000, -1000, -1000],
+    ]);
     const e = [Math.exp(-2), Math.exp(-1), 1];
     const s = e[0] + e[1] + e[2];
     expectClose(big.softmax(-1).dataSync(), [e[0] / s, e[1] / s, 1 / s, 1 / 3, 1 / 3, 1 / 3]);
-    expectClose(big.logSoftmax(-1).dataSync(), [-2 - Math.log(s), -1 - Math.log(s), -Math.log(s), -Math.log(3), -Math.log(3), -Math.log(3)]);
+    expectClose(big.logSoftmax(-1).dataSync(), [
+      -2 - Math.log(s),
+      -1 - Math.log(s),
+      -Math.log(s),
+      -Math.log(3),
+      -Math.log(3),
+      -Math.log(3),
+    ]);
     expectClose(big.softmax(0).dataSync(), [1, 1, 1, 0, 0, 0]);
   });
 });
@@ -79,7 +108,8 @@ describe('reductions', () => {
 describe('matmul', () => {
   const ref = (a: Float64Array, b: Float64Array, M: number, K: number, N: number) => {
     const c = new Float64Array(M * N);
-    for (let i = 0; i < M; i++) for (let j = 0; j < N; j++) for (let k = 0; k < K; k++) c[i * N + j] += a[i * K + k] * b[k * N + j];
+    for (let i = 0; i < M; i++)
+      for (let j = 0; j < N; j++) for (let k = 0; k < K; k++) c[i * N + j] += a[i * K + k] * b[k * N + j];
     return c;
   };
   it('matches a reference loop, batched with broadcast', () => {
@@ -119,7 +149,10 @@ describe('views', () => {
   });
   it('cat, stack, split, chunk, repeatInterleave', () => {
     const a = t([[1, 2]]);
-    const b = t([[3, 4], [5, 6]]);
+    const b = t([
+      [3, 4],
+      [5, 6],
+    ]);
     expect(Array.from(cat([a, b], 0).dataSync())).toEqual([1, 2, 3, 4, 5, 6]);
     expect(Array.from(cat([b, b], 1).dataSync())).toEqual([3, 4, 3, 4, 5, 6, 5, 6]);
     expect(stack([a, a], 0).shape).toEqual([2, 1, 2]);
@@ -127,7 +160,11 @@ describe('views', () => {
     const [p, q] = arange(5).split([2, 3]);
     expect(Array.from(q.dataSync())).toEqual([2, 3, 4]);
     expect(p.shape).toEqual([2]);
-    expect(arange(5).chunk(2).map((c) => c.size)).toEqual([3, 2]);
+    expect(
+      arange(5)
+        .chunk(2)
+        .map((c) => c.size),
+    ).toEqual([3, 2]);
     expect(Array.from(t([1, 2]).repeatInterleave(2, 0).dataSync())).toEqual([1, 1, 2, 2]);
   });
 });
@@ -140,27 +177,44 @@ describe('nn ops', () => {
     const variance = v.reduce((s, a) => s + (a - mean) ** 2, 0) / 4;
     const w = t([1, 2, 3, 4]);
     const b = t([0, 1, 0, 1]);
-    expectClose(layerNorm(x, w, b, 1e-5).dataSync(), v.map((a, i) => ((a - mean) / Math.sqrt(variance + 1e-5)) * [1, 2, 3, 4][i] + [0, 1, 0, 1][i]));
+    expectClose(
+      layerNorm(x, w, b, 1e-5).dataSync(),
+      v.map((a, i) => ((a - mean) / Math.sqrt(variance + 1e-5)) * [1, 2, 3, 4][i] + [0, 1, 0, 1][i]),
+    );
     const rms = Math.sqrt(v.reduce((s, a) => s + a * a, 0) / 4 + 1e-5);
-    expectClose(rmsNorm(x, w, 1e-5).dataSync(), v.map((a, i) => (a / rms) * [1, 2, 3, 4][i]));
+    expectClose(
+      rmsNorm(x, w, 1e-5).dataSync(),
+      v.map((a, i) => (a / rms) * [1, 2, 3, 4][i]),
+    );
   });
   it('crossEntropy averages over counted targets and ignores -100', () => {
-    const logits = t([[1, 2, 3], [1, 1, 1], [0, 0, 10]]);
+    const logits = t([
+      [1, 2, 3],
+      [1, 1, 1],
+      [0, 0, 10],
+    ]);
     const targets = tensor(new Int32Array([2, -100, 0]));
     const l0 = Math.log(Math.exp(1) + Math.exp(2) + Math.exp(3)) - 3;
     const l2 = Math.log(2 + Math.exp(10)) - 0;
     expectClose(crossEntropy(logits, targets).dataSync(), [(l0 + l2) / 2]);
     // every target ignored: 0, not NaN
     expect(crossEntropy(logits, tensor(new Int32Array([-100, -100, -100]))).dataSync()[0]).toBe(0);
-    expect(() => crossEntropy(logits, tensor(new Int32Array([5, 0, 0])))).toThrow('crossEntropy: target 5 is out of range for 3 classes');
+    expect(() => crossEntropy(logits, tensor(new Int32Array([5, 0, 0])))).toThrow(
+      'crossEntropy: target 5 is out of range for 3 classes',
+    );
   });
   it('embedding gathers rows and rejects bad ids', () => {
     const table = arange(6, undefined, 1, { dtype: 'float32' }).reshape([3, 2]);
     expect(Array.from(table.embedding(tensor(new Int32Array([2, 0]))).dataSync())).toEqual([4, 5, 0, 1]);
-    expect(() => table.embedding(tensor(new Int32Array([3])))).toThrow('embedding: index 3 is out of range for a table of 3 rows');
+    expect(() => table.embedding(tensor(new Int32Array([3])))).toThrow(
+      'embedding: index 3 is out of range for a table of 3 rows',
+    );
   });
   it('conv2d with stride == kernel matches a direct convolution (a ragged edge is ignored, as in PyTorch)', () => {
-    for (const [H, W] of [[4, 6], [5, 7]]) {
+    for (const [H, W] of [
+      [4, 6],
+      [5, 7],
+    ]) {
       const [B, C, O, P] = [2, 3, 5, 2];
       const [h, w] = [Math.floor(H / P), Math.floor(W / P)];
       const xv = randomValues(B * C * H * W, 4);
@@ -168,13 +222,18 @@ describe('nn ops', () => {
       const out = conv2dPatch(tensor(xv, { shape: [B, C, H, W] }), tensor(wv, { shape: [O, C, P, P] }), null);
       expect(out.shape).toEqual([B, O, h, w]);
       const expected: number[] = [];
-      for (let b = 0; b < B; b++) for (let o = 0; o < O; o++) for (let i = 0; i < h; i++) for (let j = 0; j < w; j++) {
-        let s = 0;
-        for (let c = 0; c < C; c++) for (let di = 0; di < P; di++) for (let dj = 0; dj < P; dj++) {
-          s += xv[((b * C + c) * H + i * P + di) * W + j * P + dj] * wv[((o * C + c) * P + di) * P + dj];
-        }
-        expected.push(s);
-      }
+      for (let b = 0; b < B; b++)
+        for (let o = 0; o < O; o++)
+          for (let i = 0; i < h; i++)
+            for (let j = 0; j < w; j++) {
+              let s = 0;
+              for (let c = 0; c < C; c++)
+                for (let di = 0; di < P; di++)
+                  for (let dj = 0; dj < P; dj++) {
+                    s += xv[((b * C + c) * H + i * P + di) * W + j * P + dj] * wv[((o * C + c) * P + di) * P + dj];
+                  }
+              expected.push(s);
+            }
       expectClose(out.dataSync(), expected, 1e-5, 1e-5);
     }
   });
@@ -194,7 +253,10 @@ describe('nn ops', () => {
 
 describe('sorting and sampling', () => {
   it('sort and topk', () => {
-    const x = t([[3, 1, 2], [0, 5, 5]]);
+    const x = t([
+      [3, 1, 2],
+      [0, 5, 5],
+    ]);
     const s = x.sort(-1);
     expect(Array.from(s.values.dataSync())).toEqual([1, 2, 3, 0, 5, 5]);
     expect(Array.from(s.indices.dataSync())).toEqual([1, 2, 0, 0, 1, 2]);
@@ -217,10 +279,16 @@ describe('sorting and sampling', () => {
 
 describe('reading values', () => {
   it('data, item and toArray', async () => {
-    const x = t([[1, 2], [3, 4]]);
+    const x = t([
+      [1, 2],
+      [3, 4],
+    ]);
     expect(Array.from(await x.data())).toEqual([1, 2, 3, 4]);
     expect(await x.sum().item()).toBe(10);
-    expect(await x.transpose(0, 1).toArray()).toEqual([[1, 3], [2, 4]]);
+    expect(await x.transpose(0, 1).toArray()).toEqual([
+      [1, 3],
+      [2, 4],
+    ]);
     await expect(x.item()).rejects.toThrow('item: the tensor has 4 elements, expected 1');
   });
   it('refuses a tensor used after dispose', () => {
@@ -232,18 +300,32 @@ describe('reading values', () => {
 
 describe('fused attention', () => {
   /** The unfused computation: scores, causal -inf, mask, softmax, dropout, weighted sum; heads repeated for GQA. */
-  function reference(q: Tensor, k: Tensor, v: Tensor, o: { mask?: Tensor; causal?: boolean; p?: number; seed?: number }): Tensor {
+  function reference(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    o: { mask?: Tensor; causal?: boolean; p?: number; seed?: number },
+  ): Tensor {
     const [B, H, T, D] = q.shape;
     const [Hkv, Tk] = [k.shape[1], k.shape[2]];
     const kr = k.repeatInterleave(H / Hkv, 1);
     const vr = v.repeatInterleave(H / Hkv, 1);
     let s = q.matmul(kr.transpose(2, 3)).mul(1 / Math.sqrt(D));
-    if (o.causal) s = s.maskedFill(tensor(Int32Array.from({ length: T * Tk }, (_, n) => (n % Tk > Math.floor(n / Tk) + Tk - T ? 1 : 0)), { shape: [T, Tk] }), -Infinity);
+    if (o.causal)
+      s = s.maskedFill(
+        tensor(
+          Int32Array.from({ length: T * Tk }, (_, n) => (n % Tk > Math.floor(n / Tk) + Tk - T ? 1 : 0)),
+          { shape: [T, Tk] },
+        ),
+        -Infinity,
+      );
     if (o.mask) s = s.add(o.mask);
     let pr = s.softmax(-1);
     if (o.p) {
       const threshold = Math.floor(o.p * 2 ** 32);
-      const keep = Float32Array.from({ length: B * H * T * Tk }, (_, n) => (dropoutKeeps(n, o.seed!, threshold) ? 1 / (1 - o.p!) : 0));
+      const keep = Float32Array.from({ length: B * H * T * Tk }, (_, n) =>
+        dropoutKeeps(n, o.seed!, threshold) ? 1 / (1 - o.p!) : 0,
+      );
       pr = pr.mul(tensor(keep, { shape: [B, H, T, Tk] }));
     }
     return pr.matmul(vr);
@@ -259,10 +341,17 @@ describe('fused attention', () => {
     it(name, () => {
       const q = randn(qs, { generator: new Generator(1) });
       const [k, v] = [randn(ks, { generator: new Generator(2) }), randn(ks, { generator: new Generator(3) })];
-      const maskValues = Float32Array.from({ length: qs[0] * ks[2] }, (_, n) => (n % 3 === 1 ? -3.4028234663852886e38 : 0));
+      const maskValues = Float32Array.from({ length: qs[0] * ks[2] }, (_, n) =>
+        n % 3 === 1 ? -3.4028234663852886e38 : 0,
+      );
       const mask = o.mask ? tensor(maskValues, { shape: [qs[0], 1, 1, ks[2]] }) : undefined;
       const seed = Math.floor(new Generator(4).random() * 2 ** 32); // what the op draws from the same generator
-      const out = scaledDotProductAttention(q, k, v, { attnMask: mask, isCausal: o.causal, dropoutP: o.p, generator: new Generator(4) });
+      const out = scaledDotProductAttention(q, k, v, {
+        attnMask: mask,
+        isCausal: o.causal,
+        dropoutP: o.p,
+        generator: new Generator(4),
+      });
       expect(out.shape).toEqual(qs);
       expectClose(out.dataSync(), reference(q, k, v, { ...o, mask, seed }).dataSync(), 1e-5, 1e-6);
     });

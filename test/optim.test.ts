@@ -8,7 +8,15 @@ import { tensor, tidy, type Tensor } from '../tensor/index.ts';
 import { expectClose } from './helpers.ts';
 
 /** torch.optim.AdamW's step for one parameter, written out in plain numbers. */
-function referenceAdamW(p: number[], grads: number[][], lr: number, wd: number, b1 = 0.9, b2 = 0.999, eps = 1e-8): number[] {
+function referenceAdamW(
+  p: number[],
+  grads: number[][],
+  lr: number,
+  wd: number,
+  b1 = 0.9,
+  b2 = 0.999,
+  eps = 1e-8,
+): number[] {
   const m = p.map(() => 0);
   const v = p.map(() => 0);
   grads.forEach((g, t) => {
@@ -30,12 +38,28 @@ function setGrad(p: Tensor, g: number[]): void {
 }
 
 describe('AdamW', () => {
-  it('matches PyTorch\'s update rule over several steps, per parameter group', () => {
+  it("matches PyTorch's update rule over several steps, per parameter group", () => {
     const a = parameter(tensor([0.5, -1, 2]));
-    const b = parameter(tensor([[1, 2], [3, -4]]));
-    const opt = new AdamW([{ params: [a], lr: 2e-3 }, { params: [b], lr: 1e-4 }]);
-    const gradsA = [[0.1, -0.2, 0.3], [1, 0.5, -0.5], [0, 0, 2]];
-    const gradsB = [[1, 1, -1, 0.5], [0.1, 0.2, 0.3, 0.4], [-3, 2, 1e-3, 0]];
+    const b = parameter(
+      tensor([
+        [1, 2],
+        [3, -4],
+      ]),
+    );
+    const opt = new AdamW([
+      { params: [a], lr: 2e-3 },
+      { params: [b], lr: 1e-4 },
+    ]);
+    const gradsA = [
+      [0.1, -0.2, 0.3],
+      [1, 0.5, -0.5],
+      [0, 0, 2],
+    ];
+    const gradsB = [
+      [1, 1, -1, 0.5],
+      [0.1, 0.2, 0.3, 0.4],
+      [-3, 2, 1e-3, 0],
+    ];
     for (let t = 0; t < 3; t++) {
       setGrad(a, gradsA[t]);
       setGrad(b, gradsB[t]);
@@ -54,13 +78,24 @@ describe('AdamW', () => {
   });
   it('refuses a parameter listed twice', () => {
     const a = parameter(tensor([1]));
-    expect(() => new AdamW([{ params: [a], lr: 1 }, { params: [a], lr: 2 }])).toThrow(/appears twice/);
+    expect(
+      () =>
+        new AdamW([
+          { params: [a], lr: 1 },
+          { params: [a], lr: 2 },
+        ]),
+    ).toThrow(/appears twice/);
   });
   it('resumes exactly from a saved state', async () => {
     const run = async (split: boolean) => {
       const p = parameter(tensor([0.3, -0.7]));
       let opt = new AdamW([p], { lr: 0.05 });
-      const grads = [[1, -1], [0.5, 2], [-1, 0.1], [0.2, 0.2]];
+      const grads = [
+        [1, -1],
+        [0.5, 2],
+        [-1, 0.1],
+        [0.2, 0.2],
+      ];
       for (let t = 0; t < grads.length; t++) {
         if (split && t === 2) {
           const saved = await opt.stateDict();

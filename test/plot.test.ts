@@ -65,13 +65,29 @@ describe('plotTrainingCurves', () => {
   });
 
   it('has a logarithmic loss axis that spans the data', () => {
-    const svg = plotTrainingCurves({ train: [[0, 1], [1, 0.1], [2, 0.01]], val: [], accuracy: [] });
+    const svg = plotTrainingCurves({
+      train: [
+        [0, 1],
+        [1, 0.1],
+        [2, 0.01],
+      ],
+      val: [],
+      accuracy: [],
+    });
     const ys = polylines(svg)['train-raw'].points.map((p) => p[1]);
     expect(ys[1] - ys[0]).toBeGreaterThan(50); // a lower loss is drawn lower
     expect(ys[2] - ys[1]).toBeCloseTo(ys[1] - ys[0], 0); // each tenfold drop is the same distance
     expect(yLabels(svg)).toEqual(expect.arrayContaining([0.01, 0.1, 1]));
     // a loss between 0.05 and 0.06 gets ticks in that range, not 0 to 5
-    const narrow = plotTrainingCurves({ train: [[0, 0.06], [1, 0.055], [2, 0.05]], val: [], accuracy: [] });
+    const narrow = plotTrainingCurves({
+      train: [
+        [0, 0.06],
+        [1, 0.055],
+        [2, 0.05],
+      ],
+      val: [],
+      accuracy: [],
+    });
     const lossTicks = yLabels(narrow).slice(0, -5); // the last five are the accuracy panel's
     expect(lossTicks.length).toBeGreaterThanOrEqual(3);
     for (const v of lossTicks) expect(v > 0.045 && v < 0.065, String(v)).toBe(true);
@@ -88,7 +104,10 @@ describe('plotTrainingCurves', () => {
     // the smoothed curve of a noisy run runs through the noiseless one (an exponential average
     // with beta 0.9 would trail it by about 10 steps: up to 10% too high here)
     const run = exampleRun();
-    const smoothed = smooth(run.train.map((p) => p[1]), 5);
+    const smoothed = smooth(
+      run.train.map((p) => p[1]),
+      5,
+    );
     for (const i of [100, 200, 300, 400]) {
       const clean = 0.05 + 3 * Math.exp(-run.train[i][0] / 100);
       expect(Math.abs(smoothed[i] / clean - 1)).toBeLessThan(0.02);
@@ -100,7 +119,13 @@ describe('plotTrainingCurves', () => {
     expect(empty).toContain('no data yet');
     expect(wellFormed(empty)).toBe(true);
     const junk: TrainingCurves = {
-      train: [[0, NaN], [NaN, 1], [2, Infinity], [3, 0], [4, -1]],
+      train: [
+        [0, NaN],
+        [NaN, 1],
+        [2, Infinity],
+        [3, 0],
+        [4, -1],
+      ],
       val: [[1, -Infinity]],
       accuracy: [[Infinity, 0.5]],
     };
@@ -115,12 +140,54 @@ describe('plotTrainingCurves', () => {
   it('plots a single point, all-equal values, millions of steps and extreme values', () => {
     const cases: TrainingCurves[] = [
       { train: [[0, 2.5]], val: [[0, 2.6]], accuracy: [[0, 0.2]], title: 'one point' },
-      { train: [[0, 1], [1, 1], [2, 1]], val: [[2, 1]], accuracy: [[0, 1], [2, 1]] },
+      {
+        train: [
+          [0, 1],
+          [1, 1],
+          [2, 1],
+        ],
+        val: [[2, 1]],
+        accuracy: [
+          [0, 1],
+          [2, 1],
+        ],
+      },
       { train: Array.from({ length: 20_001 }, (_, i) => [i * 100, 1 + 1 / (1 + i / 100)]), val: [], accuracy: [] },
-      { train: [[0, 1e30], [1, 1e-30]], val: [], accuracy: [] },
-      { train: [[0, 1e-12], [1, 2e-12]], val: [], accuracy: [] },
-      { train: [[0, 1e308], [1, 5e-324]], val: [[1e300, 1]], accuracy: [[0, 1e307], [1, -5]] },
-      { train: [[1e20, 1], [1e20 + 1e5, 2]], val: [], accuracy: [] },
+      {
+        train: [
+          [0, 1e30],
+          [1, 1e-30],
+        ],
+        val: [],
+        accuracy: [],
+      },
+      {
+        train: [
+          [0, 1e-12],
+          [1, 2e-12],
+        ],
+        val: [],
+        accuracy: [],
+      },
+      {
+        train: [
+          [0, 1e308],
+          [1, 5e-324],
+        ],
+        val: [[1e300, 1]],
+        accuracy: [
+          [0, 1e307],
+          [1, -5],
+        ],
+      },
+      {
+        train: [
+          [1e20, 1],
+          [1e20 + 1e5, 2],
+        ],
+        val: [],
+        accuracy: [],
+      },
     ];
     for (const curves of cases) {
       const svg = plotTrainingCurves(curves);

@@ -45,7 +45,9 @@ describe('the library imports nothing from Node', () => {
 
   it('no node:* or built-in module, no webgpu package', () => {
     const offending = files.flatMap((file) => {
-      const text = readFileSync(join(ROOT, file), 'utf8').replace(/\/\*[\s\S]*?\*\//g, '').replace(/\/\/.*$/gm, '');
+      const text = readFileSync(join(ROOT, file), 'utf8')
+        .replace(/\/\*[\s\S]*?\*\//g, '')
+        .replace(/\/\/.*$/gm, '');
       return specifiers(text)
         .filter((s) => s.startsWith('node:') || NODE_ONLY.has(s))
         .map((s) => `${file} imports ${s}`);
@@ -61,7 +63,9 @@ describe('the library imports nothing from Node', () => {
 
   it('the checks see what they look for', () => {
     expect(specifiers("import fs from 'node:fs';\nexport { x } from 'webgpu';\nawait import('node:os');")).toEqual([
-      'node:fs', 'webgpu', 'node:os',
+      'node:fs',
+      'webgpu',
+      'node:os',
     ]);
     expect(specifiers("import type { Worker } from 'node:worker_threads';")).toEqual(['node:worker_threads']);
     const code = 'const a = process.env.X; // process.y\nconst s = `process.z`;';

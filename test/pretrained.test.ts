@@ -50,7 +50,8 @@ describe('fromPretrained', () => {
     const { loadSafetensors, saveSafetensors } = await import('../node/safetensors.ts');
     const all = loadSafetensors(join(NANOVLM_GOLD, 'checkpoint', 'model.safetensors'));
     const kept: Record<string, { dtype: 'F32'; shape: number[]; data: Float32Array }> = {};
-    for (const [k, v] of all) if (k !== 'MP.proj.weight') kept[k] = { dtype: 'F32', shape: v.shape, data: v.data as Float32Array };
+    for (const [k, v] of all)
+      if (k !== 'MP.proj.weight') kept[k] = { dtype: 'F32', shape: v.shape, data: v.data as Float32Array };
     saveSafetensors(join(partial, 'model.safetensors'), kept);
     expect(() => load(partial)).toThrow(/model\.safetensors: loadStateDict: missing keys: MP\.proj\.weight$/);
   });
@@ -59,7 +60,12 @@ describe('fromPretrained', () => {
     const later = join(work, 'later');
     cpSync(join(NANOVLM_GOLD, 'checkpoint'), later, { recursive: true });
     const config = JSON.parse(readFileSync(join(later, 'config.json'), 'utf8'));
-    const v02 = { ...config, extra_token_amount: 66, lm_chat_template: '{% for message in messages %}', mp_image_token_length: 64 };
+    const v02 = {
+      ...config,
+      extra_token_amount: 66,
+      lm_chat_template: '{% for message in messages %}',
+      mp_image_token_length: 64,
+    };
     writeFileSync(join(later, 'config.json'), JSON.stringify(v02));
     expect(() => load(later)).toThrow(
       `${join(later, 'config.json')}: this checkpoint comes from nanoVLM v0.2 or later (it has extra_token_amount, ` +
@@ -73,7 +79,11 @@ describe('fromPretrained', () => {
     const dir = join(NANOVLM_GOLD, 'checkpoint');
     const bytes = readFileSync(join(dir, 'model.safetensors'));
     const config = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'));
-    const fromBytes = VisionLanguageModel.fromPretrained({ source: 'dropped', config, weights: parseSafetensors(bytes, 'dropped') });
+    const fromBytes = VisionLanguageModel.fromPretrained({
+      source: 'dropped',
+      config,
+      weights: parseSafetensors(bytes, 'dropped'),
+    });
     const fromDisk = load(dir);
     expect(fromBytes.cfg).toEqual(fromDisk.cfg);
     for (const [name, t] of fromDisk.stateDict()) {

@@ -18,7 +18,9 @@ function readF32Tensors(path: string): Map<string, { shape: number[]; data: Floa
   const headerLength = Number(file.readBigUInt64LE(0));
   const header = JSON.parse(file.subarray(8, 8 + headerLength).toString('utf8'));
   const tensors = new Map<string, { shape: number[]; data: Float32Array }>();
-  for (const [name, entry] of Object.entries<{ dtype: string; shape: number[]; data_offsets: [number, number] }>(header)) {
+  for (const [name, entry] of Object.entries<{ dtype: string; shape: number[]; data_offsets: [number, number] }>(
+    header,
+  )) {
     if (name === '__metadata__') continue;
     expect(entry.dtype).toBe('F32');
     const [begin, end] = entry.data_offsets.map((o) => 8 + headerLength + o);
@@ -52,7 +54,14 @@ function makeImage(width: number, height: number, rgb: (x: number, y: number) =>
 }
 
 /** A PNG assembled by hand: IHDR, `extra` chunks, one IDAT of unfiltered `rows`, IEND. */
-function pngFile(width: number, height: number, bitDepth: number, colorType: number, rows: number[][], extra: [string, number[]][] = []): Uint8Array {
+function pngFile(
+  width: number,
+  height: number,
+  bitDepth: number,
+  colorType: number,
+  rows: number[][],
+  extra: [string, number[]][] = [],
+): Uint8Array {
   const chunk = (type: string, data: Uint8Array) => {
     const body = Buffer.concat([Buffer.from(type, 'latin1'), data]);
     const out = Buffer.alloc(data.length + 12);
@@ -116,16 +125,20 @@ describe('decodeImage: PNG', () => {
   it('keeps the high byte of 16-bit samples (RGB and grey)', () => {
     // 0xff00 -> 255 and 0x01ff -> 1, where rounding v * 255 / 65535 would give 254 and 2.
     const samples = [0xff00, 0x01ff, 0x8000, 0x00ff, 0xffff, 0x1234];
-    const rgb16 = PNG.sync.write(
-      { width: 2, height: 1, data: Buffer.from(Uint16Array.from(samples).buffer) } as PNG,
-      { colorType: 2, inputColorType: 2, bitDepth: 16 },
-    );
+    const rgb16 = PNG.sync.write({ width: 2, height: 1, data: Buffer.from(Uint16Array.from(samples).buffer) } as PNG, {
+      colorType: 2,
+      inputColorType: 2,
+      bitDepth: 16,
+    });
     expect(Array.from(decodeImage(rgb16, 'rgb16.png').data)).toEqual(samples.map((v) => v >> 8));
-    const grey16 = PNG.sync.write(
-      { width: 6, height: 1, data: Buffer.from(Uint16Array.from(samples).buffer) } as PNG,
-      { colorType: 0, inputColorType: 0, bitDepth: 16 },
+    const grey16 = PNG.sync.write({ width: 6, height: 1, data: Buffer.from(Uint16Array.from(samples).buffer) } as PNG, {
+      colorType: 0,
+      inputColorType: 0,
+      bitDepth: 16,
+    });
+    expect(Array.from(decodeImage(grey16, 'grey16.png').data)).toEqual(
+      samples.flatMap((v) => [v >> 8, v >> 8, v >> 8]),
     );
-    expect(Array.from(decodeImage(grey16, 'grey16.png').data)).toEqual(samples.flatMap((v) => [v >> 8, v >> 8, v >> 8]));
   });
 
   it('stretches 2-bit grey to 0..255', () => {
@@ -244,21 +257,39 @@ describe('resizeBilinear', () => {
     if (width !== img.width) {
       const src = out;
       const rows = Array.from({ length: src.height * 3 }, (_, k) =>
-        resample(Array.from({ length: src.width }, (_, x) => px(src, x, k / 3 | 0, k % 3)), width));
+        resample(
+          Array.from({ length: src.width }, (_, x) => px(src, x, (k / 3) | 0, k % 3)),
+          width,
+        ),
+      );
       out = makeImage(width, src.height, (x, y) => [0, 1, 2].map((c) => rows[y * 3 + c][x]));
     }
     if (height !== img.height) {
       const src = out;
       const cols = Array.from({ length: src.width * 3 }, (_, k) =>
-        resample(Array.from({ length: src.height }, (_, y) => px(src, k / 3 | 0, y, k % 3)), height));
+        resample(
+          Array.from({ length: src.height }, (_, y) => px(src, (k / 3) | 0, y, k % 3)),
+          height,
+        ),
+      );
       out = makeImage(src.width, height, (x, y) => [0, 1, 2].map((c) => cols[x * 3 + c][y]));
     }
     return out;
   }
 
-  const texture = makeImage(20, 25, (x, y) => [(x * 37 + y * 11) % 256, (x * y * 7) % 256, (200 - x * 9 + y * 3) & 255]);
+  const texture = makeImage(20, 25, (x, y) => [
+    (x * 37 + y * 11) % 256,
+    (x * y * 7) % 256,
+    (200 - x * 9 + y * 3) & 255,
+  ]);
 
-  for (const [w, h] of [[32, 32], [7, 9], [13, 40], [20, 11], [5, 25]]) {
+  for (const [w, h] of [
+    [32, 32],
+    [7, 9],
+    [13, 40],
+    [20, 11],
+    [5, 25],
+  ]) {
     it(`20x25 -> ${w}x${h} agrees with a floating-point reference to within one level`, () => {
       const got = resizeBilinear(texture, w, h);
       expect([got.width, got.height, got.data.length]).toEqual([w, h, w * h * 3]);
@@ -293,10 +324,10 @@ describe('getImageProcessor', () => {
     for (let c = 0; c < 3; c++) {
       for (let p = 0; p < 4; p++) expect(out[c * 4 + p]).toBe(Math.fround(img.data[p * 3 + c] / 255));
     }
-    const png = PNG.sync.write(
-      { width: 2, height: 2, data: Buffer.from(img.data) } as PNG,
-      { colorType: 2, inputColorType: 2 },
-    );
+    const png = PNG.sync.write({ width: 2, height: 2, data: Buffer.from(img.data) } as PNG, {
+      colorType: 2,
+      inputColorType: 2,
+    });
     expect(getImageProcessor(2)(png)).toEqual(out);
   });
 
@@ -310,11 +341,27 @@ describe('errors name the source and say what is wrong, on one line', () => {
   const chelsea = readFileSync(ASSETS + 'chelsea.png');
   const hubble = readFileSync(ASSETS + 'hubble_deep_field.jpg');
   const cases: [string, Uint8Array, string | RegExp][] = [
-    ['cat.gif', Buffer.from('GIF89a\x01\x00\x01\x00\x80\x00\x00', 'latin1'), 'cat.gif: unsupported image format (GIF); nanovlm-ts reads PNG and JPEG'],
-    ['a.webp', Buffer.from('RIFF\x24\x00\x00\x00WEBPVP8 ', 'latin1'), 'a.webp: unsupported image format (WebP); nanovlm-ts reads PNG and JPEG'],
-    ['row 17 of train.parquet', chelsea.subarray(0, 50_000), 'row 17 of train.parquet: corrupt PNG (truncated: the data ends early)'],
+    [
+      'cat.gif',
+      Buffer.from('GIF89a\x01\x00\x01\x00\x80\x00\x00', 'latin1'),
+      'cat.gif: unsupported image format (GIF); nanovlm-ts reads PNG and JPEG',
+    ],
+    [
+      'a.webp',
+      Buffer.from('RIFF\x24\x00\x00\x00WEBPVP8 ', 'latin1'),
+      'a.webp: unsupported image format (WebP); nanovlm-ts reads PNG and JPEG',
+    ],
+    [
+      'row 17 of train.parquet',
+      chelsea.subarray(0, 50_000),
+      'row 17 of train.parquet: corrupt PNG (truncated: the data ends early)',
+    ],
     ['cut.jpg', hubble.subarray(0, 100_000), /^cut\.jpg: corrupt JPEG \(.+\)$/],
-    ['noise.bin', Uint8Array.from({ length: 64 }, (_, i) => (i * 97 + 13) & 255), /^noise\.bin: not an image \(unrecognised first bytes 0d 6e cf 30 91 f2 53 b4\)/],
+    [
+      'noise.bin',
+      Uint8Array.from({ length: 64 }, (_, i) => (i * 97 + 13) & 255),
+      /^noise\.bin: not an image \(unrecognised first bytes 0d 6e cf 30 91 f2 53 b4\)/,
+    ],
     ['empty.png', new Uint8Array(0), 'empty.png: no image data (0 bytes)'],
   ];
   for (const [source, bytes, message] of cases) {

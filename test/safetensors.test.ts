@@ -61,9 +61,10 @@ function asWritable(file: string): { tensors: Record<string, WriteTensor>; metad
   for (const name of f.keys()) {
     const { dtype, shape } = f.info(name);
     const t = f.get(name);
-    tensors[name] = dtype === 'I32'
-      ? { dtype: 'I32', shape, data: t.data as Int32Array }
-      : { dtype: dtype as 'F32' | 'BF16', shape, data: t.data as Float32Array };
+    tensors[name] =
+      dtype === 'I32'
+        ? { dtype: 'I32', shape, data: t.data as Int32Array }
+        : { dtype: dtype as 'F32' | 'BF16', shape, data: t.data as Float32Array };
   }
   f.close();
   return { tensors, metadata: f.metadata };
@@ -89,10 +90,12 @@ describe('reading files written by PyTorch', () => {
     for (const t of all.values()) expect(t.dtype).toBe('float32');
     const mp = all.get('MP.proj.weight')!;
     expect(mp.shape).toEqual([64, 256]);
-    expect([mp.data[0], mp.data[1], mp.data[16383]]).toEqual([-0.06472592800855637, 0.03163663297891617, -0.0019294912926852703]);
+    expect([mp.data[0], mp.data[1], mp.data[16383]]).toEqual([
+      -0.06472592800855637, 0.03163663297891617, -0.0019294912926852703,
+    ]);
     expect([...all.get('decoder.rotary_embd.inv_freq')!.data]).toEqual([
-      1.0, 0.23713736236095428, 0.05623412877321243, 0.01333521492779255, 0.003162277862429619,
-      0.0007498941849917173, 0.00017782794020604342, 4.216965317027643e-05,
+      1.0, 0.23713736236095428, 0.05623412877321243, 0.01333521492779255, 0.003162277862429619, 0.0007498941849917173,
+      0.00017782794020604342, 4.216965317027643e-5,
     ]);
     const conv = all.get('vision_encoder.patch_embedding.conv.weight')!;
     expect([conv.data[0], conv.data[12287]]).toEqual([0.03904876485466957, 0.08052226901054382]);
@@ -116,12 +119,16 @@ describe('reading files written by PyTorch', () => {
     const ids = all.get('input_ids')!;
     expect(ids.dtype).toBe('int32');
     expect(ids.shape).toEqual([2, 12]);
-    expect([...ids.data]).toEqual([0, 0, 0, 150, 281, 507, 462, 287, 469, 344, 357, 235, 249, 25, 38, 230, 80, 324, 57, 419, 328, 501, 244, 18]);
-    expect([...all.get('targets')!.data]).toEqual([
-      -100, -100, -100, -100, -100, -100, -100, 469, 344, 357, 235, -100,
-      -100, -100, -100, 80, 324, 57, 419, 328, 501, 244, 18, -100,
+    expect([...ids.data]).toEqual([
+      0, 0, 0, 150, 281, 507, 462, 287, 469, 344, 357, 235, 249, 25, 38, 230, 80, 324, 57, 419, 328, 501, 244, 18,
     ]);
-    expect([...all.get('greedy_tokens')!.data]).toEqual([385, 385, 385, 385, 385, 385, 385, 385, 484, 366, 366, 366, 366, 366, 301, 301]);
+    expect([...all.get('targets')!.data]).toEqual([
+      -100, -100, -100, -100, -100, -100, -100, 469, 344, 357, 235, -100, -100, -100, -100, 80, 324, 57, 419, 328, 501,
+      244, 18, -100,
+    ]);
+    expect([...all.get('greedy_tokens')!.data]).toEqual([
+      385, 385, 385, 385, 385, 385, 385, 385, 484, 366, 366, 366, 366, 366, 301, 301,
+    ]);
     expect(all.get('loss')!.data[0]).toBe(7.146432399749756);
     expect(all.get('grad_total_norm')!.data[0]).toBe(8.171152114868164);
   });
@@ -157,13 +164,17 @@ describe('writing', () => {
     const i = new Int32Array([-(2 ** 31), 2 ** 31 - 1, 0]);
     const metadata = { format: 'pt', note: 'a "quoted" ünïcode line\n' };
     const file = path.join(dir, 'rt.safetensors');
-    saveSafetensors(file, {
-      w: { dtype: 'F32', shape: [2, 3], data: w },
-      b: { dtype: 'BF16', shape: [4, 5], data: b },
-      i: { dtype: 'I32', shape: [3], data: i },
-      empty: { dtype: 'F32', shape: [0, 4], data: new Float32Array(0) },
-      scalar: { dtype: 'I32', shape: [], data: new Int32Array([42]) },
-    }, metadata);
+    saveSafetensors(
+      file,
+      {
+        w: { dtype: 'F32', shape: [2, 3], data: w },
+        b: { dtype: 'BF16', shape: [4, 5], data: b },
+        i: { dtype: 'I32', shape: [3], data: i },
+        empty: { dtype: 'F32', shape: [0, 4], data: new Float32Array(0) },
+        scalar: { dtype: 'I32', shape: [], data: new Int32Array([42]) },
+      },
+      metadata,
+    );
 
     const f = openSafetensors(file);
     expect(f.metadata).toEqual(metadata);
@@ -225,7 +236,9 @@ describe('writing', () => {
     expect(() => serialize(t('F16', new Float32Array(1)))).toThrow(/tensor "x": cannot write dtype F16/);
     expect(() => serialize(t('I32', new Float32Array(1)))).toThrow(/I32 data must be a Int32Array/);
     expect(() => serialize(t('F32', new Float32Array(2)))).toThrow(/shape \[1\] holds 1 values but data has 2/);
-    expect(() => serialize(t('F32', new Float32Array(1), [-1]))).toThrow(/shape must be a list of non-negative integers/);
+    expect(() => serialize(t('F32', new Float32Array(1), [-1]))).toThrow(
+      /shape must be a list of non-negative integers/,
+    );
     expect(() => serialize({ __metadata__: t('F32', new Float32Array(1)).x })).toThrow(/reserved/);
     expect(() => serialize({}, { n: 1 } as unknown as Record<string, string>)).toThrow(/metadata "n" must be a string/);
   });
@@ -250,7 +263,15 @@ describe('writing', () => {
 
     // A tensor that cannot be read fails before anything touches the disk.
     vi.restoreAllMocks();
-    const broken = { a: { dtype: 'F32', shape: [1], get data(): Float32Array { throw new Error('boom'); } } as WriteTensor };
+    const broken = {
+      a: {
+        dtype: 'F32',
+        shape: [1],
+        get data(): Float32Array {
+          throw new Error('boom');
+        },
+      } as WriteTensor,
+    };
     expect(() => saveSafetensors(file, broken)).toThrow(/boom/);
     expect(fs.readFileSync(file).equals(before)).toBe(true);
     expect(fs.readdirSync(dir)).toEqual(['model.safetensors']);
@@ -268,8 +289,8 @@ describe('reading other dtypes', () => {
     // F16 values from python3: struct.unpack('<e', struct.pack('<H', h)).
     const f16 = load('F16', [7], bytesOf(new Uint16Array([0x3c00, 0x0001, 0x7bff, 0xfc00, 0x7e00, 0x8000, 0x3555])));
     expect(f16.dtype).toBe('float32');
-    expect([...f16.data]).toEqual([1, 5.960464477539063e-08, 65504, -Infinity, NaN, -0, 0.333251953125]);
-    expect(f16ToF32(0x03ff)).toBe(6.097555160522461e-05); // the largest subnormal
+    expect([...f16.data]).toEqual([1, 5.960464477539063e-8, 65504, -Infinity, NaN, -0, 0.333251953125]);
+    expect(f16ToF32(0x03ff)).toBe(6.097555160522461e-5); // the largest subnormal
 
     const f64 = load('F64', [3], bytesOf(new Float64Array([0.1, -2.5, 1e300])));
     expect([...f64.data]).toEqual([Math.fround(0.1), -2.5, Infinity]);
@@ -295,28 +316,72 @@ describe('broken files', () => {
   const four = [0, 0, 128, 63];
   const cases: [string, Uint8Array, RegExp][] = [
     ['too short', new Uint8Array([1, 2, 3]), /file is 3 bytes, too short to be safetensors/],
-    ['header past the end', rawFile({}).fill(0x9f, 0, 3), /header length \d+ runs past the end of the file \(10 bytes\)/],
-    ['absurd header length', new Uint8Array([0, 0, 0, 0, 0, 0, 0, 0x80, 0x7b, 0x7d]), /header length 9223372036854775808 is over the 100000000-byte limit/],
+    [
+      'header past the end',
+      rawFile({}).fill(0x9f, 0, 3),
+      /header length \d+ runs past the end of the file \(10 bytes\)/,
+    ],
+    [
+      'absurd header length',
+      new Uint8Array([0, 0, 0, 0, 0, 0, 0, 0x80, 0x7b, 0x7d]),
+      /header length 9223372036854775808 is over the 100000000-byte limit/,
+    ],
     ['invalid UTF-8', rawFile(null, [], new Uint8Array([0x7b, 0xff, 0x7d])), /header is not valid UTF-8/],
     ['invalid JSON', rawFile('{"a":'), /header is not valid JSON/],
     ['JSON array', rawFile('[1, 2]'), /header is not a JSON object/],
     ['JSON null', rawFile('null'), /header is not a JSON object/],
     ['entry not an object', rawFile({ a: 5 }), /tensor "a" is not an object/],
     ['missing dtype', rawFile({ a: { shape: [1], data_offsets: [0, 4] } }, four), /tensor "a" has no dtype string/],
-    ['unknown dtype', rawFile({ a: { ...ok, dtype: 'F8_E4M3' } }, four), /tensor "a" has dtype "F8_E4M3", which is not supported/],
-    ['I16', rawFile({ a: { ...ok, dtype: 'I16', shape: [2] } }, four), /tensor "a" has dtype "I16", which is not supported/],
+    [
+      'unknown dtype',
+      rawFile({ a: { ...ok, dtype: 'F8_E4M3' } }, four),
+      /tensor "a" has dtype "F8_E4M3", which is not supported/,
+    ],
+    [
+      'I16',
+      rawFile({ a: { ...ok, dtype: 'I16', shape: [2] } }, four),
+      /tensor "a" has dtype "I16", which is not supported/,
+    ],
     ['missing shape', rawFile({ a: { dtype: 'F32', data_offsets: [0, 4] } }, four), /tensor "a" has no shape/],
-    ['negative dim', rawFile({ a: { ...ok, shape: [-1] } }, four), /tensor "a" has no shape, or one that is not a list of non-negative integers/],
+    [
+      'negative dim',
+      rawFile({ a: { ...ok, shape: [-1] } }, four),
+      /tensor "a" has no shape, or one that is not a list of non-negative integers/,
+    ],
     ['fractional dim', rawFile({ a: { ...ok, shape: [0.5] } }, four), /tensor "a" has no shape, or one/],
     ['missing offsets', rawFile({ a: { dtype: 'F32', shape: [1] } }, four), /tensor "a" has no data_offsets/],
     ['one offset', rawFile({ a: { ...ok, data_offsets: [4] } }, four), /not two non-negative integers/],
     ['negative offset', rawFile({ a: { ...ok, data_offsets: [-4, 0] } }, four), /not two non-negative integers/],
     ['string offset', rawFile({ a: { ...ok, data_offsets: [0, '4'] } }, four), /not two non-negative integers/],
-    ['begin after end', rawFile({ a: { ...ok, data_offsets: [4, 0] } }, four), /tensor "a" has data_offsets \[4, 0\] that end before they begin/],
-    ['wrong byte size', rawFile({ a: { ...ok, shape: [2] } }, four), /tensor "a" is F32 of shape \[2\], which needs 8 bytes, but data_offsets span 4/],
-    ['offsets out of range', rawFile({ a: { ...ok, shape: [2], data_offsets: [0, 8] } }, four), /tensor "a" has data_offsets \[0, 8\] past the end of the data section \(4 bytes\)/],
-    ['overlap', rawFile({ a: { ...ok, shape: [2], data_offsets: [0, 8] }, b: { ...ok, shape: [2], data_offsets: [4, 12] } }, [...four, ...four, ...four]), /tensors "a" and "b" overlap/],
-    ['metadata not strings', rawFile({ __metadata__: { n: 1 } }), /__metadata__ must be an object whose values are all strings/],
+    [
+      'begin after end',
+      rawFile({ a: { ...ok, data_offsets: [4, 0] } }, four),
+      /tensor "a" has data_offsets \[4, 0\] that end before they begin/,
+    ],
+    [
+      'wrong byte size',
+      rawFile({ a: { ...ok, shape: [2] } }, four),
+      /tensor "a" is F32 of shape \[2\], which needs 8 bytes, but data_offsets span 4/,
+    ],
+    [
+      'offsets out of range',
+      rawFile({ a: { ...ok, shape: [2], data_offsets: [0, 8] } }, four),
+      /tensor "a" has data_offsets \[0, 8\] past the end of the data section \(4 bytes\)/,
+    ],
+    [
+      'overlap',
+      rawFile({ a: { ...ok, shape: [2], data_offsets: [0, 8] }, b: { ...ok, shape: [2], data_offsets: [4, 12] } }, [
+        ...four,
+        ...four,
+        ...four,
+      ]),
+      /tensors "a" and "b" overlap/,
+    ],
+    [
+      'metadata not strings',
+      rawFile({ __metadata__: { n: 1 } }),
+      /__metadata__ must be an object whose values are all strings/,
+    ],
     ['metadata not an object', rawFile({ __metadata__: ['pt'] }), /__metadata__ must be an object/],
   ];
 
@@ -418,13 +483,18 @@ describe('reading is lazy', () => {
     const spy = vi.spyOn(fs, 'readSync');
     const reads = () => spy.mock.calls.map((c, k) => [(c as unknown[])[4], spy.mock.results[k].value]);
     const f = openSafetensors(CKPT);
-    expect(reads()).toEqual([[0, 8], [8, n]]);
+    expect(reads()).toEqual([
+      [0, 8],
+      [8, n],
+    ]);
 
     spy.mockClear();
     const t: RawTensor = f.get('decoder.norm.weight');
     expect(reads()).toEqual([[8 + n + 590848, 256]]);
     expect(t.shape).toEqual([64]);
-    expect(t.data).toEqual(new Float32Array(bytes.buffer.slice(bytes.byteOffset + 8 + n + 590848, bytes.byteOffset + 8 + n + 591104)));
+    expect(t.data).toEqual(
+      new Float32Array(bytes.buffer.slice(bytes.byteOffset + 8 + n + 590848, bytes.byteOffset + 8 + n + 591104)),
+    );
     expect(t.data.buffer.byteLength).toBe(256); // its own buffer, not a view of something bigger
     f.close();
   });

@@ -2,7 +2,13 @@
 
 import { describe, expect, it } from 'vitest';
 import {
-  broadcastReduceDims, broadcastShapes, broadcastStrides, contiguousStrides, inferReshape, isContiguous, normalizeDim,
+  broadcastReduceDims,
+  broadcastShapes,
+  broadcastStrides,
+  contiguousStrides,
+  inferReshape,
+  isContiguous,
+  normalizeDim,
   viewStrides,
 } from '../tensor/shape.ts';
 
@@ -17,7 +23,9 @@ describe('shape helpers', () => {
   it('broadcasts shapes and strides', () => {
     expect(broadcastShapes('add', [3, 1], [2])).toEqual([3, 2]);
     expect(broadcastShapes('add', [], [2, 2])).toEqual([2, 2]);
-    expect(() => broadcastShapes('mul', [2, 3], [4, 3])).toThrow('mul: shapes [2,3] and [4,3] cannot be broadcast together');
+    expect(() => broadcastShapes('mul', [2, 3], [4, 3])).toThrow(
+      'mul: shapes [2,3] and [4,3] cannot be broadcast together',
+    );
     expect(broadcastStrides([3, 1], [1, 1], [2, 3, 4])).toEqual([0, 1, 0]);
     expect(broadcastReduceDims([3, 1], [2, 3, 4])).toEqual([0, 2]);
   });

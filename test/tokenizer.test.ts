@@ -73,10 +73,7 @@ describe('SmolLM2 tokenizer matches the Rust tokenizer', () => {
     const longest = tok.batchEncodePlus(['Hello world, 12345 tokens!', 'Hello']);
     expect(longest.seqLen).toBe(a.length);
     expect(Array.from(longest.input_ids)).toEqual([...a, ...Array(a.length - 1).fill(0), ...b]);
-    expect(Array.from(longest.attention_mask.subarray(a.length))).toEqual([
-      ...Array(a.length - 1).fill(0),
-      1,
-    ]);
+    expect(Array.from(longest.attention_mask.subarray(a.length))).toEqual([...Array(a.length - 1).fill(0), 1]);
     const cut = tok.batchEncodePlus(['Hello world, 12345 tokens!'], { maxLength: 4 });
     expect(Array.from(cut.input_ids)).toEqual(a.slice(0, 4));
     expect(cut.lengths).toEqual([a.length]);
@@ -150,9 +147,7 @@ describe('getTokenizer finds the files', () => {
 
 describe('getTokenizer explains what is missing', () => {
   test('a folder that does not exist', () => {
-    expect(() => getTokenizer('/no/such/folder')).toThrow(
-      /tokenizer not found at \/no\/such\/folder.*--tokenizer/,
-    );
+    expect(() => getTokenizer('/no/such/folder')).toThrow(/tokenizer not found at \/no\/such\/folder.*--tokenizer/);
   });
 
   test('a folder without tokenizer.json', () => {

@@ -27,10 +27,36 @@ afterAll(() => rmSync(work, { recursive: true, force: true }));
 
 // A tiny model and a short run: seconds on one core.
 const tiny = [
-  '--device', 'cpu', '--max_steps', '24', '--eval_interval', '12', '--batch_size', '8',
-  '--builtin_train_size', '400', '--builtin_val_size', '16',
-  '--vit_hidden_dim', '32', '--vit_inter_dim', '64', '--vit_patch_size', '8', '--vit_n_blocks', '1',
-  '--lm_hidden_dim', '32', '--lm_inter_dim', '64', '--lm_n_blocks', '1', '--lr_mp', '1e-2', '--lr_backbones', '1e-2',
+  '--device',
+  'cpu',
+  '--max_steps',
+  '24',
+  '--eval_interval',
+  '12',
+  '--batch_size',
+  '8',
+  '--builtin_train_size',
+  '400',
+  '--builtin_val_size',
+  '16',
+  '--vit_hidden_dim',
+  '32',
+  '--vit_inter_dim',
+  '64',
+  '--vit_patch_size',
+  '8',
+  '--vit_n_blocks',
+  '1',
+  '--lm_hidden_dim',
+  '32',
+  '--lm_inter_dim',
+  '64',
+  '--lm_n_blocks',
+  '1',
+  '--lr_mp',
+  '1e-2',
+  '--lr_backbones',
+  '1e-2',
 ];
 
 function run(script: string, args: string[]) {
@@ -62,7 +88,10 @@ function snapshot(dir: string): Record<string, string> {
 }
 
 const metrics = (dir: string) =>
-  readFileSync(join(dir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+  readFileSync(join(dir, 'metrics.jsonl'), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l));
 const losses = (dir: string) => metrics(dir).filter((m) => 'loss' in m);
 
 describe('train.ts and generate.ts', () => {
@@ -169,7 +198,17 @@ describe('train.ts and generate.ts', () => {
 
   it('--freeze vit,lm trains the projector alone: optimizer state for it only, the backbones unchanged', async () => {
     const frozen = join(work, 'frozen');
-    const r = run('train.ts', [...tiny, '--max_steps', '4', '--eval_interval', '2', '--freeze', 'vit,lm', '--out', frozen]);
+    const r = run('train.ts', [
+      ...tiny,
+      '--max_steps',
+      '4',
+      '--eval_interval',
+      '2',
+      '--freeze',
+      'vit,lm',
+      '--out',
+      frozen,
+    ]);
     expect(r.code, r.err).toBe(0);
     const { loadSafetensors } = await import('../node/safetensors.ts');
     const moments = [...loadSafetensors(join(frozen, 'resume', 'optimizer.safetensors')).keys()].sort();
@@ -211,7 +250,10 @@ describe('train.ts and generate.ts', () => {
     const data = join(work, 'fruit');
     mkdirSync(data);
     const fruits: [string, number[]][] = [
-      ['apple', [220, 30, 30]], ['banana', [240, 220, 40]], ['lime', [60, 200, 60]], ['grape', [120, 40, 160]],
+      ['apple', [220, 30, 30]],
+      ['banana', [240, 220, 40]],
+      ['lime', [60, 200, 60]],
+      ['grape', [120, 40, 160]],
     ];
     const rows = Array.from({ length: 40 }, (_, i) => {
       const [fruit, rgb] = fruits[i % 4];

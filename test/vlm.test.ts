@@ -15,9 +15,21 @@ import { describeWebGPU, expectAllClose } from './webgpu_helpers.ts';
 function config(over: Partial<VLMConfig> = {}): VLMConfig {
   return {
     ...defaultVLMConfig,
-    vit_hidden_dim: 24, vit_inter_dim: 40, vit_patch_size: 4, vit_img_size: 16, vit_n_heads: 2, vit_n_blocks: 1,
-    lm_hidden_dim: 24, lm_inter_dim: 40, lm_n_heads: 4, lm_n_kv_heads: 2, lm_n_blocks: 2, lm_vocab_size: 50,
-    lm_max_position_embeddings: 64, mp_pixel_shuffle_factor: 2, vlm_load_backbone_weights: false,
+    vit_hidden_dim: 24,
+    vit_inter_dim: 40,
+    vit_patch_size: 4,
+    vit_img_size: 16,
+    vit_n_heads: 2,
+    vit_n_blocks: 1,
+    lm_hidden_dim: 24,
+    lm_inter_dim: 40,
+    lm_n_heads: 4,
+    lm_n_kv_heads: 2,
+    lm_n_blocks: 2,
+    lm_vocab_size: 50,
+    lm_max_position_embeddings: 64,
+    mp_pixel_shuffle_factor: 2,
+    vlm_load_backbone_weights: false,
     ...over,
   };
 }
@@ -41,7 +53,10 @@ const accepted: [string, Partial<VLMConfig>][] = [
   ['GQA 2:1, head dim 6', { lm_hidden_dim: 48, lm_n_heads: 8, lm_n_kv_heads: 4 }],
   ['GQA 4:1, head dim 10', { lm_hidden_dim: 80, lm_n_heads: 8, lm_n_kv_heads: 2 }],
   ['GQA 8:1 (one KV head), head dim 14', { lm_hidden_dim: 112, lm_n_heads: 8, lm_n_kv_heads: 1 }],
-  ['pixel shuffle 3, ViT head dim 9', { vit_img_size: 18, vit_patch_size: 2, vit_hidden_dim: 18, mp_pixel_shuffle_factor: 3 }],
+  [
+    'pixel shuffle 3, ViT head dim 9',
+    { vit_img_size: 18, vit_patch_size: 2, vit_hidden_dim: 18, mp_pixel_shuffle_factor: 3 },
+  ],
   ['pixel shuffle 4', { vit_img_size: 16, vit_patch_size: 2, mp_pixel_shuffle_factor: 4 }],
   ['pixel shuffle 5 on a ragged grid (22 px, patch 4: 5x5 patches)', { vit_img_size: 22, mp_pixel_shuffle_factor: 5 }],
 ];
@@ -86,10 +101,19 @@ describe('configurations nanoVLM rejects', () => {
   const rejected: [Partial<VLMConfig>, string][] = [
     [{ lm_n_heads: 5 }, 'lm_hidden_dim (24) must be divisible by lm_n_heads (5)'],
     [{ lm_n_heads: 4, lm_n_kv_heads: 3 }, 'lm_n_heads (4) must be divisible by lm_n_kv_heads (3)'],
-    [{ lm_hidden_dim: 36, lm_n_heads: 4 }, "the language model's head dim (lm_hidden_dim / lm_n_heads = 9) must be even"],
+    [
+      { lm_hidden_dim: 36, lm_n_heads: 4 },
+      "the language model's head dim (lm_hidden_dim / lm_n_heads = 9) must be even",
+    ],
     [{ vit_n_heads: 5 }, 'vit_hidden_dim (24) must be divisible by vit_n_heads (5)'],
-    [{ mp_pixel_shuffle_factor: 3 }, 'mp_pixel_shuffle_factor (3) must divide the 4x4 patch grid (vit_img_size 16 / vit_patch_size 4)'],
-    [{ vit_cls_flag: true }, 'vit_cls_flag: the projector needs every patch vector, but a ViT with a CLS token returns one vector'],
+    [
+      { mp_pixel_shuffle_factor: 3 },
+      'mp_pixel_shuffle_factor (3) must divide the 4x4 patch grid (vit_img_size 16 / vit_patch_size 4)',
+    ],
+    [
+      { vit_cls_flag: true },
+      'vit_cls_flag: the projector needs every patch vector, but a ViT with a CLS token returns one vector',
+    ],
   ];
   for (const [over, message] of rejected) {
     it(message, () => expect(() => new VisionLanguageModel(config(over))).toThrow(message));
@@ -105,7 +129,10 @@ describeWebGPU('configurations on webgpu', () => {
       const gpuModel = await new VisionLanguageModel(cfg).to('webgpu');
       gpuModel.loadStateDict(cpuModel.stateDict());
       const results: { logits: Float32Array; grads: Float32Array[] }[] = [];
-      for (const [model, device] of [[cpuModel, 'cpu'], [gpuModel, 'webgpu']] as const) {
+      for (const [model, device] of [
+        [cpuModel, 'cpu'],
+        [gpuModel, 'webgpu'],
+      ] as const) {
         const { image, ids, mask } = batch(cfg, device);
         const targets = ids.mul(mask).sub(mask.neg().add(1).mul(100)); // -100 at padded positions
         // tidyForward, as train.ts runs a step: backward frees the forward's intermediates as it goes

@@ -30,8 +30,11 @@ if (!SKIP && !existsSync(CHROMIUM)) {
 }
 // WebGPU in headless Chromium without a GPU: SwiftShader's Vulkan, which Chromium ships
 const ARGS = [
-  '--enable-unsafe-webgpu', '--enable-features=Vulkan', '--use-vulkan=swiftshader',
-  '--use-webgpu-adapter=swiftshader', '--no-sandbox',
+  '--enable-unsafe-webgpu',
+  '--enable-features=Vulkan',
+  '--use-vulkan=swiftshader',
+  '--use-webgpu-adapter=swiftshader',
+  '--no-sandbox',
 ];
 const ARTIFACTS = join(ROOT, 'artifacts', 'web');
 const work = mkdtempSync(join(tmpdir(), 'web-test-'));
@@ -79,9 +82,11 @@ describe.skipIf(SKIP)('the web page in Chromium', () => {
     page.on('pageerror', (e) => errors.push(e.message));
     await page.goto(`${url}?device=${device}`);
     await page.waitForFunction(
-      () => (globalThis as unknown as { nanovlmPage: PageState }).nanovlmPage?.ready ||
+      () =>
+        (globalThis as unknown as { nanovlmPage: PageState }).nanovlmPage?.ready ||
         document.getElementById('train-message')?.textContent,
-      null, { timeout: 90_000 },
+      null,
+      { timeout: 90_000 },
     );
     expect(await page.textContent('#train-message')).toBe('');
     return { page, errors };
@@ -91,9 +96,11 @@ describe.skipIf(SKIP)('the web page in Chromium', () => {
   async function train(page: Page, steps: number, timeout: number): Promise<number[]> {
     await page.click('#train');
     await page.waitForFunction(
-      (n) => (globalThis as unknown as { nanovlmPage: PageState }).nanovlmPage.losses.length >= n ||
+      (n) =>
+        (globalThis as unknown as { nanovlmPage: PageState }).nanovlmPage.losses.length >= n ||
         document.getElementById('train-message')?.textContent,
-      steps, { timeout },
+      steps,
+      { timeout },
     );
     await page.click('#pause');
     await page.waitForFunction(() => !(globalThis as unknown as { nanovlmPage: PageState }).nanovlmPage.training);
@@ -107,9 +114,11 @@ describe.skipIf(SKIP)('the web page in Chromium', () => {
     await page.fill('#question', question);
     await page.click('#ask');
     await page.waitForFunction(
-      (n) => (globalThis as unknown as { nanovlmPage: PageState }).nanovlmPage.answers.length > n ||
+      (n) =>
+        (globalThis as unknown as { nanovlmPage: PageState }).nanovlmPage.answers.length > n ||
         document.getElementById('ask-message')?.textContent,
-      before, { timeout: 60_000 },
+      before,
+      { timeout: 60_000 },
     );
     expect(await page.textContent('#ask-message')).toBe('');
     return (await state(page)).answers.at(-1)!;
@@ -170,19 +179,39 @@ describe.skipIf(SKIP)('the web page in Chromium', () => {
     };
     // 150 steps: enough for answers that are words (about a third of them right)
     tsx('train.ts', [
-      '--out', checkpoint, '--max_steps', '150', '--eval_interval', '150', '--builtin_val_size', '64',
-      '--device', 'cpu',
+      '--out',
+      checkpoint,
+      '--max_steps',
+      '150',
+      '--eval_interval',
+      '150',
+      '--builtin_val_size',
+      '64',
+      '--device',
+      'cpu',
     ]);
     const image = join(ASSETS, 'shapes.png');
     const prompts = ['What color is the circle?', 'How many shapes are there?', 'Is the circle on the left?'];
     const expected = prompts.map((prompt) => {
       const out = tsx('generate.ts', [
-        '--checkpoint', checkpoint, '--image', image, '--prompt', prompt, '--greedy', '--generations', '1',
-        '--device', 'cpu',
+        '--checkpoint',
+        checkpoint,
+        '--image',
+        image,
+        '--prompt',
+        prompt,
+        '--greedy',
+        '--generations',
+        '1',
+        '--device',
+        'cpu',
       ]);
       return out.match(/>> Generation 1: (.*)/)![1];
     });
-    expect(expected.every((answer) => /^[a-z]+$/.test(answer)), expected.join(', ')).toBe(true);
+    expect(
+      expected.every((answer) => /^[a-z]+$/.test(answer)),
+      expected.join(', '),
+    ).toBe(true);
 
     const { page, errors } = await open('cpu');
     await page.setInputFiles('#checkpoint-files', checkpoint); // the folder, as the file picker gives it

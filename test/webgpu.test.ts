@@ -502,7 +502,11 @@ describeWebGPU('webgpu nn ops', () => {
     await compareDevices((x, t) => crossEntropy(x, t, 3), [[2, 4], { shape: [2], dtype: 'int32', values: [3, 3] }]);
   });
   it('fused backward of the norms and cross-entropy: 1, 3, 17, 67 rows, the 49,152 vocabulary', async () => {
-    for (const [rows, cols] of [[1, 3], [17, 67], [67, 17]]) {
+    for (const [rows, cols] of [
+      [1, 3],
+      [17, 67],
+      [67, 17],
+    ]) {
       await compareDevices((x, w, b) => layerNorm(x, w, b, 1e-5), [[rows, cols], [cols], [cols]], { rtol: 1e-4 });
       await compareDevices((x, w) => rmsNorm(x, w, 1e-5), [[rows, cols], [cols]], { rtol: 1e-4 });
     }
@@ -611,7 +615,10 @@ describeWebGPU('webgpu backend', () => {
     // 4 values go through the recorder's staging arena; 2^21 (8 MiB) are too many for it
     for (const n of [4, 1 << 21]) {
       const s = b.alloc('float32', n);
-      b.write(s, Float32Array.from({ length: n }, (_, i) => i + 1));
+      b.write(
+        s,
+        Float32Array.from({ length: n }, (_, i) => i + 1),
+      );
       const view = { storage: s, shape: [n], strides: [1], offset: 0, dtype: 'float32' as const };
       const negated = b.unary('neg', view);
       b.write(s, new Float32Array(n).fill(9));

@@ -78,10 +78,15 @@ describeWebGPU('webgpu matmul kernels', () => {
 
   // Every layout on the medium tiles; the other sizes share the load and store code (only the loop counts
   // differ), so two layouts each keep the pipelines to compile, slow on software drivers, few.
-  for (const [tile, tested] of [['small', ['nn', 'tt']], ['medium', layouts], ['large', ['nn', 'tt']]] as const) {
+  for (const [tile, tested] of [
+    ['small', ['nn', 'tt']],
+    ['medium', layouts],
+    ['large', ['nn', 'tt']],
+  ] as const) {
     it(`${tile} tiles on awkward sizes, layouts ${tested.join(' ')}, with and without vec4 loads`, async () => {
       const b = webgpuBackend()!;
-      for (const [M, K, N] of shapes) for (const layout of tested) await check(b, operands(M, K, N, layout), tiled(tile));
+      for (const [M, K, N] of shapes)
+        for (const layout of tested) await check(b, operands(M, K, N, layout), tiled(tile));
       // multiples of 4: the vectorised loads and stores
       for (const layout of tested) await check(b, operands(36, 44, 40, layout), tiled(tile));
     });

@@ -73,13 +73,37 @@ async function gpuMatmulF16(a: Float32Array, [M, K]: [number, number], b: Float3
 describeWebGPU('mixed precision on webgpu', () => {
   it("autocast('float16') matmul: the CPU's and the GPU's agree, forward and backward, on awkward sizes", async () => {
     const f16 = <T>(fn: () => T) => autocast('float16', fn);
-    for (const [M, K, N] of [[1, 3, 17], [3, 17, 5], [17, 67, 1], [67, 130, 33], [1, 64, 40], [67, 1, 3]]) {
-      await compareDevices((a, b) => f16(() => a.matmul(b)), [[M, K], [K, N]], { rtol: 1e-5 });
+    for (const [M, K, N] of [
+      [1, 3, 17],
+      [3, 17, 5],
+      [17, 67, 1],
+      [67, 130, 33],
+      [1, 64, 40],
+      [67, 1, 3],
+    ]) {
+      await compareDevices(
+        (a, b) => f16(() => a.matmul(b)),
+        [
+          [M, K],
+          [K, N],
+        ],
+        { rtol: 1e-5 },
+      );
     }
     // x @ W^T as a Linear does it, batched
-    await compareDevices((x, w) => f16(() => x.matmul(w.transpose(0, 1))), [[2, 9, 24], [40, 24]], { rtol: 1e-5 });
+    await compareDevices(
+      (x, w) => f16(() => x.matmul(w.transpose(0, 1))),
+      [
+        [2, 9, 24],
+        [40, 24],
+      ],
+      { rtol: 1e-5 },
+    );
     // and it does round: float32 and float16 products differ by about float16's precision
-    const a = tensor(Float32Array.from({ length: 64 }, (_, i) => 1 + i / 1000), { shape: [1, 64] });
+    const a = tensor(
+      Float32Array.from({ length: 64 }, (_, i) => 1 + i / 1000),
+      { shape: [1, 64] },
+    );
     const b = tensor(new Float32Array(64).fill(1), { shape: [64, 1] });
     const [full, half] = [await a.matmul(b).item(), await autocast('float16', () => a.matmul(b)).item()];
     expect(Math.abs(full - half)).toBeGreaterThan(1e-3);
@@ -119,7 +143,11 @@ describeWebGPU('mixed precision on webgpu', () => {
     const backend = webgpuBackend()!;
     if (!backend.adapter.features.includes('shader-f16')) ctx.skip(); // neither software driver has it
     const g = new Generator(5);
-    for (const [M, K, N] of [[3, 17, 5], [67, 130, 33], [128, 64, 256]]) {
+    for (const [M, K, N] of [
+      [3, 17, 5],
+      [67, 130, 33],
+      [128, 64, 256],
+    ]) {
       const a = randn([M, K], { generator: g }).dataSync() as Float32Array;
       const b = randn([K, N], { generator: g }).dataSync() as Float32Array;
       const withF16 = await gpuMatmulF16(a, [M, K], b, N);

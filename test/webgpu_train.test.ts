@@ -140,9 +140,22 @@ describeWebGPU('training on webgpu', () => {
     const backend = webgpuBackend()!;
     const cfg: VLMConfig = {
       ...defaultVLMConfig,
-      vit_hidden_dim: 32, vit_inter_dim: 64, vit_patch_size: 8, vit_img_size: 16, vit_n_heads: 2, vit_n_blocks: 1,
-      lm_hidden_dim: 32, lm_inter_dim: 48, lm_n_heads: 4, lm_n_kv_heads: 2, lm_n_blocks: 2, lm_vocab_size: 40,
-      mp_pixel_shuffle_factor: 2, IMAGE_TOKEN_LENGTH: 1, lm_max_length: 8, vlm_load_backbone_weights: false,
+      vit_hidden_dim: 32,
+      vit_inter_dim: 64,
+      vit_patch_size: 8,
+      vit_img_size: 16,
+      vit_n_heads: 2,
+      vit_n_blocks: 1,
+      lm_hidden_dim: 32,
+      lm_inter_dim: 48,
+      lm_n_heads: 4,
+      lm_n_kv_heads: 2,
+      lm_n_blocks: 2,
+      lm_vocab_size: 40,
+      mp_pixel_shuffle_factor: 2,
+      IMAGE_TOKEN_LENGTH: 1,
+      lm_max_length: 8,
+      vlm_load_backbone_weights: false,
     };
     manualSeed(0);
     const model = await new VisionLanguageModel(cfg).to('webgpu');

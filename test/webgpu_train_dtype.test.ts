@@ -15,10 +15,34 @@ afterAll(() => rmSync(work, { recursive: true, force: true }));
 
 // A tiny model and a short run, as in train.test.ts
 const tiny = [
-  '--max_steps', '6', '--eval_interval', '3', '--batch_size', '8',
-  '--builtin_train_size', '200', '--builtin_val_size', '8',
-  '--vit_hidden_dim', '32', '--vit_inter_dim', '64', '--vit_patch_size', '8', '--vit_n_blocks', '1',
-  '--lm_hidden_dim', '32', '--lm_inter_dim', '64', '--lm_n_blocks', '1', '--lr_mp', '1e-2', '--lr_backbones', '1e-2',
+  '--max_steps',
+  '6',
+  '--eval_interval',
+  '3',
+  '--batch_size',
+  '8',
+  '--builtin_train_size',
+  '200',
+  '--builtin_val_size',
+  '8',
+  '--vit_hidden_dim',
+  '32',
+  '--vit_inter_dim',
+  '64',
+  '--vit_patch_size',
+  '8',
+  '--vit_n_blocks',
+  '1',
+  '--lm_hidden_dim',
+  '32',
+  '--lm_inter_dim',
+  '64',
+  '--lm_n_blocks',
+  '1',
+  '--lr_mp',
+  '1e-2',
+  '--lr_backbones',
+  '1e-2',
 ];
 
 function train(args: string[]) {
@@ -46,7 +70,10 @@ function train(args: string[]) {
     expect(r.err).not.toMatch(/error/i);
     expect(r.code).toBe(0);
     expect(r.out.trim().split('\n').pop()).toMatch(/^done: 6 steps .* on webgpu/);
-    const records = readFileSync(join(out, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    const records = readFileSync(join(out, 'metrics.jsonl'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l));
     const steps = records.filter((m) => 'loss' in m);
     expect(steps.map((m) => m.step)).toEqual([1, 2, 3, 4, 5, 6]);
     // no overflow in so small a model: the scale stays at GradScaler's first, 2^16, and every step has a norm

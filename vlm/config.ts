@@ -87,7 +87,11 @@ export const defaultVLMConfig: VLMConfig = {
 // <|image|> tokens inside a chat template, add tokens to the vocabulary and cut large images into tiles:
 // the same weight names, but another model. Loading one into the blog-era model would run silently wrong.
 const LATER_VERSION_KEYS = [
-  'extra_token_amount', 'lm_base_vocab_size', 'lm_chat_template', 'vlm_extra_tokens', 'mp_image_token_length',
+  'extra_token_amount',
+  'lm_base_vocab_size',
+  'lm_chat_template',
+  'vlm_extra_tokens',
+  'mp_image_token_length',
   'max_img_size',
 ];
 
@@ -116,7 +120,8 @@ export function vlmConfigFromJSON(
       continue;
     }
     const expected = typeof defaultVLMConfig[key as keyof VLMConfig];
-    if (typeof value !== expected) throw new Error(`${source}: ${key} should be a ${expected}, got ${JSON.stringify(value)}`);
+    if (typeof value !== expected)
+      throw new Error(`${source}: ${key} should be a ${expected}, got ${JSON.stringify(value)}`);
     (cfg as unknown as Record<string, unknown>)[key] = value;
   }
   if (unknown.length) warn(`${source}: ignoring unknown keys ${unknown.join(', ')}`);

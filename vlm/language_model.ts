@@ -66,9 +66,13 @@ export class RotaryEmbedding extends Module {
     }
     const dim = cfg.lm_hidden_dim / cfg.lm_n_heads;
     // RoPE rotates pairs of features (nanoVLM's cos/sin tables would not match an odd head dim)
-    if (dim % 2 !== 0) throw new Error(`the language model's head dim (lm_hidden_dim / lm_n_heads = ${dim}) must be even`);
+    if (dim % 2 !== 0)
+      throw new Error(`the language model's head dim (lm_hidden_dim / lm_n_heads = ${dim}) must be even`);
     // freq_i = 1 / base^(2i / dim): fast rotations for the first pairs, slow for the last
-    const invFreq = Float32Array.from({ length: dim / 2 }, (_, i) => 1 / Math.pow(cfg.lm_re_base, Math.fround((2 * i) / dim)));
+    const invFreq = Float32Array.from(
+      { length: dim / 2 },
+      (_, i) => 1 / Math.pow(cfg.lm_re_base, Math.fround((2 * i) / dim)),
+    );
     this.inv_freq = buffer(tensor(invFreq));
     this.originalMaxSeqLen = cfg.lm_max_position_embeddings;
     this.attentionScaling = cfg.lm_attn_scaling;
@@ -78,7 +82,8 @@ export class RotaryEmbedding extends Module {
   forward(start: number, T: number): [Tensor, Tensor] {
     // positions beyond the trained range: slow every frequency down by the overshoot
     const maxSeq = start + T;
-    const invFreq = maxSeq > this.originalMaxSeqLen ? this.inv_freq.div(maxSeq / this.originalMaxSeqLen) : this.inv_freq;
+    const invFreq =
+      maxSeq > this.originalMaxSeqLen ? this.inv_freq.div(maxSeq / this.originalMaxSeqLen) : this.inv_freq;
     const positions = arange(start, start + T, 1, { dtype: 'float32', device: this.inv_freq.device });
     const freqs = positions.unsqueeze(-1).mul(invFreq.unsqueeze(0)); // (T, head_dim / 2)
     const emb = cat([freqs, freqs], -1); // (T, head_dim)
@@ -115,7 +120,10 @@ export function attentionMasks(T: number, Tk: number, attentionMask: Tensor | nu
   const B = attentionMask.shape[0];
   return {
     keyPadding: attentionMask.reshape([B, 1, 1, Tk]).float().neg().add(1).mul(FLOAT32_MIN), // (1 - m) * min
-    queryPadding: attentionMask.slice(1, Tk - T).reshape([B, T, 1, 1]).eq(0),
+    queryPadding: attentionMask
+      .slice(1, Tk - T)
+      .reshape([B, T, 1, 1])
+      .eq(0),
   };
 }
 
@@ -161,7 +169,13 @@ export class LanguageModelGroupedQueryAttention extends Module {
    * x: (B, T, C) new positions; past: the keys/values of earlier positions (KV cache). Returns the output and
    * the keys/values of all positions, which the caller may cache.
    */
-  forward(x: Tensor, cos: Tensor, sin: Tensor, masks: AttentionMasks, past: KeysValues | null = null): [Tensor, KeysValues] {
+  forward(
+    x: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+    masks: AttentionMasks,
+    past: KeysValues | null = null,
+  ): [Tensor, KeysValues] {
     const [B, T, C] = x.shape;
     const heads = (t: Tensor, n: number) => t.reshape([B, T, n, this.headDim]).transpose(1, 2);
     let q = heads(this.q_proj.forward(x), this.nHeads); // (B, n_heads, T, hd)
@@ -288,7 +302,8 @@ export function lmConfigFromLlama(json: Record<string, unknown>, cfg: VLMConfig)
   const h = json as Record<string, number | undefined>;
   const vocab = h.vocab_size ?? 32000;
   // our vocabulary may be larger than the file's (extra tokens), never smaller
-  if (cfg.lm_vocab_size < vocab) throw new Error(`lm_vocab_size ${cfg.lm_vocab_size} is smaller than the model's vocabulary (${vocab})`);
+  if (cfg.lm_vocab_size < vocab)
+    throw new Error(`lm_vocab_size ${cfg.lm_vocab_size} is smaller than the model's vocabulary (${vocab})`);
   return {
     ...cfg,
     lm_hidden_dim: h.hidden_size ?? 4096,
@@ -331,9 +346,15 @@ export function llamaToLMStateDict(
   set('token_embedding.weight', extend(get('model.embed_tokens.weight')));
   set('norm.weight', get('model.norm.weight'));
   const rename: [string, string][] = [
-    ['self_attn.q_proj', 'attn.q_proj'], ['self_attn.k_proj', 'attn.k_proj'], ['self_attn.v_proj', 'attn.v_proj'],
-    ['self_attn.o_proj', 'attn.out_proj'], ['mlp.gate_proj', 'mlp.gate_proj'], ['mlp.up_proj', 'mlp.up_proj'],
-    ['mlp.down_proj', 'mlp.down_proj'], ['input_layernorm', 'norm1'], ['post_attention_layernorm', 'norm2'],
+    ['self_attn.q_proj', 'attn.q_proj'],
+    ['self_attn.k_proj', 'attn.k_proj'],
+    ['self_attn.v_proj', 'attn.v_proj'],
+    ['self_attn.o_proj', 'attn.out_proj'],
+    ['mlp.gate_proj', 'mlp.gate_proj'],
+    ['mlp.up_proj', 'mlp.up_proj'],
+    ['mlp.down_proj', 'mlp.down_proj'],
+    ['input_layernorm', 'norm1'],
+    ['post_attention_layernorm', 'norm2'],
   ];
   for (let i = 0; i < cfg.lm_n_blocks; i++) {
     for (const [a, b] of rename) set(`blocks.${i}.${b}.weight`, get(`model.layers.${i}.${a}.weight`));
@@ -353,7 +374,11 @@ export function lmFromPretrained(cfg: VLMConfig, files: ModelFiles): { cfg: VLMC
   try {
     const state = llamaToLMStateDict(files.weights, lmCfg, fresh);
     // the rotary frequencies are computed, not stored, in Hugging Face files
-    state.set('rotary_embd.inv_freq', { dtype: 'float32', shape: model.rotary_embd.inv_freq.shape, data: model.rotary_embd.inv_freq.dataSync() as Float32Array });
+    state.set('rotary_embd.inv_freq', {
+      dtype: 'float32',
+      shape: model.rotary_embd.inv_freq.shape,
+      data: model.rotary_embd.inv_freq.dataSync() as Float32Array,
+    });
     if (!lmCfg.lm_tie_weights && !state.has('head.weight')) {
       const shape = model.head.weight.shape; // an untied head the file lacks starts from nanoVLM's init
       state.set('head.weight', { dtype: 'float32', shape, data: init.normal(shape, 0.02).dataSync() as Float32Array });

@@ -24,7 +24,10 @@ export class ModalityProjector extends Module {
   constructor(cfg: VLMConfig) {
     super();
     // nanoVLM asserts these when the first image arrives; we say so before any weight is built
-    if (cfg.vit_cls_flag) throw new Error('vit_cls_flag: the projector needs every patch vector, but a ViT with a CLS token returns one vector');
+    if (cfg.vit_cls_flag)
+      throw new Error(
+        'vit_cls_flag: the projector needs every patch vector, but a ViT with a CLS token returns one vector',
+      );
     const side = Math.floor(cfg.vit_img_size / cfg.vit_patch_size);
     if (side % cfg.mp_pixel_shuffle_factor !== 0) {
       throw new Error(

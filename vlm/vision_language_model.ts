@@ -9,7 +9,15 @@ import { Module, init } from '../nn/index.ts';
 import { serialize } from '../nn/safetensors.ts';
 import { toWriteTensors } from '../nn/state.ts';
 import {
-  Generator, cat, crossEntropy, noGrad, ones, tensor, tidy, type DeviceName, type Tensor,
+  Generator,
+  cat,
+  crossEntropy,
+  noGrad,
+  ones,
+  tensor,
+  tidy,
+  type DeviceName,
+  type Tensor,
 } from '../tensor/index.ts';
 import { type VLMConfig, vlmConfigFromJSON, vlmConfigToJSON } from './config.ts';
 import { LanguageModel, disposeKVCache, emptyKVCache, lmFromPretrained } from './language_model.ts';
@@ -122,7 +130,12 @@ export class VisionLanguageModel extends Module {
    * targets (B, T) with -100 where ignored. Returns the text positions'
    * logits (B, T, V) and, with targets, the mean cross-entropy.
    */
-  forward(inputIds: Tensor, image: Tensor, attentionMask: Tensor | null = null, targets: Tensor | null = null): { logits: Tensor; loss: Tensor | null } {
+  forward(
+    inputIds: Tensor,
+    image: Tensor,
+    attentionMask: Tensor | null = null,
+    targets: Tensor | null = null,
+  ): { logits: Tensor; loss: Tensor | null } {
     const [combined, mask] = this.embed(inputIds, image, attentionMask);
     const hidden = this.decoder.forward(combined, mask); // (B, n_img + T, C)
     const nImg = combined.shape[1] - inputIds.shape[1];

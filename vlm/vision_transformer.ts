@@ -208,7 +208,11 @@ export function siglipToViTStateDict(hf: Map<string, RawTensor>, cfg: VLMConfig)
   for (let i = 0; i < cfg.vit_n_blocks; i++) {
     const [src, dst] = [`encoder.layers.${i}.`, `blocks.${i}.`];
     const rename: [string, string][] = [
-      ['layer_norm1', 'ln1'], ['layer_norm2', 'ln2'], ['mlp.fc1', 'mlp.fc1'], ['mlp.fc2', 'mlp.fc2'], ['self_attn.out_proj', 'attn.out_proj'],
+      ['layer_norm1', 'ln1'],
+      ['layer_norm2', 'ln2'],
+      ['mlp.fc1', 'mlp.fc1'],
+      ['mlp.fc2', 'mlp.fc2'],
+      ['self_attn.out_proj', 'attn.out_proj'],
     ];
     for (const [a, b] of rename) for (const w of ['weight', 'bias']) out.set(`${dst}${b}.${w}`, get(`${src}${a}.${w}`));
     for (const w of ['weight', 'bias']) {
@@ -219,7 +223,11 @@ export function siglipToViTStateDict(hf: Map<string, RawTensor>, cfg: VLMConfig)
         data.set(t.data, at);
         at += t.data.length;
       }
-      out.set(`${dst}attn.qkv_proj.${w}`, { dtype: 'float32', shape: [3 * parts[0].shape[0], ...parts[0].shape.slice(1)], data });
+      out.set(`${dst}attn.qkv_proj.${w}`, {
+        dtype: 'float32',
+        shape: [3 * parts[0].shape[0], ...parts[0].shape.slice(1)],
+        data,
+      });
     }
   }
   if (missing.length) throw new Error(`SigLIP weights: missing keys ${missing.join(', ')}`);

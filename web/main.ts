@@ -117,16 +117,21 @@ function showModelLine(model: ModelInfo): void {
 }
 
 function showSamples(samples: Sample[]): void {
-  $('samples').replaceChildren(...samples.map((s) => {
-    const div = document.createElement('div');
-    div.className = 'sample';
-    const right = s.answer === s.truth;
-    div.append(pictureCanvas(s.image));
-    div.insertAdjacentHTML('beforeend', `<div>${escape(s.question)}</div>` +
-      `<div class="${right ? 'right' : 'wrong'}">model: ${escape(s.answer || '(nothing)')}</div>` +
-      `<div>truth: ${escape(s.truth)}</div>`);
-    return div;
-  }));
+  $('samples').replaceChildren(
+    ...samples.map((s) => {
+      const div = document.createElement('div');
+      div.className = 'sample';
+      const right = s.answer === s.truth;
+      div.append(pictureCanvas(s.image));
+      div.insertAdjacentHTML(
+        'beforeend',
+        `<div>${escape(s.question)}</div>` +
+          `<div class="${right ? 'right' : 'wrong'}">model: ${escape(s.answer || '(nothing)')}</div>` +
+          `<div>truth: ${escape(s.truth)}</div>`,
+      );
+      return div;
+    }),
+  );
 }
 
 /** Training loss (log scale, left) and held-out accuracy (0 to 100%, right) against the step. */
@@ -158,8 +163,14 @@ function drawCurves(): void {
     points.forEach(([px, py], i) => (i === 0 ? g.moveTo(px, py) : g.lineTo(px, py)));
     g.stroke();
   };
-  line(losses.map(([s, l]) => [x(s), yLoss(l)]), '#2a6df4');
-  line(page.evals.map((e) => [x(e.step), yAcc(e.accuracy)]), '#11823b');
+  line(
+    losses.map(([s, l]) => [x(s), yLoss(l)]),
+    '#2a6df4',
+  );
+  line(
+    page.evals.map((e) => [x(e.step), yAcc(e.accuracy)]),
+    '#11823b',
+  );
   page.evals.forEach((e) => g.fillRect(x(e.step) - 2, yAcc(e.accuracy) - 2, 4, 4));
   g.fillStyle = '#2a6df4';
   g.fillText('training loss', pad + 8, 26);
@@ -169,13 +180,15 @@ function drawCurves(): void {
 
 /** Links for the checkpoint's files: the same three that train.ts writes into its run folder. */
 function showDownloads(files: { name: string; content: string | Uint8Array[] }[]): void {
-  $('downloads').replaceChildren(...files.map(({ name, content }) => {
-    const blob = new Blob(typeof content === 'string' ? [content] : (content as BlobPart[]));
-    const a = Object.assign(document.createElement('a'), { href: URL.createObjectURL(blob), download: name });
-    a.textContent = `${name} (${(blob.size / 1024).toFixed(1)} kB)`;
-    a.style.marginRight = '12px';
-    return a;
-  }));
+  $('downloads').replaceChildren(
+    ...files.map(({ name, content }) => {
+      const blob = new Blob(typeof content === 'string' ? [content] : (content as BlobPart[]));
+      const a = Object.assign(document.createElement('a'), { href: URL.createObjectURL(blob), download: name });
+      a.textContent = `${name} (${(blob.size / 1024).toFixed(1)} kB)`;
+      a.style.marginRight = '12px';
+      return a;
+    }),
+  );
 }
 
 // ------------------------------------------------------------------ Ask
@@ -221,21 +234,26 @@ pen.fillStyle = '#000';
 pen.fillRect(0, 0, drawing.width, drawing.height);
 function showColors(colors: Record<string, readonly number[]>): void {
   brush = `rgb(${Object.values(colors)[0].join(',')})`;
-  $('colors').replaceChildren(...Object.entries(colors).map(([name, rgb]) => {
-    const b = Object.assign(document.createElement('button'), { title: name });
-    b.style.background = `rgb(${rgb.join(',')})`;
-    b.onclick = () => {
-      brush = b.style.background;
-      document.querySelectorAll('.colors button').forEach((o) => o.classList.toggle('on', o === b));
-    };
-    return b;
-  }), Object.assign(document.createElement('button'), {
-    textContent: 'clear', style: 'width:auto', onclick: () => {
-      pen.fillStyle = '#000';
-      pen.fillRect(0, 0, drawing.width, drawing.height);
-      useDrawing();
-    },
-  }));
+  $('colors').replaceChildren(
+    ...Object.entries(colors).map(([name, rgb]) => {
+      const b = Object.assign(document.createElement('button'), { title: name });
+      b.style.background = `rgb(${rgb.join(',')})`;
+      b.onclick = () => {
+        brush = b.style.background;
+        document.querySelectorAll('.colors button').forEach((o) => o.classList.toggle('on', o === b));
+      };
+      return b;
+    }),
+    Object.assign(document.createElement('button'), {
+      textContent: 'clear',
+      style: 'width:auto',
+      onclick: () => {
+        pen.fillStyle = '#000';
+        pen.fillRect(0, 0, drawing.width, drawing.height);
+        useDrawing();
+      },
+    }),
+  );
   $('colors').firstElementChild?.classList.add('on');
 }
 drawing.onpointerdown = (e) => {
@@ -379,26 +397,31 @@ function showInside(inside: Inside): void {
     `${(n * s) ** 2} patches of ${patchSize}x${patchSize} px; pixel shuffle folds each ${s}x${s} block ` +
     `(${s * s} -> 1) into one of ${n * n} image tokens`;
 
-  $('layers').replaceChildren(...inside.layers.map((weights, layer) => {
-    const fig = document.createElement('figure');
-    const c = document.createElement('canvas');
-    c.width = c.height = 160;
-    drawPicture(c, inside.image);
-    const h = c.getContext('2d')!;
-    const cell = c.width / n;
-    const max = Math.max(...weights, 1e-9);
-    h.fillStyle = 'rgba(0,0,0,0.55)'; // dim the picture, then light each token by its share
-    h.fillRect(0, 0, c.width, c.height);
-    weights.forEach((w, t) => {
-      h.fillStyle = `rgba(255,196,0,${(0.8 * w) / max})`;
-      h.fillRect((t % n) * cell, Math.floor(t / n) * cell, cell, cell);
-    });
-    const share = weights.reduce((a, b) => a + b, 0);
-    fig.append(c, Object.assign(document.createElement('figcaption'), {
-      textContent: `layer ${layer + 1}: ${(100 * share).toFixed(0)}% on the picture`,
-    }));
-    return fig;
-  }));
+  $('layers').replaceChildren(
+    ...inside.layers.map((weights, layer) => {
+      const fig = document.createElement('figure');
+      const c = document.createElement('canvas');
+      c.width = c.height = 160;
+      drawPicture(c, inside.image);
+      const h = c.getContext('2d')!;
+      const cell = c.width / n;
+      const max = Math.max(...weights, 1e-9);
+      h.fillStyle = 'rgba(0,0,0,0.55)'; // dim the picture, then light each token by its share
+      h.fillRect(0, 0, c.width, c.height);
+      weights.forEach((w, t) => {
+        h.fillStyle = `rgba(255,196,0,${(0.8 * w) / max})`;
+        h.fillRect((t % n) * cell, Math.floor(t / n) * cell, cell, cell);
+      });
+      const share = weights.reduce((a, b) => a + b, 0);
+      fig.append(
+        c,
+        Object.assign(document.createElement('figcaption'), {
+          textContent: `layer ${layer + 1}: ${(100 * share).toFixed(0)}% on the picture`,
+        }),
+      );
+      return fig;
+    }),
+  );
 }
 
 // ------------------------------------------------------------------ pictures

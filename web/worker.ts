@@ -13,7 +13,13 @@ import { createTokenizer, type Tokenizer } from '../data/tokenizer.ts';
 import { AdamW, clipGradNorm, getLr } from '../nn/index.ts';
 import { parseSafetensors } from '../nn/safetensors.ts';
 import {
-  getCpuThreads, resolveDevice, tensor, tidy, tidyForward, type DeviceName, type Tensor,
+  getCpuThreads,
+  resolveDevice,
+  tensor,
+  tidy,
+  tidyForward,
+  type DeviceName,
+  type Tensor,
 } from '../tensor/index.ts';
 import { describeAdapter, webgpuBackend } from '../tensor/webgpu/device.ts';
 import { modelConfig, resolveRun } from '../train_config.ts';
@@ -78,11 +84,16 @@ async function serve(request: Request): Promise<void> {
 
 async function handle(request: Request): Promise<void> {
   switch (request.type) {
-    case 'start': return start(request.device);
-    case 'train': return train();
-    case 'ask': return ask(request.id, request.image, request.question);
-    case 'load': return load(request.checkpoint);
-    case 'save': return save();
+    case 'start':
+      return start(request.device);
+    case 'train':
+      return train();
+    case 'ask':
+      return ask(request.id, request.image, request.question);
+    case 'load':
+      return load(request.checkpoint);
+    case 'save':
+      return save();
   }
 }
 
@@ -189,7 +200,10 @@ function newTraining(): Training {
   // two learning rates, as in train.ts: the projector's and the backbones'
   const mpParams = model.MP.parameters();
   const backbones = model.parameters().filter((p) => !mpParams.includes(p));
-  const optimizer = new AdamW([{ params: mpParams, lr: run.lr_mp }, { params: backbones, lr: run.lr_backbones }]);
+  const optimizer = new AdamW([
+    { params: mpParams, lr: run.lr_mp },
+    { params: backbones, lr: run.lr_backbones },
+  ]);
   return { optimizer, loader, val, batches: loader.epoch(0), epoch: 0, step: 0 };
 }
 

@@ -123,18 +123,42 @@ export class CpuBackend implements Backend {
     const n = x.length;
     const o = out.data;
     switch (op) {
-      case 'neg': for (let i = 0; i < n; i++) o[i] = -x[i]; break;
-      case 'abs': for (let i = 0; i < n; i++) o[i] = Math.abs(x[i]); break;
-      case 'exp': for (let i = 0; i < n; i++) o[i] = Math.exp(x[i]); break;
-      case 'log': for (let i = 0; i < n; i++) o[i] = Math.log(x[i]); break;
-      case 'sqrt': for (let i = 0; i < n; i++) o[i] = Math.sqrt(x[i]); break;
-      case 'rsqrt': for (let i = 0; i < n; i++) o[i] = 1 / Math.sqrt(x[i]); break;
-      case 'sin': for (let i = 0; i < n; i++) o[i] = Math.sin(x[i]); break;
-      case 'cos': for (let i = 0; i < n; i++) o[i] = Math.cos(x[i]); break;
-      case 'tanh': for (let i = 0; i < n; i++) o[i] = Math.tanh(x[i]); break;
-      case 'sigmoid': for (let i = 0; i < n; i++) o[i] = 1 / (1 + Math.exp(-x[i])); break;
-      case 'relu': for (let i = 0; i < n; i++) o[i] = x[i] > 0 ? x[i] : 0; break;
-      case 'silu': for (let i = 0; i < n; i++) o[i] = x[i] / (1 + Math.exp(-x[i])); break;
+      case 'neg':
+        for (let i = 0; i < n; i++) o[i] = -x[i];
+        break;
+      case 'abs':
+        for (let i = 0; i < n; i++) o[i] = Math.abs(x[i]);
+        break;
+      case 'exp':
+        for (let i = 0; i < n; i++) o[i] = Math.exp(x[i]);
+        break;
+      case 'log':
+        for (let i = 0; i < n; i++) o[i] = Math.log(x[i]);
+        break;
+      case 'sqrt':
+        for (let i = 0; i < n; i++) o[i] = Math.sqrt(x[i]);
+        break;
+      case 'rsqrt':
+        for (let i = 0; i < n; i++) o[i] = 1 / Math.sqrt(x[i]);
+        break;
+      case 'sin':
+        for (let i = 0; i < n; i++) o[i] = Math.sin(x[i]);
+        break;
+      case 'cos':
+        for (let i = 0; i < n; i++) o[i] = Math.cos(x[i]);
+        break;
+      case 'tanh':
+        for (let i = 0; i < n; i++) o[i] = Math.tanh(x[i]);
+        break;
+      case 'sigmoid':
+        for (let i = 0; i < n; i++) o[i] = 1 / (1 + Math.exp(-x[i]));
+        break;
+      case 'relu':
+        for (let i = 0; i < n; i++) o[i] = x[i] > 0 ? x[i] : 0;
+        break;
+      case 'silu':
+        for (let i = 0; i < n; i++) o[i] = x[i] / (1 + Math.exp(-x[i]));
+        break;
       // GELU, tanh approximation (what SigLIP uses): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
       case 'gelu':
         for (let i = 0; i < n; i++) {
@@ -154,21 +178,47 @@ export class CpuBackend implements Backend {
     const n = a.length;
     const o = out.data;
     switch (op) {
-      case 'add': for (let i = 0; i < n; i++) o[i] = a[i] + b[i]; break;
-      case 'sub': for (let i = 0; i < n; i++) o[i] = a[i] - b[i]; break;
-      case 'mul': for (let i = 0; i < n; i++) o[i] = a[i] * b[i]; break;
+      case 'add':
+        for (let i = 0; i < n; i++) o[i] = a[i] + b[i];
+        break;
+      case 'sub':
+        for (let i = 0; i < n; i++) o[i] = a[i] - b[i];
+        break;
+      case 'mul':
+        for (let i = 0; i < n; i++) o[i] = a[i] * b[i];
+        break;
       // integer division truncates toward zero like a typed-array store does
-      case 'div': for (let i = 0; i < n; i++) o[i] = a[i] / b[i]; break;
-      case 'pow': for (let i = 0; i < n; i++) o[i] = Math.pow(a[i], b[i]); break;
+      case 'div':
+        for (let i = 0; i < n; i++) o[i] = a[i] / b[i];
+        break;
+      case 'pow':
+        for (let i = 0; i < n; i++) o[i] = Math.pow(a[i], b[i]);
+        break;
       // NaN wins in maximum/minimum, as in PyTorch
-      case 'maximum': for (let i = 0; i < n; i++) o[i] = a[i] > b[i] || a[i] !== a[i] ? a[i] : b[i]; break;
-      case 'minimum': for (let i = 0; i < n; i++) o[i] = a[i] < b[i] || a[i] !== a[i] ? a[i] : b[i]; break;
-      case 'eq': for (let i = 0; i < n; i++) o[i] = a[i] === b[i] ? 1 : 0; break;
-      case 'ne': for (let i = 0; i < n; i++) o[i] = a[i] !== b[i] ? 1 : 0; break;
-      case 'lt': for (let i = 0; i < n; i++) o[i] = a[i] < b[i] ? 1 : 0; break;
-      case 'le': for (let i = 0; i < n; i++) o[i] = a[i] <= b[i] ? 1 : 0; break;
-      case 'gt': for (let i = 0; i < n; i++) o[i] = a[i] > b[i] ? 1 : 0; break;
-      case 'ge': for (let i = 0; i < n; i++) o[i] = a[i] >= b[i] ? 1 : 0; break;
+      case 'maximum':
+        for (let i = 0; i < n; i++) o[i] = a[i] > b[i] || a[i] !== a[i] ? a[i] : b[i];
+        break;
+      case 'minimum':
+        for (let i = 0; i < n; i++) o[i] = a[i] < b[i] || a[i] !== a[i] ? a[i] : b[i];
+        break;
+      case 'eq':
+        for (let i = 0; i < n; i++) o[i] = a[i] === b[i] ? 1 : 0;
+        break;
+      case 'ne':
+        for (let i = 0; i < n; i++) o[i] = a[i] !== b[i] ? 1 : 0;
+        break;
+      case 'lt':
+        for (let i = 0; i < n; i++) o[i] = a[i] < b[i] ? 1 : 0;
+        break;
+      case 'le':
+        for (let i = 0; i < n; i++) o[i] = a[i] <= b[i] ? 1 : 0;
+        break;
+      case 'gt':
+        for (let i = 0; i < n; i++) o[i] = a[i] > b[i] ? 1 : 0;
+        break;
+      case 'ge':
+        for (let i = 0; i < n; i++) o[i] = a[i] >= b[i] ? 1 : 0;
+        break;
     }
     return out;
   }
@@ -286,8 +336,20 @@ export class CpuBackend implements Backend {
     const [sa, sb] = [a.storage as CpuStorage, b.storage as CpuStorage];
     if (a.dtype === 'float32' && W.useWasm(sa, sb, out)) {
       W.gemm({
-        batch, M, N, K, a: sa.ptr, aOffsets, aRowStride: ars, aColStride: acs,
-        b: sb.ptr, bf16: sb.bf16, bOffsets, bRowStride: brs, bColStride: bcs, c: out.ptr,
+        batch,
+        M,
+        N,
+        K,
+        a: sa.ptr,
+        aOffsets,
+        aRowStride: ars,
+        aColStride: acs,
+        b: sb.ptr,
+        bf16: sb.bf16,
+        bOffsets,
+        bRowStride: brs,
+        bColStride: bcs,
+        c: out.ptr,
       });
       return out;
     }
@@ -464,11 +526,21 @@ export class CpuBackend implements Backend {
   }
 
   attentionBackward(
-    qv: View, kv: View, vv: View, ov: View, gv: View, lseV: View, opts: AttentionOptions,
+    qv: View,
+    kv: View,
+    vv: View,
+    ov: View,
+    gv: View,
+    lseV: View,
+    opts: AttentionOptions,
   ): { dq: Storage; dk: Storage; dv: Storage } {
     const a = attentionShape(qv, kv);
     const n = a.B * a.Hkv * a.Tk * a.D;
-    const [dqS, dkS, dvS] = [output(qv.dtype, a.B * a.H * a.T * a.D, true), output(qv.dtype, n, true), output(qv.dtype, n, true)];
+    const [dqS, dkS, dvS] = [
+      output(qv.dtype, a.B * a.H * a.T * a.D, true),
+      output(qv.dtype, n, true),
+      output(qv.dtype, n, true),
+    ];
     if (W.useWasm(dqS, dkS, dvS) && W.attentionBackward(qv, kv, vv, ov, gv, lseV, opts, dqS, dkS, dvS)) {
       return { dq: dqS, dk: dkS, dv: dvS };
     }
@@ -504,7 +576,8 @@ export class CpuBackend implements Backend {
    * moments together would not fit) and are streamed through it in chunks.
    */
   adamw(p: View, g: View, m: View, v: View, h: AdamWHyper): void {
-    for (const x of [p, m, v]) if (!isContiguous(x.shape, x.strides)) throw new Error('adamw: the parameter and its moments must be contiguous');
+    for (const x of [p, m, v])
+      if (!isContiguous(x.shape, x.strides)) throw new Error('adamw: the parameter and its moments must be contiguous');
     store(m).moveToHost();
     store(v).moveToHost();
     dropCopy(store(p));
@@ -528,9 +601,7 @@ export class CpuBackend implements Backend {
   // what the WebGPU backend's fused kernels are checked against. Weight
   // gradients are sums over the rows.
 
-  layerNormBackward(
-    xv: View, wv: View, gv: View, eps: number,
-  ): { dx: Storage; dweight: Storage; dbias: Storage } {
+  layerNormBackward(xv: View, wv: View, gv: View, eps: number): { dx: Storage; dweight: Storage; dbias: Storage } {
     const [rows, cols] = rowsCols(xv.shape);
     const [dxS, dwS, dbS] = [output(xv.dtype, rows * cols), output(xv.dtype, cols), output(xv.dtype, cols)];
     const [x, w, g] = [dense(xv), dense(wv), dense(gv)];
@@ -693,8 +764,16 @@ function forEachQuery(
  * (0 or 1 / (1 - p)), p(j) their product: the weight of v_j in the output.
  */
 function scoreRow(
-  a: AttentionShape, opts: AttentionOptions, q: TypedArray, k: TypedArray,
-  b: number, h: number, t: number, kh: number, last: number, s: Float64Array,
+  a: AttentionShape,
+  opts: AttentionOptions,
+  q: TypedArray,
+  k: TypedArray,
+  b: number,
+  h: number,
+  t: number,
+  kh: number,
+  last: number,
+  s: Float64Array,
 ) {
   const m = opts.mask;
   const maskData = m ? dataOf(m) : null;
@@ -703,7 +782,9 @@ function scoreRow(
   for (let j = 0; j <= last; j++) {
     let dot = 0;
     for (let d = 0; d < a.D; d++) dot += q[qi + d] * k[((b * a.Hkv + kh) * a.Tk + j) * a.D + d];
-    const bias = m ? maskData![m.offset + b * m.strides[0] + h * m.strides[1] + t * m.strides[2] + j * m.strides[3]] : 0;
+    const bias = m
+      ? maskData![m.offset + b * m.strides[0] + h * m.strides[1] + t * m.strides[2] + j * m.strides[3]]
+      : 0;
     s[j] = dot * opts.scale + bias;
     max = Math.max(max, s[j]);
   }

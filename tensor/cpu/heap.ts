@@ -160,8 +160,14 @@ export function free(ptr: number, bytes: number): void {
  * blocks handed out new, reused or carved from merged free blocks, memory grows.
  */
 export function heapStats(): {
-  reservedBytes: number; memoryBytes: number; inUseBytes: number; peakInUseBytes: number;
-  fresh: number; reused: number; carved: number; grows: number;
+  reservedBytes: number;
+  memoryBytes: number;
+  inUseBytes: number;
+  peakInUseBytes: number;
+  fresh: number;
+  reused: number;
+  carved: number;
+  grows: number;
 } {
   return { reservedBytes: top, memoryBytes: buffer?.byteLength ?? 0, ...stats };
 }
@@ -200,7 +206,12 @@ export class CpuStorage implements Storage {
   bf16 = -1;
   private view: TypedArray | null;
 
-  constructor(readonly dtype: DType, readonly length: number, public ptr: number, own: TypedArray | null = null) {
+  constructor(
+    readonly dtype: DType,
+    readonly length: number,
+    public ptr: number,
+    own: TypedArray | null = null,
+  ) {
     this.view = own;
   }
 
@@ -209,7 +220,9 @@ export class CpuStorage implements Storage {
     const bytes = length * bytesPerElement(dtype);
     const ptr = dtype === 'float64' || length === 0 ? -1 : malloc(bytes);
     if (ptr < 0 && memory && dtype !== 'float64' && length > 0 && !warnedFull) {
-      console.warn('cpu backend: the WebAssembly memory is full; new tensors get their own arrays and the TypeScript kernels');
+      console.warn(
+        'cpu backend: the WebAssembly memory is full; new tensors get their own arrays and the TypeScript kernels',
+      );
       warnedFull = true;
     }
     if (ptr < 0) return new CpuStorage(dtype, length, -1, makeTypedArray(dtype, length));

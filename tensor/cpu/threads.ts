@@ -124,15 +124,21 @@ export function spawnWorker(source: WorkerSource, timeoutMs = 30_000): WorkerHan
     if (web) {
       const worker = source.web();
       const handle = { failed: false, post: (m: unknown) => worker.postMessage(m) };
-      worker.addEventListener('error', () => { handle.failed = true; });
+      worker.addEventListener('error', () => {
+        handle.failed = true;
+      });
       return handle;
     }
     const status = sharedInt32(1); // 0: loading, 1: loaded, 2: failed
     const worker = startWorker(source.node(), undefined, status);
     if (!worker) return null;
     const handle = { failed: false, post: (m: unknown) => worker.postMessage(m) };
-    worker.on('error', () => { handle.failed = true; });
-    worker.on('exit', () => { handle.failed = true; });
+    worker.on('error', () => {
+      handle.failed = true;
+    });
+    worker.on('exit', () => {
+      handle.failed = true;
+    });
     worker.unref();
     Atomics.wait(status, 0, 0, timeoutMs);
     if (Atomics.load(status, 0) === 1) return handle;

@@ -22,10 +22,25 @@ import { type DType, type TypedArray, dtypeOf, makeTypedArray, toTypedArray } fr
 import { contiguousStrides, fmt, isContiguous, numel } from '../shape.ts';
 import { type Kernel, MAX_GROUPS_PER_DIM } from './kernels/common.ts';
 import {
-  ATTENTION_CHUNK, ATTENTION_CHUNKS_AT, ATTENTION_MAX_HEAD_DIM, ATTENTION_ROWS, attentionCombineKernel,
-  attentionDecodeKernel, attentionDkvKernel, attentionDqKernel, attentionKernel,
+  ATTENTION_CHUNK,
+  ATTENTION_CHUNKS_AT,
+  ATTENTION_MAX_HEAD_DIM,
+  ATTENTION_ROWS,
+  attentionCombineKernel,
+  attentionDecodeKernel,
+  attentionDkvKernel,
+  attentionDqKernel,
+  attentionKernel,
 } from './kernels/attention.ts';
-import { EW_WORKGROUP, adamwKernel, binaryKernel, copyKernel, fillKernel, unaryKernel, whereKernel } from './kernels/elementwise.ts';
+import {
+  EW_WORKGROUP,
+  adamwKernel,
+  binaryKernel,
+  copyKernel,
+  fillKernel,
+  unaryKernel,
+  whereKernel,
+} from './kernels/elementwise.ts';
 import { SORT_TILE, gatherKernel, scatterSumKernel, sortKernel } from './kernels/indexing.ts';
 import { GEMV_OUTPUTS, TILES, type TileConfig, gemvKernel, matmulKernel, packHalfKernel } from './kernels/matmul.ts';
 import { REDUCE_WORKGROUP, SHORT_AXIS, reduceKernel } from './kernels/reduce.ts';
@@ -538,7 +553,11 @@ export class WebGPUBackend implements Backend {
    * column sums.
    */
   private normBackward(
-    kind: 'layerNorm' | 'rmsNorm', x: View, weight: View, g: View, eps: number,
+    kind: 'layerNorm' | 'rmsNorm',
+    x: View,
+    weight: View,
+    g: View,
+    eps: number,
   ): { dx: Storage; dweight: Storage; dbias?: Storage } {
     const op = `${kind} backward`;
     checkRowDtype(op, x.dtype);
@@ -628,7 +647,13 @@ export class WebGPUBackend implements Backend {
   }
 
   attentionBackward(
-    q: View, k: View, v: View, out: View, gradOut: View, lse: View, opts: AttentionOptions,
+    q: View,
+    k: View,
+    v: View,
+    out: View,
+    gradOut: View,
+    lse: View,
+    opts: AttentionOptions,
   ): { dq: Storage; dk: Storage; dv: Storage } {
     const [B, H, T, D] = q.shape;
     const [Hkv, Tk] = [k.shape[1], k.shape[2]];
@@ -687,14 +712,29 @@ export class WebGPUBackend implements Backend {
 
   adamw(p: View, g: View, m: View, v: View, h: AdamWHyper): void {
     for (const x of [p, g, m, v]) {
-      if (!isContiguous(x.shape, x.strides)) throw new Error('webgpu adamw: the parameter, its gradient and its moments must be contiguous');
+      if (!isContiguous(x.shape, x.strides))
+        throw new Error('webgpu adamw: the parameter, its gradient and its moments must be contiguous');
     }
     const n = numel(p.shape);
     if (n === 0) return;
     const [pb, gb, mb, vb] = [p, g, m, v].map((x) => this.bind(x, 'adamw'));
-    const consts = [1 - h.lr * h.weightDecay, 1 - h.beta1, h.beta2, 1 - h.beta2, Math.sqrt(1 - h.beta2 ** h.step), h.lr / (1 - h.beta1 ** h.step), h.eps];
+    const consts = [
+      1 - h.lr * h.weightDecay,
+      1 - h.beta1,
+      h.beta2,
+      1 - h.beta2,
+      Math.sqrt(1 - h.beta2 ** h.step),
+      h.lr / (1 - h.beta1 ** h.step),
+      h.eps,
+    ];
     const params = [n, pb.offset, gb.offset, mb.offset, vb.offset, ...consts.map(f32Bits)];
-    this.rec.run('adamw', adamwKernel(), params, [pb.arg, gb.arg, mb.arg, vb.arg], this.rec.groupsFor(Math.ceil(n / EW_WORKGROUP)));
+    this.rec.run(
+      'adamw',
+      adamwKernel(),
+      params,
+      [pb.arg, gb.arg, mb.arg, vb.arg],
+      this.rec.groupsFor(Math.ceil(n / EW_WORKGROUP)),
+    );
   }
 
   // ------------------------------------------------------------ helpers

@@ -25,7 +25,19 @@
 // wraps mod 2^32, which is what the hash needs.
 
 import {
-  type Code, type Func, type Local, type ModuleBuilder, call, choose, f32, f32x4, for_, i32, if_, seq, v128,
+  type Code,
+  type Func,
+  type Local,
+  type ModuleBuilder,
+  call,
+  choose,
+  f32,
+  f32x4,
+  for_,
+  i32,
+  if_,
+  seq,
+  v128,
 } from './emit.ts';
 import { UNARY } from './elementwise.ts';
 import { GEMM_SCRATCH, type GemmBlocks } from './gemm.ts';
@@ -37,12 +49,41 @@ import { lanesMax, lanesSum, overRow } from './rows.ts';
  * (positions), *C between columns, *H between the query heads of a group.
  */
 export const ATT = {
-  QR: 0, QC: 1, KR: 2, KC: 3, VR: 4, VC: 5, OR: 6, GR: 7, MR: 8, MC: 9, QH: 10, OH: 11, GH: 12, LH: 13, MH: 14,
-  DQR: 15, DQH: 16, DKR: 17, NH: 18 /* dropout index per head: T * Tk */, GROUP: 19 /* query heads per key head */,
-  T: 20, TK: 21, D: 22, CAUSAL: 23, SHIFT: 24 /* Tk - T: query t is at position SHIFT + t */, SCALE: 25 /* f32 */,
-  DROPOUT: 26, THRESHOLD: 27 /* keep when hash >= it, unsigned */, SEED: 28, KEEP_SCALE: 29 /* f32: 1 / (1 - p) */,
-  NK: 30 /* keys per block */, MQ: 31 /* query rows per block */,
-  SCRATCH: 32, SCRATCH_BYTES: 33 /* per thread */, GEMM_SCRATCH: 34,
+  QR: 0,
+  QC: 1,
+  KR: 2,
+  KC: 3,
+  VR: 4,
+  VC: 5,
+  OR: 6,
+  GR: 7,
+  MR: 8,
+  MC: 9,
+  QH: 10,
+  OH: 11,
+  GH: 12,
+  LH: 13,
+  MH: 14,
+  DQR: 15,
+  DQH: 16,
+  DKR: 17,
+  NH: 18 /* dropout index per head: T * Tk */,
+  GROUP: 19 /* query heads per key head */,
+  T: 20,
+  TK: 21,
+  D: 22,
+  CAUSAL: 23,
+  SHIFT: 24 /* Tk - T: query t is at position SHIFT + t */,
+  SCALE: 25 /* f32 */,
+  DROPOUT: 26,
+  THRESHOLD: 27 /* keep when hash >= it, unsigned */,
+  SEED: 28,
+  KEEP_SCALE: 29 /* f32: 1 / (1 - p) */,
+  NK: 30 /* keys per block */,
+  MQ: 31 /* query rows per block */,
+  SCRATCH: 32,
+  SCRATCH_BYTES: 33 /* per thread */,
+  GEMM_SCRATCH: 34,
   /** A zero word: the mask of a call without one (its strides 0). */
   ZERO: 35,
   WORDS: 36,
@@ -63,7 +104,10 @@ const word = (base: Local, i: Code) => i32.add(base.get(), i32.shl(i, c(2)));
 
 /** Emits attention_fwd and attention_bwd (and their _fma twins when the module has FMA). */
 export function emitAttention(m: ModuleBuilder, blocks: GemmBlocks): void {
-  for (const [suffix, gemm] of [['', blocks.plain], ['_fma', blocks.fma]] as const) {
+  for (const [suffix, gemm] of [
+    ['', blocks.plain],
+    ['_fma', blocks.fma],
+  ] as const) {
     if (!gemm) continue;
     emitForward(m, `attention_fwd${suffix}`, gemm);
     emitBackward(m, `attention_bwd${suffix}`, gemm);
@@ -87,7 +131,8 @@ type Operand = [at: Code, rowStride: Code, colStride: Code];
 
 /** C (+)= A @ B through gemm_block, for M x N of C (row stride ldc) over K, packing in the thread's buffers `gs`. */
 function product(
-  gemm: Func, gs: Local,
+  gemm: Func,
+  gs: Local,
   o: { M: Code; N: Code; K: Code; a: Operand; b: Operand; c: [at: Code, ldc: Code]; add: boolean },
 ): Code {
   const [a, b, cc] = [o.a, o.b, o.c];
@@ -106,8 +151,10 @@ function keepScale(f: Func, p: Params, n: Code): Code {
   const mix = (shift: number) => x.set(i32.xor(x.get(), i32.shrU(x.get(), c(shift))));
   return seq(
     x.set(i32.add(i32.mul(n, c(0x9e3779b9 | 0)), p.SEED.get())),
-    mix(16), x.set(i32.mul(x.get(), c(0x7feb352d))),
-    mix(15), x.set(i32.mul(x.get(), c(0x846ca68b | 0))),
+    mix(16),
+    x.set(i32.mul(x.get(), c(0x7feb352d))),
+    mix(15),
+    x.set(i32.mul(x.get(), c(0x846ca68b | 0))),
     mix(16),
     choose('f32', i32.geU(x.get(), p.THRESHOLD.get()), p.KEEP_SCALE.get(), f32.const(0)),
   );
@@ -121,26 +168,53 @@ function keepScale(f: Func, p: Params, n: Code): Code {
  * lane); a call without a mask passes the zero word with strides 0.
  */
 function scoreRow(
-  f: Func, p: Params, row: Local, n: Local, mask: Local, j0: Local, last: Code, then: (x: Code) => Code = (x) => x,
+  f: Func,
+  p: Params,
+  row: Local,
+  n: Local,
+  mask: Local,
+  j0: Local,
+  last: Code,
+  then: (x: Code) => Code = (x) => x,
 ): Code {
   const [j, from, v] = [f.local('i32'), f.local('i32'), f.local('v128')];
   const maskAt = (at: Local) => i32.add(mask.get(), i32.mul(i32.shrU(at.get(), c(2)), i32.shl(p.MC.get(), c(2))));
   const lane = (at: Local, l: number) => f32.load(i32.add(maskAt(at), i32.shl(i32.mul(p.MC.get(), c(l)), c(2))));
-  const maskVec = (at: Local) => choose('v128', i32.eq(p.MC.get(), c(1)), v128.load(maskAt(at)),
-    choose('v128', i32.eqz(p.MC.get()), v128.load32Splat(mask.get()),
-      [1, 2, 3].reduce((acc: Code, l) => f32x4.replaceLane(acc, l, lane(at, l)), v128.load32Splat(maskAt(at)))));
+  const maskVec = (at: Local) =>
+    choose(
+      'v128',
+      i32.eq(p.MC.get(), c(1)),
+      v128.load(maskAt(at)),
+      choose(
+        'v128',
+        i32.eqz(p.MC.get()),
+        v128.load32Splat(mask.get()),
+        [1, 2, 3].reduce((acc: Code, l) => f32x4.replaceLane(acc, l, lane(at, l)), v128.load32Splat(maskAt(at))),
+      ),
+    );
   return seq(
     from.set(i32.sub(i32.add(last, c(1)), j0.get())),
-    if_(i32.and(p.CAUSAL.get(), i32.ltS(from.get(), n.get())),
-      for_(j, choose('i32', i32.ltS(from.get(), c(0)), c(0), from.get()), n.get(), 1,
-        f32.store(word(row, j.get()), f32.const(-Infinity)))),
-    overRow(f, n,
-      (at) => v128.store(addr(row, at),
-        then(f32x4.add(f32x4.mul(v128.load(addr(row, at)), splat(p.SCALE)), maskVec(at)))),
-      (at) => seq(
-        v.set(f32x4.splat(f32.add(f32.mul(f32.load(addr(row, at)), p.SCALE.get()), f32.load(maskAt(at))))),
-        f32.store(addr(row, at), f32x4.extractLane(then(v.get()), 0)),
-      )),
+    if_(
+      i32.and(p.CAUSAL.get(), i32.ltS(from.get(), n.get())),
+      for_(
+        j,
+        choose('i32', i32.ltS(from.get(), c(0)), c(0), from.get()),
+        n.get(),
+        1,
+        f32.store(word(row, j.get()), f32.const(-Infinity)),
+      ),
+    ),
+    overRow(
+      f,
+      n,
+      (at) =>
+        v128.store(addr(row, at), then(f32x4.add(f32x4.mul(v128.load(addr(row, at)), splat(p.SCALE)), maskVec(at)))),
+      (at) =>
+        seq(
+          v.set(f32x4.splat(f32.add(f32.mul(f32.load(addr(row, at)), p.SCALE.get()), f32.load(maskAt(at))))),
+          f32.store(addr(row, at), f32x4.extractLane(then(v.get()), 0)),
+        ),
+    ),
   );
 }
 
@@ -158,17 +232,25 @@ function emitForward(m: ModuleBuilder, name: string, gemm: Func): void {
   const [S, O, M, L, gs, end, j0, nk, r, row, orow, mrow, j] = Array.from({ length: 13 }, () => f.local('i32'));
   const [mOld, mNew, mSafe, alpha, s1, inv] = Array.from({ length: 6 }, () => f.local('f32'));
   const [mx, sum, x] = [f.local('v128'), f.local('v128'), f.local('v128')];
-  const scale = (base: Local, by: Local) => overRow(f, p.D,
-    (at) => v128.store(addr(base, at), f32x4.mul(v128.load(addr(base, at)), splat(by))),
-    (at) => f32.store(addr(base, at), f32.mul(f32.load(addr(base, at)), by.get())));
+  const scale = (base: Local, by: Local) =>
+    overRow(
+      f,
+      p.D,
+      (at) => v128.store(addr(base, at), f32x4.mul(v128.load(addr(base, at)), splat(by))),
+      (at) => f32.store(addr(base, at), f32.mul(f32.load(addr(base, at)), by.get())),
+    );
   const softmaxRow = seq(
     row.set(rowOf(S, r.get(), nk)),
     mrow.set(i32.add(mask.get(), i32.shl(i32.add(i32.mul(r.get(), p.MR.get()), i32.mul(j0.get(), p.MC.get())), c(2)))),
     scoreRow(f, p, row, nk, mrow, j0, i32.add(p.SHIFT.get(), i32.add(i0.get(), r.get()))),
     mx.set(k4(-Infinity)),
     s1.set(f32.const(-Infinity)),
-    overRow(f, nk, (at) => mx.set(f32x4.max(mx.get(), v128.load(addr(row, at)))),
-      (at) => s1.set(f32.max(s1.get(), f32.load(addr(row, at))))),
+    overRow(
+      f,
+      nk,
+      (at) => mx.set(f32x4.max(mx.get(), v128.load(addr(row, at)))),
+      (at) => s1.set(f32.max(s1.get(), f32.load(addr(row, at)))),
+    ),
     mOld.set(f32.load(word(M, r.get()))),
     mNew.set(f32.max(mOld.get(), f32.max(s1.get(), lanesMax(mx)))),
     // a row that has seen only -inf so far keeps m = -inf; its e^(s - 0) are 0 then
@@ -176,25 +258,44 @@ function emitForward(m: ModuleBuilder, name: string, gemm: Func): void {
     alpha.set(exp1(f, f32.sub(mOld.get(), mSafe.get()))),
     sum.set(k4(0)),
     s1.set(f32.const(0)),
-    overRow(f, nk,
-      (at) => seq(
-        x.set(f32x4.sub(v128.load(addr(row, at)), splat(mSafe))),
-        x.set(UNARY.exp(f, x)),
-        v128.store(addr(row, at), x.get()),
-        sum.set(f32x4.add(sum.get(), x.get())),
-      ),
-      (at) => seq(
-        x.set(f32x4.splat(f32.sub(f32.load(addr(row, at)), mSafe.get()))),
-        x.set(UNARY.exp(f, x)),
-        f32.store(addr(row, at), f32x4.extractLane(x.get(), 0)),
-        s1.set(f32.add(s1.get(), f32x4.extractLane(x.get(), 0))),
-      )),
+    overRow(
+      f,
+      nk,
+      (at) =>
+        seq(
+          x.set(f32x4.sub(v128.load(addr(row, at)), splat(mSafe))),
+          x.set(UNARY.exp(f, x)),
+          v128.store(addr(row, at), x.get()),
+          sum.set(f32x4.add(sum.get(), x.get())),
+        ),
+      (at) =>
+        seq(
+          x.set(f32x4.splat(f32.sub(f32.load(addr(row, at)), mSafe.get()))),
+          x.set(UNARY.exp(f, x)),
+          f32.store(addr(row, at), f32x4.extractLane(x.get(), 0)),
+          s1.set(f32.add(s1.get(), f32x4.extractLane(x.get(), 0))),
+        ),
+    ),
     s1.set(f32.add(s1.get(), lanesSum(sum))),
     f32.store(word(L, r.get()), f32.add(f32.mul(f32.load(word(L, r.get())), alpha.get()), s1.get())),
     f32.store(word(M, r.get()), mNew.get()),
     // dropout scales the probabilities of the weighted sum (l sums all of them)
-    if_(p.DROPOUT.get(), for_(j, c(0), nk.get(), 1, f32.store(word(row, j.get()), f32.mul(f32.load(word(row, j.get())),
-      keepScale(f, p, i32.add(nBase.get(), i32.add(i32.mul(r.get(), p.TK.get()), i32.add(j0.get(), j.get())))))))),
+    if_(
+      p.DROPOUT.get(),
+      for_(
+        j,
+        c(0),
+        nk.get(),
+        1,
+        f32.store(
+          word(row, j.get()),
+          f32.mul(
+            f32.load(word(row, j.get())),
+            keepScale(f, p, i32.add(nBase.get(), i32.add(i32.mul(r.get(), p.TK.get()), i32.add(j0.get(), j.get())))),
+          ),
+        ),
+      ),
+    ),
     orow.set(rowOf(O, r.get(), p.D)),
     scale(orow, alpha),
   );
@@ -205,32 +306,65 @@ function emitForward(m: ModuleBuilder, name: string, gemm: Func): void {
     M.set(rowOf(O, p.MQ.get(), p.D)),
     L.set(word(M, p.MQ.get())),
     gs.set(i32.add(p.GEMM_SCRATCH.get(), i32.mul(thread.get(), c(GEMM_SCRATCH)))),
-    for_(r, c(0), rows.get(), 1, seq(
-      f32.store(word(M, r.get()), f32.const(-Infinity)),
-      f32.store(word(L, r.get()), f32.const(0)),
-    )),
+    for_(
+      r,
+      c(0),
+      rows.get(),
+      1,
+      seq(f32.store(word(M, r.get()), f32.const(-Infinity)), f32.store(word(L, r.get()), f32.const(0))),
+    ),
     for_(j, c(0), i32.mul(rows.get(), p.D.get()), 1, f32.store(word(O, j.get()), f32.const(0))),
     // the keys some row of the block sees: all, or (causal) up to the last row's position
     end.set(choose('i32', p.CAUSAL.get(), i32.add(p.SHIFT.get(), i32.add(i0.get(), rows.get())), p.TK.get())),
-    for_(j0, c(0), end.get(), p.NK.get(), seq(
-      nk.set(i32.minU(p.NK.get(), i32.sub(end.get(), j0.get()))),
-      // S = Q K_j^T: K read transposed (row stride KC, column stride KR)
-      product(gemm, gs, { M: rows.get(), N: nk.get(), K: p.D.get(), a: [q.get(), p.QR.get(), p.QC.get()],
-        b: [rowOf(k, j0.get(), p.KR), p.KC.get(), p.KR.get()], c: [S.get(), nk.get()], add: false }),
-      for_(r, c(0), rows.get(), 1, softmaxRow),
-      // O += P V_j
-      product(gemm, gs, { M: rows.get(), N: p.D.get(), K: nk.get(), a: [S.get(), nk.get(), c(1)],
-        b: [rowOf(v, j0.get(), p.VR), p.VR.get(), p.VC.get()], c: [O.get(), p.D.get()], add: true }),
-    )),
-    for_(r, c(0), rows.get(), 1, seq(
-      inv.set(f32.div(f32.const(1), f32.load(word(L, r.get())))),
-      orow.set(rowOf(O, r.get(), p.D)),
-      row.set(rowOf(o, r.get(), p.OR)),
-      overRow(f, p.D, (at) => v128.store(addr(row, at), f32x4.mul(v128.load(addr(orow, at)), splat(inv))),
-        (at) => f32.store(addr(row, at), f32.mul(f32.load(addr(orow, at)), inv.get()))),
-      f32.store(word(stats, i32.shl(r.get(), c(1))), f32.load(word(M, r.get()))),
-      f32.store(word(stats, i32.shl(r.get(), c(1))), f32.load(word(L, r.get())), 4),
-    )),
+    for_(
+      j0,
+      c(0),
+      end.get(),
+      p.NK.get(),
+      seq(
+        nk.set(i32.minU(p.NK.get(), i32.sub(end.get(), j0.get()))),
+        // S = Q K_j^T: K read transposed (row stride KC, column stride KR)
+        product(gemm, gs, {
+          M: rows.get(),
+          N: nk.get(),
+          K: p.D.get(),
+          a: [q.get(), p.QR.get(), p.QC.get()],
+          b: [rowOf(k, j0.get(), p.KR), p.KC.get(), p.KR.get()],
+          c: [S.get(), nk.get()],
+          add: false,
+        }),
+        for_(r, c(0), rows.get(), 1, softmaxRow),
+        // O += P V_j
+        product(gemm, gs, {
+          M: rows.get(),
+          N: p.D.get(),
+          K: nk.get(),
+          a: [S.get(), nk.get(), c(1)],
+          b: [rowOf(v, j0.get(), p.VR), p.VR.get(), p.VC.get()],
+          c: [O.get(), p.D.get()],
+          add: true,
+        }),
+      ),
+    ),
+    for_(
+      r,
+      c(0),
+      rows.get(),
+      1,
+      seq(
+        inv.set(f32.div(f32.const(1), f32.load(word(L, r.get())))),
+        orow.set(rowOf(O, r.get(), p.D)),
+        row.set(rowOf(o, r.get(), p.OR)),
+        overRow(
+          f,
+          p.D,
+          (at) => v128.store(addr(row, at), f32x4.mul(v128.load(addr(orow, at)), splat(inv))),
+          (at) => f32.store(addr(row, at), f32.mul(f32.load(addr(orow, at)), inv.get())),
+        ),
+        f32.store(word(stats, i32.shl(r.get(), c(1))), f32.load(word(M, r.get()))),
+        f32.store(word(stats, i32.shl(r.get(), c(1))), f32.load(word(L, r.get())), 4),
+      ),
+    ),
   );
 }
 
@@ -251,71 +385,145 @@ function emitBackward(m: ModuleBuilder, name: string, gemm: Func): void {
     Array.from({ length: 23 }, () => f.local('i32'));
   const [lseRow, deltaRow, dot] = [f.local('f32'), f.local('f32'), f.local('f32')];
   const [acc, x] = [f.local('v128'), f.local('v128')];
-  const dropScale = (rr: Local, jj: Local) => keepScale(f, p,
-    i32.add(nb.get(), i32.add(i32.mul(i32.add(i0.get(), rr.get()), p.TK.get()), i32.add(j0.get(), jj.get()))));
-  const rowsOfBlock = (body: Code) => for_(r, c(0), rows.get(), 1, seq(
-    row.set(rowOf(P, r.get(), nk)),
-    drow.set(rowOf(dP, r.get(), nk)),
-    body,
-  ));
+  const dropScale = (rr: Local, jj: Local) =>
+    keepScale(
+      f,
+      p,
+      i32.add(nb.get(), i32.add(i32.mul(i32.add(i0.get(), rr.get()), p.TK.get()), i32.add(j0.get(), jj.get()))),
+    );
+  const rowsOfBlock = (body: Code) =>
+    for_(r, c(0), rows.get(), 1, seq(row.set(rowOf(P, r.get(), nk)), drow.set(rowOf(dP, r.get(), nk)), body));
   // delta[t] = gradOut[t] . out[t], for every row of the head
-  const deltas = for_(t, c(0), p.T.get(), 1, seq(
-    row.set(rowOf(gh, t.get(), p.GR)),
-    drow.set(rowOf(oh, t.get(), p.OR)),
-    acc.set(k4(0)),
-    dot.set(f32.const(0)),
-    overRow(f, p.D,
-      (at) => acc.set(f32x4.add(acc.get(), f32x4.mul(v128.load(addr(row, at)), v128.load(addr(drow, at))))),
-      (at) => dot.set(f32.add(dot.get(), f32.mul(f32.load(addr(row, at)), f32.load(addr(drow, at)))))),
-    f32.store(word(delta, t.get()), f32.add(dot.get(), lanesSum(acc))),
-  ));
+  const deltas = for_(
+    t,
+    c(0),
+    p.T.get(),
+    1,
+    seq(
+      row.set(rowOf(gh, t.get(), p.GR)),
+      drow.set(rowOf(oh, t.get(), p.OR)),
+      acc.set(k4(0)),
+      dot.set(f32.const(0)),
+      overRow(
+        f,
+        p.D,
+        (at) => acc.set(f32x4.add(acc.get(), f32x4.mul(v128.load(addr(row, at)), v128.load(addr(drow, at))))),
+        (at) => dot.set(f32.add(dot.get(), f32.mul(f32.load(addr(row, at)), f32.load(addr(drow, at))))),
+      ),
+      f32.store(word(delta, t.get()), f32.add(dot.get(), lanesSum(acc))),
+    ),
+  );
   // P = e^(S * scale + mask - lse)
-  const probabilities = rowsOfBlock(seq(
-    t.set(i32.add(i0.get(), r.get())),
-    lseRow.set(f32.load(word(lh, t.get()))),
-    mrow.set(i32.add(mh.get(), i32.shl(i32.add(i32.mul(t.get(), p.MR.get()), i32.mul(j0.get(), p.MC.get())), c(2)))),
-    scoreRow(f, p, row, nk, mrow, j0, i32.add(p.SHIFT.get(), t.get()),
-      (s) => seq(x.set(f32x4.sub(s, splat(lseRow))), UNARY.exp(f, x))),
-  ));
+  const probabilities = rowsOfBlock(
+    seq(
+      t.set(i32.add(i0.get(), r.get())),
+      lseRow.set(f32.load(word(lh, t.get()))),
+      mrow.set(i32.add(mh.get(), i32.shl(i32.add(i32.mul(t.get(), p.MR.get()), i32.mul(j0.get(), p.MC.get())), c(2)))),
+      scoreRow(f, p, row, nk, mrow, j0, i32.add(p.SHIFT.get(), t.get()), (s) =>
+        seq(x.set(f32x4.sub(s, splat(lseRow))), UNARY.exp(f, x)),
+      ),
+    ),
+  );
   // with dropout, dV takes the dropped probabilities: made in the dP buffer, before dP is
-  const droppedProbabilities = rowsOfBlock(for_(j, c(0), nk.get(), 1,
-    f32.store(word(drow, j.get()), f32.mul(f32.load(word(row, j.get())), dropScale(r, j)))));
+  const droppedProbabilities = rowsOfBlock(
+    for_(j, c(0), nk.get(), 1, f32.store(word(drow, j.get()), f32.mul(f32.load(word(row, j.get())), dropScale(r, j)))),
+  );
   // dS = P (dP * keep - delta) * scale, in place of dP
-  const scoreGrads = rowsOfBlock(seq(
-    deltaRow.set(f32.load(word(delta, i32.add(i0.get(), r.get())))),
-    if_(p.DROPOUT.get(), for_(j, c(0), nk.get(), 1,
-      f32.store(word(drow, j.get()), f32.mul(f32.load(word(drow, j.get())), dropScale(r, j))))),
-    overRow(f, nk,
-      (at) => v128.store(addr(drow, at), f32x4.mul(f32x4.mul(v128.load(addr(row, at)),
-        f32x4.sub(v128.load(addr(drow, at)), splat(deltaRow))), splat(p.SCALE))),
-      (at) => f32.store(addr(drow, at), f32.mul(f32.mul(f32.load(addr(row, at)),
-        f32.sub(f32.load(addr(drow, at)), deltaRow.get())), p.SCALE.get()))),
-  ));
+  const scoreGrads = rowsOfBlock(
+    seq(
+      deltaRow.set(f32.load(word(delta, i32.add(i0.get(), r.get())))),
+      if_(
+        p.DROPOUT.get(),
+        for_(
+          j,
+          c(0),
+          nk.get(),
+          1,
+          f32.store(word(drow, j.get()), f32.mul(f32.load(word(drow, j.get())), dropScale(r, j))),
+        ),
+      ),
+      overRow(
+        f,
+        nk,
+        (at) =>
+          v128.store(
+            addr(drow, at),
+            f32x4.mul(
+              f32x4.mul(v128.load(addr(row, at)), f32x4.sub(v128.load(addr(drow, at)), splat(deltaRow))),
+              splat(p.SCALE),
+            ),
+          ),
+        (at) =>
+          f32.store(
+            addr(drow, at),
+            f32.mul(f32.mul(f32.load(addr(row, at)), f32.sub(f32.load(addr(drow, at)), deltaRow.get())), p.SCALE.get()),
+          ),
+      ),
+    ),
+  );
   const [qBlock, gBlock] = [rowOf(qh, i0.get(), p.QR), rowOf(gh, i0.get(), p.GR)];
   const [kBlock, vBlock] = [rowOf(k, j0.get(), p.KR), rowOf(v, j0.get(), p.VR)];
   const [dkBlock, dvBlock] = [rowOf(dk, j0.get(), p.DKR), rowOf(dv, j0.get(), p.DKR)];
   const block = seq(
     rows.set(i32.minU(p.MQ.get(), i32.sub(p.T.get(), i0.get()))),
     // (causal) a block of queries that sees none of these keys is skipped
-    if_(i32.or(i32.eqz(p.CAUSAL.get()), i32.gtU(i32.add(p.SHIFT.get(), i32.add(i0.get(), rows.get())), j0.get())), seq(
-      product(gemm, gs, { M: rows.get(), N: nk.get(), K: p.D.get(), a: [qBlock, p.QR.get(), p.QC.get()],
-        b: [kBlock, p.KC.get(), p.KR.get()], c: [P.get(), nk.get()], add: false }),
-      probabilities,
-      if_(p.DROPOUT.get(), droppedProbabilities),
-      probs.set(choose('i32', p.DROPOUT.get(), dP.get(), P.get())),
-      // dV_j += P^T dO: P read transposed (row stride 1, column stride nk)
-      product(gemm, gs, { M: nk.get(), N: p.D.get(), K: rows.get(), a: [probs.get(), c(1), nk.get()],
-        b: [gBlock, p.GR.get(), c(1)], c: [dvBlock, p.DKR.get()], add: true }),
-      // dP = dO V_j^T
-      product(gemm, gs, { M: rows.get(), N: nk.get(), K: p.D.get(), a: [gBlock, p.GR.get(), c(1)],
-        b: [vBlock, p.VC.get(), p.VR.get()], c: [dP.get(), nk.get()], add: false }),
-      scoreGrads,
-      // dQ += dS K_j;  dK_j += dS^T Q
-      product(gemm, gs, { M: rows.get(), N: p.D.get(), K: nk.get(), a: [dP.get(), nk.get(), c(1)],
-        b: [kBlock, p.KR.get(), p.KC.get()], c: [rowOf(dqh, i0.get(), p.DQR), p.DQR.get()], add: true }),
-      product(gemm, gs, { M: nk.get(), N: p.D.get(), K: rows.get(), a: [dP.get(), c(1), nk.get()],
-        b: [qBlock, p.QR.get(), p.QC.get()], c: [dkBlock, p.DKR.get()], add: true }),
-    )),
+    if_(
+      i32.or(i32.eqz(p.CAUSAL.get()), i32.gtU(i32.add(p.SHIFT.get(), i32.add(i0.get(), rows.get())), j0.get())),
+      seq(
+        product(gemm, gs, {
+          M: rows.get(),
+          N: nk.get(),
+          K: p.D.get(),
+          a: [qBlock, p.QR.get(), p.QC.get()],
+          b: [kBlock, p.KC.get(), p.KR.get()],
+          c: [P.get(), nk.get()],
+          add: false,
+        }),
+        probabilities,
+        if_(p.DROPOUT.get(), droppedProbabilities),
+        probs.set(choose('i32', p.DROPOUT.get(), dP.get(), P.get())),
+        // dV_j += P^T dO: P read transposed (row stride 1, column stride nk)
+        product(gemm, gs, {
+          M: nk.get(),
+          N: p.D.get(),
+          K: rows.get(),
+          a: [probs.get(), c(1), nk.get()],
+          b: [gBlock, p.GR.get(), c(1)],
+          c: [dvBlock, p.DKR.get()],
+          add: true,
+        }),
+        // dP = dO V_j^T
+        product(gemm, gs, {
+          M: rows.get(),
+          N: nk.get(),
+          K: p.D.get(),
+          a: [gBlock, p.GR.get(), c(1)],
+          b: [vBlock, p.VC.get(), p.VR.get()],
+          c: [dP.get(), nk.get()],
+          add: false,
+        }),
+        scoreGrads,
+        // dQ += dS K_j;  dK_j += dS^T Q
+        product(gemm, gs, {
+          M: rows.get(),
+          N: p.D.get(),
+          K: nk.get(),
+          a: [dP.get(), nk.get(), c(1)],
+          b: [kBlock, p.KR.get(), p.KC.get()],
+          c: [rowOf(dqh, i0.get(), p.DQR), p.DQR.get()],
+          add: true,
+        }),
+        product(gemm, gs, {
+          M: nk.get(),
+          N: p.D.get(),
+          K: rows.get(),
+          a: [dP.get(), c(1), nk.get()],
+          b: [qBlock, p.QR.get(), p.QC.get()],
+          c: [dkBlock, p.DKR.get()],
+          add: true,
+        }),
+      ),
+    ),
   );
   f.body = seq(
     load,
@@ -323,19 +531,31 @@ function emitBackward(m: ModuleBuilder, name: string, gemm: Func): void {
     dP.set(rowOf(P, p.MQ.get(), p.NK)),
     delta.set(rowOf(dP, p.MQ.get(), p.NK)),
     gs.set(i32.add(p.GEMM_SCRATCH.get(), i32.mul(thread.get(), c(GEMM_SCRATCH)))),
-    for_(h, c(0), p.GROUP.get(), 1, seq(
-      qh.set(rowOf(q, h.get(), p.QH)),
-      oh.set(rowOf(o, h.get(), p.OH)),
-      gh.set(rowOf(g, h.get(), p.GH)),
-      lh.set(rowOf(lse, h.get(), p.LH)),
-      mh.set(rowOf(mask, h.get(), p.MH)),
-      dqh.set(rowOf(dq, h.get(), p.DQH)),
-      nb.set(i32.add(nBase.get(), i32.mul(h.get(), p.NH.get()))),
-      deltas,
-      for_(j0, c(0), p.TK.get(), p.NK.get(), seq(
-        nk.set(i32.minU(p.NK.get(), i32.sub(p.TK.get(), j0.get()))),
-        for_(i0, c(0), p.T.get(), p.MQ.get(), block),
-      )),
-    )),
+    for_(
+      h,
+      c(0),
+      p.GROUP.get(),
+      1,
+      seq(
+        qh.set(rowOf(q, h.get(), p.QH)),
+        oh.set(rowOf(o, h.get(), p.OH)),
+        gh.set(rowOf(g, h.get(), p.GH)),
+        lh.set(rowOf(lse, h.get(), p.LH)),
+        mh.set(rowOf(mask, h.get(), p.MH)),
+        dqh.set(rowOf(dq, h.get(), p.DQH)),
+        nb.set(i32.add(nBase.get(), i32.mul(h.get(), p.NH.get()))),
+        deltas,
+        for_(
+          j0,
+          c(0),
+          p.TK.get(),
+          p.NK.get(),
+          seq(
+            nk.set(i32.minU(p.NK.get(), i32.sub(p.TK.get(), j0.get()))),
+            for_(i0, c(0), p.T.get(), p.MQ.get(), block),
+          ),
+        ),
+      ),
+    ),
   );
 }

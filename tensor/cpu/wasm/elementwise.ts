@@ -9,7 +9,21 @@
 // exp and tanh follow Cephes (https://www.netlib.org/cephes/), float32
 // versions: a range reduction and a polynomial, accurate to a couple of ulp.
 
-import { type Code, type Func, type Local, type ModuleBuilder, choose, for_, f32, f32x4, i32, i32x4, if_, seq, v128 } from './emit.ts';
+import {
+  type Code,
+  type Func,
+  type Local,
+  type ModuleBuilder,
+  choose,
+  for_,
+  f32,
+  f32x4,
+  i32,
+  i32x4,
+  if_,
+  seq,
+  v128,
+} from './emit.ts';
 
 const c = (n: number) => i32.const(n);
 const k4 = (x: number) => f32x4.const(x);
@@ -40,13 +54,10 @@ function exp(f: Func, x: Code): Code {
     t.set(mad(r.get(), k4(1.44269504), k4(magic))),
     n.set(f32x4.sub(t.get(), k4(magic))),
     // ln 2 in two parts, so that n ln 2 is exact enough (Cody and Waite)
-    r.set(mad(n.get(), k4(2.12194440e-4), f32x4.sub(r.get(), mul(n.get(), k4(0.693359375))))),
+    r.set(mad(n.get(), k4(2.1219444e-4), f32x4.sub(r.get(), mul(n.get(), k4(0.693359375))))),
     // 2^n from its bits: the exponent field is n + 127; t's low bits hold n (plus the magic's)
     n.set(i32x4.shl(i32x4.add(t.get(), i32x4.const(127 - 0x4b400000)), c(23))),
-    v128.andNot(
-      mul(add(mad(poly, mul(r.get(), r.get()), r.get()), k4(1)), n.get()),
-      f32x4.lt(v.get(), k4(-87.33654)),
-    ),
+    v128.andNot(mul(add(mad(poly, mul(r.get(), r.get()), r.get()), k4(1)), n.get()), f32x4.lt(v.get(), k4(-87.33654))),
   );
 }
 
@@ -80,7 +91,11 @@ export const UNARY: Record<string, (f: Func, x: Local) => Code> = {
   silu: (f, x) => mul(x.get(), sigmoid(f, x.get())),
   // GELU, tanh approximation: 0.5 x (1 + tanh(u)) = x sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3);
   // the sigmoid form does not cancel for large negative x
-  gelu: (f, x) => mul(x.get(), sigmoid(f, mul(k4(2 * 0.7978845608028654), mad(mul(x.get(), mul(x.get(), x.get())), k4(0.044715), x.get())))),
+  gelu: (f, x) =>
+    mul(
+      x.get(),
+      sigmoid(f, mul(k4(2 * 0.7978845608028654), mad(mul(x.get(), mul(x.get(), x.get())), k4(0.044715), x.get()))),
+    ),
 };
 
 /** 1.0 where a comparison's lanes are all-ones, else 0.0. */
@@ -88,20 +103,32 @@ const asFloat = (mask: Code) => v128.and(mask, k4(1));
 
 /** Binary ops. */
 const BINARY: Record<string, (a: Code, b: Code) => Code> = {
-  add: f32x4.add, sub: f32x4.sub, mul: f32x4.mul, div: f32x4.div,
+  add: f32x4.add,
+  sub: f32x4.sub,
+  mul: f32x4.mul,
+  div: f32x4.div,
   // IEEE maximum/minimum: NaN wins, as in PyTorch
-  maximum: f32x4.max, minimum: f32x4.min,
-  eq: (a, b) => asFloat(f32x4.eq(a, b)), ne: (a, b) => asFloat(f32x4.ne(a, b)),
-  lt: (a, b) => asFloat(f32x4.lt(a, b)), le: (a, b) => asFloat(f32x4.le(a, b)),
-  gt: (a, b) => asFloat(f32x4.gt(a, b)), ge: (a, b) => asFloat(f32x4.ge(a, b)),
+  maximum: f32x4.max,
+  minimum: f32x4.min,
+  eq: (a, b) => asFloat(f32x4.eq(a, b)),
+  ne: (a, b) => asFloat(f32x4.ne(a, b)),
+  lt: (a, b) => asFloat(f32x4.lt(a, b)),
+  le: (a, b) => asFloat(f32x4.le(a, b)),
+  gt: (a, b) => asFloat(f32x4.gt(a, b)),
+  ge: (a, b) => asFloat(f32x4.ge(a, b)),
 };
 
 /** int32 ops (comparisons of ids and masks): 1 or 0 as int32. */
 const BINARY_I32: Record<string, (a: Code, b: Code) => Code> = {
-  add: i32x4.add, sub: i32x4.sub, mul: i32x4.mul,
-  eq: (a, b) => i32x4.one(i32x4.eq(a, b)), ne: (a, b) => i32x4.one(v128.not(i32x4.eq(a, b))),
-  lt: (a, b) => i32x4.one(i32x4.ltS(a, b)), le: (a, b) => i32x4.one(v128.not(i32x4.gtS(a, b))),
-  gt: (a, b) => i32x4.one(i32x4.gtS(a, b)), ge: (a, b) => i32x4.one(v128.not(i32x4.ltS(a, b))),
+  add: i32x4.add,
+  sub: i32x4.sub,
+  mul: i32x4.mul,
+  eq: (a, b) => i32x4.one(i32x4.eq(a, b)),
+  ne: (a, b) => i32x4.one(v128.not(i32x4.eq(a, b))),
+  lt: (a, b) => i32x4.one(i32x4.ltS(a, b)),
+  le: (a, b) => i32x4.one(v128.not(i32x4.gtS(a, b))),
+  gt: (a, b) => i32x4.one(i32x4.gtS(a, b)),
+  ge: (a, b) => i32x4.one(v128.not(i32x4.ltS(a, b))),
 };
 
 /** Dims the elementwise kernels walk (more are looped over by the caller). */
@@ -129,32 +156,55 @@ function elementwise(m: ModuleBuilder, name: string, arity: number, op: (f: Func
   const rowLen = dims[D - 1];
   const stride = (t: number) => operands[t][D];
   // The 4 values at p, p+s, p+2s, p+3s, stopping at the `last`-th (later lanes repeat it).
-  const gather = (t: number, last: Code) => [1, 2, 3].reduce(
-    (v: Code, lane) => f32x4.replaceLane(v, lane, f32.load(i32.add(ptrs[t].get(), i32.mul(i32.minU(c(lane), last), stride(t).get())))),
-    v128.load32Splat(ptrs[t].get()),
-  );
+  const gather = (t: number, last: Code) =>
+    [1, 2, 3].reduce(
+      (v: Code, lane) =>
+        f32x4.replaceLane(v, lane, f32.load(i32.add(ptrs[t].get(), i32.mul(i32.minU(c(lane), last), stride(t).get())))),
+      v128.load32Splat(ptrs[t].get()),
+    );
   const load4 = (t: number) =>
-    choose('v128', i32.eq(stride(t).get(), c(4)), v128.load(ptrs[t].get()), choose('v128', i32.eqz(stride(t).get()), v128.load32Splat(ptrs[t].get()), gather(t, c(3))));
-  const storeLane = (lane: number) => f32.store(i32.add(ptrs[0].get(), i32.mul(c(lane), stride(0).get())), f32x4.extractLane(r.get(), lane));
-  const store4 = if_(i32.eq(stride(0).get(), c(4)), v128.store(ptrs[0].get(), r.get()), seq(...[0, 1, 2, 3].map(storeLane)));
+    choose(
+      'v128',
+      i32.eq(stride(t).get(), c(4)),
+      v128.load(ptrs[t].get()),
+      choose('v128', i32.eqz(stride(t).get()), v128.load32Splat(ptrs[t].get()), gather(t, c(3))),
+    );
+  const storeLane = (lane: number) =>
+    f32.store(i32.add(ptrs[0].get(), i32.mul(c(lane), stride(0).get())), f32x4.extractLane(r.get(), lane));
+  const store4 = if_(
+    i32.eq(stride(0).get(), c(4)),
+    v128.store(ptrs[0].get(), r.get()),
+    seq(...[0, 1, 2, 3].map(storeLane)),
+  );
   const advance = seq(...ptrs.map((p, t) => p.set(i32.add(p.get(), i32.shl(stride(t).get(), c(2)))))); // 4 elements on
   const contiguous = operands.map((_, t) => i32.eq(stride(t).get(), c(4))).reduce((x, y) => i32.and(x, y));
   // a row: set each operand's pointer from the outer indices, then the row's elements
-  const rowStart = (t: number) => idx.reduce((sum: Code, x, d) => i32.add(sum, i32.mul(x.get(), operands[t][1 + d].get())), operands[t][0].get());
+  const rowStart = (t: number) =>
+    idx.reduce((sum: Code, x, d) => i32.add(sum, i32.mul(x.get(), operands[t][1 + d].get())), operands[t][0].get());
   const row = seq(
     ...ptrs.map((p, t) => p.set(rowStart(t))),
-    if_(contiguous,
-      for_(k, c(0), end.get(), 4, seq(...vs.map((v, t) => v.set(v128.load(ptrs[t + 1].get()))), v128.store(ptrs[0].get(), op(f, vs)), advance)),
+    if_(
+      contiguous,
+      for_(
+        k,
+        c(0),
+        end.get(),
+        4,
+        seq(...vs.map((v, t) => v.set(v128.load(ptrs[t + 1].get()))), v128.store(ptrs[0].get(), op(f, vs)), advance),
+      ),
       for_(k, c(0), end.get(), 4, seq(...vs.map((v, t) => v.set(load4(t + 1))), r.set(op(f, vs)), store4, advance)),
     ),
-    if_(i32.ltU(end.get(), rowLen.get()), seq(
-      left.set(i32.sub(rowLen.get(), end.get())),
-      ...vs.map((v, t) => v.set(gather(t + 1, i32.sub(left.get(), c(1))))),
-      r.set(op(f, vs)),
-      storeLane(0),
-      if_(i32.gtU(left.get(), c(1)), storeLane(1)),
-      if_(i32.gtU(left.get(), c(2)), storeLane(2)),
-    )),
+    if_(
+      i32.ltU(end.get(), rowLen.get()),
+      seq(
+        left.set(i32.sub(rowLen.get(), end.get())),
+        ...vs.map((v, t) => v.set(gather(t + 1, i32.sub(left.get(), c(1))))),
+        r.set(op(f, vs)),
+        storeLane(0),
+        if_(i32.gtU(left.get(), c(1)), storeLane(1)),
+        if_(i32.gtU(left.get(), c(2)), storeLane(2)),
+      ),
+    ),
   );
   f.body = seq(
     ...operands.flatMap((ps) => ps.slice(1).map((s) => s.set(i32.shl(s.get(), c(2))))), // element strides to bytes
@@ -166,7 +216,8 @@ function elementwise(m: ModuleBuilder, name: string, arity: number, op: (f: Func
 /** Emits the elementwise kernels: un_<op>, bin_<op>, where, copy. */
 export function emitElementwise(m: ModuleBuilder): void {
   for (const [name, op] of Object.entries(UNARY)) elementwise(m, `un_${name}`, 1, (f, [x]) => op(f, x));
-  for (const [name, op] of Object.entries(BINARY)) elementwise(m, `bin_${name}`, 2, (_, [a, b]) => op(a.get(), b.get()));
+  for (const [name, op] of Object.entries(BINARY))
+    elementwise(m, `bin_${name}`, 2, (_, [a, b]) => op(a.get(), b.get()));
   // cond != 0 ? a : b, for a float32 condition (where -0 is 0 too) and an int32 one
   elementwise(m, 'where', 3, (_, [cond, a, b]) => v128.select(b.get(), a.get(), f32x4.eq(cond.get(), k4(0))));
   elementwise(m, 'where_i32', 3, (_, [cond, a, b]) => v128.select(b.get(), a.get(), i32x4.eqz(cond.get())));
@@ -174,7 +225,8 @@ export function emitElementwise(m: ModuleBuilder): void {
   elementwise(m, 'copy', 1, (_, [x]) => x.get());
   // int32 to float32 (float32 to int32 must wrap like a typed-array store; it stays in TypeScript)
   elementwise(m, 'i32_to_f32', 1, (_, [x]) => f32x4.fromI32x4(x.get()));
-  for (const [name, op] of Object.entries(BINARY_I32)) elementwise(m, `bin_i32_${name}`, 2, (_, [a, b]) => op(a.get(), b.get()));
+  for (const [name, op] of Object.entries(BINARY_I32))
+    elementwise(m, `bin_i32_${name}`, 2, (_, [a, b]) => op(a.get(), b.get()));
 }
 
 /**
@@ -198,8 +250,13 @@ export function emitAdamW(m: ModuleBuilder): void {
     vv.set(f32x4.add(mul(v128.load(v.get()), sp(b2)), mul(mul(gv.get(), gv.get()), sp(b2c)))),
     v128.store(mm.get(), mv.get()),
     v128.store(v.get(), vv.get()),
-    v128.store(p.get(), f32x4.sub(mul(v128.load(p.get()), sp(decay)),
-      mul(f32x4.div(mv.get(), f32x4.add(f32x4.div(f32x4.sqrt(vv.get()), sp(c2)), sp(eps))), sp(stepSize)))),
+    v128.store(
+      p.get(),
+      f32x4.sub(
+        mul(v128.load(p.get()), sp(decay)),
+        mul(f32x4.div(mv.get(), f32x4.add(f32x4.div(f32x4.sqrt(vv.get()), sp(c2)), sp(eps))), sp(stepSize)),
+      ),
+    ),
   );
   const one = seq(
     g1.set(f32.load(g.get())),
@@ -207,8 +264,13 @@ export function emitAdamW(m: ModuleBuilder): void {
     v1.set(f32.add(f32.mul(f32.load(v.get()), b2.get()), f32.mul(f32.mul(g1.get(), g1.get()), b2c.get()))),
     f32.store(mm.get(), m1.get()),
     f32.store(v.get(), v1.get()),
-    f32.store(p.get(), f32.sub(f32.mul(f32.load(p.get()), decay.get()),
-      f32.mul(f32.div(m1.get(), f32.add(f32.div(f32.sqrt(v1.get()), c2.get()), eps.get())), stepSize.get()))),
+    f32.store(
+      p.get(),
+      f32.sub(
+        f32.mul(f32.load(p.get()), decay.get()),
+        f32.mul(f32.div(m1.get(), f32.add(f32.div(f32.sqrt(v1.get()), c2.get()), eps.get())), stepSize.get()),
+      ),
+    ),
   );
   const advance = (bytes: number) => seq(...[p, g, mm, v].map((x) => x.set(i32.add(x.get(), c(bytes)))));
   f.body = seq(

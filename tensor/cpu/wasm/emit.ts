@@ -73,7 +73,10 @@ export function seq(...parts: Code[]): Code {
 
 /** A function parameter or local variable. */
 export class Local {
-  constructor(readonly index: number, readonly type: ValType) {}
+  constructor(
+    readonly index: number,
+    readonly type: ValType,
+  ) {}
   get(): Code {
     return [0x20, ...uleb(this.index)];
   }
@@ -92,7 +95,12 @@ export class Func {
   private readonly locals: ValType[] = [];
   body: Code = [];
 
-  constructor(readonly index: number, readonly name: string, params: ValType[], readonly result: ValType | null) {
+  constructor(
+    readonly index: number,
+    readonly name: string,
+    params: ValType[],
+    readonly result: ValType | null,
+  ) {
     this.params = params.map((t, i) => new Local(i, t));
   }
 
@@ -104,7 +112,11 @@ export class Func {
 
   /** The function type, as the type section writes it. */
   signature(): number[] {
-    return [0x60, ...vec(this.params.map((p) => [TYPE_BYTE[p.type]])), ...vec(this.result ? [[TYPE_BYTE[this.result]]] : [])];
+    return [
+      0x60,
+      ...vec(this.params.map((p) => [TYPE_BYTE[p.type]])),
+      ...vec(this.result ? [[TYPE_BYTE[this.result]]] : []),
+    ];
   }
 
   /** The code section entry: locals (one group each), the body, `end`. */
@@ -138,12 +150,31 @@ export class ModuleBuilder {
     const section = (id: number, items: number[][]) => [id, ...sized(vec(items))];
     const limits = shared ? [0x03, 0, ...uleb(65536)] : [0x00, 0];
     return new Uint8Array([
-      0x00, 0x61, 0x73, 0x6d, 1, 0, 0, 0, // "\0asm", version 1
-      ...section(1, types.map((t) => t.split(',').map(Number))),
+      0x00,
+      0x61,
+      0x73,
+      0x6d,
+      1,
+      0,
+      0,
+      0, // "\0asm", version 1
+      ...section(
+        1,
+        types.map((t) => t.split(',').map(Number)),
+      ),
       ...section(2, [[...utf8('env'), ...utf8('memory'), 0x02, ...limits]]),
-      ...section(3, typeIndex.map((i) => uleb(i))),
-      ...section(7, this.funcs.map((f) => [...utf8(f.name), 0x00, ...uleb(f.index)])),
-      ...section(10, this.funcs.map((f) => f.encode())),
+      ...section(
+        3,
+        typeIndex.map((i) => uleb(i)),
+      ),
+      ...section(
+        7,
+        this.funcs.map((f) => [...utf8(f.name), 0x00, ...uleb(f.index)]),
+      ),
+      ...section(
+        10,
+        this.funcs.map((f) => f.encode()),
+      ),
     ]);
   }
 }
@@ -164,11 +195,19 @@ export function for_(i: Local, start: Code, end: Code, step: Code | number, body
   const inc = typeof step === 'number' ? i32.const(step) : step;
   return [
     i.set(start),
-    0x02, 0x40, 0x03, 0x40, // block, loop
-    i32.geU(i.get(), end), 0x0d, 1, // br_if 1: done
+    0x02,
+    0x40,
+    0x03,
+    0x40, // block, loop
+    i32.geU(i.get(), end),
+    0x0d,
+    1, // br_if 1: done
     body,
     i.set(i32.add(i.get(), inc)),
-    0x0c, 0, 0x0b, 0x0b, // br 0, end loop, end block
+    0x0c,
+    0,
+    0x0b,
+    0x0b, // br 0, end loop, end block
   ];
 }
 
@@ -189,7 +228,9 @@ export function doWhile(body: Code, cond: Code): Code {
 
 // ---------------------------------------------------------------- instructions
 
-const op = (...bytes: number[]) => (...args: Code[]): Code => [args, bytes];
+const op =
+  (...bytes: number[]) =>
+  (...args: Code[]): Code => [args, bytes];
 /** SIMD instructions: the 0xfd prefix, then the opcode as LEB128. */
 const simd = (code: number) => op(0xfd, ...uleb(code));
 /** Memory access immediates: alignment (log2 bytes) and a constant offset. */
@@ -198,10 +239,22 @@ const memarg = (align: number, offset = 0) => [align, ...uleb(offset)];
 /** i32 instructions (addresses, counters). */
 export const i32 = {
   const: (n: number): Code => [0x41, ...sleb(n)],
-  add: op(0x6a), sub: op(0x6b), mul: op(0x6c), shl: op(0x74), and: op(0x71),
-  or: op(0x72), xor: op(0x73), shrU: op(0x76),
-  eq: op(0x46), ne: op(0x47), eqz: op(0x45), ltU: op(0x49), geU: op(0x4f), gtU: op(0x4b),
-  ltS: op(0x48), gtS: op(0x4a),
+  add: op(0x6a),
+  sub: op(0x6b),
+  mul: op(0x6c),
+  shl: op(0x74),
+  and: op(0x71),
+  or: op(0x72),
+  xor: op(0x73),
+  shrU: op(0x76),
+  eq: op(0x46),
+  ne: op(0x47),
+  eqz: op(0x45),
+  ltU: op(0x49),
+  geU: op(0x4f),
+  gtU: op(0x4b),
+  ltS: op(0x48),
+  gtS: op(0x4a),
   /** Unsigned minimum, via select. */
   minU: (a: Code, b: Code): Code => [a, b, a, b, 0x49, 0x1b],
   load: (addr: Code, offset = 0): Code => [addr, 0x28, ...memarg(2, offset)],
@@ -212,7 +265,12 @@ export const i32 = {
 /** Scalar f32 instructions (edges, reductions). */
 export const f32 = {
   const: (x: number): Code => [0x43, ...new Uint8Array(new Float32Array([x]).buffer)],
-  add: op(0x92), sub: op(0x93), mul: op(0x94), div: op(0x95), max: op(0x97), sqrt: op(0x91),
+  add: op(0x92),
+  sub: op(0x93),
+  mul: op(0x94),
+  div: op(0x95),
+  max: op(0x97),
+  sqrt: op(0x91),
   eq: op(0x5b),
   /** An unsigned i32 converted to f32. */
   fromI32U: op(0xb3),
@@ -230,7 +288,9 @@ export const v128 = {
   load32Splat: (addr: Code, offset = 0): Code => [addr, 0xfd, 0x09, ...memarg(2, offset)],
   /** a & ~b */
   andNot: simd(0x4f),
-  and: simd(0x4e), or: simd(0x50), not: simd(0x4d),
+  and: simd(0x4e),
+  or: simd(0x50),
+  not: simd(0x4d),
   /** Bits of a where mask is set, else of b. */
   select: simd(0x52),
 };
@@ -238,7 +298,13 @@ export const v128 = {
 /** Byte lanes: shuffles. */
 export const i8x16 = {
   /** Picks four 32-bit lanes from a (0..3) and b (4..7). */
-  shuffle: (a: Code, b: Code, lanes: number[]): Code => [a, b, 0xfd, 0x0d, ...lanes.flatMap((l) => [4 * l, 4 * l + 1, 4 * l + 2, 4 * l + 3])],
+  shuffle: (a: Code, b: Code, lanes: number[]): Code => [
+    a,
+    b,
+    0xfd,
+    0x0d,
+    ...lanes.flatMap((l) => [4 * l, 4 * l + 1, 4 * l + 2, 4 * l + 3]),
+  ],
 };
 
 /** Four f32 lanes. */
@@ -248,16 +314,28 @@ export const f32x4 = {
   splat: simd(0x13),
   extractLane: (v: Code, lane: number): Code => [v, 0xfd, 0x1f, lane],
   replaceLane: (v: Code, lane: number, x: Code): Code => [v, x, 0xfd, 0x20, lane],
-  add: simd(0xe4), sub: simd(0xe5), mul: simd(0xe6), div: simd(0xe7),
+  add: simd(0xe4),
+  sub: simd(0xe5),
+  mul: simd(0xe6),
+  div: simd(0xe7),
   /** IEEE minimum and maximum: NaN if either lane is NaN (several x86 instructions each). */
-  min: simd(0xe8), max: simd(0xe9),
+  min: simd(0xe8),
+  max: simd(0xe9),
   /** b < a ? b : a and a < b ? b : a: one x86 instruction each; a NaN in `a` passes through. */
-  pmin: simd(0xea), pmax: simd(0xeb),
-  neg: simd(0xe1), abs: simd(0xe0), sqrt: simd(0xe3),
+  pmin: simd(0xea),
+  pmax: simd(0xeb),
+  neg: simd(0xe1),
+  abs: simd(0xe0),
+  sqrt: simd(0xe3),
   /** Lanes converted from i32. */
   fromI32x4: simd(0xfa),
   /** Comparisons give all-ones or all-zeros lanes. */
-  eq: simd(0x41), ne: simd(0x42), lt: simd(0x43), gt: simd(0x44), le: simd(0x45), ge: simd(0x46),
+  eq: simd(0x41),
+  ne: simd(0x42),
+  lt: simd(0x43),
+  gt: simd(0x44),
+  le: simd(0x45),
+  ge: simd(0x46),
   /** a * b + c in one rounding where the CPU has FMA (relaxed SIMD: the engine may also round twice). */
   relaxedMadd: simd(0x105),
 };
@@ -267,10 +345,14 @@ export const i32x4 = {
   const: (n: number): Code => [0xfd, 0x0c, ...new Uint8Array(new Int32Array([n, n, n, n]).buffer)],
   /** Compares lanes with zero: all-ones where a lane is 0. */
   eqz: (v: Code): Code => [v, 0xfd, 0x0c, ...Array(16).fill(0), 0xfd, 0x37],
-  eq: simd(0x37), ltS: simd(0x39), gtS: simd(0x3b),
+  eq: simd(0x37),
+  ltS: simd(0x39),
+  gtS: simd(0x3b),
   /** 1 in lanes where a comparison mask is set, else 0. */
   one: (mask: Code): Code => [mask, 0xfd, 0x0c, ...new Uint8Array(new Int32Array([1, 1, 1, 1]).buffer), 0xfd, 0x4e],
-  add: simd(0xae), sub: simd(0xb1), mul: simd(0xb5),
+  add: simd(0xae),
+  sub: simd(0xb1),
+  mul: simd(0xb5),
   /** Shifts every lane left by an i32 count. */
   shl: simd(0xab),
 };

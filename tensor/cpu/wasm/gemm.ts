@@ -27,8 +27,22 @@
 // caller are in elements and scaled by 4 here.
 
 import {
-  type Code, type Func, type Local, type ModuleBuilder,
-  call, choose, doWhile, f32, f32x4, for_, i32, i32x4, i8x16, if_, seq, v128,
+  type Code,
+  type Func,
+  type Local,
+  type ModuleBuilder,
+  call,
+  choose,
+  doWhile,
+  f32,
+  f32x4,
+  for_,
+  i32,
+  i32x4,
+  i8x16,
+  if_,
+  seq,
+  v128,
 } from './emit.ts';
 
 /** Rows of the register tile (of A and C). */
@@ -53,7 +67,12 @@ function transpose4([r0, r1, r2, r3]: Local[]): Code[] {
   const hi = (a: Code, b: Code) => i8x16.shuffle(a, b, [2, 6, 3, 7]); // a2 b2 a3 b3
   const first = (a: Code, b: Code) => i8x16.shuffle(a, b, [0, 1, 4, 5]); // a0 a1 b0 b1
   const second = (a: Code, b: Code) => i8x16.shuffle(a, b, [2, 3, 6, 7]); // a2 a3 b2 b3
-  const [t0, t1, t2, t3] = [lo(r0.get(), r1.get()), hi(r0.get(), r1.get()), lo(r2.get(), r3.get()), hi(r2.get(), r3.get())];
+  const [t0, t1, t2, t3] = [
+    lo(r0.get(), r1.get()),
+    hi(r0.get(), r1.get()),
+    lo(r2.get(), r3.get()),
+    hi(r2.get(), r3.get()),
+  ];
   return [first(t0, t2), second(t0, t2), first(t1, t3), second(t1, t3)];
 }
 
@@ -88,48 +107,79 @@ export function emitGemm(m: ModuleBuilder, fma: boolean): GemmBlocks {
   const pack = (name: string, W: number) => {
     const f = m.func(name, ['i32', 'i32', 'i32', 'i32', 'i32', 'i32']);
     const [src, ls, ds, lines, depth, dst] = f.params;
-    const [l, d, s, width, w, end] = [f.local('i32'), f.local('i32'), f.local('i32'), f.local('i32'), f.local('i32'), f.local('i32')];
+    const [l, d, s, width, w, end] = [
+      f.local('i32'),
+      f.local('i32'),
+      f.local('i32'),
+      f.local('i32'),
+      f.local('i32'),
+      f.local('i32'),
+    ];
     const rows = [f.local('v128'), f.local('v128'), f.local('v128'), f.local('v128')];
-    const next = (steps: number) => seq(s.set(i32.add(s.get(), i32.mul(ds.get(), c(steps)))), dst.set(i32.add(dst.get(), c(4 * W * steps))));
+    const next = (steps: number) =>
+      seq(s.set(i32.add(s.get(), i32.mul(ds.get(), c(steps)))), dst.set(i32.add(dst.get(), c(4 * W * steps))));
     // a step's W contiguous values, as vectors (the last one overlaps the one before when 4 does not divide W)
     const vectorAt = Array.from({ length: Math.ceil(W / 4) }, (_, q) => Math.min(16 * q, 4 * W - 16));
     const copy = seq(...vectorAt.map((at) => v128.store(dst.get(), v128.load(s.get(), at), at)));
-    const oneByOne = for_(w, c(0), c(W), 1, f32.store(
-      i32.add(dst.get(), i32.shl(w.get(), c(2))),
-      choose('f32', i32.ltU(w.get(), width.get()), f32.load(i32.add(s.get(), i32.mul(w.get(), ls.get()))), f32.const(0)),
-    ));
+    const oneByOne = for_(
+      w,
+      c(0),
+      c(W),
+      1,
+      f32.store(
+        i32.add(dst.get(), i32.shl(w.get(), c(2))),
+        choose(
+          'f32',
+          i32.ltU(w.get(), width.get()),
+          f32.load(i32.add(s.get(), i32.mul(w.get(), ls.get()))),
+          f32.const(0),
+        ),
+      ),
+    );
     // lines 4g..4g+3, four steps each: rows[r] = line 4g+r; after the
     // transpose, vector t holds step t of the four lines. The last W % 4
     // lines (A's panels are 6 wide) go lane by lane.
     const lineAt = (line: number) => v128.load(i32.add(s.get(), i32.mul(ls.get(), c(line))));
     const transposed = seq(
-      ...Array.from({ length: Math.floor(W / 4) }, (_, g) => seq(
-        ...rows.map((r, q) => r.set(lineAt(4 * g + q))),
-        ...transpose4(rows).map((v, t) => v128.store(dst.get(), v, 4 * W * t + 16 * g)),
-      )),
-      ...Array.from({ length: W % 4 }, (_, q) => W - (W % 4) + q).map((line) => seq(
-        rows[0].set(lineAt(line)),
-        ...[0, 1, 2, 3].map((t) => f32.store(dst.get(), f32x4.extractLane(rows[0].get(), t), 4 * W * t + 4 * line)),
-      )),
+      ...Array.from({ length: Math.floor(W / 4) }, (_, g) =>
+        seq(
+          ...rows.map((r, q) => r.set(lineAt(4 * g + q))),
+          ...transpose4(rows).map((v, t) => v128.store(dst.get(), v, 4 * W * t + 16 * g)),
+        ),
+      ),
+      ...Array.from({ length: W % 4 }, (_, q) => W - (W % 4) + q).map((line) =>
+        seq(
+          rows[0].set(lineAt(line)),
+          ...[0, 1, 2, 3].map((t) => f32.store(dst.get(), f32x4.extractLane(rows[0].get(), t), 4 * W * t + 4 * line)),
+        ),
+      ),
     );
     f.body = seq(
       ls.set(i32.shl(ls.get(), c(2))),
       ds.set(i32.shl(ds.get(), c(2))),
       end.set(i32.and(depth.get(), c(~3))),
-      for_(l, c(0), lines.get(), W, seq(
-        width.set(i32.minU(c(W), i32.sub(lines.get(), l.get()))),
-        s.set(i32.add(src.get(), i32.mul(l.get(), ls.get()))),
-        if_(i32.and(i32.eq(width.get(), c(W)), i32.eq(ls.get(), c(4))),
-          for_(d, c(0), depth.get(), 1, seq(copy, next(1))),
-          seq(
-            if_(i32.and(i32.eq(width.get(), c(W)), i32.eq(ds.get(), c(4))),
-              for_(d, c(0), end.get(), 4, seq(transposed, next(4))),
-              d.set(c(0)),
+      for_(
+        l,
+        c(0),
+        lines.get(),
+        W,
+        seq(
+          width.set(i32.minU(c(W), i32.sub(lines.get(), l.get()))),
+          s.set(i32.add(src.get(), i32.mul(l.get(), ls.get()))),
+          if_(
+            i32.and(i32.eq(width.get(), c(W)), i32.eq(ls.get(), c(4))),
+            for_(d, c(0), depth.get(), 1, seq(copy, next(1))),
+            seq(
+              if_(
+                i32.and(i32.eq(width.get(), c(W)), i32.eq(ds.get(), c(4))),
+                for_(d, c(0), end.get(), 4, seq(transposed, next(4))),
+                d.set(c(0)),
+              ),
+              for_(d, d.get(), depth.get(), 1, seq(oneByOne, next(1))),
             ),
-            for_(d, d.get(), depth.get(), 1, seq(oneByOne, next(1))),
           ),
         ),
-      )),
+      ),
     );
     return f;
   };
@@ -156,43 +206,107 @@ function emitGemv(m: ModuleBuilder): void {
   const [j, k, end, col, ak] = [f.local('i32'), f.local('i32'), f.local('i32'), f.local('i32'), f.local('i32')];
   const acc = [f.local('v128'), f.local('v128'), f.local('v128'), f.local('v128')];
   const [av, s] = [f.local('v128'), f.local('f32')];
-  const sum4 = (v: Local) => f32.add(f32.add(f32x4.extractLane(v.get(), 0), f32x4.extractLane(v.get(), 1)), f32.add(f32x4.extractLane(v.get(), 2), f32x4.extractLane(v.get(), 3)));
+  const sum4 = (v: Local) =>
+    f32.add(
+      f32.add(f32x4.extractLane(v.get(), 0), f32x4.extractLane(v.get(), 1)),
+      f32.add(f32x4.extractLane(v.get(), 2), f32x4.extractLane(v.get(), 3)),
+    );
   const zero = seq(...acc.map((x) => x.set(f32x4.const(0))));
   // column j + q of B (clamped to the last one: its dot product is computed twice, stored once)
-  const column = (q: number) => i32.add(b.get(), i32.shl(i32.mul(i32.minU(i32.add(j.get(), c(q)), i32.sub(N.get(), c(1))), bcs.get()), c(2)));
-  const dots = for_(j, c(0), N.get(), 4, seq(
-    zero,
-    for_(k, c(0), end.get(), 4, seq(
-      av.set(v128.load(i32.add(a.get(), i32.shl(k.get(), c(2))))),
-      ...acc.map((x, q) => x.set(f32x4.add(x.get(), f32x4.mul(av.get(), v128.load(i32.add(column(q), i32.shl(k.get(), c(2)))))))),
-    )),
-    ...acc.map((x, q) => if_(i32.ltU(i32.add(j.get(), c(q)), N.get()), seq(
-      s.set(sum4(x)),
-      for_(k, end.get(), K.get(), 1, s.set(f32.add(s.get(), f32.mul(f32.load(i32.add(a.get(), i32.shl(k.get(), c(2)))), f32.load(i32.add(column(q), i32.shl(k.get(), c(2)))))))),
-      f32.store(i32.add(cp.get(), i32.shl(i32.add(j.get(), c(q)), c(2))), s.get()),
-    ))),
-  ));
+  const column = (q: number) =>
+    i32.add(b.get(), i32.shl(i32.mul(i32.minU(i32.add(j.get(), c(q)), i32.sub(N.get(), c(1))), bcs.get()), c(2)));
+  const dots = for_(
+    j,
+    c(0),
+    N.get(),
+    4,
+    seq(
+      zero,
+      for_(
+        k,
+        c(0),
+        end.get(),
+        4,
+        seq(
+          av.set(v128.load(i32.add(a.get(), i32.shl(k.get(), c(2))))),
+          ...acc.map((x, q) =>
+            x.set(f32x4.add(x.get(), f32x4.mul(av.get(), v128.load(i32.add(column(q), i32.shl(k.get(), c(2))))))),
+          ),
+        ),
+      ),
+      ...acc.map((x, q) =>
+        if_(
+          i32.ltU(i32.add(j.get(), c(q)), N.get()),
+          seq(
+            s.set(sum4(x)),
+            for_(
+              k,
+              end.get(),
+              K.get(),
+              1,
+              s.set(
+                f32.add(
+                  s.get(),
+                  f32.mul(
+                    f32.load(i32.add(a.get(), i32.shl(k.get(), c(2)))),
+                    f32.load(i32.add(column(q), i32.shl(k.get(), c(2)))),
+                  ),
+                ),
+              ),
+            ),
+            f32.store(i32.add(cp.get(), i32.shl(i32.add(j.get(), c(q)), c(2))), s.get()),
+          ),
+        ),
+      ),
+    ),
+  );
   // 16 columns at a time, then the last few one by one
   const rowAt = (kk: Code) => i32.add(b.get(), i32.shl(i32.mul(kk, brs.get()), c(2)));
   const axpys = seq(
     end.set(i32.and(N.get(), c(~15))),
-    for_(j, c(0), end.get(), 16, seq(
-      zero,
-      for_(k, c(0), K.get(), 1, seq(
-        av.set(v128.load32Splat(i32.add(a.get(), i32.shl(i32.mul(k.get(), as.get()), c(2))))),
-        col.set(i32.add(rowAt(k.get()), i32.shl(j.get(), c(2)))),
-        ...acc.map((x, q) => x.set(f32x4.add(x.get(), f32x4.mul(av.get(), v128.load(col.get(), 16 * q))))),
-      )),
-      ...acc.map((x, q) => v128.store(i32.add(cp.get(), i32.shl(j.get(), c(2))), x.get(), 16 * q)),
-    )),
-    for_(j, end.get(), N.get(), 1, seq(
-      s.set(f32.const(0)),
-      for_(k, c(0), K.get(), 1, seq(
-        ak.set(i32.add(a.get(), i32.shl(i32.mul(k.get(), as.get()), c(2)))),
-        s.set(f32.add(s.get(), f32.mul(f32.load(ak.get()), f32.load(i32.add(rowAt(k.get()), i32.shl(j.get(), c(2))))))),
-      )),
-      f32.store(i32.add(cp.get(), i32.shl(j.get(), c(2))), s.get()),
-    )),
+    for_(
+      j,
+      c(0),
+      end.get(),
+      16,
+      seq(
+        zero,
+        for_(
+          k,
+          c(0),
+          K.get(),
+          1,
+          seq(
+            av.set(v128.load32Splat(i32.add(a.get(), i32.shl(i32.mul(k.get(), as.get()), c(2))))),
+            col.set(i32.add(rowAt(k.get()), i32.shl(j.get(), c(2)))),
+            ...acc.map((x, q) => x.set(f32x4.add(x.get(), f32x4.mul(av.get(), v128.load(col.get(), 16 * q))))),
+          ),
+        ),
+        ...acc.map((x, q) => v128.store(i32.add(cp.get(), i32.shl(j.get(), c(2))), x.get(), 16 * q)),
+      ),
+    ),
+    for_(
+      j,
+      end.get(),
+      N.get(),
+      1,
+      seq(
+        s.set(f32.const(0)),
+        for_(
+          k,
+          c(0),
+          K.get(),
+          1,
+          seq(
+            ak.set(i32.add(a.get(), i32.shl(i32.mul(k.get(), as.get()), c(2)))),
+            s.set(
+              f32.add(s.get(), f32.mul(f32.load(ak.get()), f32.load(i32.add(rowAt(k.get()), i32.shl(j.get(), c(2)))))),
+            ),
+          ),
+        ),
+        f32.store(i32.add(cp.get(), i32.shl(j.get(), c(2))), s.get()),
+      ),
+    ),
   );
   f.body = seq(
     end.set(i32.and(K.get(), c(~3))),
@@ -220,8 +334,11 @@ function emitGemvBf16(m: ModuleBuilder, fma: boolean): void {
   const [a0, a1, even, odd, w] = [f.local('v128'), f.local('v128'), f.local('v128'), f.local('v128'), f.local('v128')];
   const s = f.local('f32');
   const madd = (x: Code, y: Code, z: Code) => (fma ? f32x4.relaxedMadd(x, y, z) : f32x4.add(f32x4.mul(x, y), z));
-  const sum4 = (v: Local) => f32.add(f32.add(f32x4.extractLane(v.get(), 0), f32x4.extractLane(v.get(), 1)),
-    f32.add(f32x4.extractLane(v.get(), 2), f32x4.extractLane(v.get(), 3)));
+  const sum4 = (v: Local) =>
+    f32.add(
+      f32.add(f32x4.extractLane(v.get(), 0), f32x4.extractLane(v.get(), 1)),
+      f32.add(f32x4.extractLane(v.get(), 2), f32x4.extractLane(v.get(), 3)),
+    );
   // rows j..j+3 of W, as byte addresses (clamped to the last row: its dot product is computed twice, stored once)
   const rowStarts = rows.map((r, q) => {
     const row = i32.minU(i32.add(j.get(), c(q)), i32.sub(N.get(), c(1)));
@@ -234,27 +351,54 @@ function emitGemvBf16(m: ModuleBuilder, fma: boolean): void {
     a1.set(v128.load(ak.get(), 16)),
     even.set(i8x16.shuffle(a0.get(), a1.get(), [0, 2, 4, 6])), // a[k], a[k + 2], a[k + 4], a[k + 6]
     odd.set(i8x16.shuffle(a0.get(), a1.get(), [1, 3, 5, 7])),
-    ...acc.map((x, q) => seq(
-      w.set(v128.load(i32.add(rows[q].get(), wk.get()))),
-      x.set(madd(odd.get(), v128.and(w.get(), i32x4.const(-0x10000)),
-        madd(even.get(), i32x4.shl(w.get(), c(16)), x.get()))),
-    )),
+    ...acc.map((x, q) =>
+      seq(
+        w.set(v128.load(i32.add(rows[q].get(), wk.get()))),
+        x.set(
+          madd(
+            odd.get(),
+            v128.and(w.get(), i32x4.const(-0x10000)),
+            madd(even.get(), i32x4.shl(w.get(), c(16)), x.get()),
+          ),
+        ),
+      ),
+    ),
   );
-  const tail = (q: number) => for_(k, end.get(), K.get(), 1, s.set(f32.add(s.get(), f32.mul(
-    f32.load(i32.add(a.get(), i32.shl(k.get(), c(2)))),
-    f32.fromBits(i32.shl(i32.load16U(i32.add(rows[q].get(), i32.shl(k.get(), c(1)))), c(16)))))));
+  const tail = (q: number) =>
+    for_(
+      k,
+      end.get(),
+      K.get(),
+      1,
+      s.set(
+        f32.add(
+          s.get(),
+          f32.mul(
+            f32.load(i32.add(a.get(), i32.shl(k.get(), c(2)))),
+            f32.fromBits(i32.shl(i32.load16U(i32.add(rows[q].get(), i32.shl(k.get(), c(1)))), c(16))),
+          ),
+        ),
+      ),
+    );
   f.body = seq(
     end.set(i32.and(K.get(), c(~7))),
-    for_(j, c(0), N.get(), 4, seq(
-      ...rowStarts,
-      ...acc.map((x) => x.set(f32x4.const(0))),
-      for_(k, c(0), end.get(), 8, step),
-      ...acc.map((x, q) => if_(i32.ltU(i32.add(j.get(), c(q)), N.get()), seq(
-        s.set(sum4(x)),
-        tail(q),
-        f32.store(i32.add(cp.get(), i32.shl(i32.add(j.get(), c(q)), c(2))), s.get()),
-      ))),
-    )),
+    for_(
+      j,
+      c(0),
+      N.get(),
+      4,
+      seq(
+        ...rowStarts,
+        ...acc.map((x) => x.set(f32x4.const(0))),
+        for_(k, c(0), end.get(), 8, step),
+        ...acc.map((x, q) =>
+          if_(
+            i32.ltU(i32.add(j.get(), c(q)), N.get()),
+            seq(s.set(sum4(x)), tail(q), f32.store(i32.add(cp.get(), i32.shl(i32.add(j.get(), c(q)), c(2))), s.get())),
+          ),
+        ),
+      ),
+    ),
   );
 }
 
@@ -289,27 +433,47 @@ function emitVariant(m: ModuleBuilder, packA: Func, packB: Func, fma: boolean): 
     );
     const rowAt = (row: number) => i32.add(cp.get(), i32.mul(c(row), ldc.get()));
     const put = (acc: Local, row: number, offset: number) =>
-      v128.store(rowAt(row), choose('v128', add.get(), f32x4.add(v128.load(rowAt(row), offset), acc.get()), acc.get()), offset);
+      v128.store(
+        rowAt(row),
+        choose('v128', add.get(), f32x4.add(v128.load(rowAt(row), offset), acc.get()), acc.get()),
+        offset,
+      );
     f.body = seq(
       ldc.set(i32.shl(ldc.get(), c(2))),
       end.set(i32.add(pa.get(), i32.mul(kc.get(), c(4 * MR)))),
       // kc >= 1, so the test in front is redundant; but V8 compiled the loop
       // 15-25% faster with it (measured against the same loop without, in one process)
       if_(i32.ltU(pa.get(), end.get()), doWhile(step, i32.ltU(pa.get(), end.get()))),
-      if_(i32.and(i32.eq(rows.get(), c(MR)), i32.eq(cols.get(), c(NR))),
+      if_(
+        i32.and(i32.eq(rows.get(), c(MR)), i32.eq(cols.get(), c(NR))),
         seq(...acc.flatMap(([lo, hi], row) => [put(lo, row, 0), put(hi, row, 16)])),
         seq(
-          ...acc.flatMap(([lo, hi], row) => [v128.store(spill.get(), lo.get(), 32 * row), v128.store(spill.get(), hi.get(), 32 * row + 16)]),
-          for_(r, c(0), rows.get(), 1, seq(
-            dst.set(i32.add(cp.get(), i32.mul(r.get(), ldc.get()))),
-            for_(j, c(0), cols.get(), 1, f32.store(
-              i32.add(dst.get(), i32.shl(j.get(), c(2))),
-              f32.add(
-                f32.load(i32.add(spill.get(), i32.shl(i32.add(i32.shl(r.get(), c(3)), j.get()), c(2)))),
-                choose('f32', add.get(), f32.load(i32.add(dst.get(), i32.shl(j.get(), c(2)))), f32.const(0)),
+          ...acc.flatMap(([lo, hi], row) => [
+            v128.store(spill.get(), lo.get(), 32 * row),
+            v128.store(spill.get(), hi.get(), 32 * row + 16),
+          ]),
+          for_(
+            r,
+            c(0),
+            rows.get(),
+            1,
+            seq(
+              dst.set(i32.add(cp.get(), i32.mul(r.get(), ldc.get()))),
+              for_(
+                j,
+                c(0),
+                cols.get(),
+                1,
+                f32.store(
+                  i32.add(dst.get(), i32.shl(j.get(), c(2))),
+                  f32.add(
+                    f32.load(i32.add(spill.get(), i32.shl(i32.add(i32.shl(r.get(), c(3)), j.get()), c(2)))),
+                    choose('f32', add.get(), f32.load(i32.add(dst.get(), i32.shl(j.get(), c(2)))), f32.const(0)),
+                  ),
+                ),
               ),
-            )),
-          )),
+            ),
+          ),
         ),
       ),
     );
@@ -330,28 +494,75 @@ function emitVariant(m: ModuleBuilder, packA: Func, packB: Func, fma: boolean): 
     f.body = seq(
       pa.set(i32.add(scratch.get(), c(4 * MR * NR))),
       pb.set(i32.add(pa.get(), c(4 * MC * KC))),
-      for_(jc, c(0), N.get(), NC, seq(
-        nc.set(i32.minU(c(NC), i32.sub(N.get(), jc.get()))),
-        for_(pc, c(0), K.get(), KC, seq(
-          kc.set(i32.minU(c(KC), i32.sub(K.get(), pc.get()))),
-          call(packB, at(b.get(), pc.get(), brs.get(), jc.get(), bcs.get()), bcs.get(), brs.get(), nc.get(), kc.get(), pb.get()),
-          for_(ic, c(0), M.get(), MC, seq(
-            mc.set(i32.minU(c(MC), i32.sub(M.get(), ic.get()))),
-            call(packA, at(a.get(), ic.get(), ars.get(), pc.get(), acs.get()), ars.get(), acs.get(), mc.get(), kc.get(), pa.get()),
-            for_(jr, c(0), nc.get(), NR, for_(ir, c(0), mc.get(), MR, call(tile,
-              i32.add(pa.get(), i32.mul(ir.get(), i32.shl(kc.get(), c(2)))),
-              i32.add(pb.get(), i32.mul(jr.get(), i32.shl(kc.get(), c(2)))),
-              kc.get(),
-              at(cc.get(), i32.add(ic.get(), ir.get()), ldc.get(), i32.add(jc.get(), jr.get()), c(1)),
-              ldc.get(),
-              i32.minU(c(MR), i32.sub(mc.get(), ir.get())),
-              i32.minU(c(NR), i32.sub(nc.get(), jr.get())),
-              i32.or(accumulate.get(), i32.ne(pc.get(), c(0))),
-              scratch.get(),
-            ))),
-          )),
-        )),
-      )),
+      for_(
+        jc,
+        c(0),
+        N.get(),
+        NC,
+        seq(
+          nc.set(i32.minU(c(NC), i32.sub(N.get(), jc.get()))),
+          for_(
+            pc,
+            c(0),
+            K.get(),
+            KC,
+            seq(
+              kc.set(i32.minU(c(KC), i32.sub(K.get(), pc.get()))),
+              call(
+                packB,
+                at(b.get(), pc.get(), brs.get(), jc.get(), bcs.get()),
+                bcs.get(),
+                brs.get(),
+                nc.get(),
+                kc.get(),
+                pb.get(),
+              ),
+              for_(
+                ic,
+                c(0),
+                M.get(),
+                MC,
+                seq(
+                  mc.set(i32.minU(c(MC), i32.sub(M.get(), ic.get()))),
+                  call(
+                    packA,
+                    at(a.get(), ic.get(), ars.get(), pc.get(), acs.get()),
+                    ars.get(),
+                    acs.get(),
+                    mc.get(),
+                    kc.get(),
+                    pa.get(),
+                  ),
+                  for_(
+                    jr,
+                    c(0),
+                    nc.get(),
+                    NR,
+                    for_(
+                      ir,
+                      c(0),
+                      mc.get(),
+                      MR,
+                      call(
+                        tile,
+                        i32.add(pa.get(), i32.mul(ir.get(), i32.shl(kc.get(), c(2)))),
+                        i32.add(pb.get(), i32.mul(jr.get(), i32.shl(kc.get(), c(2)))),
+                        kc.get(),
+                        at(cc.get(), i32.add(ic.get(), ir.get()), ldc.get(), i32.add(jc.get(), jr.get()), c(1)),
+                        ldc.get(),
+                        i32.minU(c(MR), i32.sub(mc.get(), ir.get())),
+                        i32.minU(c(NR), i32.sub(nc.get(), jr.get())),
+                        i32.or(accumulate.get(), i32.ne(pc.get(), c(0))),
+                        scratch.get(),
+                      ),
+                    ),
+                  ),
+                ),
+              ),
+            ),
+          ),
+        ),
+      ),
     );
   }
 
@@ -363,11 +574,31 @@ function emitVariant(m: ModuleBuilder, packA: Func, packB: Func, fma: boolean): 
   const u = f.local('i32');
   f.body = seq(
     scratch.set(i32.add(scratch.get(), i32.mul(thread.get(), c(GEMM_SCRATCH)))),
-    for_(u, c(0), count.get(), 1, seq(
-      call(block, i32.load(units.get()), i32.load(units.get(), 4), i32.load(units.get(), 8), i32.load(units.get(), 12),
-        i32.load(units.get(), 16), K.get(), ars.get(), acs.get(), brs.get(), bcs.get(), ldc.get(), c(0), scratch.get()),
-      units.set(i32.add(units.get(), c(20))),
-    )),
+    for_(
+      u,
+      c(0),
+      count.get(),
+      1,
+      seq(
+        call(
+          block,
+          i32.load(units.get()),
+          i32.load(units.get(), 4),
+          i32.load(units.get(), 8),
+          i32.load(units.get(), 12),
+          i32.load(units.get(), 16),
+          K.get(),
+          ars.get(),
+          acs.get(),
+          brs.get(),
+          bcs.get(),
+          ldc.get(),
+          c(0),
+          scratch.get(),
+        ),
+        units.set(i32.add(units.get(), c(20))),
+      ),
+    ),
   );
   return block;
 }

@@ -67,13 +67,16 @@ if (compiled) {
 let kernels: CpuKernels = compiled ? 'wasm' : 'ts';
 let fma = compiled?.relaxed ?? false;
 if (!compiled) {
-  console.warn(`cpu backend: ${memory ? 'WebAssembly SIMD' : 'WebAssembly'} is not available, using the TypeScript kernels`);
+  console.warn(
+    `cpu backend: ${memory ? 'WebAssembly SIMD' : 'WebAssembly'} is not available, using the TypeScript kernels`,
+  );
 }
 
 /** Picks the CPU kernels; `fma: false` forces the multiply-then-add SIMD variant (tests, comparisons). */
 export function setCpuKernels(kind: CpuKernels, opts: { fma?: boolean } = {}): void {
   if (kind !== 'ts' && kind !== 'wasm') throw new Error(`unknown cpu kernels '${kind}': use ts or wasm`);
-  if (kind === 'wasm' && !compiled) throw new Error('setCpuKernels: WebAssembly SIMD is not available here, only the ts kernels');
+  if (kind === 'wasm' && !compiled)
+    throw new Error('setCpuKernels: WebAssembly SIMD is not available here, only the ts kernels');
   kernels = kind;
   fma = (opts.fma ?? true) && (compiled?.relaxed ?? false);
 }
@@ -84,9 +87,23 @@ export function getCpuKernels(): CpuKernels {
 }
 
 /** What the platform offers and what is in use, for logs and benchmarks. */
-export function cpuKernelInfo(): { kernels: CpuKernels; simd: boolean; relaxedSimd: boolean; fma: boolean; sharedMemory: boolean; threads: number } {
+export function cpuKernelInfo(): {
+  kernels: CpuKernels;
+  simd: boolean;
+  relaxedSimd: boolean;
+  fma: boolean;
+  sharedMemory: boolean;
+  threads: number;
+} {
   const threads = kernels === 'wasm' && sharedMemory ? getCpuThreads() : 1;
-  return { kernels, simd: compiled !== null, relaxedSimd: compiled?.relaxed ?? false, fma: kernels === 'wasm' && fma, sharedMemory, threads };
+  return {
+    kernels,
+    simd: compiled !== null,
+    relaxedSimd: compiled?.relaxed ?? false,
+    fma: kernels === 'wasm' && fma,
+    sharedMemory,
+    threads,
+  };
 }
 
 /** True when the wasm kernels are on and every storage lives in the memory. */
@@ -128,9 +145,18 @@ function run(name: string, tasks: number[][]): void {
 
 /** A batched float32 product over the memory: byte addresses plus element offsets and strides. */
 export interface WasmGemm {
-  batch: number; M: number; N: number; K: number;
-  a: number; aOffsets: ArrayLike<number>; aRowStride: number; aColStride: number;
-  b: number; bOffsets: ArrayLike<number>; bRowStride: number; bColStride: number;
+  batch: number;
+  M: number;
+  N: number;
+  K: number;
+  a: number;
+  aOffsets: ArrayLike<number>;
+  aRowStride: number;
+  aColStride: number;
+  b: number;
+  bOffsets: ArrayLike<number>;
+  bRowStride: number;
+  bColStride: number;
   /** Byte address of a bfloat16 copy of B's storage (CpuStorage.makeBf16), or -1. */
   bf16: number;
   /** Contiguous [batch, M, N] output. */
@@ -167,7 +193,8 @@ export function gemm(g: WasmGemm): void {
     return;
   }
   let stacked = batch > 1;
-  for (let p = 1; p < batch && stacked; p++) stacked = bOffsets[p] === bOffsets[0] && aOffsets[p] === aOffsets[0] + p * M * g.aRowStride;
+  for (let p = 1; p < batch && stacked; p++)
+    stacked = bOffsets[p] === bOffsets[0] && aOffsets[p] === aOffsets[0] + p * M * g.aRowStride;
   if (stacked) [rows, batch, aOffsets, bOffsets] = [batch * M, 1, [aOffsets[0]], [bOffsets[0]]];
   // A few rows (generating one token at a time): no packing, rows of C straight from A and B.
   // These products read each weight once, so memory bandwidth bounds them: split across
@@ -369,7 +396,10 @@ function withDense<T>(x: View, fn: (ptr: number) => T): T {
 function rowsCall(name: string, rows: number, cols: number, args: (lo: number, hi: number) => number[]): void {
   if (rows === 0) return;
   const P = Math.min(pieces(rows * cols, EW_PARALLEL_MIN), rows);
-  run(name, Array.from({ length: P }, (_, t) => args(Math.floor((rows * t) / P), Math.floor((rows * (t + 1)) / P))));
+  run(
+    name,
+    Array.from({ length: P }, (_, t) => args(Math.floor((rows * t) / P), Math.floor((rows * (t + 1)) / P))),
+  );
 }
 
 /** out = sum of x over `axis`. */
@@ -381,7 +411,14 @@ export function sum(x: View, axis: number, out: CpuStorage): boolean {
   if (len === 0) return false;
   withDense(x, (p) => {
     if (inner === 1) rowsCall('sum_rows', outer, len, (lo, hi) => [p + 4 * lo * len, hi - lo, len, out.ptr + 4 * lo]);
-    else if (outer > 1) rowsCall('sum_cols', outer, len * inner, (lo, hi) => [p + 4 * lo * len * inner, hi - lo, len, inner, out.ptr + 4 * lo * inner]);
+    else if (outer > 1)
+      rowsCall('sum_cols', outer, len * inner, (lo, hi) => [
+        p + 4 * lo * len * inner,
+        hi - lo,
+        len,
+        inner,
+        out.ptr + 4 * lo * inner,
+      ]);
     else run('sum_cols', [[p, 1, len, inner, out.ptr]]);
   });
   return true;
@@ -392,7 +429,9 @@ export function softmax(x: View, out: CpuStorage): boolean {
   if (x.dtype !== 'float32' || x.shape.length === 0) return false;
   const cols = x.shape[x.shape.length - 1];
   const rows = cols === 0 ? 0 : numel(x.shape) / cols;
-  withDense(x, (p) => rowsCall('softmax', rows, cols, (lo, hi) => [p + 4 * lo * cols, hi - lo, cols, out.ptr + 4 * lo * cols]));
+  withDense(x, (p) =>
+    rowsCall('softmax', rows, cols, (lo, hi) => [p + 4 * lo * cols, hi - lo, cols, out.ptr + 4 * lo * cols]),
+  );
   return true;
 }
 
@@ -406,7 +445,9 @@ function rowLogSums(x: View): Float32Array {
   const rows = numel(x.shape) / cols;
   const pairs = block(8 * rows);
   try {
-    withDense(x, (p) => rowsCall('exp_sums', rows, cols, (lo, hi) => [p + 4 * lo * cols, hi - lo, cols, pairs + 8 * lo]));
+    withDense(x, (p) =>
+      rowsCall('exp_sums', rows, cols, (lo, hi) => [p + 4 * lo * cols, hi - lo, cols, pairs + 8 * lo]),
+    );
     const h = heapF32().slice(pairs / 4, pairs / 4 + 2 * rows);
     for (let r = 0; r < rows; r++) h[2 * r + 1] = Math.log(h[2 * r + 1]);
     return h;
@@ -446,7 +487,8 @@ export function crossEntropy(logits: View, targets: View, ignoreIndex: number, o
   for (let r = 0; r < rows; r++) {
     const target = t[t0 + r * targets.strides[0]];
     if (target === ignoreIndex) o[r] = 0;
-    else if (target < 0 || target >= cols) throw new Error(`crossEntropy: target ${target} is out of range for ${cols} classes`);
+    else if (target < 0 || target >= cols)
+      throw new Error(`crossEntropy: target ${target} is out of range for ${cols} classes`);
     else o[r] = pairs[2 * r] - x[x0 + r * logits.strides[0] + target * logits.strides[1]] + pairs[2 * r + 1];
   }
   return true;
@@ -458,10 +500,12 @@ export function norm(x: View, w: View, b: View | null, eps: number, out: CpuStor
   if (![w, b].every((v) => !v || isContiguous(v.shape, v.strides))) return false;
   const cols = x.shape[x.shape.length - 1];
   const rows = cols === 0 ? 0 : numel(x.shape) / cols;
-  withDense(x, (p) => rowsCall(b ? 'layer_norm' : 'rms_norm', rows, cols, (lo, hi) => {
-    const [xs, o] = [p + 4 * lo * cols, out.ptr + 4 * lo * cols];
-    return b ? [xs, addr(w), addr(b), hi - lo, cols, eps, o] : [xs, addr(w), hi - lo, cols, eps, o];
-  }));
+  withDense(x, (p) =>
+    rowsCall(b ? 'layer_norm' : 'rms_norm', rows, cols, (lo, hi) => {
+      const [xs, o] = [p + 4 * lo * cols, out.ptr + 4 * lo * cols];
+      return b ? [xs, addr(w), addr(b), hi - lo, cols, eps, o] : [xs, addr(w), hi - lo, cols, eps, o];
+    }),
+  );
   return true;
 }
 
@@ -488,13 +532,15 @@ function attentionFits(views: View[]): boolean {
 function withRows<T>(views: View[], fn: (rows: View[]) => T): T {
   const temps: CpuStorage[] = [];
   try {
-    return fn(views.map((x) => {
-      if (x.strides[3] === 1 || x.shape[3] === 1) return x;
-      const tmp = new CpuStorage('float32', numel(x.shape), block(4 * numel(x.shape)));
-      temps.push(tmp);
-      copy(x, tmp);
-      return whole(tmp, x.shape);
-    }));
+    return fn(
+      views.map((x) => {
+        if (x.strides[3] === 1 || x.shape[3] === 1) return x;
+        const tmp = new CpuStorage('float32', numel(x.shape), block(4 * numel(x.shape)));
+        temps.push(tmp);
+        copy(x, tmp);
+        return whole(tmp, x.shape);
+      }),
+    );
   } finally {
     for (const t of temps) t.free();
   }
@@ -514,7 +560,13 @@ interface AttentionCall {
  * dLoss/dout (backward only).
  */
 function attentionCall(
-  q: View, k: View, v: View, o: View, g: View | null, opts: AttentionOptions, fn: (call: AttentionCall) => void,
+  q: View,
+  k: View,
+  v: View,
+  o: View,
+  g: View | null,
+  opts: AttentionOptions,
+  fn: (call: AttentionCall) => void,
 ): void {
   const [B, H, T, D] = q.shape;
   const [Hkv, Tk] = [k.shape[1], k.shape[2]];
@@ -528,13 +580,40 @@ function attentionCall(
   const [params, work] = [block(4 * ATT.WORDS), block(threads * perThread)];
   const [mask, drop] = [opts.mask, opts.dropout];
   const values: Partial<Record<keyof typeof ATT, number>> = {
-    QR: q.strides[2], QC: q.strides[3], KR: k.strides[2], KC: k.strides[3], VR: v.strides[2], VC: v.strides[3],
-    OR: o.strides[2], GR: g?.strides[2] ?? 0, MR: mask?.strides[2] ?? 0, MC: mask?.strides[3] ?? 0,
-    QH: q.strides[1], OH: o.strides[1], GH: g?.strides[1] ?? 0, LH: T, MH: mask?.strides[1] ?? 0,
-    DQR: H * D, DQH: D, DKR: Hkv * D, NH: T * Tk, GROUP: H / Hkv,
-    T, TK: Tk, D, CAUSAL: opts.causal ? 1 : 0, SHIFT: Tk - T,
-    DROPOUT: drop ? 1 : 0, THRESHOLD: drop ? Math.floor(drop.p * 2 ** 32) : 0, SEED: drop?.seed ?? 0,
-    NK: nk, MQ: mq, SCRATCH: work, SCRATCH_BYTES: perThread, GEMM_SCRATCH: packing, ZERO: 0,
+    QR: q.strides[2],
+    QC: q.strides[3],
+    KR: k.strides[2],
+    KC: k.strides[3],
+    VR: v.strides[2],
+    VC: v.strides[3],
+    OR: o.strides[2],
+    GR: g?.strides[2] ?? 0,
+    MR: mask?.strides[2] ?? 0,
+    MC: mask?.strides[3] ?? 0,
+    QH: q.strides[1],
+    OH: o.strides[1],
+    GH: g?.strides[1] ?? 0,
+    LH: T,
+    MH: mask?.strides[1] ?? 0,
+    DQR: H * D,
+    DQH: D,
+    DKR: Hkv * D,
+    NH: T * Tk,
+    GROUP: H / Hkv,
+    T,
+    TK: Tk,
+    D,
+    CAUSAL: opts.causal ? 1 : 0,
+    SHIFT: Tk - T,
+    DROPOUT: drop ? 1 : 0,
+    THRESHOLD: drop ? Math.floor(drop.p * 2 ** 32) : 0,
+    SEED: drop?.seed ?? 0,
+    NK: nk,
+    MQ: mq,
+    SCRATCH: work,
+    SCRATCH_BYTES: perThread,
+    GEMM_SCRATCH: packing,
+    ZERO: 0,
   };
   try {
     const words = heapI32().subarray(params / 4, params / 4 + ATT.WORDS);
@@ -567,7 +646,12 @@ function rowAddr(x: View, b: number, h: number, t = 0): number {
  * log-sum-exp of each score row. One task per block of query rows of a head.
  */
 export function attention(
-  q: View, k: View, v: View, opts: AttentionOptions, out: CpuStorage, lse: CpuStorage,
+  q: View,
+  k: View,
+  v: View,
+  opts: AttentionOptions,
+  out: CpuStorage,
+  lse: CpuStorage,
 ): boolean {
   if (!attentionFits(opts.mask ? [q, k, v, opts.mask] : [q, k, v])) return false;
   const [Hq, Tq, Dq] = [q.shape[1], q.shape[2], q.shape[3]];
@@ -580,7 +664,10 @@ export function attention(
     const G = Hq / k.shape[1];
     const fold = (x: View): View => {
       const hs = x.shape[1] === 1 ? 0 : x.strides[1];
-      const [shape, strides] = [[x.shape[0], k.shape[1], G, x.shape[3]], [x.strides[0], G * hs, hs, x.strides[3]]];
+      const [shape, strides] = [
+        [x.shape[0], k.shape[1], G, x.shape[3]],
+        [x.strides[0], G * hs, hs, x.strides[3]],
+      ];
       return { ...x, shape, strides };
     };
     [q, o] = [fold(q), fold(o)];
@@ -590,22 +677,34 @@ export function attention(
   const [Hkv, Tk] = [k.shape[1], k.shape[2]];
   const stats = block(8 * B * H * T); // (max, sum) of each score row
   try {
-    withRows([q, k, v], ([q, k, v]) => attentionCall(q, k, v, o, null, opts, (call) => {
-      const tasks: number[][] = [];
-      const zero = call.params + 4 * ATT.ZERO;
-      for (let b = 0; b < B; b++) {
-        for (let h = 0; h < H; h++) {
-          const kh = Math.floor(h / (H / Hkv));
-          for (let i0 = 0; i0 < T; i0 += call.rowsPerBlock) {
-            const row = (b * H + h) * T + i0;
-            const mask = opts.mask ? rowAddr(opts.mask, b, h, i0) : zero;
-            tasks.push([call.params, rowAddr(q, b, h, i0), rowAddr(k, b, kh), rowAddr(v, b, kh), rowAddr(o, b, h, i0),
-              stats + 8 * row, mask, i0, Math.min(call.rowsPerBlock, T - i0), row * Tk]);
+    withRows([q, k, v], ([q, k, v]) =>
+      attentionCall(q, k, v, o, null, opts, (call) => {
+        const tasks: number[][] = [];
+        const zero = call.params + 4 * ATT.ZERO;
+        for (let b = 0; b < B; b++) {
+          for (let h = 0; h < H; h++) {
+            const kh = Math.floor(h / (H / Hkv));
+            for (let i0 = 0; i0 < T; i0 += call.rowsPerBlock) {
+              const row = (b * H + h) * T + i0;
+              const mask = opts.mask ? rowAddr(opts.mask, b, h, i0) : zero;
+              tasks.push([
+                call.params,
+                rowAddr(q, b, h, i0),
+                rowAddr(k, b, kh),
+                rowAddr(v, b, kh),
+                rowAddr(o, b, h, i0),
+                stats + 8 * row,
+                mask,
+                i0,
+                Math.min(call.rowsPerBlock, T - i0),
+                row * Tk,
+              ]);
+            }
           }
         }
-      }
-      call.run('attention_fwd', tasks);
-    }));
+        call.run('attention_fwd', tasks);
+      }),
+    );
     // lse = max + log(sum), one log per row, on the host (no log instruction)
     const [st, l] = [heapF32().subarray(stats / 4, stats / 4 + 2 * B * H * T), lse.data];
     for (let i = 0; i < B * H * T; i++) l[i] = st[2 * i] + Math.log(st[2 * i + 1]);
@@ -621,29 +720,50 @@ export function attention(
  * entry: it owns that head's rows of dk and dv and its query heads' rows of dq.
  */
 export function attentionBackward(
-  q: View, k: View, v: View, o: View, g: View, lse: View, opts: AttentionOptions,
-  dq: CpuStorage, dk: CpuStorage, dv: CpuStorage,
+  q: View,
+  k: View,
+  v: View,
+  o: View,
+  g: View,
+  lse: View,
+  opts: AttentionOptions,
+  dq: CpuStorage,
+  dk: CpuStorage,
+  dv: CpuStorage,
 ): boolean {
   if (!attentionFits([q, k, v, o, g, lse, ...(opts.mask ? [opts.mask] : [])])) return false;
   if (!isContiguous(lse.shape, lse.strides)) return false;
   const [B, H, T, D] = q.shape;
   const [Hkv, Tk] = [k.shape[1], k.shape[2]];
   const group = H / Hkv;
-  withRows([q, k, v, o, g], ([q, k, v, o, g]) => attentionCall(q, k, v, o, g, opts, (call) => {
-    const tasks: number[][] = [];
-    const zero = call.params + 4 * ATT.ZERO;
-    for (let b = 0; b < B; b++) {
-      for (let kh = 0; kh < Hkv; kh++) {
-        const h = kh * group; // the group's first query head
-        const mask = opts.mask ? rowAddr(opts.mask, b, h) : zero;
-        const [dqAt, dkvAt] = [4 * (b * T * H + h) * D, 4 * (b * Tk * Hkv + kh) * D];
-        tasks.push([call.params, rowAddr(q, b, h), rowAddr(k, b, kh), rowAddr(v, b, kh), rowAddr(o, b, h),
-          rowAddr(g, b, h), addr(lse) + 4 * (b * H + h) * T, mask, dq.ptr + dqAt, dk.ptr + dkvAt, dv.ptr + dkvAt,
-          (b * H + h) * T * Tk]);
+  withRows([q, k, v, o, g], ([q, k, v, o, g]) =>
+    attentionCall(q, k, v, o, g, opts, (call) => {
+      const tasks: number[][] = [];
+      const zero = call.params + 4 * ATT.ZERO;
+      for (let b = 0; b < B; b++) {
+        for (let kh = 0; kh < Hkv; kh++) {
+          const h = kh * group; // the group's first query head
+          const mask = opts.mask ? rowAddr(opts.mask, b, h) : zero;
+          const [dqAt, dkvAt] = [4 * (b * T * H + h) * D, 4 * (b * Tk * Hkv + kh) * D];
+          tasks.push([
+            call.params,
+            rowAddr(q, b, h),
+            rowAddr(k, b, kh),
+            rowAddr(v, b, kh),
+            rowAddr(o, b, h),
+            rowAddr(g, b, h),
+            addr(lse) + 4 * (b * H + h) * T,
+            mask,
+            dq.ptr + dqAt,
+            dk.ptr + dkvAt,
+            dv.ptr + dkvAt,
+            (b * H + h) * T * Tk,
+          ]);
+        }
       }
-    }
-    call.run('attention_bwd', tasks);
-  }));
+      call.run('attention_bwd', tasks);
+    }),
+  );
   return true;
 }
 
@@ -651,7 +771,11 @@ export function attentionBackward(
 
 /** AdamW's per-step constants, as nn/optim.ts computes them. */
 export interface AdamWStep {
-  lr: number; beta1: number; beta2: number; eps: number; weightDecay: number;
+  lr: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
   /** The step number, from 1 (for the bias corrections). */
   step: number;
 }

@@ -11,12 +11,18 @@ const c = (n: number) => i32.const(n);
 
 /** The sum of a vector's four lanes, as an f32. */
 export function lanesSum(v: Local): Code {
-  return f32.add(f32.add(f32x4.extractLane(v.get(), 0), f32x4.extractLane(v.get(), 1)), f32.add(f32x4.extractLane(v.get(), 2), f32x4.extractLane(v.get(), 3)));
+  return f32.add(
+    f32.add(f32x4.extractLane(v.get(), 0), f32x4.extractLane(v.get(), 1)),
+    f32.add(f32x4.extractLane(v.get(), 2), f32x4.extractLane(v.get(), 3)),
+  );
 }
 
 /** The largest of a vector's four lanes (NaN if any is NaN). */
 export function lanesMax(v: Local): Code {
-  return f32.max(f32.max(f32x4.extractLane(v.get(), 0), f32x4.extractLane(v.get(), 1)), f32.max(f32x4.extractLane(v.get(), 2), f32x4.extractLane(v.get(), 3)));
+  return f32.max(
+    f32.max(f32x4.extractLane(v.get(), 0), f32x4.extractLane(v.get(), 1)),
+    f32.max(f32x4.extractLane(v.get(), 2), f32x4.extractLane(v.get(), 3)),
+  );
 }
 
 /**
@@ -38,14 +44,24 @@ export function emitRows(m: ModuleBuilder): void {
     const f = m.func('sum_rows', ['i32', 'i32', 'i32', 'i32']);
     const [x, rows, cols, o] = f.params;
     const [r, acc, s] = [f.local('i32'), f.local('v128'), f.local('f32')];
-    f.body = for_(r, c(0), rows.get(), 1, seq(
-      acc.set(f32x4.const(0)),
-      s.set(f32.const(0)),
-      overRow(f, cols, (at) => acc.set(f32x4.add(acc.get(), v128.load(i32.add(x.get(), at.get())))),
-        (at) => s.set(f32.add(s.get(), f32.load(i32.add(x.get(), at.get()))))),
-      f32.store(i32.add(o.get(), i32.shl(r.get(), c(2))), f32.add(lanesSum(acc), s.get())),
-      x.set(i32.add(x.get(), i32.shl(cols.get(), c(2)))),
-    ));
+    f.body = for_(
+      r,
+      c(0),
+      rows.get(),
+      1,
+      seq(
+        acc.set(f32x4.const(0)),
+        s.set(f32.const(0)),
+        overRow(
+          f,
+          cols,
+          (at) => acc.set(f32x4.add(acc.get(), v128.load(i32.add(x.get(), at.get())))),
+          (at) => s.set(f32.add(s.get(), f32.load(i32.add(x.get(), at.get())))),
+        ),
+        f32.store(i32.add(o.get(), i32.shl(r.get(), c(2))), f32.add(lanesSum(acc), s.get())),
+        x.set(i32.add(x.get(), i32.shl(cols.get(), c(2)))),
+      ),
+    );
   }
 
   // sum_cols(x, outer, len, inner, o): o[p][q] = sum over l of x[p][l][q]. Row
@@ -55,16 +71,33 @@ export function emitRows(m: ModuleBuilder): void {
     const f = m.func('sum_cols', ['i32', 'i32', 'i32', 'i32', 'i32']);
     const [x, outer, len, inner, o] = f.params;
     const [p, l] = [f.local('i32'), f.local('i32')];
-    const addRow = (first: boolean) => overRow(f, inner,
-      (at) => v128.store(i32.add(o.get(), at.get()), first ? v128.load(i32.add(x.get(), at.get())) : f32x4.add(v128.load(i32.add(o.get(), at.get())), v128.load(i32.add(x.get(), at.get())))),
-      (at) => f32.store(i32.add(o.get(), at.get()), first ? f32.load(i32.add(x.get(), at.get())) : f32.add(f32.load(i32.add(o.get(), at.get())), f32.load(i32.add(x.get(), at.get())))));
+    const addRow = (first: boolean) =>
+      overRow(
+        f,
+        inner,
+        (at) =>
+          v128.store(
+            i32.add(o.get(), at.get()),
+            first
+              ? v128.load(i32.add(x.get(), at.get()))
+              : f32x4.add(v128.load(i32.add(o.get(), at.get())), v128.load(i32.add(x.get(), at.get()))),
+          ),
+        (at) =>
+          f32.store(
+            i32.add(o.get(), at.get()),
+            first
+              ? f32.load(i32.add(x.get(), at.get()))
+              : f32.add(f32.load(i32.add(o.get(), at.get())), f32.load(i32.add(x.get(), at.get()))),
+          ),
+      );
     const nextRow = (ptr: Local) => ptr.set(i32.add(ptr.get(), i32.shl(inner.get(), c(2))));
-    f.body = for_(p, c(0), outer.get(), 1, seq(
-      addRow(true),
-      nextRow(x),
-      for_(l, c(1), len.get(), 1, seq(addRow(false), nextRow(x))),
-      nextRow(o),
-    ));
+    f.body = for_(
+      p,
+      c(0),
+      outer.get(),
+      1,
+      seq(addRow(true), nextRow(x), for_(l, c(1), len.get(), 1, seq(addRow(false), nextRow(x))), nextRow(o)),
+    );
   }
 
   // softmax(x, rows, cols, o): per row, the max, then e^(x - max) and its sum,
@@ -79,27 +112,55 @@ export function emitRows(m: ModuleBuilder): void {
     const xAt = (at: Local) => i32.add(x.get(), at.get());
     const oAt = (at: Local) => i32.add(o.get(), at.get());
     const expOf = (value: Code) => seq(v.set(f32x4.sub(value, f32x4.splat(m1.get()))), UNARY.exp(f, v));
-    f.body = for_(r, c(0), rows.get(), 1, seq(
-      mx.set(f32x4.const(-Infinity)),
-      m1.set(f32.const(-Infinity)),
-      overRow(f, cols, (at) => mx.set(f32x4.max(mx.get(), v128.load(xAt(at)))), (at) => m1.set(f32.max(m1.get(), f32.load(xAt(at))))),
-      m1.set(f32.max(m1.get(), lanesMax(mx))),
-      sum.set(f32x4.const(0)),
-      s1.set(f32.const(0)),
-      overRow(f, cols,
-        (at) => seq(e.set(expOf(v128.load(xAt(at)))), full ? v128.store(oAt(at), e.get()) : [], sum.set(f32x4.add(sum.get(), e.get()))),
-        (at) => seq(e.set(expOf(v128.load32Splat(xAt(at)))), full ? f32.store(oAt(at), f32x4.extractLane(e.get(), 0)) : [], s1.set(f32.add(s1.get(), f32x4.extractLane(e.get(), 0))))),
-      s1.set(f32.add(s1.get(), lanesSum(sum))),
-      full
-        ? seq(
-          inv.set(f32.div(f32.const(1), s1.get())),
-          overRow(f, cols, (at) => v128.store(oAt(at), f32x4.mul(v128.load(oAt(at)), f32x4.splat(inv.get()))),
-            (at) => f32.store(oAt(at), f32.mul(f32.load(oAt(at)), inv.get()))),
-          o.set(i32.add(o.get(), i32.shl(cols.get(), c(2)))),
-        )
-        : seq(f32.store(o.get(), m1.get()), f32.store(o.get(), s1.get(), 4), o.set(i32.add(o.get(), c(8)))),
-      x.set(i32.add(x.get(), i32.shl(cols.get(), c(2)))),
-    ));
+    f.body = for_(
+      r,
+      c(0),
+      rows.get(),
+      1,
+      seq(
+        mx.set(f32x4.const(-Infinity)),
+        m1.set(f32.const(-Infinity)),
+        overRow(
+          f,
+          cols,
+          (at) => mx.set(f32x4.max(mx.get(), v128.load(xAt(at)))),
+          (at) => m1.set(f32.max(m1.get(), f32.load(xAt(at)))),
+        ),
+        m1.set(f32.max(m1.get(), lanesMax(mx))),
+        sum.set(f32x4.const(0)),
+        s1.set(f32.const(0)),
+        overRow(
+          f,
+          cols,
+          (at) =>
+            seq(
+              e.set(expOf(v128.load(xAt(at)))),
+              full ? v128.store(oAt(at), e.get()) : [],
+              sum.set(f32x4.add(sum.get(), e.get())),
+            ),
+          (at) =>
+            seq(
+              e.set(expOf(v128.load32Splat(xAt(at)))),
+              full ? f32.store(oAt(at), f32x4.extractLane(e.get(), 0)) : [],
+              s1.set(f32.add(s1.get(), f32x4.extractLane(e.get(), 0))),
+            ),
+        ),
+        s1.set(f32.add(s1.get(), lanesSum(sum))),
+        full
+          ? seq(
+              inv.set(f32.div(f32.const(1), s1.get())),
+              overRow(
+                f,
+                cols,
+                (at) => v128.store(oAt(at), f32x4.mul(v128.load(oAt(at)), f32x4.splat(inv.get()))),
+                (at) => f32.store(oAt(at), f32.mul(f32.load(oAt(at)), inv.get())),
+              ),
+              o.set(i32.add(o.get(), i32.shl(cols.get(), c(2)))),
+            )
+          : seq(f32.store(o.get(), m1.get()), f32.store(o.get(), s1.get(), 4), o.set(i32.add(o.get(), c(8)))),
+        x.set(i32.add(x.get(), i32.shl(cols.get(), c(2)))),
+      ),
+    );
   }
 
   // layer_norm(x, w, b, rows, cols, eps, o) and rms_norm(x, w, rows, cols, eps, o):
@@ -107,37 +168,73 @@ export function emitRows(m: ModuleBuilder): void {
   // with the statistics of each row computed in two passes as the TypeScript
   // kernel does (the variance from x - mean, not from the mean of squares).
   for (const layer of [true, false]) {
-    const f = m.func(layer ? 'layer_norm' : 'rms_norm', layer ? ['i32', 'i32', 'i32', 'i32', 'i32', 'f32', 'i32'] : ['i32', 'i32', 'i32', 'i32', 'f32', 'i32']);
+    const f = m.func(
+      layer ? 'layer_norm' : 'rms_norm',
+      layer ? ['i32', 'i32', 'i32', 'i32', 'i32', 'f32', 'i32'] : ['i32', 'i32', 'i32', 'i32', 'f32', 'i32'],
+    );
     const [x, w] = f.params;
     const b = layer ? f.params[2] : null;
     const [rows, cols, eps, o] = f.params.slice(layer ? 3 : 2);
-    const [r, acc, t, s, t1, n, mean, rstd] = [f.local('i32'), f.local('v128'), f.local('v128'), f.local('f32'), f.local('f32'), f.local('f32'), f.local('f32'), f.local('f32')];
+    const [r, acc, t, s, t1, n, mean, rstd] = [
+      f.local('i32'),
+      f.local('v128'),
+      f.local('v128'),
+      f.local('f32'),
+      f.local('f32'),
+      f.local('f32'),
+      f.local('f32'),
+      f.local('f32'),
+    ];
     const at = (base: Local, k: Local) => i32.add(base.get(), k.get());
     const centred = (v: Code) => (layer ? f32x4.sub(v, f32x4.splat(mean.get())) : v);
     const centred1 = (v: Code) => (layer ? f32.sub(v, mean.get()) : v);
     // s = the sum over the row of g(x): four lanes, then the 1 to 3 left over
-    const rowSum = (g: (v: Code) => Code, g1: (v: Code) => Code) => seq(
-      acc.set(f32x4.const(0)),
-      s.set(f32.const(0)),
-      overRow(f, cols, (k) => acc.set(f32x4.add(acc.get(), g(v128.load(at(x, k))))), (k) => s.set(f32.add(s.get(), g1(f32.load(at(x, k)))))),
-      s.set(f32.add(s.get(), lanesSum(acc))),
-    );
+    const rowSum = (g: (v: Code) => Code, g1: (v: Code) => Code) =>
+      seq(
+        acc.set(f32x4.const(0)),
+        s.set(f32.const(0)),
+        overRow(
+          f,
+          cols,
+          (k) => acc.set(f32x4.add(acc.get(), g(v128.load(at(x, k))))),
+          (k) => s.set(f32.add(s.get(), g1(f32.load(at(x, k))))),
+        ),
+        s.set(f32.add(s.get(), lanesSum(acc))),
+      );
     const square = (v: Code) => seq(t.set(centred(v)), f32x4.mul(t.get(), t.get()));
     const square1 = (v: Code) => seq(t1.set(centred1(v)), f32.mul(t1.get(), t1.get()));
-    const scaled = (k: Local) => f32x4.mul(f32x4.mul(centred(v128.load(at(x, k))), f32x4.splat(rstd.get())), v128.load(at(w, k)));
+    const scaled = (k: Local) =>
+      f32x4.mul(f32x4.mul(centred(v128.load(at(x, k))), f32x4.splat(rstd.get())), v128.load(at(w, k)));
     const scaled1 = (k: Local) => f32.mul(f32.mul(centred1(f32.load(at(x, k))), rstd.get()), f32.load(at(w, k)));
     f.body = seq(
       n.set(f32.fromI32U(cols.get())),
-      for_(r, c(0), rows.get(), 1, seq(
-        layer ? seq(rowSum((v) => v, (v) => v), mean.set(f32.div(s.get(), n.get()))) : [],
-        rowSum(square, square1),
-        rstd.set(f32.div(f32.const(1), f32.sqrt(f32.add(f32.div(s.get(), n.get()), eps.get())))),
-        overRow(f, cols,
-          (k) => v128.store(at(o, k), b ? f32x4.add(scaled(k), v128.load(at(b, k))) : scaled(k)),
-          (k) => f32.store(at(o, k), b ? f32.add(scaled1(k), f32.load(at(b, k))) : scaled1(k))),
-        x.set(i32.add(x.get(), i32.shl(cols.get(), c(2)))),
-        o.set(i32.add(o.get(), i32.shl(cols.get(), c(2)))),
-      )),
+      for_(
+        r,
+        c(0),
+        rows.get(),
+        1,
+        seq(
+          layer
+            ? seq(
+                rowSum(
+                  (v) => v,
+                  (v) => v,
+                ),
+                mean.set(f32.div(s.get(), n.get())),
+              )
+            : [],
+          rowSum(square, square1),
+          rstd.set(f32.div(f32.const(1), f32.sqrt(f32.add(f32.div(s.get(), n.get()), eps.get())))),
+          overRow(
+            f,
+            cols,
+            (k) => v128.store(at(o, k), b ? f32x4.add(scaled(k), v128.load(at(b, k))) : scaled(k)),
+            (k) => f32.store(at(o, k), b ? f32.add(scaled1(k), f32.load(at(b, k))) : scaled1(k)),
+          ),
+          x.set(i32.add(x.get(), i32.shl(cols.get(), c(2)))),
+          o.set(i32.add(o.get(), i32.shl(cols.get(), c(2)))),
+        ),
+      ),
     );
   }
 }

@@ -223,5 +223,10 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, 
   v[p(4u) + i] = vi;
   pw[p(1u) + i] = pw[p(1u) + i] * pf(5u) - fdiv(mi, fdiv(sqrt_(vi), pf(9u)) + pf(11u)) * pf(10u);
 }`;
-  return { key: 'adamw', code, workgroupSize: EW_WORKGROUP, storage: ['read_write', 'read', 'read_write', 'read_write'] };
+  return {
+    key: 'adamw',
+    code,
+    workgroupSize: EW_WORKGROUP,
+    storage: ['read_write', 'read', 'read_write', 'read_write'],
+  };
 });
