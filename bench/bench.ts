@@ -101,7 +101,8 @@ const devices: DeviceName[] = args.device === 'all' ? ['cpu', 'webgpu'] : [args.
 const fmt = (x: number, d = 1) => x.toFixed(d);
 
 console.log(
-  `nanovlm-ts benchmark, ${new Date().toISOString().slice(0, 10)}: ${cpus()[0]?.model ?? 'unknown cpu'}, ${cpus().length} cores, node ${process.version}\n`,
+  `nanovlm-ts benchmark, ${new Date().toISOString().slice(0, 10)}: ${cpus()[0]?.model ?? 'unknown cpu'}, ` +
+    `${cpus().length} cores, node ${process.version}\n`,
 );
 
 /** One forward + backward of the decoder of bench/decoder.ts (median of 3 after a warm-up). */
@@ -200,7 +201,8 @@ async function benchDevice(device: DeviceName): Promise<void> {
   for (const kv of [true, false]) {
     const r = await benchGenerate(smallConfig, device, kv);
     console.log(
-      `generate (small config, batch 1, 16-token prompt, 32 new tokens) ${kv ? 'with' : 'without'} KV cache: ${fmt(r.tokensPerSec)} tokens/s, first token ${fmt(r.ttftMs)} ms`,
+      `generate (small config, batch 1, 16-token prompt, 32 new tokens) ${kv ? 'with' : 'without'} KV cache: ` +
+        `${fmt(r.tokensPerSec)} tokens/s, first token ${fmt(r.ttftMs)} ms`,
     );
   }
 
@@ -214,14 +216,18 @@ async function benchDevice(device: DeviceName): Promise<void> {
     { batchSize: 16, imgSize: 64, batches: 30 },
   );
   console.log(
-    `data loading, ${fashion.name}, shuffled, batch 16 at 64px: ${fmt(fashion.msPerBatch)} ms per batch [${fmt(fashion.spread[0])} .. ${fmt(fashion.spread[1])}], ${fmt(fashion.msPerSample, 2)} ms per sample = ${fmt((100 * fashion.msPerBatch) / smallStep)}% of the small-config step`,
+    `data loading, ${fashion.name}, shuffled, batch 16 at 64px: ${fmt(fashion.msPerBatch)} ms per batch ` +
+      `[${fmt(fashion.spread[0])} .. ${fmt(fashion.spread[1])}], ${fmt(fashion.msPerSample, 2)} ms per sample = ` +
+      `${fmt((100 * fashion.msPerBatch) / smallStep)}% of the small-config step`,
   );
   const photos = await benchLoading('cauldron layout (row groups of 40, 224px JPEG)', photoRows(240), 40, tokenizer, {
     batchSize: 2,
     imgSize: 224,
     batches: 30,
   });
-  const photoLine = `data loading, ${photos.name}, shuffled, batch 2 at 224px: ${fmt(photos.msPerBatch)} ms per batch [${fmt(photos.spread[0])} .. ${fmt(photos.spread[1])}], ${fmt(photos.msPerSample, 2)} ms per sample`;
+  const photoLine =
+    `data loading, ${photos.name}, shuffled, batch 2 at 224px: ${fmt(photos.msPerBatch)} ms per batch ` +
+    `[${fmt(photos.spread[0])} .. ${fmt(photos.spread[1])}], ${fmt(photos.msPerSample, 2)} ms per sample`;
 
   if (!args.skip_222m && !args.quick) {
     const cfg = defaultVLMConfig;
@@ -234,7 +240,8 @@ async function benchDevice(device: DeviceName): Promise<void> {
     });
     const gen = await benchGenerate(cfg, device, true, { model });
     console.log(
-      `generate nanoVLM-222M (batch 1, 49 image + 16 prompt tokens, 32 new, KV cache): ${fmt(gen.tokensPerSec)} tokens/s, first token ${fmt(gen.ttftMs)} ms`,
+      'generate nanoVLM-222M (batch 1, 49 image + 16 prompt tokens, 32 new, KV cache): ' +
+        `${fmt(gen.tokensPerSec)} tokens/s, first token ${fmt(gen.ttftMs)} ms`,
     );
     disposeModel(model);
   } else {
@@ -247,10 +254,12 @@ async function benchDevice(device: DeviceName): Promise<void> {
 /** One line per training step figure. */
 function printStep(name: string, cfg: VLMConfig, batch: number, textLen: number, r: StepTiming): void {
   const tokens = `${imageTokens(cfg)} image + ${textLen} text tokens`;
-  const phases = `forward ${fmt(r.phases.forward)}, backward ${fmt(r.phases.backward)}, optimizer ${fmt(r.phases.optimizer)}`;
+  const { forward, backward, optimizer } = r.phases;
+  const phases = `forward ${fmt(forward)}, backward ${fmt(backward)}, optimizer ${fmt(optimizer)}`;
   const heap = r.peakHeapBytes ? `, heap peak ${fmt(r.peakHeapBytes / 2 ** 30, 2)} GiB` : '';
   console.log(
-    `train step ${name}, batch ${batch}, ${tokens}: ${fmt(r.ms)} ms [${fmt(r.spread[0])} .. ${fmt(r.spread[1])}] (${phases})${heap}, ${fmt(r.tokensPerSec, 0)} tokens/s`,
+    `train step ${name}, batch ${batch}, ${tokens}: ${fmt(r.ms)} ms [${fmt(r.spread[0])} .. ` +
+      `${fmt(r.spread[1])}] (${phases})${heap}, ${fmt(r.tokensPerSec, 0)} tokens/s`,
   );
 }
 
@@ -276,7 +285,8 @@ function printReference(threads: number): void {
     if (ref.step222) line('nanoVLM-222M, batch 2', ref.step222);
     if (ref.decode222)
       console.log(
-        `  generate nanoVLM-222M (KV cache): ${fmt(ref.decode222.tokens_per_sec)} tokens/s, first token ${fmt(ref.decode222.ttft_ms)} ms`,
+        `  generate nanoVLM-222M (KV cache): ${fmt(ref.decode222.tokens_per_sec)} tokens/s, ` +
+          `first token ${fmt(ref.decode222.ttft_ms)} ms`,
       );
   }
 }

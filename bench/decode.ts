@@ -36,7 +36,8 @@ const load = () =>
 const { fma } = cpuKernelInfo();
 console.log(
   `nanoVLM-222M decoding, ${new Date().toISOString().slice(0, 10)}: ${cpus()[0]?.model ?? 'unknown cpu'}, ` +
-    `node ${process.version}, wasm kernels${fma ? ' (FMA)' : ''}, ${threads} thread${threads > 1 ? 's' : ''}, load ${load()}`,
+    `node ${process.version}, wasm kernels${fma ? ' (FMA)' : ''}, ${threads} ` +
+    `thread${threads > 1 ? 's' : ''}, load ${load()}`,
 );
 
 const dir = mkdtempSync(join(tmpdir(), 'decode-bench-'));

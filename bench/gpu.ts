@@ -310,7 +310,8 @@ async function trainSteps(
       `${c.dispatches} dispatches, ${c.computePasses} passes, ${c.submits} submits,`,
       `${c.buffersCreated} buffers and ${c.bindGroupsCreated} bind groups created,`,
       `${kib(c.bytesWritten)} written, ${c.bytesRead} B read in ${c.reads} reads`,
-      `(Dawn calls seen: ${dawn.dispatchWorkgroups} dispatches, ${dawn.beginComputePass} passes, ${dawn.submit} submits,`,
+      `(Dawn calls seen: ${dawn.dispatchWorkgroups} dispatches, ` +
+        `${dawn.beginComputePass} passes, ${dawn.submit} submits,`,
       `${dawn.createBuffer} createBuffer, ${dawn.createBindGroup} createBindGroup,`,
       `${kib(dawn.writeBufferBytes)} writeBuffer, ${dawn.mapAsync} maps)`,
     ].join(' ');
@@ -381,7 +382,8 @@ report(
     maxComputeWorkgroupStorageSize: l.maxComputeWorkgroupStorageSize,
   },
   `binding ${l.maxStorageBufferBindingSize} B, buffer ${l.maxBufferSize} B, ` +
-    `${l.maxComputeInvocationsPerWorkgroup} invocations and ${l.maxComputeWorkgroupStorageSize} B workgroup memory per workgroup`,
+    `${l.maxComputeInvocationsPerWorkgroup} invocations and ` +
+    `${l.maxComputeWorkgroupStorageSize} B workgroup memory per workgroup`,
 );
 const cost = await dispatchCost(b);
 report(
@@ -415,7 +417,8 @@ for (const [label, plan, half, f16] of plans) {
   report(
     `matmul ${n} ${label}`,
     { n, plan: plan ?? b.planMatmul(n, n, n, 1, false, !half), half, shaderF16: f16, ...r },
-    `${(r.gflops / 1000).toFixed(3)} TFLOP/s = ${r.gflops} GFLOP/s (${r.ms} ms), max error / sqrt(K) ${r.maxErrOverSqrtK}`,
+    `${(r.gflops / 1000).toFixed(3)} TFLOP/s = ${r.gflops} GFLOP/s (${r.ms} ` +
+      `ms), max error / sqrt(K) ${r.maxErrOverSqrtK}`,
   );
 }
 b.shaderF16 = hasShaderF16;

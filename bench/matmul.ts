@@ -95,7 +95,8 @@ export async function benchMatmul(
         const shape = `${M} x ${K} x ${N}`.padEnd(20);
         const spread = `[${row.min.toFixed(2)} .. ${row.max.toFixed(2)}]`;
         console.log(
-          `${kernels.padEnd(10)}  ${String(used).padStart(7)}  ${shape}  ${row.median.toFixed(2).padStart(14)}  ${spread}`,
+          `${kernels.padEnd(10)}  ${String(used).padStart(7)}  ${shape}  ` +
+            `${row.median.toFixed(2).padStart(14)}  ${spread}`,
         );
       }
     }

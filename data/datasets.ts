@@ -263,7 +263,8 @@ export class ParquetFile {
         const codec = chunk.meta_data?.codec ?? 'UNCOMPRESSED';
         if (codec !== 'UNCOMPRESSED' && !(codec in compressors)) {
           throw new Error(
-            `${path} is compressed with ${codec}; nanovlm-ts reads uncompressed, snappy, gzip, brotli, zstd and lz4 parquet`,
+            `${path} is compressed with ${codec}; ` +
+              'nanovlm-ts reads uncompressed, snappy, gzip, brotli, zstd and lz4 parquet',
           );
         }
       }

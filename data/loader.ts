@@ -2,8 +2,9 @@
 // loaded a few batches ahead so that the next batch is ready when a training
 // step ends. A dataset stored in row groups (parquet) is shuffled as
 // streaming datasets shuffle: the groups in random order, and the rows within
-// a window of a few groups, so that each group is decoded once per epoch. With worker threads, decoding and resizing images (the slow part
-// of loading real data) runs beside the training step instead of between steps.
+// a window of a few groups, so that each group is decoded once per epoch.
+// With worker threads, decoding and resizing images (the slow part of loading
+// real data) runs beside the training step instead of between steps.
 // Plays the part of PyTorch's torch.utils.data.DataLoader in nanoVLM's train.py.
 
 import { startWorker } from '../tensor/cpu/threads.ts';

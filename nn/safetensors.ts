@@ -165,7 +165,8 @@ function checkEntry(name: string, value: unknown, dataSize: number, source: stri
   if (bytes !== end - begin) {
     fail(
       source,
-      `${where} is ${dtype} of shape [${shape.join(', ')}], which needs ${bytes} bytes, but data_offsets span ${end - begin}`,
+      `${where} is ${dtype} of shape [${shape.join(', ')}], which needs ${bytes} bytes, ` +
+        `but data_offsets span ${end - begin}`,
     );
   }
   return { dtype, shape, begin, end };
@@ -267,9 +268,8 @@ export function serialize(tensors: Record<string, WriteTensor>, metadata?: Recor
   for (const name of names) {
     const t = tensors[name];
     const bytes = encodeTensor(name, t);
-    parts.push(
-      `${JSON.stringify(name)}:${JSON.stringify({ dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + bytes.length] })}`,
-    );
+    const entry = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + bytes.length] };
+    parts.push(`${JSON.stringify(name)}:${JSON.stringify(entry)}`);
     chunks.push(bytes);
     offset += bytes.length;
   }

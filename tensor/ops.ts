@@ -495,7 +495,8 @@ export function crossEntropyRows(logits: Tensor, targets: Tensor, ignoreIndex: n
   const [N, V] = logits.shape;
   if (logits.ndim !== 2 || targets.ndim !== 1 || targets.shape[0] !== N) {
     throw new Error(
-      `crossEntropy: logits ${fmt(logits.shape)} and targets ${fmt(targets.shape)} do not match (expected [N, V] and [N])`,
+      `crossEntropy: logits ${fmt(logits.shape)} and targets ${fmt(targets.shape)} do not match ` +
+        '(expected [N, V] and [N])',
     );
   }
   if (targets.dtype !== 'int32') throw new Error(`crossEntropy: targets must be int32, got ${targets.dtype}`);

@@ -43,7 +43,7 @@ describe('random backbones', () => {
     expect(count(siglipTensors(SIGLIP_B16_224))).toBe(85_797_120);
   });
 
-  it('load through fromBackbones, train two micro-batches on the cauldron sample, save, reload and generate', async () => {
+  it('fromBackbones, then two micro-batches on the cauldron sample, save, reload and generate', async () => {
     const siglip: SiglipShape = {
       hidden_size: 32,
       intermediate_size: 64,

@@ -19,7 +19,8 @@ const SCRIPT = `
   const c = a.matmul(a.transpose(0, 1)).add(1).dataSync();
   const s = softmax(a, -1).sum(-1).dataSync();
   big.dispose();
-  console.log(JSON.stringify({ info: cpuKernelInfo(), c: Array.from(c), s: Array.from(s, (x) => Math.round(x * 1e6) / 1e6) }));`;
+  const rounded = Array.from(s, (x) => Math.round(x * 1e6) / 1e6);
+  console.log(JSON.stringify({ info: cpuKernelInfo(), c: Array.from(c), s: rounded }));`;
 
 /** Runs SCRIPT under node with `flags`, after `prelude`: its result, and the lines it warned with. */
 function runScript(
@@ -106,7 +107,7 @@ const PAGE = `
   console.log(JSON.stringify({ info: cpuKernelInfo(), parallel: wasmStats.parallelCalls, before, after, workers }));`;
 
 describe('a web page', () => {
-  it('without process: wasm kernels, Web Workers that join when they have started, a main thread that never waits', () => {
+  it('without process: wasm kernels, Web Workers that join once started, a main thread that never waits', () => {
     const root = fileURLToPath(new URL('..', import.meta.url));
     const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', PAGE], {
       cwd: root,

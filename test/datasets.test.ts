@@ -267,7 +267,8 @@ describe('MMStar', () => {
     expect(dataset.length).toBe(3);
     const items = await Promise.all([0, 1, 2].map((i) => dataset.get(i)));
     expect(items[0]!.text_data).toBe(
-      'Question: Which animal is shown?\nOptions: A: dog, B: cat, C: bird, D: fish \nAnswer only with the letter! \nAnswer:',
+      'Question: Which animal is shown?\nOptions: A: dog, B: cat, C: bird, ' +
+        'D: fish \nAnswer only with the letter! \nAnswer:',
     );
     expect(items.map((item) => item!.answer)).toEqual(['B<|endoftext|>', 'A<|endoftext|>', 'C<|endoftext|>']);
     expect(items[2]!.image.length).toBe(3 * S * S);
@@ -304,7 +305,8 @@ describe('MMStar', () => {
  */
 function zstdStored(input: Uint8Array): Uint8Array {
   const MAX_BLOCK = 1 << 17;
-  const parts: number[] = [0x28, 0xb5, 0x2f, 0xfd, 0xa0, ...new Uint8Array(new Uint32Array([input.length]).buffer)]; // magic; single segment, 4-byte size
+  // magic; single segment, 4-byte size
+  const parts: number[] = [0x28, 0xb5, 0x2f, 0xfd, 0xa0, ...new Uint8Array(new Uint32Array([input.length]).buffer)];
   for (let at = 0; at < input.length || at === 0; at += MAX_BLOCK) {
     const size = Math.min(MAX_BLOCK, input.length - at);
     const header = (size << 3) | (at + size >= input.length ? 1 : 0); // block type 0 (raw), last-block bit

@@ -12,7 +12,10 @@ export const FIXTURES = fileURLToPath(new URL('./fixtures/', import.meta.url));
 export const GOLD = `${FIXTURES}gold/`;
 /** The tiny nanoVLM checkpoint and every intermediate result (overridable with NANOVLM_GOLD). */
 export const NANOVLM_GOLD = process.env.NANOVLM_GOLD ?? `${GOLD}nanovlm-tiny/`;
-/** The case folders the model parity test runs: every fixtures/gold/ folder with a checkpoint, or NANOVLM_GOLD alone. */
+/**
+ * The case folders the model parity test runs: every fixtures/gold/ folder with a checkpoint,
+ * or NANOVLM_GOLD alone.
+ */
 export const NANOVLM_GOLD_CASES: string[] = process.env.NANOVLM_GOLD
   ? [process.env.NANOVLM_GOLD]
   : readdirSync(GOLD)

@@ -218,7 +218,8 @@ describe('gradients of fused attention', () => {
     ]);
   });
   it('with a broadcast key-padding mask and a custom scale', () => {
-    const attnMask = tensor([0, -1e9, 0, 0.5, 0, 0, -1e9, 0], { dtype: 'float64' }).reshape([2, 1, 1, 4]); // (B, 1, 1, Tk)
+    // (B, 1, 1, Tk)
+    const attnMask = tensor([0, -1e9, 0, 0.5, 0, 0, -1e9, 0], { dtype: 'float64' }).reshape([2, 1, 1, 4]);
     gradCheck(sdpa({ attnMask, isCausal: true, scale: 0.7 }), [
       [2, 2, 4, 3],
       [2, 1, 4, 3],

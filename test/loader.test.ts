@@ -262,7 +262,8 @@ describe('DataLoader with worker threads', () => {
     const main = await afterBusyStep(0);
     const threaded = await afterBusyStep(1);
     console.log(
-      `wait for the next batch after a busy step: ${main.waited.toFixed(1)} ms without workers, ${threaded.waited.toFixed(1)} ms with one`,
+      `wait for the next batch after a busy step: ${main.waited.toFixed(1)} ms ` +
+        `without workers, ${threaded.waited.toFixed(1)} ms with one`,
     );
     expect(threaded.images).toEqual(main.images);
   });

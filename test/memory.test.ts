@@ -66,7 +66,8 @@ describe('memory', () => {
     expect(w1.grad).toBeNull();
   });
   it('tidyForward hands the forward pass to backward, which frees it as it goes: same gradients, lower peak', () => {
-    // activations ([128, 128] per layer) as large as the weights' gradients: without the hand-over both are alive at the end
+    // activations ([128, 128] per layer) as large as the weights' gradients: without the hand-over both are
+    // alive at the end
     const ws = Array.from({ length: 12 }, () => randn([128, 128], { std: 0.09 }).setRequiresGrad().keep());
     const x = randn([128, 128]).keep();
     const deep = () =>

@@ -114,7 +114,7 @@ function parity(folder: string, device: DeviceName): void {
     .filter((n) => n.startsWith('after_adamw.'))
     .map((n) => n.slice('after_adamw.'.length));
 
-  it('matches logits (where attended), loss, gradients and one AdamW step where the gradient is determined', async () => {
+  it('matches logits (where attended), loss, gradients, an AdamW step (where the gradient is determined)', async () => {
     const { logits, loss } = model.forward(ids, pixels, mask, targets);
     const m = expected('attention_mask').data;
     const V = logits.shape[2];

@@ -70,7 +70,8 @@ describe('Module', () => {
     sd.set('extra.weight', zeros([1]));
     sd.set('blocks.0.ln1.bias', zeros([5]));
     expect(() => b.loadStateDict(sd)).toThrow(
-      'loadStateDict: wrong shape: blocks.0.ln1.bias: expected [4], got [5] | missing keys: norm.weight | unexpected keys: extra.weight',
+      'loadStateDict: wrong shape: blocks.0.ln1.bias: expected [4], got [5] | ' +
+        'missing keys: norm.weight | unexpected keys: extra.weight',
     );
   });
   it('accepts either name of a tied pair (PyTorch saves only one)', () => {

@@ -37,7 +37,8 @@ describe('fromPretrained', () => {
 
   it('says what is missing, without downloading', () => {
     expect(() => load('lusxvr/nanoVLM-222M')).toThrow(
-      'model folder not found: lusxvr/nanoVLM-222M (nanovlm-ts does not download from the Hugging Face Hub: pass a local folder with config.json and model.safetensors)',
+      'model folder not found: lusxvr/nanoVLM-222M (nanovlm-ts does not download from the Hugging ' +
+        'Face Hub: pass a local folder with config.json and model.safetensors)',
     );
     const empty = join(work, 'empty');
     mkdirSync(empty);
@@ -74,7 +75,7 @@ describe('fromPretrained', () => {
     );
   });
 
-  it('takes files from anywhere: parsed bytes give the same model, and savePretrained gives the same bytes', async () => {
+  it('takes files from anywhere: parsed bytes give the same model, savePretrained the same bytes', async () => {
     // what the web page does with a dropped folder: the bytes in memory, no file system
     const dir = join(NANOVLM_GOLD, 'checkpoint');
     const bytes = readFileSync(join(dir, 'model.safetensors'));

@@ -677,7 +677,7 @@ describeWebGPU('webgpu backend', () => {
     v.dispose();
     expect(() => v.add(1)).toThrow(/after dispose/);
   });
-  it('binds views of buffers larger than one binding through a window, and names the op when that is not enough', async () => {
+  it('binds views of buffers larger than a binding through a window, names the op where that fails', async () => {
     const { webgpuBackend } = await import('../tensor/webgpu/device.ts');
     const limits = webgpuBackend()!.device.limits;
     const n = limits.maxStorageBufferBindingSize / 4 + 1024;

@@ -17,7 +17,8 @@ export function describeWebGPU(name: string, fn: () => void, opts: { quiet?: boo
         await initWebGPU({ quiet: opts.quiet ?? true });
       } catch (e) {
         throw new Error(
-          `${(e as Error).message}\n(the WebGPU tests need an adapter; set NANOVLM_SKIP_WEBGPU=1 to skip them explicitly)`,
+          `${(e as Error).message}\n(the WebGPU tests need an adapter; set ` +
+            'NANOVLM_SKIP_WEBGPU=1 to skip them explicitly)',
         );
       }
     });

@@ -109,7 +109,8 @@ export function vlmConfigFromJSON(
   if (later.length) {
     throw new Error(
       `${source}: this checkpoint comes from nanoVLM v0.2 or later (it has ${later.join(', ')}: image tokens in a ` +
-        'chat template, extra vocabulary, image tiling); nanovlm-ts supports the blog-era nanoVLM (v0.1, e.g. nanoVLM-222M)',
+        'chat template, extra vocabulary, image tiling); ' +
+        'nanovlm-ts supports the blog-era nanoVLM (v0.1, e.g. nanoVLM-222M)',
     );
   }
   const cfg: VLMConfig = { ...defaultVLMConfig };

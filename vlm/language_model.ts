@@ -132,7 +132,8 @@ export function attentionMasks(T: number, Tk: number, attentionMask: Tensor | nu
  * n_kv_heads key/value heads (each K/V head serves n_heads / n_kv_heads query
  * heads), which shrinks the K/V projections and the cache.
  *
- * nanoVLM: LanguageModelGroupedQueryAttention in https://github.com/huggingface/nanoVLM/blob/30b842b/models/language_model.py
+ * nanoVLM: LanguageModelGroupedQueryAttention in
+ * https://github.com/huggingface/nanoVLM/blob/30b842b/models/language_model.py
  * transformers: LlamaAttention in models/llama/modeling_llama.py
  */
 export class LanguageModelGroupedQueryAttention extends Module {
@@ -186,7 +187,8 @@ export class LanguageModelGroupedQueryAttention extends Module {
     // Each query mixes the values of the keys at or before its position, weighted by softmax(q . k / sqrt(hd));
     // query head h reads key/value head h / n_kv_groups. One fused kernel, no (T, Tk) weights in memory.
     const dropoutP = this.training ? this.dropout : 0;
-    let y = scaledDotProductAttention(q, k, v, { attnMask: masks.keyPadding, isCausal: true, dropoutP }); // (B, n_heads, T, hd)
+    // (B, n_heads, T, hd)
+    let y = scaledDotProductAttention(q, k, v, { attnMask: masks.keyPadding, isCausal: true, dropoutP });
     y = y.transpose(1, 2); // (B, T, n_heads, hd): free, the kernel wrote this layout
     // padded query positions output zeros (their attention rows are meaningless)
     if (masks.queryPadding) y = y.maskedFill(masks.queryPadding, 0);

@@ -204,7 +204,8 @@ export function siglipToViTStateDict(hf: Map<string, RawTensor>, cfg: VLMConfig)
     ['layer_norm.bias', get('post_layernorm.bias')],
   ]);
   const pos = get('embeddings.position_embedding.weight');
-  out.set('patch_embedding.position_embedding', { ...pos, shape: [1, ...pos.shape] }); // (1, N, C): nanoVLM keeps a batch dim
+  // (1, N, C): nanoVLM keeps a batch dim
+  out.set('patch_embedding.position_embedding', { ...pos, shape: [1, ...pos.shape] });
   for (let i = 0; i < cfg.vit_n_blocks; i++) {
     const [src, dst] = [`encoder.layers.${i}.`, `blocks.${i}.`];
     const rename: [string, string][] = [

@@ -23,7 +23,10 @@ import { type DType, type TypedArray, bytesPerElement, makeTypedArray } from '..
 const PAGE = 65536;
 const ALIGN = 64; // a cache line: blocks never share one, so threads never contend for one
 
-/** Creates the memory: shared where the platform has SharedArrayBuffer (threads), else private; null without WebAssembly. */
+/**
+ * Creates the memory: shared where the platform has SharedArrayBuffer (threads), else private;
+ * null without WebAssembly.
+ */
 function createMemory(): { memory: WebAssembly.Memory; shared: boolean } | null {
   if (typeof WebAssembly !== 'object') return null;
   // A shared memory reserves its maximum up front: ask for 4 GiB, settle for 1.

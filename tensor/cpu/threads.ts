@@ -83,7 +83,11 @@ export function startWorker(url: string | URL, input?: unknown, loaded?: Int32Ar
   if (!wt) return null;
   const boot = `
     const { workerData } = process.getBuiltinModule('node:worker_threads');
-    const report = (s) => { if (workerData.loaded) { Atomics.store(workerData.loaded, 0, s); Atomics.notify(workerData.loaded, 0); } };
+    const report = (s) => {
+      if (!workerData.loaded) return;
+      Atomics.store(workerData.loaded, 0, s);
+      Atomics.notify(workerData.loaded, 0);
+    };
     import(${JSON.stringify(import.meta.resolve('tsx/esm/api'))})
       .then((tsx) => { tsx.register(); return import(${JSON.stringify(String(url))}); })
       .then(() => report(1), (e) => { report(2); throw e; });`;

@@ -768,7 +768,10 @@ export class WebGPUBackend implements Backend {
     return { storage: s, offset: 0, size: s.buffer.size <= max ? s.buffer.size : size };
   }
 
-  /** Binds the part of a view's buffer that the view touches: the whole buffer if it fits one binding, else a window. */
+  /**
+   * Binds the part of a view's buffer that the view touches: the whole buffer if it fits one binding,
+   * else a window.
+   */
   private bind(v: View, op: string): Bound {
     const s = this.rec.check(v.storage, op);
     const max = this.device.limits.maxStorageBufferBindingSize;
@@ -804,7 +807,10 @@ export class WebGPUBackend implements Backend {
     return this.withFlat(v, (flat) => fn({ ...this.bind(flat, op), stride: flat.strides[0] }));
   }
 
-  /** A view as rows of its last axis, with the row kernels' params: [rows, cols, colStride, R, shape, offset, strides]. */
+  /**
+   * A view as rows of its last axis, with the row kernels' params:
+   * [rows, cols, colStride, R, shape, offset, strides].
+   */
   private rowsOf(x: View, op: string): { rows: number; cols: number; rank: number; params: number[]; arg: Arg } {
     const shape = x.shape.length ? x.shape : [1];
     const strides = x.shape.length ? x.strides : [1];

@@ -148,7 +148,8 @@ function elementwise(m: ModuleBuilder, name: string, arity: number, op: (f: Func
   const D = EW_DIMS;
   const f = m.func(name, Array(D + (D + 1) * (arity + 1)).fill('i32'));
   const dims = f.params.slice(0, D);
-  const operands = Array.from({ length: arity + 1 }, (_, t) => f.params.slice(D + (D + 1) * t, D + (D + 1) * (t + 1))); // output first
+  // output first, then the inputs: each a base address and D strides
+  const operands = Array.from({ length: arity + 1 }, (_, t) => f.params.slice(D + (D + 1) * t, D + (D + 1) * (t + 1)));
   const ptrs = operands.map(() => f.local('i32')); // each operand's place in the current row
   const vs = Array.from({ length: arity }, () => f.local('v128'));
   const idx = Array.from({ length: D - 1 }, () => f.local('i32')); // the outer indices

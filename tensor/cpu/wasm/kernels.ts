@@ -163,7 +163,8 @@ export interface WasmGemm {
   c: number;
 }
 
-const GEMM_PARALLEL_MIN = 1 << 21; // multiply-adds below which splitting costs more than it saves (even at 2^20 when measured)
+// multiply-adds below which splitting costs more than it saves (even at 2^20 when measured)
+const GEMM_PARALLEL_MIN = 1 << 21;
 const GEMV_PARALLEL_MIN = 1 << 17; // the same for matrix-vector products (one 576 x 576 weight is 2^18.3)
 let scratch = { ptr: 0, threads: 0 }; // packing buffers in the memory, one per thread, made on first use
 

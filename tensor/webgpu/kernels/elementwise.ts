@@ -213,7 +213,11 @@ ${binding(2, 'g', 'f32', 'read')}
 ${binding(3, 'm', 'f32', 'read_write')}
 ${binding(4, 'v', 'f32', 'read_write')}
 @compute @workgroup_size(${EW_WORKGROUP})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
+fn main(
+  @builtin(workgroup_id) wid: vec3u,
+  @builtin(num_workgroups) nwg: vec3u,
+  @builtin(local_invocation_index) lid: u32,
+) {
   let i = groupIndex(wid, nwg) * ${EW_WORKGROUP}u + lid;
   if (i >= p(0u)) { return; }
   let gi = g[p(2u) + i];

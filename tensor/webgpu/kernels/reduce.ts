@@ -60,6 +60,10 @@ ${sum ? '' : betterFn(t)}`;
       let v = x[o0 + l * st];
       if (better(v, l, best, bestI)) { best = v; bestI = l; }
     }`;
+  // one step of the tree reduction of an arg-reduction: take the other half's candidate if it is better
+  const argStep =
+    'if (si[lid + s] != 0xffffffffu && better(sv[lid + s], si[lid + s], sv[lid], si[lid])) ' +
+    '{ sv[lid] = sv[lid + s]; si[lid] = si[lid + s]; }';
   const code = longAxis
     ? /* wgsl */ `${header}
 var<workgroup> sv: array<${t}, ${WG}>;
@@ -80,7 +84,7 @@ fn main(
   workgroupBarrier();
   for (var s = ${WG / 2}u; s > 0u; s = s >> 1u) {
     if (lid < s) {
-      ${sum ? 'sv[lid] += sv[lid + s];' : 'if (si[lid + s] != 0xffffffffu && better(sv[lid + s], si[lid + s], sv[lid], si[lid])) { sv[lid] = sv[lid + s]; si[lid] = si[lid + s]; }'}
+      ${sum ? 'sv[lid] += sv[lid + s];' : argStep}
     }
     workgroupBarrier();
   }

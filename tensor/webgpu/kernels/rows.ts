@@ -96,7 +96,8 @@ function body(op: RowOp, e: number): string {
   for (var c = lid; c < cols; c += WG) { let d = x[o0 + c * cs] - mean; v += d * d; }
   let rstd = 1.0 / sqrt(wgSum(v, lid) / n + pf(${e + 4}u));
   for (var c = lid; c < cols; c += WG) {
-    out[dst + c] = (x[o0 + c * cs] - mean) * rstd * w[p(${e}u) + c * p(${e + 1}u)] + bias[p(${e + 2}u) + c * p(${e + 3}u)];
+    let wc = w[p(${e}u) + c * p(${e + 1}u)];
+    out[dst + c] = (x[o0 + c * cs] - mean) * rstd * wc + bias[p(${e + 2}u) + c * p(${e + 3}u)];
   }`;
     case 'rmsNorm':
       return /* wgsl */ `
