@@ -47,6 +47,7 @@ import { contiguousStrides } from '../tensor/shape.ts';
 import type { MatmulPlan, WebGPUBackend } from '../tensor/webgpu/backend.ts';
 import { describeAdapter } from '../tensor/webgpu/device.ts';
 import { defaultVLMConfig, type VLMConfig } from '../vlm/config.ts';
+import { modelConfig, resolveRun } from '../train_config.ts';
 import { VisionLanguageModel } from '../vlm/vision_language_model.ts';
 import { benchGenerate } from './vlm.ts';
 
@@ -209,26 +210,6 @@ async function dispatchCost(b: WebGPUBackend) {
 }
 
 // ---------------------------------------------------------------- a training step
-
-/** train.ts's default preset: the small VLM of `npm run train` (copied: importing train.ts would run it). */
-const defaultPreset: Partial<VLMConfig> = {
-  vit_hidden_dim: 64,
-  vit_inter_dim: 256,
-  vit_patch_size: 8,
-  vit_img_size: 32,
-  vit_n_heads: 4,
-  vit_n_blocks: 2,
-  lm_hidden_dim: 64,
-  lm_inter_dim: 192,
-  lm_n_heads: 4,
-  lm_n_kv_heads: 2,
-  lm_n_blocks: 2,
-  lm_vocab_size: 64,
-  IMAGE_TOKEN_LENGTH: 4,
-  lm_max_length: 16,
-  TOTAL_SEQUENCE_LENGTH: 20,
-  vlm_load_backbone_weights: false,
-};
 
 /**
  * Training steps as train.ts takes them (fresh inputs uploaded, forward
@@ -435,7 +416,7 @@ for (const batch of args.quick ? [2] : [8, 32]) {
 }
 
 const steps = args.steps ?? (args.quick ? 3 : 10);
-const small = { ...defaultVLMConfig, ...defaultPreset };
+const small = modelConfig(resolveRun({ preset: 'default' })); // the small VLM of `npm run train`
 const big = { ...defaultVLMConfig, vlm_load_backbone_weights: false };
 for (const dtype of ['float32', 'float16'] as const) {
   await trainSteps(b, calls, 'default preset', small, 32, steps, dtype, dtype === 'float32');
