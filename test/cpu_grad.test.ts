@@ -19,9 +19,8 @@ import {
 } from '../tensor/index.ts';
 import { setCpuThreads } from '../tensor/cpu/threads.ts';
 import { setCpuKernels, wasmStats } from '../tensor/cpu/wasm/kernels.ts';
-import { defaultVLMConfig, type VLMConfig } from '../vlm/config.ts';
 import { VisionLanguageModel } from '../vlm/vision_language_model.ts';
-import { randomValues } from './helpers.ts';
+import { randomValues, smallVLMConfig } from './helpers.ts';
 
 /** Each gradient within atol + rtol * (its largest magnitude) of the other's. */
 function expectGradsClose(
@@ -190,24 +189,7 @@ for (const threads of [1, 2]) {
 }
 
 describe('a small nanoVLM, wasm kernels against TypeScript kernels', () => {
-  const cfg: VLMConfig = {
-    ...defaultVLMConfig,
-    vit_hidden_dim: 32,
-    vit_inter_dim: 64,
-    vit_patch_size: 8,
-    vit_img_size: 32,
-    vit_n_heads: 2,
-    vit_n_blocks: 2,
-    lm_hidden_dim: 32,
-    lm_inter_dim: 48,
-    lm_n_heads: 4,
-    lm_n_kv_heads: 2,
-    lm_n_blocks: 2,
-    lm_vocab_size: 64,
-    IMAGE_TOKEN_LENGTH: 4,
-    TOTAL_SEQUENCE_LENGTH: 16,
-    lm_max_length: 12,
-  };
+  const cfg = smallVLMConfig;
 
   /** Loss and every parameter's gradient after one forward and backward pass. */
   function pass(kernels: 'ts' | 'wasm'): { loss: number; grads: Map<string, Float32Array> } {

@@ -7,27 +7,10 @@
 import { describe, expect, it } from 'vitest';
 import { AdamW } from '../nn/index.ts';
 import { Generator, getBackend, manualSeed, tensor, tidy } from '../tensor/index.ts';
-import { defaultVLMConfig, type VLMConfig } from '../vlm/config.ts';
+import { smallVLMConfig } from './helpers.ts';
 import { VisionLanguageModel } from '../vlm/vision_language_model.ts';
 
-const cfg: VLMConfig = {
-  ...defaultVLMConfig,
-  vit_hidden_dim: 32,
-  vit_inter_dim: 64,
-  vit_patch_size: 8,
-  vit_img_size: 32,
-  vit_n_heads: 2,
-  vit_n_blocks: 2,
-  lm_hidden_dim: 32,
-  lm_inter_dim: 48,
-  lm_n_heads: 4,
-  lm_n_kv_heads: 2,
-  lm_n_blocks: 2,
-  lm_vocab_size: 64,
-  IMAGE_TOKEN_LENGTH: 4,
-  TOTAL_SEQUENCE_LENGTH: 16,
-  lm_max_length: 12,
-};
+const cfg = smallVLMConfig;
 
 /** One forward + backward + AdamW step with `frozen` parts; the matmuls run during backward, and the model. */
 function step(frozen: ('vit' | 'lm')[]): { model: VisionLanguageModel; opt: AdamW; backwardMatmuls: number } {

@@ -1,8 +1,9 @@
-// Shared test helpers: closeness checks and a finite-difference gradient check.
+// Shared test helpers: closeness checks, a finite-difference gradient check, a small model config.
 
 import { expect } from 'vitest';
 import { Generator, Tensor, tensor, type NestedArray } from '../tensor/index.ts';
 import { numel } from '../tensor/shape.ts';
+import { defaultVLMConfig, type VLMConfig } from '../vlm/config.ts';
 
 /** Asserts |a - b| <= atol + rtol * |b| elementwise, reporting the worst element. */
 export function expectClose(actual: ArrayLike<number>, expected: ArrayLike<number>, rtol = 1e-5, atol = 1e-6): void {
@@ -84,3 +85,23 @@ export function gradCheck(
     expectClose(analytic, numeric, rtol, atol);
   });
 }
+
+/** A small nanoVLM for in-process tests: two blocks each side, grouped queries (4 heads over 2), 4 image tokens. */
+export const smallVLMConfig: VLMConfig = {
+  ...defaultVLMConfig,
+  vit_hidden_dim: 32,
+  vit_inter_dim: 64,
+  vit_patch_size: 8,
+  vit_img_size: 32,
+  vit_n_heads: 2,
+  vit_n_blocks: 2,
+  lm_hidden_dim: 32,
+  lm_inter_dim: 48,
+  lm_n_heads: 4,
+  lm_n_kv_heads: 2,
+  lm_n_blocks: 2,
+  lm_vocab_size: 64,
+  IMAGE_TOKEN_LENGTH: 4,
+  TOTAL_SEQUENCE_LENGTH: 16,
+  lm_max_length: 12,
+};

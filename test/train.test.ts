@@ -5,7 +5,7 @@
 // unless asked, a bad value is one line and exit status 2, and a small JSONL
 // folder with words of its own trains with a tokenizer built from them.
 
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -17,58 +17,23 @@ import { readModelFolder } from '../node/model_folder.ts';
 import { manualSeed } from '../tensor/index.ts';
 import { VisionLanguageModel } from '../vlm/vision_language_model.ts';
 import { ASSETS, NANOVLM_GOLD, SMOLLM2_TOKENIZER } from './fixtures.ts';
+import { NODE, TINY_MODEL, argv, runScript } from './scripts.ts';
 
 const root = new URL('..', import.meta.url).pathname;
-// `npm run train` runs train.ts this way: plain node with tsx's loader, so
-// Ctrl-C reaches the script itself (see the README).
-const node = [process.execPath, '--import', 'tsx'];
 const work = mkdtempSync(join(tmpdir(), 'train-'));
 afterAll(() => rmSync(work, { recursive: true, force: true }));
 
 // A tiny model and a short run: seconds on one core.
 const tiny = [
-  '--device',
-  'cpu',
-  '--max_steps',
-  '24',
-  '--eval_interval',
-  '12',
-  '--batch_size',
-  '8',
-  '--builtin_train_size',
-  '400',
-  '--builtin_val_size',
-  '16',
-  '--vit_hidden_dim',
-  '32',
-  '--vit_inter_dim',
-  '64',
-  '--vit_patch_size',
-  '8',
-  '--vit_n_blocks',
-  '1',
-  '--lm_hidden_dim',
-  '32',
-  '--lm_inter_dim',
-  '64',
-  '--lm_n_blocks',
-  '1',
-  '--lr_mp',
-  '1e-2',
-  '--lr_backbones',
-  '1e-2',
+  ...argv('--device cpu --max_steps 24 --eval_interval 12 --batch_size 8 --builtin_train_size 400'),
+  ...argv('--builtin_val_size 16 --lr_mp 1e-2 --lr_backbones 1e-2'),
+  ...TINY_MODEL,
 ];
 
-function run(script: string, args: string[]) {
-  const options = { cwd: root, encoding: 'utf8', timeout: 120_000 } as const;
-  const r = spawnSync(node[0], [...node.slice(1), join(root, script), ...args], options);
-  return { code: r.status, out: r.stdout, err: r.stderr };
-}
-
-/** Like run, without waiting: several of these run side by side. */
+/** Like runScript, without waiting: several of these run side by side. */
 function start(script: string, args: string[]): Promise<{ code: number | null; out: string; err: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(node[0], [...node.slice(1), join(root, script), ...args], { cwd: root });
+    const child = spawn(NODE[0], [...NODE.slice(1), join(root, script), ...args], { cwd: root });
     const [out, err]: string[][] = [[], []];
     child.stdout.on('data', (d) => out.push(String(d)));
     child.stderr.on('data', (d) => err.push(String(d)));
@@ -98,7 +63,7 @@ describe('train.ts and generate.ts', () => {
   const out = join(work, 'run');
 
   it('trains: the loss falls, metrics, plot and checkpoint are written', () => {
-    const r = run('train.ts', [...tiny, '--out', out]);
+    const r = runScript('train.ts', [...tiny, '--out', out]);
     expect(r.err).not.toMatch(/error/i);
     expect(r.code).toBe(0);
     const lastLine = r.out.trim().split('\n').pop()!;
@@ -120,7 +85,7 @@ describe('train.ts and generate.ts', () => {
 
   it('generate.ts answers from the checkpoint', () => {
     const flags = ['--device', 'cpu', '--greedy', '--generations', '2', '--max_new_tokens', '3'];
-    const r = run('generate.ts', ['--checkpoint', out, ...flags]);
+    const r = runScript('generate.ts', ['--checkpoint', out, ...flags]);
     expect(r.code).toBe(0);
     expect(r.out).toContain('What color is the circle?');
     expect(r.out).toMatch(/>> Generation 1: .*\n  >> Generation 2: /);
@@ -128,7 +93,14 @@ describe('train.ts and generate.ts', () => {
 
   it("generate.ts refuses a tokenizer larger than the model's vocabulary, with a hint", () => {
     const checkpoint = join(NANOVLM_GOLD, 'checkpoint');
-    const r = run('generate.ts', ['--checkpoint', checkpoint, '--tokenizer', SMOLLM2_TOKENIZER, '--device', 'cpu']);
+    const r = runScript('generate.ts', [
+      '--checkpoint',
+      checkpoint,
+      '--tokenizer',
+      SMOLLM2_TOKENIZER,
+      '--device',
+      'cpu',
+    ]);
     expect(r.code).toBe(1);
     expect(r.err.trim()).toBe(
       "error: the tokenizer has 49152 tokens but the model's vocabulary has 512: " +
@@ -140,8 +112,8 @@ describe('train.ts and generate.ts', () => {
     const stopped = join(work, 'stopped');
     // interrupt once a few steps are logged: the run saves, then exits
     await new Promise<void>((resolve, reject) => {
-      const args = [...node.slice(1), join(root, 'train.ts'), ...tiny, '--out', stopped];
-      const child = spawn(node[0], args, { cwd: root });
+      const args = [...NODE.slice(1), join(root, 'train.ts'), ...tiny, '--out', stopped];
+      const child = spawn(NODE[0], args, { cwd: root });
       const file = join(stopped, 'metrics.jsonl');
       const logged = () => existsSync(file) && readFileSync(file, 'utf8').split('\n').length > 6;
       const timer = setInterval(() => {
@@ -160,7 +132,7 @@ describe('train.ts and generate.ts', () => {
     expect(partial).toBeLessThan(24);
     // a flag that changes what the run computes is refused, naming it, and nothing is touched
     const before = snapshot(stopped);
-    const changed = run('train.ts', [...tiny, '--out', stopped, '--resume', '--batch_size', '4']);
+    const changed = runScript('train.ts', [...tiny, '--out', stopped, '--resume', '--batch_size', '4']);
     expect(changed.code).toBe(2);
     expect(changed.err.trim()).toBe(
       "error: --batch_size 4 differs from the resumed run's 8: " +
@@ -168,7 +140,7 @@ describe('train.ts and generate.ts', () => {
     );
     expect(snapshot(stopped)).toEqual(before);
     // the hint printed at Ctrl-C (--resume --out) continues the same run; --threads may change
-    const r = run('train.ts', ['--out', stopped, '--resume', '--threads', '1']);
+    const r = runScript('train.ts', ['--out', stopped, '--resume', '--threads', '1']);
     expect(r.code).toBe(0);
     expect(r.out).toContain(`resuming ${stopped} at step ${partial}`);
     expect(losses(stopped)).toEqual(losses(out).map((m) => ({ ...m, tokens_per_s: expect.any(Number) })));
@@ -191,14 +163,14 @@ describe('train.ts and generate.ts', () => {
     expect(badFlag.err).toContain('error: --gradient_accumulation_steps must be at least 1, got 0');
     expect(snapshot(copy)).toEqual(before);
     const short = ['--max_steps', '3', '--eval_interval', '3'];
-    const replaced = run('train.ts', [...tiny, '--out', copy, '--overwrite', ...short]);
+    const replaced = runScript('train.ts', [...tiny, '--out', copy, '--overwrite', ...short]);
     expect(replaced.code).toBe(0);
     expect(losses(copy)).toHaveLength(3);
   });
 
   it('--freeze vit,lm trains the projector alone: optimizer state for it only, the backbones unchanged', async () => {
     const frozen = join(work, 'frozen');
-    const r = run('train.ts', [
+    const r = runScript('train.ts', [
       ...tiny,
       '--max_steps',
       '4',
@@ -222,7 +194,7 @@ describe('train.ts and generate.ts', () => {
       return a.every((p, i) => p.dataSync().every((x, j) => x === b[i].dataSync()[j]));
     };
     expect([same('vision_encoder'), same('decoder'), same('MP')]).toEqual([true, true, false]);
-    expect(run('train.ts', [...tiny, '--freeze', 'vit,eyes', '--out', join(work, 'never2')]).err.trim()).toBe(
+    expect(runScript('train.ts', [...tiny, '--freeze', 'vit,eyes', '--out', join(work, 'never2')]).err.trim()).toBe(
       'error: --freeze vit,eyes: unknown part eyes (parts: vit, mp, lm)',
     );
   });
@@ -265,7 +237,7 @@ describe('train.ts and generate.ts', () => {
     writeFileSync(join(data, 'fruit.jsonl'), `${rows.join('\n')}\n`);
     const fruitOut = join(work, 'fruit-run');
     const short = ['--max_steps', '6', '--eval_interval', '3'];
-    const r = run('train.ts', [...tiny, '--train_data', data, '--out', fruitOut, ...short]);
+    const r = runScript('train.ts', [...tiny, '--train_data', data, '--out', fruitOut, ...short]);
     expect(r.code).toBe(0);
     expect(r.out).toContain('tokenizer: a word-level one built from the training text');
     expect(r.out).toContain('39 samples (1 for validation)');
@@ -278,19 +250,28 @@ describe('train.ts and generate.ts', () => {
     }
     // a prompt with words the model never saw is answered, with a warning naming them
     const image = join(data, '0.png');
-    const g = run('generate.ts', ['--checkpoint', fruitOut, '--image', image, '--device', 'cpu', '--generations', '1']);
+    const g = runScript('generate.ts', [
+      '--checkpoint',
+      fruitOut,
+      '--image',
+      image,
+      '--device',
+      'cpu',
+      '--generations',
+      '1',
+    ]);
     expect(g.code).toBe(0);
     expect(g.err).toContain('warning: the tokenizer does not know "What", "is": the model sees <unk> there');
   });
 
   it('stops at a NaN loss with a message naming the step', () => {
-    const r = run('train.ts', [...tiny, '--out', join(work, 'nan'), '--lr_mp', '1e30', '--lr_backbones', '1e30']);
+    const r = runScript('train.ts', [...tiny, '--out', join(work, 'nan'), '--lr_mp', '1e30', '--lr_backbones', '1e30']);
     expect(r.code).toBe(1);
     expect(r.err.trim()).toMatch(/^error: loss is (NaN|-?Infinity) at step \d+: stopping before training on garbage/);
   });
 
   it('says how to get a checkpoint when there is none', () => {
-    const r = run('generate.ts', ['--checkpoint', join(work, 'nothing'), '--device', 'cpu']);
+    const r = runScript('generate.ts', ['--checkpoint', join(work, 'nothing'), '--device', 'cpu']);
     expect(r.code).toBe(1);
     const fix = 'pass --checkpoint path/to/a/folder with config.json and model.safetensors';
     expect(r.err.trim()).toBe(`error: no checkpoint at ${join(work, 'nothing')}: ${fix}`);

@@ -2,54 +2,24 @@
 // scale in resume/ and refuses another --dtype on --resume, and a run gone to NaN still stops; the CPU
 // backend refuses float16 in one line.
 
-import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { TINY_MODEL, argv, runScript } from './scripts.ts';
 import { SKIP_WEBGPU } from './webgpu_helpers.ts';
 
-const root = new URL('..', import.meta.url).pathname;
 const work = mkdtempSync(join(tmpdir(), 'train-dtype-'));
 afterAll(() => rmSync(work, { recursive: true, force: true }));
 
 // A tiny model and a short run, as in train.test.ts
 const tiny = [
-  '--max_steps',
-  '6',
-  '--eval_interval',
-  '3',
-  '--batch_size',
-  '8',
-  '--builtin_train_size',
-  '200',
-  '--builtin_val_size',
-  '8',
-  '--vit_hidden_dim',
-  '32',
-  '--vit_inter_dim',
-  '64',
-  '--vit_patch_size',
-  '8',
-  '--vit_n_blocks',
-  '1',
-  '--lm_hidden_dim',
-  '32',
-  '--lm_inter_dim',
-  '64',
-  '--lm_n_blocks',
-  '1',
-  '--lr_mp',
-  '1e-2',
-  '--lr_backbones',
-  '1e-2',
+  ...argv('--max_steps 6 --eval_interval 3 --batch_size 8 --builtin_train_size 200 --builtin_val_size 8'),
+  ...argv('--lr_mp 1e-2 --lr_backbones 1e-2'),
+  ...TINY_MODEL,
 ];
 
-function train(args: string[]) {
-  const options = { cwd: root, encoding: 'utf8', timeout: 120_000 } as const;
-  const r = spawnSync(process.execPath, ['--import', 'tsx', join(root, 'train.ts'), ...args], options);
-  return { code: r.status, out: r.stdout, err: r.stderr };
-}
+const train = (args: string[]) => runScript('train.ts', args);
 
 (SKIP_WEBGPU ? describe.skip : describe)('train.ts --dtype', () => {
   it('refuses float16 on the CPU and an unknown dtype, in one line each', () => {
