@@ -292,9 +292,10 @@ export async function openDevice(flags: FlagValues<typeof deviceFlags>): Promise
   if (device !== 'cpu') return device;
   if (flags.cpu_kernels) setCpuKernels(flags.cpu_kernels);
   if (flags.threads) setCpuThreads(flags.threads);
-  const { kernels, fma } = cpuKernelInfo();
+  const { kernels, fma, blas } = cpuKernelInfo();
   const threads = getCpuThreads();
-  const what = `${kernels}${kernels === 'wasm' && fma ? ' (relaxed-SIMD FMA)' : ''}`;
+  const matmul = blas ? `, matmul by ${blas}` : '';
+  const what = `${kernels}${kernels === 'wasm' && fma ? ' (relaxed-SIMD FMA)' : ''}${matmul}`;
   console.log(`cpu kernels: ${what}, ${threads} thread${threads > 1 ? 's' : ''}`);
   return device;
 }

@@ -132,7 +132,8 @@ async function benchDevice(device: DeviceName): Promise<void> {
   const cpu = cpuKernelInfo();
   const threads =
     device === 'cpu'
-      ? `, ${getCpuKernels()} kernels${cpu.fma ? ' (relaxed-SIMD FMA)' : ''}, ${getCpuThreads()} threads`
+      ? `, ${getCpuKernels()} kernels${cpu.fma ? ' (relaxed-SIMD FMA)' : ''}` +
+        `${cpu.blas ? `, matmul by ${cpu.blas}` : ''}, ${getCpuThreads()} threads`
       : '';
   console.log(`=== ${device}${threads} ===`);
   if (device === 'cpu') {
@@ -144,7 +145,7 @@ async function benchDevice(device: DeviceName): Promise<void> {
         [1024, 576, 1536],
       ],
     });
-    await benchMatmul([1, 2], 5, { kernels: ['wasm', 'wasm-nofma'] });
+    await benchMatmul([1, 2], 5, { kernels: ['wasm', 'wasm-nofma', ...(cpu.blas ? ['blas' as const] : [])] });
   } else {
     // the kernels themselves (matmul per tile size, attention, dispatch cost) and the host-side counters: bench/gpu.ts
     useDawn();
@@ -171,22 +172,25 @@ async function benchDevice(device: DeviceName): Promise<void> {
   };
   let smallStep = 0;
   if (device === 'cpu') {
-    // the readable TypeScript kernels (one thread) against the generated WebAssembly ones (one and two)
+    // the readable TypeScript kernels (one thread) against the generated WebAssembly ones (one and two),
+    // with their own GEMM and, where installed, with OpenBLAS's (the default then)
     const [kernelsBefore, threadsBefore] = [getCpuKernels(), getCpuThreads()];
-    for (const k of ['ts', 'wasm'] as const) {
+    const sets = [['ts', false], ['wasm', false], ...(cpu.blas ? [['wasm', true]] : [])] as ['ts' | 'wasm', boolean][];
+    for (const [k, withBlas] of sets) {
       for (const t of k === 'ts' ? [1] : [...new Set([1, 2, threadsBefore])]) {
-        setCpuKernels(k);
+        setCpuKernels(k, { blas: withBlas });
         setCpuThreads(t);
         // the reference loops take half a minute a step: one timed step after the warm-up
         const r = await step(
-          `small config (hidden 128, 4+4 blocks, 64px), ${k} kernels, ${t} thread${t > 1 ? 's' : ''}`,
+          `small config (hidden 128, 4+4 blocks, 64px), ${k} kernels${withBlas ? ` + ${cpu.blas}` : ''}, ` +
+            `${t} thread${t > 1 ? 's' : ''}`,
           smallConfig,
           16,
           48,
           {},
           k === 'ts' ? 1 : 3,
         );
-        if (k === 'wasm' && t === threadsBefore) smallStep = r.ms;
+        if (k === 'wasm' && withBlas === Boolean(cpu.blas) && t === threadsBefore) smallStep = r.ms;
       }
     }
     setCpuKernels(kernelsBefore);

@@ -5,16 +5,21 @@
 // and lets the engine optimise the kernels), then timed: the median of the
 // runs, with the min and max to show the spread.
 //
-//   npx tsx bench/matmul.ts [--kernels ts|wasm|wasm-nofma|all] [--threads 1|2] [--runs 5] [--shapes 1024x576x1536,...]
+//   npx tsx bench/matmul.ts [--kernels ts|wasm|wasm-nofma|blas|all] [--threads 1|2] [--runs 5]
+//                           [--shapes 1024x576x1536,...]
 //   npx tsx bench/matmul.ts --help
 
 import { defineFlags, parseCommandLine } from '../cli.ts';
 import { getBackend, randn, type Tensor } from '../tensor/index.ts';
+import { blas } from '../tensor/cpu/blas.ts';
 import { cpuCount, cpuModel, getCpuThreads, setCpuThreads } from '../tensor/cpu/threads.ts';
 import { cpuKernelInfo, wasmStats, getCpuKernels, setCpuKernels } from '../tensor/cpu/wasm/kernels.ts';
 
-/** Which kernels to time: the TypeScript GEMM, or the WebAssembly one with or without fused multiply-add. */
-export type MatmulKernels = 'ts' | 'wasm' | 'wasm-nofma';
+/**
+ * Which kernels to time: the TypeScript loops, the WebAssembly GEMM with or without fused multiply-add, or the
+ * system's OpenBLAS (tensor/cpu/blas.ts; what PyTorch's CPU path calls).
+ */
+export type MatmulKernels = 'ts' | 'wasm' | 'wasm-nofma' | 'blas';
 
 /** One measured case (threads: how many actually ran it). */
 export interface MatmulBenchRow {
@@ -52,7 +57,7 @@ export async function benchMatmul(
   console.log(`matmul, float32, M x K x N (C[M,N] = A[M,K] @ B[K,N]); ${cpuModel()}, ${cpuCount()} cores`);
   console.log('kernels     threads  M x K x N             GFLOP/s median  [min .. max]');
   for (const kernels of kernelSets) {
-    setCpuKernels(kernels === 'ts' ? 'ts' : 'wasm', { fma: kernels === 'wasm' });
+    setCpuKernels(kernels === 'ts' ? 'ts' : 'wasm', { fma: kernels !== 'wasm-nofma', blas: kernels === 'blas' });
     for (const threads of threadCounts) {
       setCpuThreads(threads);
       for (const [M, K, N] of shapes) {
@@ -78,8 +83,9 @@ export async function benchMatmul(
         a.dispose();
         b.dispose();
         rates.sort((x, y) => x - y);
-        // A product below the parallel threshold (or a failed worker) runs on one thread: say so.
-        const used = wasmStats.parallelCalls > parallelBefore ? threads : 1; // the ts kernels run on one thread
+        // A product below the parallel threshold (or a failed worker) runs on one thread: say so
+        // (the ts kernels run on one thread; OpenBLAS decides for itself, up to `threads`).
+        const used = kernels === 'blas' ? threads : wasmStats.parallelCalls > parallelBefore ? threads : 1;
         const row = {
           kernels,
           threads: used,
@@ -108,7 +114,12 @@ export async function benchMatmul(
 
 if (process.argv[1] && new URL(import.meta.url).pathname === process.argv[1]) {
   const flags = defineFlags({
-    kernels: { type: 'string', default: 'all', choices: ['all', 'ts', 'wasm', 'wasm-nofma'], help: 'which kernels' },
+    kernels: {
+      type: 'string',
+      default: 'all',
+      choices: ['all', 'ts', 'wasm', 'wasm-nofma', 'blas'],
+      help: 'which kernels (blas: the system OpenBLAS, where installed)',
+    },
     threads: { type: 'int', min: 1, help: 'one thread count (default: 1 and 2)' },
     shapes: { type: 'string', metavar: 'MxKxN,...', help: "the products to time (default: the model's shapes)" },
     runs: { type: 'int', default: 5, min: 1, help: 'timed runs per product (the median is reported)' },
@@ -116,7 +127,10 @@ if (process.argv[1] && new URL(import.meta.url).pathname === process.argv[1]) {
   const args = parseCommandLine(flags, 'npx tsx bench/matmul.ts');
   const info = cpuKernelInfo();
   const sets: MatmulKernels[] =
-    args.kernels === 'all' ? ['ts', 'wasm', ...(info.relaxedSimd ? ['wasm-nofma' as const] : [])] : [args.kernels];
+    args.kernels === 'all'
+      ? ['ts', 'wasm', ...(info.relaxedSimd ? ['wasm-nofma' as const] : []), ...(blas ? ['blas' as const] : [])]
+      : [args.kernels];
+  if (sets.includes('blas') && !blas) throw new Error('bench/matmul.ts: no OpenBLAS here (see tensor/cpu/blas.ts)');
   const shapes = args.shapes?.split(',').map((s) => s.split('x').map(Number) as [number, number, number]);
   await benchMatmul(args.threads ? [args.threads] : [1, 2], args.runs, { kernels: sets, shapes });
 }

@@ -8,8 +8,10 @@
 
 import { describe, it, expect, afterAll } from 'vitest';
 import { execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { copyInto, dropBf16Copies, keepBf16Copies, memory, tensor, tidy, type Tensor } from '../tensor/index.ts';
+import { blas } from '../tensor/cpu/blas.ts';
 import { setCpuThreads } from '../tensor/cpu/threads.ts';
 import { cpuKernelInfo, setCpuKernels, wasmStats } from '../tensor/cpu/wasm/kernels.ts';
 
@@ -119,7 +121,7 @@ for (const fma of cpuKernelInfo().relaxedSimd ? [true, false] : [false]) {
   for (const threads of [1, 2]) {
     describe(`wasm gemm, ${fma ? 'relaxed-SIMD FMA' : 'mul + add'}, ${threads} thread(s)`, () => {
       const setup = () => {
-        setCpuKernels('wasm', { fma });
+        setCpuKernels('wasm', { fma, blas: false });
         setCpuThreads(threads);
       };
       it('matches float64 on sizes that are not multiples of the tile, any transpose', () => {
@@ -169,13 +171,50 @@ for (const fma of cpuKernelInfo().relaxedSimd ? [true, false] : [false]) {
   }
 }
 
+// Where OpenBLAS is installed (CI installs Debian's libopenblas0-pthread), the products go to it.
+describe.skipIf(!blas)('OpenBLAS products', () => {
+  for (const threads of [1, 2]) {
+    it(`match float64 on awkward sizes, any transpose, batches and broadcasts, ${threads} thread(s)`, () => {
+      setCpuKernels('wasm');
+      setCpuThreads(threads);
+      expect(cpuKernelInfo().blas).toMatch(/^OpenBLAS/);
+      // (fewer rows than the WebAssembly GEMM's tile stay on its matrix-vector kernel: bfloat16 copies, decoding)
+      for (const [M, K, N] of [...SIZES, [6, 8, 8], [130, 300, 9]] as [number, number, number][]) {
+        for (const transA of [false, true])
+          for (const transB of [false, true]) checkTensor({ M, K, N, transA, transB });
+      }
+      const calls = wasmStats.parallelCalls;
+      for (const t of LARGE.filter((t) => t.M >= 6)) checkTensor(t);
+      checkTensor({ M: 9, K: 21, N: 13, batch: 3, shareA: true, transB: true });
+      checkTensor({ M: 9, K: 21, N: 13, batch: 4, shareB: true, transA: true });
+      checkTensor({ M: 3, K: 0, N: 7 });
+      expect(wasmStats.parallelCalls, 'no WebAssembly GEMM ran').toBe(calls);
+    });
+  }
+  it('leave operands cblas cannot describe (no unit stride) to the WebAssembly GEMM, with the same result', () => {
+    setCpuKernels('wasm');
+    const next = rng(4);
+    const row = tensor(Float32Array.from({ length: 40 }, next), { shape: [1, 40] });
+    const b = tensor(Float32Array.from({ length: 40 * 30 }, next), { shape: [40, 30] });
+    const got = tidy(() => row.expand([9, 40]).matmul(b).dataSync()); // A's rows all alias: row stride 0
+    const want = tidy(() => row.matmul(b).dataSync());
+    for (let i = 0; i < 9 * 30; i++) expect(got[i]).toBeCloseTo(want[i % 30], 5);
+    for (const t of [row, b]) t.dispose();
+  });
+});
+
+it.skipIf(!existsSync('/usr/lib/x86_64-linux-gnu/libopenblas.so.0'))('OpenBLAS is loaded where Debian has it', () => {
+  expect(blas?.name).toMatch(/^OpenBLAS \d/);
+});
+
 describe('wasm kernel threads', () => {
   it('start under `npx tsx` too, and do not keep the process alive', () => {
     const root = fileURLToPath(new URL('..', import.meta.url));
     const script = `
       import { ones } from './tensor/index.ts';
       import { setCpuThreads } from './tensor/cpu/threads.ts';
-      import { wasmStats } from './tensor/cpu/wasm/kernels.ts';
+      import { setCpuKernels, wasmStats } from './tensor/cpu/wasm/kernels.ts';
+      setCpuKernels('wasm', { blas: false });
       setCpuThreads(2);
       const c = ones([300, 200]).matmul(ones([200, 100])).add(1).dataSync();
       console.log(wasmStats.parallelCalls, c[0], c[c.length - 1]);`;

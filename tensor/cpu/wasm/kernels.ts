@@ -11,6 +11,7 @@
 
 import type { AttentionOptions, BinaryOp, UnaryOp, View } from '../../backend.ts';
 import { contiguousStrides, isContiguous, numel } from '../../shape.ts';
+import { NO_TRANS, ROW_MAJOR, TRANS, blas } from '../blas.ts';
 import { CpuStorage, free, heapF32, heapI32, malloc, memory, sharedMemory } from '../heap.ts';
 import { enableRelaxedSimd, getCpuThreads } from '../threads.ts';
 import { ATT, emitAttention } from './attention.ts';
@@ -66,19 +67,24 @@ if (compiled) {
 }
 let kernels: CpuKernels = compiled ? 'wasm' : 'ts';
 let fma = compiled?.relaxed ?? false;
+let useBlas = blas !== null && compiled !== null;
 if (!compiled) {
   console.warn(
     `cpu backend: ${memory ? 'WebAssembly SIMD' : 'WebAssembly'} is not available, using the TypeScript kernels`,
   );
 }
 
-/** Picks the CPU kernels; `fma: false` forces the multiply-then-add SIMD variant (tests, comparisons). */
-export function setCpuKernels(kind: CpuKernels, opts: { fma?: boolean } = {}): void {
+/**
+ * Picks the CPU kernels; `fma: false` forces the multiply-then-add SIMD variant, `blas: false` the
+ * WebAssembly GEMM where OpenBLAS would run the matrix products (tests, comparisons).
+ */
+export function setCpuKernels(kind: CpuKernels, opts: { fma?: boolean; blas?: boolean } = {}): void {
   if (kind !== 'ts' && kind !== 'wasm') throw new Error(`unknown cpu kernels '${kind}': use ts or wasm`);
   if (kind === 'wasm' && !compiled)
     throw new Error('setCpuKernels: WebAssembly SIMD is not available here, only the ts kernels');
   kernels = kind;
   fma = (opts.fma ?? true) && (compiled?.relaxed ?? false);
+  useBlas = (opts.blas ?? true) && blas !== null && compiled !== null;
 }
 
 /** The CPU kernels in use: 'wasm' by default where WebAssembly SIMD exists, else 'ts'. */
@@ -92,6 +98,8 @@ export function cpuKernelInfo(): {
   simd: boolean;
   relaxedSimd: boolean;
   fma: boolean;
+  /** The BLAS library running the matrix products (e.g. 'OpenBLAS 0.3.21'), or null: the WebAssembly GEMM. */
+  blas: string | null;
   sharedMemory: boolean;
   threads: number;
 } {
@@ -101,6 +109,7 @@ export function cpuKernelInfo(): {
     simd: compiled !== null,
     relaxedSimd: compiled?.relaxed ?? false,
     fma: kernels === 'wasm' && fma,
+    blas: kernels === 'wasm' && useBlas ? blas!.name : null,
     sharedMemory,
     threads,
   };
@@ -225,6 +234,7 @@ export function gemm(g: WasmGemm): void {
     return;
   }
 
+  if (useBlas && blasGemm(g, batch, rows, aOffsets, bOffsets)) return;
   const P = pieces(batch * rows * N * K, GEMM_PARALLEL_MIN);
   const units: number[] = [];
   // With fewer matrices than pieces, cut each into bands: of rows, or of
@@ -260,6 +270,42 @@ export function gemm(g: WasmGemm): void {
   } finally {
     free(table, units.length * 4);
   }
+}
+
+/**
+ * How cblas reads a rows x cols matrix with these element strides: row-major as it is, or transposed (a
+ * column-major one), with its leading dimension; null when neither (the WebAssembly GEMM takes any strides).
+ * The stride of a dim of size 1 does not matter.
+ */
+function blasLayout(rows: number, cols: number, rowStride: number, colStride: number): [number, number] | null {
+  if ((cols === 1 || colStride === 1) && (rows === 1 || rowStride >= cols)) {
+    return [NO_TRANS, rows === 1 ? cols : rowStride];
+  }
+  if ((rows === 1 || rowStride === 1) && (cols === 1 || colStride >= rows)) {
+    return [TRANS, cols === 1 ? rows : colStride];
+  }
+  return null;
+}
+
+let blasThreads = 0;
+
+/** C = A @ B by OpenBLAS, one sgemm per matrix of the batch; false when its strides do not fit cblas. */
+function blasGemm(g: WasmGemm, batch: number, rows: number, aOffsets: ArrayLike<number>, bOffsets: ArrayLike<number>) {
+  const { N, K } = g;
+  const a = blasLayout(rows, K, g.aRowStride, g.aColStride);
+  const b = blasLayout(K, N, g.bRowStride, g.bColStride);
+  if (!a || !b) return false;
+  if (blasThreads !== getCpuThreads()) {
+    blasThreads = getCpuThreads();
+    blas!.setThreads(blasThreads);
+  }
+  const heap = heapF32();
+  for (let p = 0; p < batch; p++) {
+    const [A, B] = [heap.subarray(g.a / 4 + aOffsets[p]), heap.subarray(g.b / 4 + bOffsets[p])];
+    const C = heap.subarray(g.c / 4 + p * rows * N);
+    blas!.sgemm(ROW_MAJOR, a[0], b[0], rows, N, K, 1, A, a[1], B, b[1], 0, C, N);
+  }
+  return true;
 }
 
 // ---------------------------------------------------------------- elementwise

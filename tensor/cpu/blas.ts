@@ -1,0 +1,89 @@
+// The matrix products of the CPU backend through the system's OpenBLAS, where
+// there is one and Node can call C. This is what PyTorch's CPU path does (it
+// calls MKL or OpenBLAS for every matmul): hand-written kernels for each CPU's
+// widest vectors. WebAssembly SIMD is 128 bits (4 floats); an AVX-512 core does
+// 16 per instruction, and on this project's 2-core Xeon OpenBLAS's sgemm ran at
+// 3-4x our WebAssembly GEMM (bench/RESULTS.md). The tensors stay where they are:
+// OpenBLAS reads and writes the WebAssembly memory in place, through pointers
+// that koffi (an FFI library for Node) passes straight from typed-array views.
+//
+// Nothing here is needed: in a browser, without the koffi package or without
+// the library, the WebAssembly GEMM runs (kernels.ts). NANOVLM_BLAS=0 turns
+// this off, NANOVLM_BLAS=/path/libopenblas.so picks a library.
+
+// Optional like worker threads (threads.ts): Node's built-ins through
+// process.getBuiltinModule, so that this file imports nothing from Node.
+const nodeProcess = (globalThis as { process?: NodeJS.Process }).process;
+
+/** C = alpha * op(A) @ op(B) + beta * C, row-major, as cblas_sgemm; A, B, C are views of the memory. */
+type Sgemm = (
+  order: number,
+  transA: number,
+  transB: number,
+  M: number,
+  N: number,
+  K: number,
+  alpha: number,
+  A: Float32Array,
+  lda: number,
+  B: Float32Array,
+  ldb: number,
+  beta: number,
+  C: Float32Array,
+  ldc: number,
+) => void;
+
+/** The loaded library: its name, sgemm, and how to set its thread count. */
+export interface Blas {
+  name: string;
+  sgemm: Sgemm;
+  setThreads: (n: number) => void;
+}
+
+// cblas's enums
+export const ROW_MAJOR = 101;
+export const NO_TRANS = 111;
+export const TRANS = 112;
+
+// Where OpenBLAS usually is: Debian/Ubuntu, Fedora, Homebrew, Windows.
+const CANDIDATES = [
+  'libopenblas.so.0',
+  'libopenblas.so',
+  '/opt/homebrew/opt/openblas/lib/libopenblas.dylib',
+  '/usr/local/opt/openblas/lib/libopenblas.dylib',
+  'libopenblas.dll',
+];
+
+/** Loads OpenBLAS through koffi; null where either is missing or NANOVLM_BLAS=0. */
+function load(): Blas | null {
+  const choice = nodeProcess?.env.NANOVLM_BLAS;
+  if (!nodeProcess?.getBuiltinModule || choice === '0') return null;
+  // OpenBLAS's threads spin 2^28 cycles (about 0.1 s) after each call before they sleep: they would take
+  // the cores from the WebAssembly kernels that run between two products. 2^20 cycles is under a millisecond.
+  nodeProcess.env.OPENBLAS_THREAD_TIMEOUT ??= '20';
+  let koffi: typeof import('koffi');
+  try {
+    koffi = nodeProcess.getBuiltinModule('node:module').createRequire(import.meta.url)('koffi');
+  } catch {
+    return null; // the optional dependency is not installed
+  }
+  for (const name of choice ? [choice] : CANDIDATES) {
+    try {
+      const lib = koffi.load(name);
+      const sgemm = lib.func(
+        'void cblas_sgemm(int, int, int, int, int, int, float, const float *, int, const float *, int, float, ' +
+          'float *, int)',
+      ) as Sgemm;
+      const setThreads = lib.func('void openblas_set_num_threads(int)') as (n: number) => void;
+      const config = lib.func('const char *openblas_get_config()') as () => string;
+      return { name: config().split(' ').slice(0, 2).join(' '), sgemm, setThreads };
+    } catch {
+      // not there (or not OpenBLAS): try the next
+    }
+  }
+  if (choice) console.warn(`cpu backend: NANOVLM_BLAS=${choice} could not be loaded as OpenBLAS; using WebAssembly`);
+  return null;
+}
+
+/** The system's OpenBLAS, or null. */
+export const blas = load();
