@@ -16,6 +16,7 @@ import {
   where,
   type Tensor,
 } from '../tensor/index.ts';
+import { crossEntropyRows } from '../tensor/ops.ts';
 import { setCpuThreads } from '../tensor/cpu/threads.ts';
 import { CpuStorage } from '../tensor/cpu/heap.ts';
 import { cpuKernelInfo, getCpuKernels, mergeDims, setCpuKernels, wasmStats } from '../tensor/cpu/wasm/kernels.ts';
@@ -272,6 +273,24 @@ for (const threads of [1, 2]) {
       }
     });
 
+    it('layerNorm and rmsNorm backward: dx, and the weight and bias gradients summed over the rows', () => {
+      setCpuThreads(threads);
+      for (const shape of rowShapes) {
+        const D = shape[shape.length - 1];
+        const [x, w, b, r] = [rand(shape, 20, -4, 4), rand([D], 21), rand([D], 22), rand(shape, 23)];
+        /** The gradients of sum(norm(x) * r) with respect to x, w (and b), as one flat tensor. */
+        const grads = (layer: boolean) => () => {
+          const leaves = (layer ? [x, w, b] : [x, w]).map((t) => t.detach().setRequiresGrad());
+          const y = layer ? layerNorm(leaves[0], leaves[1], leaves[2], 1e-5) : rmsNorm(leaves[0], leaves[1], 1e-6);
+          y.mul(r).sum().backward();
+          return cat(leaves.map((t) => t.grad!.reshape([-1])));
+        };
+        // float32 lanes against float64 rows; the weight gradients sum over up to 2063 rows
+        agree(grads(true), 1e-4, 1e-4);
+        agree(grads(false), 1e-4, 1e-4);
+      }
+    });
+
     it('cross-entropy rows, with ignored targets and strided logits', () => {
       setCpuThreads(threads);
       const [N, V] = threads === 1 ? [7, 13] : [1031, 257];
@@ -283,6 +302,23 @@ for (const threads of [1, 2]) {
       );
       agree(() => crossEntropy(logits, targets), 1e-6, 1e-5);
       agree(() => crossEntropy(rand([V, N], 19).transpose(0, 1), targets), 1e-6, 1e-5);
+      // the gradient (softmax - onehot, scaled; zero rows where ignored), through the mean and through a
+      // weighting per row (a strided gradient)
+      const weights = rand([N], 24);
+      for (const loss of [
+        (l: Tensor) => crossEntropy(l, targets),
+        (l: Tensor) => crossEntropyRows(l, targets, -100).mul(weights).sum(),
+      ]) {
+        agree(
+          () => {
+            const l = logits.detach().setRequiresGrad();
+            loss(l).backward();
+            return l.grad!;
+          },
+          1e-5,
+          1e-7,
+        );
+      }
       const bad = tensor(
         Int32Array.from({ length: N }, () => V),
         { shape: [N] },

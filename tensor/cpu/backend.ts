@@ -596,14 +596,19 @@ export class CpuBackend implements Backend {
     }
   }
 
-  // ---------------------------------------------------------------- fused backward kernels (reference loops)
-  // The backward passes of the row kernels, one row at a time in float64:
-  // what the WebGPU backend's fused kernels are checked against. Weight
+  // ---------------------------------------------------------------- fused backward kernels
+  // The backward passes of the row kernels: WebAssembly (kernels.ts) where it
+  // runs, else these reference loops, one row at a time in float64. Weight
   // gradients are sums over the rows.
 
   layerNormBackward(xv: View, wv: View, gv: View, eps: number): { dx: Storage; dweight: Storage; dbias: Storage } {
     const [rows, cols] = rowsCols(xv.shape);
     const [dxS, dwS, dbS] = [output(xv.dtype, rows * cols), output(xv.dtype, cols), output(xv.dtype, cols)];
+    if (
+      W.useWasm(store(xv), store(wv), store(gv), dxS, dwS, dbS) &&
+      W.normBackward(xv, wv, gv, eps, { dx: dxS, dw: dwS, db: dbS })
+    )
+      return { dx: dxS, dweight: dwS, dbias: dbS };
     const [x, w, g] = [dense(xv), dense(wv), dense(gv)];
     const [dw, db] = [new Float64Array(cols), new Float64Array(cols)];
     const dx = dxS.data;
@@ -637,6 +642,11 @@ export class CpuBackend implements Backend {
   rmsNormBackward(xv: View, wv: View, gv: View, eps: number): { dx: Storage; dweight: Storage } {
     const [rows, cols] = rowsCols(xv.shape);
     const [dxS, dwS] = [output(xv.dtype, rows * cols), output(xv.dtype, cols)];
+    if (
+      W.useWasm(store(xv), store(wv), store(gv), dxS, dwS) &&
+      W.normBackward(xv, wv, gv, eps, { dx: dxS, dw: dwS, db: null })
+    )
+      return { dx: dxS, dweight: dwS };
     const [x, w, g] = [dense(xv), dense(wv), dense(gv)];
     const dw = new Float64Array(cols);
     const dx = dxS.data;
@@ -676,6 +686,8 @@ export class CpuBackend implements Backend {
   crossEntropyBackward(lv: View, tv: View, gv: View, ignoreIndex: number): Storage {
     const [rows, cols] = rowsCols(lv.shape);
     const out = output(lv.dtype, rows * cols, true);
+    if (W.useWasm(store(lv), store(tv), store(gv), out) && W.crossEntropyBackward(lv, tv, gv, ignoreIndex, out))
+      return out;
     const [x, t, g] = [dense(lv), dense(tv), dense(gv)];
     const o = out.data;
     for (let r = 0; r < rows; r++) {

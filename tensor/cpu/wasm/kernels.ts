@@ -541,6 +541,43 @@ export function crossEntropy(logits: View, targets: View, ignoreIndex: number, o
   return true;
 }
 
+/**
+ * The gradient of per-row cross-entropy for [rows, cols] logits: (softmax(logits) - onehot(target)) * g
+ * per row, zero at ignored rows. The softmax and the scaling are kernels; the one-hot part and the ignored
+ * rows are one value (or one fill) per row, on the host.
+ */
+export function crossEntropyBackward(
+  logits: View,
+  targets: View,
+  g: View,
+  ignoreIndex: number,
+  out: CpuStorage,
+): boolean {
+  if (logits.dtype !== 'float32' || g.dtype !== 'float32' || numel(logits.shape) === 0) return false;
+  const [rows, cols] = logits.shape;
+  softmax(logits, out);
+  const scale = new CpuStorage('float32', rows, block(4 * rows));
+  try {
+    const [t, x, o] = [heapI32(), heapF32(), out.data];
+    const [t0, g0] = [addr(targets) / 4, addr(g) / 4];
+    const ignored = (r: number) => t[t0 + r * targets.strides[0]] === ignoreIndex;
+    for (let r = 0; r < rows; r++) scale.data[r] = ignored(r) ? 0 : x[g0 + r * g.strides[0]];
+    const o2 = whole(out, [rows, cols]);
+    elementwise('bin_mul', o2, [
+      o2,
+      { storage: scale, shape: [rows, cols], strides: [1, 0], offset: 0, dtype: 'float32' },
+    ]);
+    for (let r = 0; r < rows; r++) {
+      if (ignored(r))
+        o.fill(0, r * cols, (r + 1) * cols); // exact zeros, whatever the logits held
+      else o[r * cols + t[t0 + r * targets.strides[0]]] -= scale.data[r];
+    }
+  } finally {
+    scale.free();
+  }
+  return true;
+}
+
 /** LayerNorm (with bias) or RMSNorm (bias null) over the last axis. */
 export function norm(x: View, w: View, b: View | null, eps: number, out: CpuStorage): boolean {
   if (![x, w, b].every((v) => !v || v.dtype === 'float32') || x.shape.length === 0) return false;
@@ -553,6 +590,50 @@ export function norm(x: View, w: View, b: View | null, eps: number, out: CpuStor
       return b ? [xs, addr(w), addr(b), hi - lo, cols, eps, o] : [xs, addr(w), hi - lo, cols, eps, o];
     }),
   );
+  return true;
+}
+
+/**
+ * The backward pass of LayerNorm (db given) or RMSNorm (db null) over the last axis: dx, and the weight
+ * (and bias) gradients summed over the rows. Each thread sums its band of rows into its own zeroed partial
+ * sums; sum_cols adds those up.
+ */
+export function normBackward(
+  x: View,
+  w: View,
+  g: View,
+  eps: number,
+  out: { dx: CpuStorage; dw: CpuStorage; db: CpuStorage | null },
+): boolean {
+  if (![x, w, g].every((v) => v.dtype === 'float32') || x.shape.length === 0) return false;
+  if (!isContiguous(w.shape, w.strides)) return false;
+  const cols = x.shape[x.shape.length - 1];
+  const rows = cols === 0 ? 0 : numel(x.shape) / cols;
+  if (rows === 0) return false;
+  const P = Math.min(pieces(rows * cols, EW_PARALLEL_MIN), rows);
+  const sums = out.db ? 2 : 1; // dw's partial sums, then db's
+  const partial = block(4 * P * cols * sums);
+  heapF32().fill(0, partial / 4, partial / 4 + P * cols * sums);
+  const part = (which: number, t: number) => partial + 4 * cols * (which * P + t);
+  try {
+    withDense(x, (px) =>
+      withDense(g, (pg) =>
+        run(
+          out.db ? 'layer_norm_bwd' : 'rms_norm_bwd',
+          Array.from({ length: P }, (_, t) => {
+            const [lo, hi] = [Math.floor((rows * t) / P), Math.floor((rows * (t + 1)) / P)];
+            const [xs, gs, dxs] = [px + 4 * lo * cols, pg + 4 * lo * cols, out.dx.ptr + 4 * lo * cols];
+            const common = [xs, addr(w), gs, hi - lo, cols, eps, dxs, part(0, t)];
+            return out.db ? [...common, part(1, t)] : common;
+          }),
+        ),
+      ),
+    );
+    run('sum_cols', [[partial, 1, P, cols, out.dw.ptr]]);
+    if (out.db) run('sum_cols', [[part(1, 0), 1, P, cols, out.db.ptr]]);
+  } finally {
+    free(partial, 4 * P * cols * sums);
+  }
   return true;
 }
 

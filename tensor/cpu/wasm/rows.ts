@@ -1,6 +1,6 @@
 // Kernels that work a row at a time on contiguous float32 rows: sums,
 // softmax (and the exp sums behind log-softmax and cross-entropy), LayerNorm
-// and RMSNorm. Each row is read as vectors of four; the
+// and RMSNorm, and the two norms' backward passes. Each row is read as vectors of four; the
 // last 1 to 3 elements of a row are done one at a time. Statistics (max, sum,
 // mean, variance) are kept in four lanes and added up across lanes at the end.
 
@@ -37,7 +37,7 @@ export function overRow(f: Func, n: Local, vector: (at: Local) => Code, scalar: 
   );
 }
 
-/** Emits sum_rows, sum_cols, softmax, exp_sums, layer_norm and rms_norm. */
+/** Emits sum_rows, sum_cols, softmax, exp_sums, layer_norm, rms_norm, layer_norm_bwd and rms_norm_bwd. */
 export function emitRows(m: ModuleBuilder): void {
   // sum_rows(x, rows, cols, o): o[r] = sum of row r.
   {
@@ -233,6 +233,128 @@ export function emitRows(m: ModuleBuilder): void {
           ),
           x.set(i32.add(x.get(), i32.shl(cols.get(), c(2)))),
           o.set(i32.add(o.get(), i32.shl(cols.get(), c(2)))),
+        ),
+      ),
+    );
+  }
+
+  emitNormBackward(m);
+}
+
+/**
+ * layer_norm_bwd(x, w, g, rows, cols, eps, dx, dw, db) and rms_norm_bwd(x, w, g, rows, cols, eps, dx, dw):
+ * the gradients of the two norms given g, the gradient of their output. With xhat the normalised row and
+ * gx = g * w, dx = rstd * (gx - mean(gx) - xhat * mean(gx * xhat)) (RMSNorm: no mean(gx) term, its rstd
+ * is 1 / rms). dw (and db) are sums over the rows, *added* to what is there: each thread gets its own
+ * zeroed partial sums, which the caller adds up. Five passes over a row for LayerNorm, three for RMSNorm:
+ * the statistics as the forward pass computes them, the two means, then the outputs.
+ */
+function emitNormBackward(m: ModuleBuilder): void {
+  for (const layer of [true, false]) {
+    const f = m.func(layer ? 'layer_norm_bwd' : 'rms_norm_bwd', [
+      ...(['i32', 'i32', 'i32', 'i32', 'i32', 'f32', 'i32', 'i32'] as const),
+      ...(layer ? (['i32'] as const) : []),
+    ]);
+    const [x, w, g, rows, cols, eps, dx, dw] = f.params;
+    const db = layer ? f.params[8] : null;
+    const [r, acc, acc2, t] = [f.local('i32'), f.local('v128'), f.local('v128'), f.local('v128')];
+    const [s, s2, t1, n, mean, rstd, meanGx, meanGxXhat] = Array.from({ length: 8 }, () => f.local('f32'));
+    const at = (base: Local, k: Local) => i32.add(base.get(), k.get());
+    // x - mean (LayerNorm) or x (RMSNorm), and g * w: four lanes, and one
+    const X = (k: Local) => (layer ? f32x4.sub(v128.load(at(x, k)), f32x4.splat(mean.get())) : v128.load(at(x, k)));
+    const X1 = (k: Local) => (layer ? f32.sub(f32.load(at(x, k)), mean.get()) : f32.load(at(x, k)));
+    const GW = (k: Local) => f32x4.mul(v128.load(at(g, k)), v128.load(at(w, k)));
+    const GW1 = (k: Local) => f32.mul(f32.load(at(g, k)), f32.load(at(w, k)));
+    /** s = the sum over the row of v, and s2 that of u when given. */
+    const rowSums = (v: (k: Local) => Code, v1: (k: Local) => Code, u?: (k: Local) => Code, u1?: (k: Local) => Code) =>
+      seq(
+        acc.set(f32x4.const(0)),
+        acc2.set(f32x4.const(0)),
+        s.set(f32.const(0)),
+        s2.set(f32.const(0)),
+        overRow(
+          f,
+          cols,
+          (k) => seq(acc.set(f32x4.add(acc.get(), v(k))), u ? acc2.set(f32x4.add(acc2.get(), u(k))) : []),
+          (k) => seq(s.set(f32.add(s.get(), v1(k))), u1 ? s2.set(f32.add(s2.get(), u1(k))) : []),
+        ),
+        s.set(f32.add(s.get(), lanesSum(acc))),
+        s2.set(f32.add(s2.get(), lanesSum(acc2))),
+      );
+    const square = (k: Local) => seq(t.set(X(k)), f32x4.mul(t.get(), t.get()));
+    const square1 = (k: Local) => seq(t1.set(X1(k)), f32.mul(t1.get(), t1.get()));
+    // the outputs at one group of four: t = xhat, then dx, dw += g xhat, db += g
+    const outputs = (k: Local) =>
+      seq(
+        t.set(f32x4.mul(X(k), f32x4.splat(rstd.get()))),
+        v128.store(
+          at(dx, k),
+          f32x4.mul(
+            f32x4.splat(rstd.get()),
+            f32x4.sub(
+              layer ? f32x4.sub(GW(k), f32x4.splat(meanGx.get())) : GW(k),
+              f32x4.mul(t.get(), f32x4.splat(meanGxXhat.get())),
+            ),
+          ),
+        ),
+        v128.store(at(dw, k), f32x4.add(v128.load(at(dw, k)), f32x4.mul(v128.load(at(g, k)), t.get()))),
+        db ? v128.store(at(db, k), f32x4.add(v128.load(at(db, k)), v128.load(at(g, k)))) : [],
+      );
+    const outputs1 = (k: Local) =>
+      seq(
+        t1.set(f32.mul(X1(k), rstd.get())),
+        f32.store(
+          at(dx, k),
+          f32.mul(
+            rstd.get(),
+            f32.sub(layer ? f32.sub(GW1(k), meanGx.get()) : GW1(k), f32.mul(t1.get(), meanGxXhat.get())),
+          ),
+        ),
+        f32.store(at(dw, k), f32.add(f32.load(at(dw, k)), f32.mul(f32.load(at(g, k)), t1.get()))),
+        db ? f32.store(at(db, k), f32.add(f32.load(at(db, k)), f32.load(at(g, k)))) : [],
+      );
+    const next = (ptr: Local) => ptr.set(i32.add(ptr.get(), i32.shl(cols.get(), c(2))));
+    f.body = seq(
+      n.set(f32.fromI32U(cols.get())),
+      for_(
+        r,
+        c(0),
+        rows.get(),
+        1,
+        seq(
+          layer
+            ? seq(
+                rowSums(
+                  (k) => v128.load(at(x, k)),
+                  (k) => f32.load(at(x, k)),
+                ),
+                mean.set(f32.div(s.get(), n.get())),
+              )
+            : [],
+          rowSums(square, square1),
+          rstd.set(f32.div(f32.const(1), f32.sqrt(f32.add(f32.div(s.get(), n.get()), eps.get())))),
+          // s = sum of gx, s2 = sum of gx (x - mean): mean(gx) and mean(gx xhat) = s2 rstd / n
+          layer
+            ? rowSums(
+                GW,
+                GW1,
+                (k) => f32x4.mul(GW(k), X(k)),
+                (k) => f32.mul(GW1(k), X1(k)),
+              )
+            : rowSums(
+                (k) => f32x4.mul(GW(k), X(k)),
+                (k) => f32.mul(GW1(k), X1(k)),
+              ),
+          layer
+            ? seq(
+                meanGx.set(f32.div(s.get(), n.get())),
+                meanGxXhat.set(f32.div(f32.mul(s2.get(), rstd.get()), n.get())),
+              )
+            : meanGxXhat.set(f32.div(f32.mul(s.get(), rstd.get()), n.get())),
+          overRow(f, cols, outputs, outputs1),
+          next(x),
+          next(g),
+          next(dx),
         ),
       ),
     );
