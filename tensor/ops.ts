@@ -65,12 +65,15 @@ function operands(op: string, a: TensorLike, b: TensorLike): [Tensor, Tensor] {
   const floatTensor = [a, b].find((x): x is Tensor => x instanceof Tensor && isFloat(x.dtype));
   const fractional = [a, b].some((x) => typeof x === 'number' && !Number.isInteger(x));
   const dtype = floatTensor?.dtype ?? (fractional ? 'float32' : ref.dtype);
-  const lift = (x: TensorLike) =>
-    x instanceof Tensor ? (x.dtype === dtype || isFloat(x.dtype) ? x : x.cast(dtype)) : scalar(ref, x, dtype);
-  const [ta, tb] = [lift(a), lift(b)];
+  const [ta, tb] = [lift(a, ref, dtype), lift(b, ref, dtype)];
   checkSameDevice(op, [ta, tb]);
   if (ta.dtype !== tb.dtype) throw new Error(`${op}: dtypes ${ta.dtype} and ${tb.dtype} differ; cast one first`);
   return [ta, tb];
+}
+
+/** An operand as a tensor of `dtype` (a number becomes a 0-d tensor beside `ref`); float tensors stay. */
+function lift(x: TensorLike, ref: Tensor, dtype: DType): Tensor {
+  return x instanceof Tensor ? (x.dtype === dtype || isFloat(x.dtype) ? x : x.cast(dtype)) : scalar(ref, x, dtype);
 }
 
 /** A 0-d tensor holding `value` on `like`'s device. */
@@ -157,27 +160,33 @@ function unaryGrad(op: UnaryOp, x: Tensor, y: Tensor): TensorLike {
   }
 }
 
+/**
+ * dLoss/dx and dLoss/dy of each differentiable binary op, from g = dLoss/dout; each is a thunk, run only
+ * for an input that needs it. (Comparisons have no gradient.)
+ */
+const BINARY_GRADS: Partial<
+  Record<BinaryOp, (g: Tensor, x: Tensor, y: Tensor, out: Tensor) => [() => Tensor, () => Tensor]>
+> = {
+  add: (g) => [() => g, () => g],
+  sub: (g) => [() => g, () => g.neg()],
+  mul: (g, x, y) => [() => g.mul(y), () => g.mul(x)],
+  div: (g, x, y) => [() => g.div(y), () => g.mul(x).div(y.square()).neg()],
+  // d/dx x^y = y x^(y-1); d/dy x^y = x^y log x
+  pow: (g, x, y, out) => [() => g.mul(y).mul(x.pow(y.sub(1))), () => g.mul(out).mul(x.log())],
+  // ties split the gradient in half, as PyTorch does
+  maximum: (g, x, y) => minMaxGrad(g, x.gt(y), x.eq(y)),
+  minimum: (g, x, y) => minMaxGrad(g, x.lt(y), x.eq(y)),
+};
+
 /** Broadcasting binary op with its derivative. */
 export function binary(op: BinaryOp, a: TensorLike, b: TensorLike): Tensor {
   const [x, y] = operands(op, a, b);
   const shape = broadcastShapes(op, x.shape, y.shape);
   const out = wrap(x, x.backend.binary(op, viewAs(x, shape), viewAs(y, shape)), shape);
-  // each rule gives dLoss/dx and dLoss/dy, computed only for the inputs that need them
-  const grads: Partial<Record<BinaryOp, (g: Tensor) => [() => Tensor, () => Tensor]>> = {
-    add: (g) => [() => g, () => g],
-    sub: (g) => [() => g, () => g.neg()],
-    mul: (g) => [() => g.mul(y), () => g.mul(x)],
-    div: (g) => [() => g.div(y), () => g.mul(x).div(y.square()).neg()],
-    // d/dx x^y = y x^(y-1); d/dy x^y = x^y log x
-    pow: (g) => [() => g.mul(y).mul(x.pow(y.sub(1))), () => g.mul(out).mul(x.log())],
-    // ties split the gradient in half, as PyTorch does
-    maximum: (g) => minMaxGrad(g, x.gt(y), x.eq(y)),
-    minimum: (g) => minMaxGrad(g, x.lt(y), x.eq(y)),
-  };
-  const rule = grads[op];
-  if (!rule) return out; // comparisons have no gradient
+  const rule = BINARY_GRADS[op];
+  if (!rule) return out;
   return recordGrad(out, op, [x, y], (g) => {
-    const [dx, dy] = rule(g);
+    const [dx, dy] = rule(g, x, y, out);
     return [ifNeeded(x, () => sumTo(dx(), x.shape)), ifNeeded(y, () => sumTo(dy(), y.shape))];
   });
 }
@@ -360,8 +369,7 @@ export function slice(x: Tensor, dim: number, start = 0, end = Infinity, step = 
   const axis = normalizeDim(dim, x.ndim, 'slice');
   const n = x.shape[axis];
   if (step < 1 || !Number.isInteger(step)) throw new Error(`slice: step must be a positive integer, got ${step}`);
-  const clamp = (i: number) => Math.min(Math.max(i < 0 ? i + n : i, 0), n);
-  const [s, e] = [clamp(start), clamp(end)];
+  const [s, e] = [start, end].map((i) => Math.min(Math.max(i < 0 ? i + n : i, 0), n)); // clamped into [0, n]
   const len = Math.max(0, Math.ceil((e - s) / step));
   const shape = x.shape.map((d, i) => (i === axis ? len : d));
   const strides = x.strides.map((st, i) => (i === axis ? st * step : st));
@@ -562,19 +570,27 @@ export function scaledDotProductAttention(q: Tensor, k: Tensor, v: Tensor, args:
     dropout: p > 0 ? { p, seed } : null,
   };
   const r = q.backend.attention(q.view(), k.view(), v.view(), opts);
-  // the kernels write (B, T, H, D) memory order: a (B, H, T, D) view with permuted strides
-  const headsLast = (storage: Storage, n: number, t: number) =>
-    new Tensor(q.backend, storage, [B, n, t, D], q.dtype, [t * n * D, D, n * D, 1], 0);
-  const out = headsLast(r.out, H, T);
+  const out = headsLast(q, r.out, [B, H, T, D]);
   const lse = wrap(q, r.lse, [B, H, T]);
-  const backwardRule = (g: Tensor) => {
-    const grads = q.backend.attentionBackward(q.view(), k.view(), v.view(), out.view(), g.view(), lse.view(), opts);
-    return [headsLast(grads.dq, H, T), headsLast(grads.dk, Hkv, Tk), headsLast(grads.dv, Hkv, Tk), null];
-  };
   // the mask is an input without a gradient (the backward reads it); lse is this op's own, freed with its node
-  recordGrad(out, 'attention', mask ? [q, k, v, mask] : [q, k, v], backwardRule, [lse]);
+  recordGrad(
+    out,
+    'attention',
+    mask ? [q, k, v, mask] : [q, k, v],
+    (g) => {
+      const grads = q.backend.attentionBackward(q.view(), k.view(), v.view(), out.view(), g.view(), lse.view(), opts);
+      const [dk, dv] = [grads.dk, grads.dv].map((s) => headsLast(q, s, [B, Hkv, Tk, D]));
+      return [headsLast(q, grads.dq, [B, H, T, D]), dk, dv, null];
+    },
+    [lse],
+  );
   if (!out.ctx) lse.dispose(); // no backward pass will need it
   return out;
+}
+
+/** The attention kernels write (B, T, H, D) memory order: a (B, H, T, D) view of it, with permuted strides. */
+function headsLast(like: Tensor, storage: Storage, [B, n, t, D]: number[]): Tensor {
+  return new Tensor(like.backend, storage, [B, n, t, D], like.dtype, [t * n * D, D, n * D, 1], 0);
 }
 
 // ---------------------------------------------------------------- sorting and sampling

@@ -212,7 +212,6 @@ export function gemm(g: WasmGemm): void {
   if (rows < MR && ((g.bRowStride === 1 && g.aColStride === 1) || g.bColStride === 1)) {
     const P = pieces(batch * rows * N * K, GEMV_PARALLEL_MIN);
     const bands = Math.min(Math.ceil(P / (batch * rows)), Math.ceil(N / 16)); // a long batch: a task per row
-    const cut = (t: number) => Math.min(N, Math.ceil((N * t) / bands / 16) * 16);
     // x @ W^T with a bfloat16 copy of W (keepBf16Copies): half the bytes to read
     const bf16 = g.bf16 >= 0 && g.bRowStride === 1 && g.aColStride === 1;
     const tasks: number[][] = [];
@@ -220,7 +219,7 @@ export function gemm(g: WasmGemm): void {
       for (let i = 0; i < rows; i++) {
         const a = g.a + 4 * (aOffsets[p] + i * g.aRowStride);
         for (let t = 0; t < bands; t++) {
-          const [lo, hi] = [cut(t), cut(t + 1)];
+          const [lo, hi] = [bandStart(N, t, bands, 16), bandStart(N, t + 1, bands, 16)];
           const [b, c] = [bOffsets[p] + lo * g.bColStride, g.c + 4 * ((p * rows + i) * N + lo)];
           if (hi === lo) continue;
           if (bf16) tasks.push([a, g.bf16 + 2 * b, g.bColStride, c, K, hi - lo]);
@@ -243,11 +242,10 @@ export function gemm(g: WasmGemm): void {
   const byRows = rows >= N;
   const len = byRows ? rows : N;
   const tileLen = byRows ? MR : NR;
-  const cut = (t: number) => Math.min(len, Math.ceil((len * t) / bands / tileLen) * tileLen);
   for (let p = 0; p < batch; p++) {
     const [a, b, c] = [g.a + 4 * aOffsets[p], g.b + 4 * bOffsets[p], g.c + 4 * p * rows * N];
     for (let t = 0; t < bands; t++) {
-      const [lo, hi] = [cut(t), cut(t + 1)];
+      const [lo, hi] = [bandStart(len, t, bands, tileLen), bandStart(len, t + 1, bands, tileLen)];
       if (lo === hi) continue;
       if (byRows) units.push(a + 4 * lo * g.aRowStride, b, c + 4 * lo * N, hi - lo, N);
       else units.push(a, b + 4 * lo * g.bColStride, c + 4 * lo, rows, hi - lo);
@@ -270,6 +268,11 @@ export function gemm(g: WasmGemm): void {
   } finally {
     free(table, units.length * 4);
   }
+}
+
+/** Where band t of `bands` starts along a dim of `len`, in whole tiles of `tile`. */
+function bandStart(len: number, t: number, bands: number, tile: number): number {
+  return Math.min(len, Math.ceil((len * t) / bands / tile) * tile);
 }
 
 /**
