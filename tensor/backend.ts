@@ -34,6 +34,8 @@ export type UnaryOp =
 export type BinaryOp =
   'add' | 'sub' | 'mul' | 'div' | 'pow' | 'maximum' | 'minimum' | 'eq' | 'ne' | 'lt' | 'le' | 'gt' | 'ge';
 export type ReduceOp = 'sum' | 'max' | 'argmax';
+/** The activations whose backward pass is one kernel (their derivative written out would be many ops). */
+export type ActivationOp = 'silu' | 'gelu';
 
 /** Every kernel a backend must provide. Both backends implement all of it. */
 export interface Backend {
@@ -60,6 +62,8 @@ export interface Backend {
   unary(op: UnaryOp, x: View): Storage;
   /** Comparisons give 1/0 in the inputs' dtype. */
   binary(op: BinaryOp, a: View, b: View): Storage;
+  /** g * op'(x), the backward pass of an activation in one kernel (x and g of one shape). */
+  activationBackward(op: ActivationOp, x: View, g: View): Storage;
   /** cond != 0 ? a : b. */
   where(cond: View, a: View, b: View): Storage;
   /** Materialises a view as a contiguous buffer, converting to `dtype`. */

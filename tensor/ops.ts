@@ -5,7 +5,7 @@
 // from these in composite.ts and gets its gradient for free.
 
 import { recordGrad } from './autograd.ts';
-import type { AttentionOptions, BinaryOp, Storage, UnaryOp, View } from './backend.ts';
+import type { ActivationOp, AttentionOptions, BinaryOp, Storage, UnaryOp, View } from './backend.ts';
 import { autocast, autocastDtype } from './mixed_precision.ts';
 import { type Generator, defaultGenerator } from './random.ts';
 import { type DType, type TypedArray, dtypeOf, isFloat } from './dtype.ts';
@@ -111,11 +111,15 @@ export function unary(op: UnaryOp, x: Tensor): Tensor {
   x.assertAlive(op);
   if (!isFloat(x.dtype) && op !== 'neg' && op !== 'abs' && op !== 'relu') return unary(op, x.cast('float32'));
   const out = wrap(x, x.backend.unary(op, x.view()), x.shape);
+  if (op === 'silu' || op === 'gelu') {
+    // their derivatives are chains of a dozen elementwise ops: one kernel instead (unaryGrad has them written out)
+    return recordGrad(out, op, [x], (g) => [wrap(x, x.backend.activationBackward(op, x.view(), g.view()), x.shape)]);
+  }
   return recordGrad(out, op, [x], (g) => [g.mul(unaryGrad(op, x, out))]);
 }
 
-/** d op(x) / dx, from the input x and the output y. */
-function unaryGrad(op: UnaryOp, x: Tensor, y: Tensor): TensorLike {
+/** d op(x) / dx, from the input x and the output y (the activations' are backend kernels). */
+function unaryGrad(op: Exclude<UnaryOp, ActivationOp>, x: Tensor, y: Tensor): TensorLike {
   switch (op) {
     case 'neg':
       return -1;
@@ -139,24 +143,6 @@ function unaryGrad(op: UnaryOp, x: Tensor, y: Tensor): TensorLike {
       return y.mul(y.neg().add(1));
     case 'relu':
       return x.gt(0).cast(x.dtype);
-    case 'silu': {
-      const s = x.sigmoid();
-      return s.mul(x.mul(s.neg().add(1)).add(1)); // s (1 + x (1 - s))
-    }
-    case 'gelu': {
-      // y = 0.5 x (1 + t), t = tanh(c (x + 0.044715 x^3))
-      // dy/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) c (1 + 3 * 0.044715 x^2)
-      const c = 0.7978845608028654;
-      const x2 = x.square();
-      const t = x.add(x2.mul(x).mul(0.044715)).mul(c).tanh();
-      const dt = t
-        .square()
-        .neg()
-        .add(1)
-        .mul(x2.mul(3 * 0.044715).add(1))
-        .mul(c);
-      return t.add(1).mul(0.5).add(x.mul(dt).mul(0.5));
-    }
   }
 }
 

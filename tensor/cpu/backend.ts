@@ -7,7 +7,17 @@
 // enough to check by eye. The WebGPU backend is checked against this one, op
 // for op.
 
-import type { AdamWHyper, AttentionOptions, Backend, BinaryOp, ReduceOp, Storage, UnaryOp, View } from '../backend.ts';
+import type {
+  ActivationOp,
+  AdamWHyper,
+  AttentionOptions,
+  Backend,
+  BinaryOp,
+  ReduceOp,
+  Storage,
+  UnaryOp,
+  View,
+} from '../backend.ts';
 import { type DType, type TypedArray, makeTypedArray } from '../dtype.ts';
 import { roundToHalf } from '../mixed_precision.ts';
 import { dropoutKeeps } from '../random.ts';
@@ -166,6 +176,25 @@ export class CpuBackend implements Backend {
           o[i] = 0.5 * t * (1 + Math.tanh(0.7978845608028654 * (t + 0.044715 * t * t * t)));
         }
         break;
+    }
+    return out;
+  }
+
+  activationBackward(op: ActivationOp, xv: View, gv: View): Storage {
+    const out = output(xv.dtype, numel(xv.shape));
+    if (W.useWasm(store(xv), store(gv), out) && W.activationBackward(op, xv, gv, out)) return out;
+    const [x, g, o] = [dense(xv), dense(gv), out.data];
+    for (let i = 0; i < x.length; i++) {
+      const t = x[i];
+      if (op === 'silu') {
+        const s = 1 / (1 + Math.exp(-t));
+        o[i] = g[i] * s * (1 + t * (1 - s)); // d/dx x s(x) = s (1 + x (1 - s))
+      } else {
+        // y = 0.5 x (1 + th), th = tanh(c (x + 0.044715 x^3)): dy/dx = 0.5 (1 + th) + 0.5 x (1 - th^2) du/dx
+        const c = 0.7978845608028654;
+        const th = Math.tanh(c * (t + 0.044715 * t * t * t));
+        o[i] = g[i] * (0.5 * (1 + th) + 0.5 * t * (1 - th * th) * c * (1 + 3 * 0.044715 * t * t));
+      }
     }
     return out;
   }

@@ -17,7 +17,17 @@
 // embedding ids outside the table read zeros, a crossEntropy target outside
 // [0, V) gives NaN. float -> int32 casts wrap like a typed-array store.
 
-import type { AdamWHyper, AttentionOptions, Backend, BinaryOp, ReduceOp, Storage, UnaryOp, View } from '../backend.ts';
+import type {
+  ActivationOp,
+  AdamWHyper,
+  AttentionOptions,
+  Backend,
+  BinaryOp,
+  ReduceOp,
+  Storage,
+  UnaryOp,
+  View,
+} from '../backend.ts';
 import { type DType, type TypedArray, dtypeOf, makeTypedArray, toTypedArray } from '../dtype.ts';
 import { contiguousStrides, fmt, isContiguous, numel } from '../shape.ts';
 import { type Kernel, MAX_GROUPS_PER_DIM } from './kernels/common.ts';
@@ -34,6 +44,7 @@ import {
 } from './kernels/attention.ts';
 import {
   EW_WORKGROUP,
+  activationBackwardKernel,
   adamwKernel,
   binaryKernel,
   copyKernel,
@@ -185,6 +196,11 @@ export class WebGPUBackend implements Backend {
   binary(op: BinaryOp, a: View, b: View): Storage {
     if (a.dtype !== b.dtype) throw new Error(`webgpu ${op}: dtypes ${a.dtype} and ${b.dtype} differ`);
     return this.mapOp(op, a.dtype, a.shape, [a, b], (r) => binaryKernel(op, a.dtype, r));
+  }
+
+  activationBackward(op: ActivationOp, x: View, g: View): Storage {
+    if (x.dtype !== 'float32' || g.dtype !== 'float32') throw new Error(`webgpu ${op} backward: float32 only`);
+    return this.mapOp(`${op} backward`, 'float32', x.shape, [x, g], (r) => activationBackwardKernel(op, r));
   }
 
   where(cond: View, a: View, b: View): Storage {

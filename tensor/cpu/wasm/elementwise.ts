@@ -98,6 +98,36 @@ export const UNARY: Record<string, (f: Func, x: Local) => Code> = {
     ),
 };
 
+/**
+ * The backward passes of SiLU and GELU: g * op'(x) from the input x and the gradient g, with s a sigmoid:
+ * silu' = s (1 + x (1 - s)), s = sigmoid(x); and for GELU, x sigmoid(2u) with u = sqrt(2/pi) (x + 0.044715 x^3),
+ * gelu' = s + x s (1 - s) 2 du/dx, s = sigmoid(2u) (the tanh form's 0.5 (1 + tanh u) is s, 1 - tanh^2 u is 4 s (1 - s)).
+ */
+const ACTIVATION_BACKWARD: Record<string, (f: Func, x: Local, g: Local) => Code> = {
+  silu: (f, x, g) => {
+    const s = f.local('v128');
+    const one = k4(1);
+    return seq(s.set(sigmoid(f, x.get())), mul(g.get(), mul(s.get(), mad(x.get(), f32x4.sub(one, s.get()), one))));
+  },
+  gelu: (f, x, g) => {
+    const [s, x2] = [f.local('v128'), f.local('v128')];
+    const c2 = 2 * 0.7978845608028654;
+    return seq(
+      x2.set(mul(x.get(), x.get())),
+      s.set(sigmoid(f, mul(k4(c2), mad(mul(x.get(), x2.get()), k4(0.044715), x.get())))),
+      // s + x s (1 - s) 2c (1 + 3 * 0.044715 x^2)
+      mul(
+        g.get(),
+        mad(
+          mul(mul(x.get(), s.get()), f32x4.sub(k4(1), s.get())),
+          mul(k4(c2), mad(x2.get(), k4(3 * 0.044715), k4(1))),
+          s.get(),
+        ),
+      ),
+    );
+  },
+};
+
 /** 1.0 where a comparison's lanes are all-ones, else 0.0. */
 const asFloat = (mask: Code) => v128.and(mask, k4(1));
 
@@ -214,11 +244,13 @@ function elementwise(m: ModuleBuilder, name: string, arity: number, op: (f: Func
   );
 }
 
-/** Emits the elementwise kernels: un_<op>, bin_<op>, where, copy. */
+/** Emits the elementwise kernels: un_<op>, bin_<op>, bwd_<activation>, where, copy. */
 export function emitElementwise(m: ModuleBuilder): void {
   for (const [name, op] of Object.entries(UNARY)) elementwise(m, `un_${name}`, 1, (f, [x]) => op(f, x));
   for (const [name, op] of Object.entries(BINARY))
     elementwise(m, `bin_${name}`, 2, (_, [a, b]) => op(a.get(), b.get()));
+  for (const [name, op] of Object.entries(ACTIVATION_BACKWARD))
+    elementwise(m, `bwd_${name}`, 2, (f, [x, g]) => op(f, x, g));
   // cond != 0 ? a : b, for a float32 condition (where -0 is 0 too) and an int32 one
   elementwise(m, 'where', 3, (_, [cond, a, b]) => v128.select(b.get(), a.get(), f32x4.eq(cond.get(), k4(0))));
   elementwise(m, 'where_i32', 3, (_, [cond, a, b]) => v128.select(b.get(), a.get(), i32x4.eqz(cond.get())));

@@ -9,7 +9,7 @@
 // we say so once; relaxed SIMD (fused multiply-add) is used when the engine
 // has it, else a multiply and an add.
 
-import type { AttentionOptions, BinaryOp, UnaryOp, View } from '../../backend.ts';
+import type { ActivationOp, AttentionOptions, BinaryOp, UnaryOp, View } from '../../backend.ts';
 import { contiguousStrides, isContiguous, numel } from '../../shape.ts';
 import { NO_TRANS, ROW_MAJOR, TRANS, blas } from '../blas.ts';
 import { CpuStorage, free, heapF32, heapI32, malloc, memory, sharedMemory } from '../heap.ts';
@@ -405,6 +405,13 @@ export function binary(op: BinaryOp, a: View, b: View, out: CpuStorage): boolean
   const name = a.dtype === 'float32' ? `bin_${op}` : a.dtype === 'int32' ? `bin_i32_${op}` : '';
   if (!(name in fns)) return false;
   elementwise(name, whole(out, a.shape), [a, b]);
+  return true;
+}
+
+/** out = g * op'(x), elementwise. */
+export function activationBackward(op: ActivationOp, x: View, g: View, out: CpuStorage): boolean {
+  if (x.dtype !== 'float32' || g.dtype !== 'float32') return false;
+  elementwise(`bwd_${op}`, whole(out, x.shape), [x, g]);
   return true;
 }
 

@@ -6,7 +6,7 @@
 //
 // Params: [n, shape[0..R), then per view (output first): offset, strides[0..R)].
 
-import type { BinaryOp, UnaryOp } from '../../backend.ts';
+import type { ActivationOp, BinaryOp, UnaryOp } from '../../backend.ts';
 import type { DType } from '../../dtype.ts';
 import { type Kernel, binding, castExpr, memo, prelude, stridedOffsets, wgslType } from './common.ts';
 
@@ -91,10 +91,11 @@ function mapKernel(
   outType: DType,
   ins: { name: string; dtype: DType }[],
   body: string,
+  helpers = '',
 ): Kernel {
   const views = [0, ...ins.map((_, k) => k + 1)].map((k) => viewParamAt(rank, k));
   const loads = ins.map((x, k) => `let ${x.name} = in${k}[o${k + 1}];`).join('\n    ');
-  const code = /* wgsl */ `${prelude}
+  const code = /* wgsl */ `${prelude}${helpers}
 ${binding(1, 'out', wgslType(outType), 'read_write')}
 ${ins.map((x, k) => binding(k + 2, `in${k}`, wgslType(x.dtype), 'read')).join('\n')}
 @compute @workgroup_size(${EW_WORKGROUP})
@@ -139,6 +140,38 @@ export const binaryKernel = memo((op: BinaryOp, dtype: DType, rank: number): Ker
     expr,
   );
 });
+
+/**
+ * The activations' derivatives, for out = g * op'(x): silu' = s (1 + x (1 - s)) with s = sigmoid(x); GELU in its
+ * sigmoid form x sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3): gelu' = s + x s (1 - s) 2 du/dx, s = sigmoid(2u).
+ */
+const activationGrad: Record<ActivationOp, string> = {
+  silu: /* wgsl */ `
+fn silu_grad(x: f32) -> f32 {
+  let s = fdiv(1.0, 1.0 + exp_(-x));
+  return s * (1.0 + x * (1.0 - s));
+}`,
+  gelu: /* wgsl */ `
+fn gelu_grad(x: f32) -> f32 {
+  let s = fdiv(1.0, 1.0 + exp_(-1.5957691216057308 * (x + 0.044715 * x * x * x)));
+  return s + x * s * (1.0 - s) * 1.5957691216057308 * (1.0 + ${3 * 0.044715} * x * x);
+}`,
+};
+
+/** out = g * op'(x): an activation's backward pass in one dispatch. */
+export const activationBackwardKernel = memo((op: ActivationOp, rank: number): Kernel =>
+  mapKernel(
+    `activation_backward.${op}`,
+    rank,
+    'float32',
+    [
+      { name: 'x', dtype: 'float32' },
+      { name: 'g', dtype: 'float32' },
+    ],
+    `g * ${op}_grad(x)`,
+    activationGrad[op],
+  ),
+);
 
 /** out = cond != 0 ? a : b. A float cond tests its bits, so -0 counts as 0 and NaN as true, like the CPU. */
 export const whereKernel = memo((condType: DType, dtype: DType, rank: number): Kernel => {
