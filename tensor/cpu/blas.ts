@@ -1,4 +1,5 @@
-// The matrix products of the CPU backend through the system's OpenBLAS, where
+// The matrix products of the CPU backend (sgemm, and sgemv for the few rows of
+// decoding) through the system's OpenBLAS, where
 // there is one and Node can call C. This is what PyTorch's CPU path does (it
 // calls MKL or OpenBLAS for every matmul): hand-written kernels for each CPU's
 // widest vectors. WebAssembly SIMD is 128 bits (4 floats); an AVX-512 core does
@@ -33,10 +34,27 @@ type Sgemm = (
   ldc: number,
 ) => void;
 
-/** The loaded library: its name, sgemm, and how to set its thread count. */
+/** y = alpha * op(A) @ x + beta * y, row-major, as cblas_sgemv. */
+type Sgemv = (
+  order: number,
+  trans: number,
+  M: number,
+  N: number,
+  alpha: number,
+  A: Float32Array,
+  lda: number,
+  x: Float32Array,
+  incx: number,
+  beta: number,
+  y: Float32Array,
+  incy: number,
+) => void;
+
+/** The loaded library: its name, sgemm and sgemv, and how to set its thread count. */
 export interface Blas {
   name: string;
   sgemm: Sgemm;
+  sgemv: Sgemv;
   setThreads: (n: number) => void;
 }
 
@@ -74,9 +92,12 @@ function load(): Blas | null {
         'void cblas_sgemm(int, int, int, int, int, int, float, const float *, int, const float *, int, float, ' +
           'float *, int)',
       ) as Sgemm;
+      const sgemv = lib.func(
+        'void cblas_sgemv(int, int, int, int, float, const float *, int, const float *, int, float, float *, int)',
+      ) as Sgemv;
       const setThreads = lib.func('void openblas_set_num_threads(int)') as (n: number) => void;
       const config = lib.func('const char *openblas_get_config()') as () => string;
-      return { name: config().split(' ').slice(0, 2).join(' '), sgemm, setThreads };
+      return { name: config().split(' ').slice(0, 2).join(' '), sgemm, sgemv, setThreads };
     } catch {
       // not there (or not OpenBLAS): try the next
     }

@@ -214,6 +214,7 @@ export function gemm(g: WasmGemm): void {
     const bands = Math.min(Math.ceil(P / (batch * rows)), Math.ceil(N / 16)); // a long batch: a task per row
     // x @ W^T with a bfloat16 copy of W (keepBf16Copies): half the bytes to read
     const bf16 = g.bf16 >= 0 && g.bRowStride === 1 && g.aColStride === 1;
+    if (!bf16 && useBlas && blasGemv(g, batch, rows, aOffsets, bOffsets)) return;
     const tasks: number[][] = [];
     for (let p = 0; p < batch; p++) {
       for (let i = 0; i < rows; i++) {
@@ -307,6 +308,34 @@ function blasGemm(g: WasmGemm, batch: number, rows: number, aOffsets: ArrayLike<
     const [A, B] = [heap.subarray(g.a / 4 + aOffsets[p]), heap.subarray(g.b / 4 + bOffsets[p])];
     const C = heap.subarray(g.c / 4 + p * rows * N);
     blas!.sgemm(ROW_MAJOR, a[0], b[0], rows, N, K, 1, A, a[1], B, b[1], 0, C, N);
+  }
+  return true;
+}
+
+/**
+ * The rows of C = A @ B by OpenBLAS's sgemv, one matrix-vector product per row (decoding): with B = W^T for
+ * W stored [N, K] (a Linear's weight), c = W a; with B stored [K, N], c = B^T a. False for other strides.
+ */
+function blasGemv(g: WasmGemm, batch: number, rows: number, aOffsets: ArrayLike<number>, bOffsets: ArrayLike<number>) {
+  const { N, K } = g;
+  const b = g.bRowStride === 1 && g.bColStride >= K ? [NO_TRANS, N, K, g.bColStride] : null;
+  const bt = g.bColStride === 1 && g.bRowStride >= N ? [TRANS, K, N, g.bRowStride] : null;
+  const layout = b ?? bt;
+  if (!layout || g.aColStride < 1) return false;
+  if (blasThreads !== getCpuThreads()) {
+    blasThreads = getCpuThreads();
+    blas!.setThreads(blasThreads);
+  }
+  const heap = heapF32();
+  for (let p = 0; p < batch; p++) {
+    const B = heap.subarray(g.b / 4 + bOffsets[p]);
+    for (let i = 0; i < rows; i++) {
+      const [a, c] = [
+        heap.subarray(g.a / 4 + aOffsets[p] + i * g.aRowStride),
+        heap.subarray(g.c / 4 + (p * rows + i) * N),
+      ];
+      blas!.sgemv(ROW_MAJOR, layout[0], layout[1], layout[2], 1, B, layout[3], a, g.aColStride, 0, c, 1);
+    }
   }
   return true;
 }
