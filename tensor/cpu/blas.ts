@@ -1,12 +1,12 @@
 // The matrix products of the CPU backend (sgemm, and sgemv for the few rows of
-// decoding) through the system's OpenBLAS, where
-// there is one and Node can call C. This is what PyTorch's CPU path does (it
-// calls MKL or OpenBLAS for every matmul): hand-written kernels for each CPU's
-// widest vectors. WebAssembly SIMD is 128 bits (4 floats); an AVX-512 core does
-// 16 per instruction, and on this project's 2-core Xeon OpenBLAS's sgemm ran at
-// 3-4x our WebAssembly GEMM (bench/RESULTS.md). The tensors stay where they are:
-// OpenBLAS reads and writes the WebAssembly memory in place, through pointers
-// that koffi (an FFI library for Node) passes straight from typed-array views.
+// decoding) through the system's OpenBLAS, where there is one and Node can call
+// C. This is what PyTorch's CPU path does (it calls MKL or OpenBLAS for every
+// matmul): hand-written kernels for each CPU's widest vectors. WebAssembly SIMD
+// is 128 bits (4 floats); an AVX-512 core does 16 per instruction, and on this
+// project's 2-core Xeon OpenBLAS's sgemm ran at 3-4x our WebAssembly GEMM
+// (bench/RESULTS.md). The tensors stay where they are: OpenBLAS reads and
+// writes the WebAssembly memory in place, through pointers that koffi (an FFI
+// library for Node) passes straight from typed-array views.
 //
 // Nothing here is needed: in a browser, without the koffi package or without
 // the library, the WebAssembly GEMM runs (kernels.ts). NANOVLM_BLAS=0 turns
