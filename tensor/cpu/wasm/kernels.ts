@@ -214,7 +214,10 @@ export function gemm(g: WasmGemm): void {
     const bands = Math.min(Math.ceil(P / (batch * rows)), Math.ceil(N / 16)); // a long batch: a task per row
     // x @ W^T with a bfloat16 copy of W (keepBf16Copies): half the bytes to read
     const bf16 = g.bf16 >= 0 && g.bRowStride === 1 && g.aColStride === 1;
-    if (!bf16 && useBlas && blasGemv(g, batch, rows, aOffsets, bOffsets)) return;
+    // OpenBLAS's sgemv wakes its threads for anything over about 10^4 weights: on small products that costs
+    // more than our own single-threaded loop, so they stay here
+    const large = batch * rows * N * K >= GEMV_PARALLEL_MIN;
+    if (!bf16 && large && useBlas && blasGemv(g, batch, rows, aOffsets, bOffsets)) return;
     const tasks: number[][] = [];
     for (let p = 0; p < batch; p++) {
       for (let i = 0; i < rows; i++) {
