@@ -164,9 +164,7 @@ export function emitRows(m: ModuleBuilder): void {
   }
 
   // layer_norm(x, w, b, rows, cols, eps, o) and rms_norm(x, w, rows, cols, eps, o):
-  // (x - mean) / sqrt(var + eps) * w + b, and x / sqrt(mean(x^2) + eps) * w,
-  // with the statistics of each row computed in two passes as the TypeScript
-  // kernel does (the variance from x - mean, not from the mean of squares).
+  // (x - mean) / sqrt(var + eps) * w + b, and x / sqrt(mean(x^2) + eps) * w.
   for (const layer of [true, false]) {
     const f = m.func(
       layer ? 'layer_norm' : 'rms_norm',
@@ -175,65 +173,28 @@ export function emitRows(m: ModuleBuilder): void {
     const [x, w] = f.params;
     const b = layer ? f.params[2] : null;
     const [rows, cols, eps, o] = f.params.slice(layer ? 3 : 2);
-    const [r, acc, t, s, t1, n, mean, rstd] = [
-      f.local('i32'),
-      f.local('v128'),
-      f.local('v128'),
-      f.local('f32'),
-      f.local('f32'),
-      f.local('f32'),
-      f.local('f32'),
-      f.local('f32'),
-    ];
+    const [r, mean, rstd] = [f.local('i32'), f.local('f32'), f.local('f32')];
     const at = (base: Local, k: Local) => i32.add(base.get(), k.get());
     const centred = (v: Code) => (layer ? f32x4.sub(v, f32x4.splat(mean.get())) : v);
     const centred1 = (v: Code) => (layer ? f32.sub(v, mean.get()) : v);
-    // s = the sum over the row of g(x): four lanes, then the 1 to 3 left over
-    const rowSum = (g: (v: Code) => Code, g1: (v: Code) => Code) =>
-      seq(
-        acc.set(f32x4.const(0)),
-        s.set(f32.const(0)),
-        overRow(
-          f,
-          cols,
-          (k) => acc.set(f32x4.add(acc.get(), g(v128.load(at(x, k))))),
-          (k) => s.set(f32.add(s.get(), g1(f32.load(at(x, k))))),
-        ),
-        s.set(f32.add(s.get(), lanesSum(acc))),
-      );
-    const square = (v: Code) => seq(t.set(centred(v)), f32x4.mul(t.get(), t.get()));
-    const square1 = (v: Code) => seq(t1.set(centred1(v)), f32.mul(t1.get(), t1.get()));
     const scaled = (k: Local) =>
       f32x4.mul(f32x4.mul(centred(v128.load(at(x, k))), f32x4.splat(rstd.get())), v128.load(at(w, k)));
     const scaled1 = (k: Local) => f32.mul(f32.mul(centred1(f32.load(at(x, k))), rstd.get()), f32.load(at(w, k)));
-    f.body = seq(
-      n.set(f32.fromI32U(cols.get())),
-      for_(
-        r,
-        c(0),
-        rows.get(),
-        1,
-        seq(
-          layer
-            ? seq(
-                rowSum(
-                  (v) => v,
-                  (v) => v,
-                ),
-                mean.set(f32.div(s.get(), n.get())),
-              )
-            : [],
-          rowSum(square, square1),
-          rstd.set(f32.div(f32.const(1), f32.sqrt(f32.add(f32.div(s.get(), n.get()), eps.get())))),
-          overRow(
-            f,
-            cols,
-            (k) => v128.store(at(o, k), b ? f32x4.add(scaled(k), v128.load(at(b, k))) : scaled(k)),
-            (k) => f32.store(at(o, k), b ? f32.add(scaled1(k), f32.load(at(b, k))) : scaled1(k)),
-          ),
-          x.set(i32.add(x.get(), i32.shl(cols.get(), c(2)))),
-          o.set(i32.add(o.get(), i32.shl(cols.get(), c(2)))),
+    f.body = for_(
+      r,
+      c(0),
+      rows.get(),
+      1,
+      seq(
+        rowStats(f, x, cols, eps, layer, mean, rstd),
+        overRow(
+          f,
+          cols,
+          (k) => v128.store(at(o, k), b ? f32x4.add(scaled(k), v128.load(at(b, k))) : scaled(k)),
+          (k) => f32.store(at(o, k), b ? f32.add(scaled1(k), f32.load(at(b, k))) : scaled1(k)),
         ),
+        x.set(i32.add(x.get(), i32.shl(cols.get(), c(2)))),
+        o.set(i32.add(o.get(), i32.shl(cols.get(), c(2)))),
       ),
     );
   }
@@ -242,12 +203,55 @@ export function emitRows(m: ModuleBuilder): void {
 }
 
 /**
+ * Sets `mean` (LayerNorm only) and `rstd` = 1 / sqrt(var + eps) for the row of `cols` floats at x, in passes
+ * as the TypeScript kernel computes them: the variance from x - mean, not from the mean of squares (RMSNorm:
+ * the mean of squares, rstd = 1 / rms). The forward and the backward kernels share it, so both see the same
+ * statistics.
+ */
+function rowStats(f: Func, x: Local, cols: Local, eps: Local, layer: boolean, mean: Local, rstd: Local): Code {
+  const [acc, t, s, t1, n] = [f.local('v128'), f.local('v128'), f.local('f32'), f.local('f32'), f.local('f32')];
+  const at = (k: Local) => i32.add(x.get(), k.get());
+  // s = the sum over the row of g(x): four lanes, then the 1 to 3 left over
+  const rowSum = (g: (v: Code) => Code, g1: (v: Code) => Code) =>
+    seq(
+      acc.set(f32x4.const(0)),
+      s.set(f32.const(0)),
+      overRow(
+        f,
+        cols,
+        (k) => acc.set(f32x4.add(acc.get(), g(v128.load(at(k))))),
+        (k) => s.set(f32.add(s.get(), g1(f32.load(at(k))))),
+      ),
+      s.set(f32.add(s.get(), lanesSum(acc))),
+    );
+  const centred = (v: Code) => (layer ? f32x4.sub(v, f32x4.splat(mean.get())) : v);
+  const centred1 = (v: Code) => (layer ? f32.sub(v, mean.get()) : v);
+  return seq(
+    n.set(f32.fromI32U(cols.get())),
+    layer
+      ? seq(
+          rowSum(
+            (v) => v,
+            (v) => v,
+          ),
+          mean.set(f32.div(s.get(), n.get())),
+        )
+      : [],
+    rowSum(
+      (v) => seq(t.set(centred(v)), f32x4.mul(t.get(), t.get())),
+      (v) => seq(t1.set(centred1(v)), f32.mul(t1.get(), t1.get())),
+    ),
+    rstd.set(f32.div(f32.const(1), f32.sqrt(f32.add(f32.div(s.get(), n.get()), eps.get())))),
+  );
+}
+
+/**
  * layer_norm_bwd(x, w, g, rows, cols, eps, dx, dw, db) and rms_norm_bwd(x, w, g, rows, cols, eps, dx, dw):
  * the gradients of the two norms given g, the gradient of their output. With xhat the normalised row and
  * gx = g * w, dx = rstd * (gx - mean(gx) - xhat * mean(gx * xhat)) (RMSNorm: no mean(gx) term, its rstd
  * is 1 / rms). dw (and db) are sums over the rows, *added* to what is there: each thread gets its own
- * zeroed partial sums, which the caller adds up. Five passes over a row for LayerNorm, three for RMSNorm:
- * the statistics as the forward pass computes them, the two means, then the outputs.
+ * zeroed partial sums, which the caller adds up. Four passes over a row for LayerNorm, three for RMSNorm:
+ * the statistics as the forward pass computes them (rowStats), the two means, then the outputs.
  */
 function emitNormBackward(m: ModuleBuilder): void {
   for (const layer of [true, false]) {
@@ -281,8 +285,6 @@ function emitNormBackward(m: ModuleBuilder): void {
         s.set(f32.add(s.get(), lanesSum(acc))),
         s2.set(f32.add(s2.get(), lanesSum(acc2))),
       );
-    const square = (k: Local) => seq(t.set(X(k)), f32x4.mul(t.get(), t.get()));
-    const square1 = (k: Local) => seq(t1.set(X1(k)), f32.mul(t1.get(), t1.get()));
     // the outputs at one group of four: t = xhat, then dx, dw += g xhat, db += g
     const outputs = (k: Local) =>
       seq(
@@ -322,17 +324,7 @@ function emitNormBackward(m: ModuleBuilder): void {
         rows.get(),
         1,
         seq(
-          layer
-            ? seq(
-                rowSums(
-                  (k) => v128.load(at(x, k)),
-                  (k) => f32.load(at(x, k)),
-                ),
-                mean.set(f32.div(s.get(), n.get())),
-              )
-            : [],
-          rowSums(square, square1),
-          rstd.set(f32.div(f32.const(1), f32.sqrt(f32.add(f32.div(s.get(), n.get()), eps.get())))),
+          rowStats(f, x, cols, eps, layer, mean, rstd),
           // s = sum of gx, s2 = sum of gx (x - mean): mean(gx) and mean(gx xhat) = s2 rstd / n
           layer
             ? rowSums(
