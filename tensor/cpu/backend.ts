@@ -633,11 +633,10 @@ export class CpuBackend implements Backend {
   layerNormBackward(xv: View, wv: View, gv: View, eps: number): { dx: Storage; dweight: Storage; dbias: Storage } {
     const [rows, cols] = rowsCols(xv.shape);
     const [dxS, dwS, dbS] = [output(xv.dtype, rows * cols), output(xv.dtype, cols), output(xv.dtype, cols)];
-    if (
-      W.useWasm(store(xv), store(wv), store(gv), dxS, dwS, dbS) &&
-      W.normBackward(xv, wv, gv, eps, { dx: dxS, dw: dwS, db: dbS })
-    )
+    const wasm = W.useWasm(store(xv), store(wv), store(gv), dxS, dwS, dbS);
+    if (wasm && W.normBackward(xv, wv, gv, eps, { dx: dxS, dw: dwS, db: dbS })) {
       return { dx: dxS, dweight: dwS, dbias: dbS };
+    }
     const [x, w, g] = [dense(xv), dense(wv), dense(gv)];
     const [dw, db] = [new Float64Array(cols), new Float64Array(cols)];
     const dx = dxS.data;
@@ -671,11 +670,8 @@ export class CpuBackend implements Backend {
   rmsNormBackward(xv: View, wv: View, gv: View, eps: number): { dx: Storage; dweight: Storage } {
     const [rows, cols] = rowsCols(xv.shape);
     const [dxS, dwS] = [output(xv.dtype, rows * cols), output(xv.dtype, cols)];
-    if (
-      W.useWasm(store(xv), store(wv), store(gv), dxS, dwS) &&
-      W.normBackward(xv, wv, gv, eps, { dx: dxS, dw: dwS, db: null })
-    )
-      return { dx: dxS, dweight: dwS };
+    const wasm = W.useWasm(store(xv), store(wv), store(gv), dxS, dwS);
+    if (wasm && W.normBackward(xv, wv, gv, eps, { dx: dxS, dw: dwS, db: null })) return { dx: dxS, dweight: dwS };
     const [x, w, g] = [dense(xv), dense(wv), dense(gv)];
     const dw = new Float64Array(cols);
     const dx = dxS.data;

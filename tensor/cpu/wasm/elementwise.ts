@@ -100,8 +100,9 @@ export const UNARY: Record<string, (f: Func, x: Local) => Code> = {
 
 /**
  * The backward passes of SiLU and GELU: g * op'(x) from the input x and the gradient g, with s a sigmoid:
- * silu' = s (1 + x (1 - s)), s = sigmoid(x); and for GELU, x sigmoid(2u) with u = sqrt(2/pi) (x + 0.044715 x^3),
- * gelu' = s + x s (1 - s) 2 du/dx, s = sigmoid(2u) (the tanh form's 0.5 (1 + tanh u) is s, 1 - tanh^2 u is 4 s (1 - s)).
+ * silu' = s (1 + x (1 - s)), s = sigmoid(x); GELU is x sigmoid(2u) with u = sqrt(2/pi) (x + 0.044715 x^3),
+ * so gelu' = s + x s (1 - s) 2 du/dx, s = sigmoid(2u) (the tanh form's 0.5 (1 + tanh u) is s, and its
+ * 1 - tanh^2 u is 4 s (1 - s)).
  */
 const ACTIVATION_BACKWARD: Record<string, (f: Func, x: Local, g: Local) => Code> = {
   silu: (f, x, g) => {

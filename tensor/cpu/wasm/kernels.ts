@@ -296,16 +296,20 @@ function blasLayout(rows: number, cols: number, rowStride: number, colStride: nu
 
 let blasThreads = 0;
 
+/** Gives OpenBLAS our thread count (it keeps its own pool of threads). */
+function matchBlasThreads(): void {
+  if (blasThreads === getCpuThreads()) return;
+  blasThreads = getCpuThreads();
+  blas!.setThreads(blasThreads);
+}
+
 /** C = A @ B by OpenBLAS, one sgemm per matrix of the batch; false when its strides do not fit cblas. */
 function blasGemm(g: WasmGemm, batch: number, rows: number, aOffsets: ArrayLike<number>, bOffsets: ArrayLike<number>) {
   const { N, K } = g;
   const a = blasLayout(rows, K, g.aRowStride, g.aColStride);
   const b = blasLayout(K, N, g.bRowStride, g.bColStride);
   if (!a || !b) return false;
-  if (blasThreads !== getCpuThreads()) {
-    blasThreads = getCpuThreads();
-    blas!.setThreads(blasThreads);
-  }
+  matchBlasThreads();
   const heap = heapF32();
   for (let p = 0; p < batch; p++) {
     const [A, B] = [heap.subarray(g.a / 4 + aOffsets[p]), heap.subarray(g.b / 4 + bOffsets[p])];
@@ -325,10 +329,7 @@ function blasGemv(g: WasmGemm, batch: number, rows: number, aOffsets: ArrayLike<
   const bt = g.bColStride === 1 && g.bRowStride >= N ? [TRANS, K, N, g.bRowStride] : null;
   const layout = b ?? bt;
   if (!layout || g.aColStride < 1) return false;
-  if (blasThreads !== getCpuThreads()) {
-    blasThreads = getCpuThreads();
-    blas!.setThreads(blasThreads);
-  }
+  matchBlasThreads();
   const heap = heapF32();
   for (let p = 0; p < batch; p++) {
     const B = heap.subarray(g.b / 4 + bOffsets[p]);
@@ -609,9 +610,9 @@ export function crossEntropyBackward(
       o2,
       { storage: scale, shape: [rows, cols], strides: [1, 0], offset: 0, dtype: 'float32' },
     ]);
+    // minus g at each target; ignored rows get exact zeros, whatever their logits held
     for (let r = 0; r < rows; r++) {
-      if (ignored(r))
-        o.fill(0, r * cols, (r + 1) * cols); // exact zeros, whatever the logits held
+      if (ignored(r)) o.fill(0, r * cols, (r + 1) * cols);
       else o[r * cols + t[t0 + r * targets.strides[0]]] -= scale.data[r];
     }
   } finally {
