@@ -296,6 +296,12 @@ export async function openDevice(flags: FlagValues<typeof deviceFlags>): Promise
   const threads = getCpuThreads();
   const matmul = blas ? `, matmul by ${blas}` : '';
   const what = `${kernels}${kernels === 'wasm' && fma ? ' (relaxed-SIMD FMA)' : ''}${matmul}`;
-  console.log(`cpu kernels: ${what}, ${threads} thread${threads > 1 ? 's' : ''}`);
+  // without OpenBLAS the products run on the WebAssembly GEMM, a third of its speed on an AVX-512 core
+  const hint =
+    kernels === 'wasm' && !blas && process.env.NANOVLM_BLAS !== '0'
+      ? '; with OpenBLAS the matrix products run ~3x faster (apt-get install libopenblas0-pthread, ' +
+        'dnf install openblas or brew install openblas, and npm install koffi if npm skipped it)'
+      : '';
+  console.log(`cpu kernels: ${what}, ${threads} thread${threads > 1 ? 's' : ''}${hint}`);
   return device;
 }
