@@ -262,44 +262,63 @@ export function resizeBilinear(img: RGBImage, width: number, height: number): RG
 
 /** Resamples along one axis (x if `horizontal`, else y) to `outSize` pixels, as Pillow's 8bpc passes do. */
 function resamplePass(img: RGBImage, outSize: number, horizontal: boolean): RGBImage {
-  const taps = bilinearTaps(horizontal ? img.width : img.height, outSize);
+  const { starts, counts, weights, maxTaps } = bilinearTaps(horizontal ? img.width : img.height, outSize);
   const width = horizontal ? outSize : img.width;
   const height = horizontal ? img.height : outSize;
   // Bytes between neighbouring input pixels along the axis being filtered.
   const step = horizontal ? 3 : img.width * 3;
-  const data = new Uint8Array(width * height * 3);
+  const [src, data] = [img.data, new Uint8Array(width * height * 3)];
+  const half = 1 << (PRECISION_BITS - 1); // sums start at half a unit, so the shift rounds to nearest
   for (let y = 0; y < height; y++) {
     for (let x = 0; x < width; x++) {
-      const { start, weights } = taps[horizontal ? x : y];
-      const first = horizontal ? (y * img.width + start) * 3 : (start * img.width + x) * 3;
-      for (let c = 0; c < 3; c++) {
-        // Start at half a unit so the shift below rounds to nearest instead of truncating.
-        let sum = 1 << (PRECISION_BITS - 1);
-        for (let t = 0; t < weights.length; t++) sum += img.data[first + t * step + c] * weights[t];
-        // The sum is never negative (all weights are >= 0) but rounded weights can add up to
-        // slightly more than 1, so clip at 255 like Pillow's clip8.
-        data[(y * width + x) * 3 + c] = Math.min(sum >> PRECISION_BITS, 255);
+      const i = horizontal ? x : y; // the output pixel's filter
+      let at = horizontal ? (y * img.width + starts[i]) * 3 : (starts[i] * img.width + x) * 3;
+      let r = half;
+      let g = half;
+      let b = half;
+      for (let t = 0; t < counts[i]; t++, at += step) {
+        const w = weights[i * maxTaps + t];
+        r += src[at] * w;
+        g += src[at + 1] * w;
+        b += src[at + 2] * w;
       }
+      // The sums are never negative (all weights are >= 0) but rounded weights can add up to
+      // slightly more than 1, so clip at 255 like Pillow's clip8.
+      const o = (y * width + x) * 3;
+      data[o] = Math.min(r >> PRECISION_BITS, 255);
+      data[o + 1] = Math.min(g >> PRECISION_BITS, 255);
+      data[o + 2] = Math.min(b >> PRECISION_BITS, 255);
     }
   }
   return { width, height, data };
 }
 
-/** One output pixel's filter: the first input pixel it reads and a fixed-point weight per input pixel. */
+/**
+ * Each output pixel's filter: the first input pixel it reads (starts), how many it reads (counts), and a
+ * fixed-point weight for each (weights, maxTaps per output pixel): flat typed arrays, for the inner loop.
+ */
 interface Taps {
-  start: number;
-  weights: number[];
+  starts: Int32Array;
+  counts: Int32Array;
+  weights: Int32Array;
+  maxTaps: number;
 }
 
 /** Pillow's precompute_coeffs + normalize_coeffs_8bpc for the triangle filter, inSize -> outSize pixels. */
-function bilinearTaps(inSize: number, outSize: number): Taps[] {
+function bilinearTaps(inSize: number, outSize: number): Taps {
   const scale = inSize / outSize;
   // Downscaling widens the triangle (support 1) to cover `scale` input pixels, so every input
   // pixel contributes to some output (antialiasing); upscaling keeps the plain 1-pixel triangle.
   const filterScale = Math.max(scale, 1);
   const support = filterScale;
   const invFilterScale = 1 / filterScale; // Pillow multiplies by the reciprocal; dividing could round differently
-  const taps: Taps[] = [];
+  const maxTaps = Math.ceil(support) * 2 + 1;
+  const taps = {
+    starts: new Int32Array(outSize),
+    counts: new Int32Array(outSize),
+    weights: new Int32Array(outSize * maxTaps),
+    maxTaps,
+  };
   for (let i = 0; i < outSize; i++) {
     // The output pixel's centre in input coordinates uses the true scale, even when upscaling.
     const center = (i + 0.5) * scale;
@@ -309,8 +328,11 @@ function bilinearTaps(inSize: number, outSize: number): Taps[] {
     for (let x = start; x < end; x++) raw.push(triangle((x - center + 0.5) * invFilterScale));
     const total = raw.reduce((a, b) => a + b, 0);
     // Triangle weights are never negative, so Pillow's round-half-up branch is the only one used.
-    const weights = raw.map((w) => Math.trunc(0.5 + (w / total) * (1 << PRECISION_BITS)));
-    taps.push({ start, weights });
+    for (let t = 0; t < raw.length; t++) {
+      taps.weights[i * maxTaps + t] = Math.trunc(0.5 + (raw[t] / total) * (1 << PRECISION_BITS));
+    }
+    taps.starts[i] = start;
+    taps.counts[i] = raw.length;
   }
   return taps;
 }
