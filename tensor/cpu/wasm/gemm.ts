@@ -44,6 +44,7 @@ import {
   seq,
   v128,
 } from './emit.ts';
+import { lanesSum } from './rows.ts';
 
 /** Rows of the register tile (of A and C). */
 export const MR = 6;
@@ -206,11 +207,6 @@ function emitGemv(m: ModuleBuilder): void {
   const [j, k, end, col, ak] = [f.local('i32'), f.local('i32'), f.local('i32'), f.local('i32'), f.local('i32')];
   const acc = [f.local('v128'), f.local('v128'), f.local('v128'), f.local('v128')];
   const [av, s] = [f.local('v128'), f.local('f32')];
-  const sum4 = (v: Local) =>
-    f32.add(
-      f32.add(f32x4.extractLane(v.get(), 0), f32x4.extractLane(v.get(), 1)),
-      f32.add(f32x4.extractLane(v.get(), 2), f32x4.extractLane(v.get(), 3)),
-    );
   const zero = seq(...acc.map((x) => x.set(f32x4.const(0))));
   // column j + q of B (clamped to the last one: its dot product is computed twice, stored once)
   const column = (q: number) =>
@@ -238,7 +234,7 @@ function emitGemv(m: ModuleBuilder): void {
         if_(
           i32.ltU(i32.add(j.get(), c(q)), N.get()),
           seq(
-            s.set(sum4(x)),
+            s.set(lanesSum(x)),
             for_(
               k,
               end.get(),
@@ -334,11 +330,6 @@ function emitGemvBf16(m: ModuleBuilder, fma: boolean): void {
   const [a0, a1, even, odd, w] = [f.local('v128'), f.local('v128'), f.local('v128'), f.local('v128'), f.local('v128')];
   const s = f.local('f32');
   const madd = (x: Code, y: Code, z: Code) => (fma ? f32x4.relaxedMadd(x, y, z) : f32x4.add(f32x4.mul(x, y), z));
-  const sum4 = (v: Local) =>
-    f32.add(
-      f32.add(f32x4.extractLane(v.get(), 0), f32x4.extractLane(v.get(), 1)),
-      f32.add(f32x4.extractLane(v.get(), 2), f32x4.extractLane(v.get(), 3)),
-    );
   // rows j..j+3 of W, as byte addresses (clamped to the last row: its dot product is computed twice, stored once)
   const rowStarts = rows.map((r, q) => {
     const row = i32.minU(i32.add(j.get(), c(q)), i32.sub(N.get(), c(1)));
@@ -394,7 +385,11 @@ function emitGemvBf16(m: ModuleBuilder, fma: boolean): void {
         ...acc.map((x, q) =>
           if_(
             i32.ltU(i32.add(j.get(), c(q)), N.get()),
-            seq(s.set(sum4(x)), tail(q), f32.store(i32.add(cp.get(), i32.shl(i32.add(j.get(), c(q)), c(2))), s.get())),
+            seq(
+              s.set(lanesSum(x)),
+              tail(q),
+              f32.store(i32.add(cp.get(), i32.shl(i32.add(j.get(), c(q)), c(2))), s.get()),
+            ),
           ),
         ),
       ),

@@ -325,10 +325,10 @@ function blasGemm(g: WasmGemm, batch: number, rows: number, aOffsets: ArrayLike<
  */
 function blasGemv(g: WasmGemm, batch: number, rows: number, aOffsets: ArrayLike<number>, bOffsets: ArrayLike<number>) {
   const { N, K } = g;
-  const b = g.bRowStride === 1 && g.bColStride >= K ? [NO_TRANS, N, K, g.bColStride] : null;
-  const bt = g.bColStride === 1 && g.bRowStride >= N ? [TRANS, K, N, g.bRowStride] : null;
-  const layout = b ?? bt;
-  if (!layout || g.aColStride < 1) return false;
+  const b = blasLayout(K, N, g.bRowStride, g.bColStride);
+  if (!b || g.aColStride < 1) return false;
+  // c = B^T a: sgemv transposes B as stored; a B stored transposed ([N, K], a Linear's weight) is read as it is
+  const layout = b[0] === NO_TRANS ? [TRANS, K, N, b[1]] : [NO_TRANS, N, K, b[1]];
   matchBlasThreads();
   const heap = heapF32();
   for (let p = 0; p < batch; p++) {
