@@ -180,15 +180,15 @@ async function benchDevice(device: DeviceName): Promise<void> {
       for (const t of k === 'ts' ? [1] : [...new Set([1, 2, threadsBefore])]) {
         setCpuKernels(k, { blas: withBlas });
         setCpuThreads(t);
-        // the reference loops take half a minute a step: one timed step after the warm-up
+        // the reference loops take half a minute a step: one timed step after one warm-up step
         const r = await step(
           `small config (hidden 128, 4+4 blocks, 64px), ${k} kernels${withBlas ? ` + ${cpu.blas}` : ''}, ` +
             `${t} thread${t > 1 ? 's' : ''}`,
           smallConfig,
           16,
           48,
-          {},
-          k === 'ts' ? 1 : 3,
+          k === 'ts' ? {} : { warmup: 20 },
+          k === 'ts' ? 1 : 5,
         );
         if (k === 'wasm' && withBlas === Boolean(cpu.blas) && t === threadsBefore) smallStep = r.ms;
       }

@@ -70,6 +70,10 @@ export interface StepTiming {
  * runs it: the forward pass under tidyForward, so backward frees it as it
  * goes. tokens/s counts image + text tokens as nanoVLM does. `model` may be
  * given (a large one takes long to make); `freeze` leaves parts untrained.
+ * `warmup` steps run untimed first: V8 goes on optimizing the host code for
+ * a few dozen small steps (on one pinned core, where its compiler thread
+ * shares the core, the first ten are 10-20% slower than the steady state a
+ * training run spends its time in).
  */
 export async function benchTrainStep(
   cfg: VLMConfig,
@@ -77,7 +81,11 @@ export async function benchTrainStep(
   textLen: number,
   device: DeviceName,
   runs = 3,
-  { model: given, freeze = [] }: { model?: VisionLanguageModel; freeze?: ('vit' | 'lm')[] } = {},
+  {
+    model: given,
+    freeze = [],
+    warmup = 1,
+  }: { model?: VisionLanguageModel; freeze?: ('vit' | 'lm')[]; warmup?: number } = {},
 ): Promise<StepTiming> {
   const model = given ?? (await makeModel(cfg, device));
   model.setRequiresGrad(true);
@@ -90,7 +98,7 @@ export async function benchTrainStep(
   ]);
   const { ids, targets, image } = randomBatch(cfg, batch, textLen, device);
   const [times, forward, backward, optimizer, peaks]: number[][] = [[], [], [], [], []];
-  for (let i = 0; i <= runs; i++) {
+  for (let i = 1 - warmup; i <= runs; i++) {
     if (device === 'cpu') resetHeapPeak();
     const t: number[] = [performance.now()];
     const loss = tidy(() => {
@@ -105,7 +113,7 @@ export async function benchTrainStep(
     t.push(performance.now());
     loss.dispose();
     opt.zeroGrad();
-    if (i === 0) continue; // the first step warms up (JIT, pipelines, pools)
+    if (i <= 0) continue; // warm-up (JIT, pipelines, pools)
     times.push(t[3] - t[0]);
     forward.push(t[1] - t[0]);
     backward.push(t[2] - t[1]);

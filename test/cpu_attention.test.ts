@@ -4,11 +4,13 @@
 // 67 rows; more than one block of queries and of keys), head dims 6 to 64,
 // grouped heads, causal attention with fewer queries than keys, masks
 // broadcast by strides, dropout, and head-transposed inputs; on one thread
-// and on two.
+// and on two. Twice: with the WebAssembly GEMM's block products, and (where
+// OpenBLAS is installed) with OpenBLAS's, whose blocks are larger.
 
 import { afterAll, describe, expect, it } from 'vitest';
 import { Generator, randn, scaledDotProductAttention, tensor, type Tensor } from '../tensor/index.ts';
 import { setCpuThreads } from '../tensor/cpu/threads.ts';
+import { blas } from '../tensor/cpu/blas.ts';
 import { setCpuKernels, wasmStats } from '../tensor/cpu/wasm/kernels.ts';
 import { expectClose } from './helpers.ts';
 
@@ -28,11 +30,17 @@ interface Case {
   transposed?: boolean;
   /** The loss is out.sum(): the gradient reaching attention is one value broadcast (stride 0). */
   sum?: boolean;
+  /** Every position's key and value the same, expanded from one (row stride 0: operands cblas cannot take). */
+  sameKeys?: boolean;
 }
 
+/** The kernels of a pass: the TypeScript reference, WebAssembly, WebAssembly with OpenBLAS's block products. */
+type Kernels = 'ts' | 'wasm' | 'blas';
+
 /** out, dq, dk and dv of one forward and backward pass with the given kernels. */
-function pass(kernels: 'ts' | 'wasm', c: Case): Float32Array[] {
-  setCpuKernels(kernels);
+function pass(kernels: Kernels, c: Case): Float32Array[] {
+  if (kernels === 'ts') setCpuKernels('ts');
+  else setCpuKernels('wasm', { blas: kernels === 'blas' });
   const [B, H, T] = c.q;
   const Tk = c.k[2];
   const leaves: Tensor[] = [];
@@ -42,7 +50,8 @@ function pass(kernels: 'ts' | 'wasm', c: Case): Float32Array[] {
     leaves.push(leaf);
     return c.transposed ? leaf.transpose(1, 2) : leaf;
   };
-  const [q, k, v] = [make(c.q, 1), make(c.k, 2), make(c.k, 3)];
+  const keys = (seed: number) => (c.sameKeys ? make([c.k[0], c.k[1], 1, c.k[3]], seed).expand(c.k) : make(c.k, seed));
+  const [q, k, v] = [make(c.q, 1), keys(2), keys(3)];
   let mask: Tensor | undefined;
   if (c.mask === 'keys') {
     const padded = Float32Array.from({ length: B * Tk }, (_, n) => (n % 3 === 1 ? -3.4028234663852886e38 : 0));
@@ -62,9 +71,9 @@ function pass(kernels: 'ts' | 'wasm', c: Case): Float32Array[] {
 }
 
 /** wasm against ts: values within atol + rtol * |ts|. */
-function agree(c: Case, rtol = 2e-5, atol = 2e-5): void {
+function agree(c: Case, kernels: Kernels, rtol = 2e-5, atol = 2e-5): void {
   const ref = pass('ts', c);
-  const got = pass('wasm', c);
+  const got = pass(kernels, c);
   ['out', 'dq', 'dk', 'dv'].forEach((name, i) => {
     try {
       expectClose(got[i], ref[i], rtol, atol);
@@ -74,46 +83,73 @@ function agree(c: Case, rtol = 2e-5, atol = 2e-5): void {
   });
 }
 
+const cases: [string, Case][] = [
+  ['one query, one key, head dim 3', { q: [1, 1, 1, 3], k: [1, 1, 1, 3] }],
+  ['the ViT: bidirectional, 17 patches, head dim 24', { q: [2, 3, 17, 24], k: [2, 3, 17, 24] }],
+  ['67 rows, head dim 64, head-transposed inputs', { q: [1, 2, 67, 64], k: [1, 2, 67, 64], transposed: true }],
+  ['GQA 4:1, causal, head dim 20, key padding', { q: [2, 8, 3, 20], k: [2, 2, 3, 20], causal: true, mask: 'keys' }],
+  [
+    'a KV-cache step: 1 query over 9 keys, head dim 6',
+    { q: [3, 4, 1, 6], k: [3, 2, 9, 6], causal: true, mask: 'keys' },
+  ],
+  [
+    'a KV-cache step of the 222M decoder: GQA 3:1, head dim 64, 145 keys, a full mask, head-transposed inputs',
+    { q: [2, 9, 1, 64], k: [2, 3, 145, 64], causal: true, mask: 'full', transposed: true },
+  ],
+  [
+    '3 queries over 17 keys, causal, a full mask with key stride T',
+    { q: [2, 2, 3, 40], k: [2, 1, 17, 40], causal: true, mask: 'full' },
+  ],
+  [
+    'several blocks of queries and keys (130 x 300), causal, head dim 10',
+    { q: [1, 2, 130, 10], k: [1, 1, 300, 10], causal: true },
+  ],
+  [
+    'several blocks of queries and keys at OpenBLAS block sizes (260 x 600), causal, GQA, key padding',
+    { q: [1, 2, 260, 8], k: [1, 1, 600, 8], causal: true, mask: 'keys' },
+  ],
+  ['dropout, GQA, causal', { q: [2, 2, 17, 5], k: [2, 1, 19, 5], causal: true, p: 0.25 }],
+  ['dropout over several key blocks', { q: [1, 1, 7, 8], k: [1, 1, 600, 8], p: 0.5, mask: 'keys' }],
+  ['a broadcast gradient (the loss is a plain sum)', { q: [1, 3, 17, 24], k: [1, 3, 17, 24], sum: true }],
+];
+
 describe('wasm attention against the TypeScript reference, one thread', () => {
-  const setup = () => setCpuThreads(1);
-  const cases: [string, Case][] = [
-    ['one query, one key, head dim 3', { q: [1, 1, 1, 3], k: [1, 1, 1, 3] }],
-    ['the ViT: bidirectional, 17 patches, head dim 24', { q: [2, 3, 17, 24], k: [2, 3, 17, 24] }],
-    ['67 rows, head dim 64, head-transposed inputs', { q: [1, 2, 67, 64], k: [1, 2, 67, 64], transposed: true }],
-    ['GQA 4:1, causal, head dim 20, key padding', { q: [2, 8, 3, 20], k: [2, 2, 3, 20], causal: true, mask: 'keys' }],
-    [
-      'a KV-cache step: 1 query over 9 keys, head dim 6',
-      { q: [3, 4, 1, 6], k: [3, 2, 9, 6], causal: true, mask: 'keys' },
-    ],
-    [
-      'a KV-cache step of the 222M decoder: GQA 3:1, head dim 64, 145 keys, a full mask, head-transposed inputs',
-      { q: [2, 9, 1, 64], k: [2, 3, 145, 64], causal: true, mask: 'full', transposed: true },
-    ],
-    [
-      '3 queries over 17 keys, causal, a full mask with key stride T',
-      { q: [2, 2, 3, 40], k: [2, 1, 17, 40], causal: true, mask: 'full' },
-    ],
-    [
-      'several blocks of queries and keys (130 x 300), causal, head dim 10',
-      { q: [1, 2, 130, 10], k: [1, 1, 300, 10], causal: true },
-    ],
-    ['dropout, GQA, causal', { q: [2, 2, 17, 5], k: [2, 1, 19, 5], causal: true, p: 0.25 }],
-    ['dropout over several key blocks', { q: [1, 1, 7, 8], k: [1, 1, 300, 8], p: 0.5, mask: 'keys' }],
-    ['a broadcast gradient (the loss is a plain sum)', { q: [1, 3, 17, 24], k: [1, 3, 17, 24], sum: true }],
-  ];
   for (const [name, c] of cases) {
     it(name, () => {
-      setup();
-      agree(c);
+      setCpuThreads(1);
+      agree(c, 'wasm');
     });
   }
+});
+
+describe.skipIf(!blas)('wasm attention with OpenBLAS block products against the TypeScript reference', () => {
+  for (const [name, c] of cases) {
+    it(name, () => {
+      setCpuThreads(1);
+      agree(c, 'blas');
+    });
+  }
+  it('makes the block products with OpenBLAS', () => {
+    setCpuThreads(1);
+    const before = wasmStats.blasBlockProducts;
+    agree({ q: [1, 2, 17, 24], k: [1, 2, 17, 24] }, 'blas');
+    expect(wasmStats.blasBlockProducts - before).toBe(2 * 2 + 5 * 2); // per head: 2 forward, 5 backward
+  });
+  it('leaves block products cblas cannot describe (keys with row stride 0) to the WebAssembly GEMM', () => {
+    setCpuThreads(1);
+    agree({ q: [2, 2, 9, 8], k: [2, 1, 9, 8], sameKeys: true }, 'blas');
+  });
+  it('two threads (OpenBLAS splits the large products)', () => {
+    setCpuThreads(2);
+    agree({ q: [2, 4, 67, 64], k: [2, 2, 67, 64], causal: true, mask: 'keys', transposed: true }, 'blas');
+  });
 });
 
 describe('wasm attention, two threads', () => {
   it('splits a large call across threads, same results', () => {
     setCpuThreads(2);
     const before = wasmStats.parallelCalls;
-    agree({ q: [2, 4, 67, 64], k: [2, 2, 67, 64], causal: true, mask: 'keys', transposed: true });
+    agree({ q: [2, 4, 67, 64], k: [2, 2, 67, 64], causal: true, mask: 'keys', transposed: true }, 'wasm');
     expect(wasmStats.parallelCalls - before).toBeGreaterThanOrEqual(2); // forward and backward
   });
 });

@@ -2,10 +2,11 @@
 // queries of one head are taken a block of rows at a time, the keys a block
 // at a time, and the scores of a block (rows x keys, in a small per-thread
 // buffer) never reach a tensor. The block products are the GEMM's own
-// (gemm_block in gemm.ts: packed panels, a 6 x 8 register tile); what is new
-// here are the passes over a block of scores between two products. The
-// plain TypeScript loops of ../backend.ts (attention, scoreRow) are the
-// reference these compute.
+// (gemm_block in gemm.ts: packed panels, a 6 x 8 register tile), or, in the
+// _blas kernels, OpenBLAS's sgemm through a function of the host (3-4x the
+// WebAssembly GEMM on an AVX-512 core). What is new here are the passes over
+// a block of scores between two products. The plain TypeScript loops of
+// ../backend.ts (attention, scoreRow) are the reference these compute.
 //
 // Forward, for a block of query rows (an online softmax: each row keeps its
 // running max m and sum l, so no row needs all its scores at once):
@@ -102,11 +103,17 @@ const rowOf = (base: Local, r: Code, len: Local) => i32.add(base.get(), i32.shl(
 /** base + 4 * i: float i. */
 const word = (base: Local, i: Code) => i32.add(base.get(), i32.shl(i, c(2)));
 
-/** Emits attention_fwd and attention_bwd (and their _fma twins when the module has FMA). */
-export function emitAttention(m: ModuleBuilder, blocks: GemmBlocks): void {
+/**
+ * Emits attention_fwd and attention_bwd (and their _fma twins when the module
+ * has FMA), and the _blas twins, whose block products call `hostGemm`
+ * instead: the host's function with gemm_block's parameters, which hands them
+ * to OpenBLAS (kernels.ts). The passes over the scores are the same code.
+ */
+export function emitAttention(m: ModuleBuilder, blocks: GemmBlocks, hostGemm: Func): void {
   for (const [suffix, gemm] of [
     ['', blocks.plain],
     ['_fma', blocks.fma],
+    ['_blas', hostGemm],
   ] as const) {
     if (!gemm) continue;
     emitForward(m, `attention_fwd${suffix}`, gemm);
@@ -161,11 +168,13 @@ function keepScale(f: Func, p: Params, n: Code): Code {
 }
 
 /**
- * The scores of one row of a block, in place: s * scale + mask, then
- * `then`; keys after the causal limit `last` (an absolute key index; the
- * block starts at key j0) get -inf, which the exponential makes 0. The mask
- * row is read by its key stride (1: vectors; 0: one value; else lane by
- * lane); a call without a mask passes the zero word with strides 0.
+ * The scores of one row of a block, in place: s * scale + mask, then `then`,
+ * for the keys up to the causal limit `last` (an absolute key index; the
+ * block starts at key j0): `seen` is set to how many keys of the block that
+ * is, and the keys after it get 0, the probability of a key the query may
+ * not see. The mask row is read by its key stride, chosen once per row: 1:
+ * vectors; 0: one value (a broadcast, or a call without a mask, which passes
+ * the zero word); else lane by lane.
  */
 function scoreRow(
   f: Func,
@@ -175,38 +184,18 @@ function scoreRow(
   mask: Local,
   j0: Local,
   last: Code,
-  then: (x: Code) => Code = (x) => x,
+  seen: Local,
+  then: (x: Code) => Code,
 ): Code {
-  const [j, from, v] = [f.local('i32'), f.local('i32'), f.local('v128')];
-  const maskAt = (at: Local) => i32.add(mask.get(), i32.mul(i32.shrU(at.get(), c(2)), i32.shl(p.MC.get(), c(2))));
+  const [j, from, v, one] = [f.local('i32'), f.local('i32'), f.local('v128'), f.local('v128')];
+  const maskAt = (at: Local) => i32.add(mask.get(), i32.mul(at.get(), p.MC.get())); // at is 4 j
   const lane = (at: Local, l: number) => f32.load(i32.add(maskAt(at), i32.shl(i32.mul(p.MC.get(), c(l)), c(2))));
-  const maskVec = (at: Local) =>
-    choose(
-      'v128',
-      i32.eq(p.MC.get(), c(1)),
-      v128.load(maskAt(at)),
-      choose(
-        'v128',
-        i32.eqz(p.MC.get()),
-        v128.load32Splat(mask.get()),
-        [1, 2, 3].reduce((acc: Code, l) => f32x4.replaceLane(acc, l, lane(at, l)), v128.load32Splat(maskAt(at))),
-      ),
-    );
-  return seq(
-    from.set(i32.sub(i32.add(last, c(1)), j0.get())),
-    if_(
-      i32.and(p.CAUSAL.get(), i32.ltS(from.get(), n.get())),
-      for_(
-        j,
-        choose('i32', i32.ltS(from.get(), c(0)), c(0), from.get()),
-        n.get(),
-        1,
-        f32.store(word(row, j.get()), f32.const(-Infinity)),
-      ),
-    ),
+  const gathered = (at: Local) =>
+    [1, 2, 3].reduce((acc: Code, l) => f32x4.replaceLane(acc, l, lane(at, l)), v128.load32Splat(maskAt(at)));
+  const scores = (maskVec: (at: Local) => Code) =>
     overRow(
       f,
-      n,
+      seen,
       (at) =>
         v128.store(addr(row, at), then(f32x4.add(f32x4.mul(v128.load(addr(row, at)), splat(p.SCALE)), maskVec(at)))),
       (at) =>
@@ -214,7 +203,30 @@ function scoreRow(
           v.set(f32x4.splat(f32.add(f32.mul(f32.load(addr(row, at)), p.SCALE.get()), f32.load(maskAt(at))))),
           f32.store(addr(row, at), f32x4.extractLane(then(v.get()), 0)),
         ),
+    );
+  return seq(
+    from.set(i32.sub(i32.add(last, c(1)), j0.get())),
+    seen.set(
+      choose(
+        'i32',
+        p.CAUSAL.get(),
+        choose('i32', i32.ltS(from.get(), c(0)), c(0), i32.minU(from.get(), n.get())),
+        n.get(),
+      ),
     ),
+    if_(
+      i32.eq(p.MC.get(), c(1)),
+      scores((at) => v128.load(maskAt(at))),
+      if_(
+        i32.eqz(p.MC.get()),
+        seq(
+          one.set(v128.load32Splat(mask.get())),
+          scores(() => one.get()),
+        ),
+        scores(gathered),
+      ),
+    ),
+    for_(j, seen.get(), n.get(), 1, f32.store(word(row, j.get()), f32.const(0))),
   );
 }
 
@@ -229,7 +241,7 @@ function emitForward(m: ModuleBuilder, name: string, gemm: Func): void {
   const f = m.func(name, Array(11).fill('i32'));
   const [params, q, k, v, o, stats, mask, i0, rows, nBase, thread] = f.params;
   const { p, code: load } = loadParams(f, params);
-  const [S, O, M, L, gs, end, j0, nk, r, row, orow, mrow, j] = Array.from({ length: 13 }, () => f.local('i32'));
+  const [S, O, M, L, gs, end, j0, nk, r, row, orow, mrow, j, seen] = Array.from({ length: 14 }, () => f.local('i32'));
   const [mOld, mNew, mSafe, alpha, s1, inv] = Array.from({ length: 6 }, () => f.local('f32'));
   const [mx, sum, x] = [f.local('v128'), f.local('v128'), f.local('v128')];
   const scale = (base: Local, by: Local) =>
@@ -242,17 +254,13 @@ function emitForward(m: ModuleBuilder, name: string, gemm: Func): void {
   const softmaxRow = seq(
     row.set(rowOf(S, r.get(), nk)),
     mrow.set(i32.add(mask.get(), i32.shl(i32.add(i32.mul(r.get(), p.MR.get()), i32.mul(j0.get(), p.MC.get())), c(2)))),
-    scoreRow(f, p, row, nk, mrow, j0, i32.add(p.SHIFT.get(), i32.add(i0.get(), r.get()))),
+    // the scores and their max in one pass (the keys the row may not see are 0 and left out)
     mx.set(k4(-Infinity)),
-    s1.set(f32.const(-Infinity)),
-    overRow(
-      f,
-      nk,
-      (at) => mx.set(f32x4.max(mx.get(), v128.load(addr(row, at)))),
-      (at) => s1.set(f32.max(s1.get(), f32.load(addr(row, at)))),
+    scoreRow(f, p, row, nk, mrow, j0, i32.add(p.SHIFT.get(), i32.add(i0.get(), r.get())), seen, (s) =>
+      seq(x.set(s), mx.set(f32x4.max(mx.get(), x.get())), x.get()),
     ),
     mOld.set(f32.load(word(M, r.get()))),
-    mNew.set(f32.max(mOld.get(), f32.max(s1.get(), lanesMax(mx)))),
+    mNew.set(f32.max(mOld.get(), lanesMax(mx))),
     // a row that has seen only -inf so far keeps m = -inf; its e^(s - 0) are 0 then
     mSafe.set(choose('f32', f32.eq(mNew.get(), f32.const(-Infinity)), f32.const(0), mNew.get())),
     alpha.set(exp1(f, f32.sub(mOld.get(), mSafe.get()))),
@@ -260,7 +268,7 @@ function emitForward(m: ModuleBuilder, name: string, gemm: Func): void {
     s1.set(f32.const(0)),
     overRow(
       f,
-      nk,
+      seen,
       (at) =>
         seq(
           x.set(f32x4.sub(v128.load(addr(row, at)), splat(mSafe))),
@@ -296,8 +304,8 @@ function emitForward(m: ModuleBuilder, name: string, gemm: Func): void {
         ),
       ),
     ),
-    orow.set(rowOf(O, r.get(), p.D)),
-    scale(orow, alpha),
+    // the first key block finds O at 0: nothing to rescale
+    if_(j0.get(), seq(orow.set(rowOf(O, r.get(), p.D)), scale(orow, alpha))),
   );
   f.body = seq(
     load,
@@ -381,8 +389,8 @@ function emitBackward(m: ModuleBuilder, name: string, gemm: Func): void {
   const f = m.func(name, Array(13).fill('i32'));
   const [params, q, k, v, o, g, lse, mask, dq, dk, dv, nBase, thread] = f.params;
   const { p, code: load } = loadParams(f, params);
-  const [P, dP, delta, gs, h, qh, oh, gh, lh, mh, dqh, nb, t, j0, nk, i0, rows, r, row, drow, mrow, j, probs] =
-    Array.from({ length: 23 }, () => f.local('i32'));
+  const [P, dP, delta, gs, h, qh, oh, gh, lh, mh, dqh, nb, t, j0, nk, i0, rows, r, row, drow, mrow, j, probs, seen] =
+    Array.from({ length: 24 }, () => f.local('i32'));
   const [lseRow, deltaRow, dot] = [f.local('f32'), f.local('f32'), f.local('f32')];
   const [acc, x] = [f.local('v128'), f.local('v128')];
   const dropScale = (rr: Local, jj: Local) =>
@@ -419,7 +427,7 @@ function emitBackward(m: ModuleBuilder, name: string, gemm: Func): void {
       t.set(i32.add(i0.get(), r.get())),
       lseRow.set(f32.load(word(lh, t.get()))),
       mrow.set(i32.add(mh.get(), i32.shl(i32.add(i32.mul(t.get(), p.MR.get()), i32.mul(j0.get(), p.MC.get())), c(2)))),
-      scoreRow(f, p, row, nk, mrow, j0, i32.add(p.SHIFT.get(), t.get()), (s) =>
+      scoreRow(f, p, row, nk, mrow, j0, i32.add(p.SHIFT.get(), t.get()), seen, (s) =>
         seq(x.set(f32x4.sub(s, splat(lseRow))), UNARY.exp(f, x)),
       ),
     ),

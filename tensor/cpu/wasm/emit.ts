@@ -128,25 +128,37 @@ export class Func {
 /** A module under construction: its functions, each exported under its name. */
 export class ModuleBuilder {
   readonly funcs: Func[] = [];
+  /** Functions the host provides (env.<name>): they take the first indices, before every defined one. */
+  private readonly imports: Func[] = [];
+
+  /** Declares a function the host passes in as env.<name> when it instantiates the module. */
+  importFunc(name: string, params: ValType[], result: ValType | null = null): Func {
+    if (this.funcs.length) throw new Error(`wasm module: import ${name} must come before the first function`);
+    const f = new Func(this.imports.length, name, params, result);
+    this.imports.push(f);
+    return f;
+  }
 
   /** Declares a function; fill in its `body` afterwards. */
   func(name: string, params: ValType[], result: ValType | null = null): Func {
-    const f = new Func(this.funcs.length, name, params, result);
+    const f = new Func(this.imports.length + this.funcs.length, name, params, result);
     this.funcs.push(f);
     return f;
   }
 
   /**
-   * The binary module. It imports its memory as env.memory; a shared memory
-   * must declare a maximum, and 65536 pages (4 GiB) accepts any the host makes.
+   * The binary module. It imports its memory as env.memory (and the host's
+   * functions as env.<name>); a shared memory must declare a maximum, and 65536 pages (4 GiB) accepts any the host makes.
    */
   assemble(shared: boolean): Uint8Array<ArrayBuffer> {
     const types: string[] = [];
-    const typeIndex = this.funcs.map((f) => {
+    const typeOf = (f: Func) => {
       const key = f.signature().join();
       if (!types.includes(key)) types.push(key);
       return types.indexOf(key);
-    });
+    };
+    const importTypes = this.imports.map(typeOf);
+    const typeIndex = this.funcs.map(typeOf);
     const section = (id: number, items: number[][]) => [id, ...sized(vec(items))];
     const limits = shared ? [0x03, 0, ...uleb(65536)] : [0x00, 0];
     return new Uint8Array([
@@ -162,7 +174,10 @@ export class ModuleBuilder {
         1,
         types.map((t) => t.split(',').map(Number)),
       ),
-      ...section(2, [[...utf8('env'), ...utf8('memory'), 0x02, ...limits]]),
+      ...section(2, [
+        [...utf8('env'), ...utf8('memory'), 0x02, ...limits],
+        ...this.imports.map((f, i) => [...utf8('env'), ...utf8(f.name), 0x00, ...uleb(importTypes[i])]),
+      ]),
       ...section(
         3,
         typeIndex.map((i) => uleb(i)),

@@ -29,7 +29,8 @@ type Fn = (...args: number[]) => number;
 /** Emits every kernel; with `fma`, the relaxed-SIMD variants too. */
 function emitModule(fma: boolean): Uint8Array<ArrayBuffer> {
   const m = new ModuleBuilder();
-  emitAttention(m, emitGemm(m, fma));
+  const hostGemm = m.importFunc('gemm', Array(13).fill('i32')); // blockGemm below
+  emitAttention(m, emitGemm(m, fma), hostGemm);
   emitElementwise(m);
   emitRows(m);
   emitAdamW(m);
@@ -59,7 +60,7 @@ const compiled = compile();
 const fns: Record<string, Fn> = {};
 const fnIndex: Record<string, number> = {};
 if (compiled) {
-  const exports = new WebAssembly.Instance(compiled.module, { env: { memory: memory! } }).exports;
+  const exports = new WebAssembly.Instance(compiled.module, { env: { memory: memory!, gemm: blockGemm } }).exports;
   WebAssembly.Module.exports(compiled.module).forEach((e, i) => {
     fns[e.name] = exports[e.name] as Fn;
     fnIndex[e.name] = i;
@@ -140,8 +141,8 @@ function block(bytes: number): number {
   return ptr;
 }
 
-/** Kernel calls that ran on more than one thread (tests and benchmarks read this). */
-export const wasmStats = { parallelCalls: 0 };
+/** Kernel calls that ran on more than one thread, and attention block products made by OpenBLAS (tests read these). */
+export const wasmStats = { parallelCalls: 0, blasBlockProducts: 0 };
 
 /** Runs one export per task, on this thread alone or on all; each call gets the thread's index as one more argument. */
 function run(name: string, tasks: number[][]): void {
@@ -301,6 +302,24 @@ function matchBlasThreads(): void {
   if (blasThreads === getCpuThreads()) return;
   blasThreads = getCpuThreads();
   blas!.setThreads(blasThreads);
+}
+
+/**
+ * The block products of the _blas attention kernels (attention.ts), called from inside them with
+ * gemm_block's parameters (byte addresses, element strides; `add`: C += A @ B, else C = A @ B): OpenBLAS's
+ * sgemm, or gemm_block itself for strides cblas cannot describe. Workers cannot call it (pool.ts).
+ */
+function blockGemm(...args: number[]): void {
+  const [a, b, c, M, N, K, aRowStride, aColStride, bRowStride, bColStride, ldc, add] = args;
+  const [la, lb] = [blasLayout(M, K, aRowStride, aColStride), blasLayout(K, N, bRowStride, bColStride)];
+  if (!la || !lb) {
+    fns[fma ? 'gemm_block_fma' : 'gemm_block'](...args);
+    return;
+  }
+  const heap = heapF32();
+  const [A, B, C] = [heap.subarray(a / 4), heap.subarray(b / 4), heap.subarray(c / 4)];
+  wasmStats.blasBlockProducts++;
+  blas!.sgemm(ROW_MAJOR, la[0], lb[0], M, N, K, 1, A, la[1], B, lb[1], add, C, ldc);
 }
 
 /** C = A @ B by OpenBLAS, one sgemm per matrix of the batch; false when its strides do not fit cblas. */
@@ -684,6 +703,9 @@ export function normBackward(
 
 const ATT_ROWS = 96; // most query rows per block (whole 6-row register tiles)
 const ATT_KEYS = 256; // most keys per block: a block of scores stays in L2, and is one GEMM slab deep (KC)
+// With OpenBLAS, larger blocks: fewer, larger sgemm calls (each costs a couple of microseconds to make)
+const ATT_ROWS_BLAS = 256;
+const ATT_KEYS_BLAS = 512;
 
 /** A block length near n / ceil(n / most), at most `most`, rounded up to a multiple of `multiple`. */
 function blockLength(n: number, most: number, multiple: number): number {
@@ -741,9 +763,15 @@ function attentionCall(
 ): void {
   const [B, H, T, D] = q.shape;
   const [Hkv, Tk] = [k.shape[1], k.shape[2]];
-  const [mq, nk] = [blockLength(T, ATT_ROWS, MR), blockLength(Tk, ATT_KEYS, NR)];
-  const parallel = pieces(B * H * T * Tk * D, GEMM_PARALLEL_MIN) > 1;
+  // OpenBLAS does the block products where it runs the GEMM (gemm() above): the tasks then run one after
+  // another on this thread (only it can call C), and OpenBLAS splits the large products across its threads
+  const viaBlas = useBlas && T >= MR;
+  const [mq, nk] = viaBlas
+    ? [blockLength(T, ATT_ROWS_BLAS, 1), blockLength(Tk, ATT_KEYS_BLAS, 1)]
+    : [blockLength(T, ATT_ROWS, MR), blockLength(Tk, ATT_KEYS, NR)];
+  const parallel = !viaBlas && pieces(B * H * T * Tk * D, GEMM_PARALLEL_MIN) > 1;
   const threads = parallel ? getCpuThreads() : 1;
+  if (viaBlas) matchBlasThreads();
   // forward: scores, output rows, max and sum of a block; backward: P and dP of a block, delta of a head
   const floatsPerThread = g ? 2 * mq * nk + T : mq * nk + mq * D + 2 * mq;
   const perThread = Math.ceil((4 * floatsPerThread) / 64) * 64; // whole cache lines: threads never share one
@@ -796,7 +824,7 @@ function attentionCall(
       params,
       rowsPerBlock: mq,
       run: (name, tasks) => {
-        const kernel = fma ? `${name}_fma` : name;
+        const kernel = viaBlas ? `${name}_blas` : fma ? `${name}_fma` : name;
         if (!parallel) for (const task of tasks) fns[kernel](...task, 0);
         else for (let at = 0; at < tasks.length; at += 4095) run(kernel, tasks.slice(at, at + 4095));
       },

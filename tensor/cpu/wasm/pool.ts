@@ -140,7 +140,17 @@ export function runParallel(fn: number, own: (...a: number[]) => unknown, tasks:
 
 /** The worker's side: serve calls forever (runs in worker.ts). */
 export function serve(init: WorkerInit): never {
-  const exports = new WebAssembly.Instance(init.module, { env: { memory: init.memory } }).exports;
+  // the host functions the module imports are the main thread's (OpenBLAS through koffi): never called here
+  const hostOnly = WebAssembly.Module.imports(init.module)
+    .filter((i) => i.kind === 'function')
+    .map((i) => [
+      i.name,
+      () => {
+        throw new Error(`cpu kernels: ${i.name} runs on the main thread only`);
+      },
+    ]);
+  const env = { memory: init.memory, ...Object.fromEntries(hostOnly) };
+  const exports = new WebAssembly.Instance(init.module, { env }).exports;
   const fns = WebAssembly.Module.exports(init.module).map((e) => exports[e.name] as (...a: number[]) => unknown);
   [ctl, args] = [init.ctl, init.args];
   const thread = init.thread;
