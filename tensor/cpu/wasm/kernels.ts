@@ -703,6 +703,7 @@ export function normBackward(
 
 const ATT_ROWS = 96; // most query rows per block (whole 6-row register tiles)
 const ATT_KEYS = 256; // most keys per block: a block of scores stays in L2, and is one GEMM slab deep (KC)
+const BLAS_THREADED_MIN = 1 << 18; // OpenBLAS's sgemm runs on one thread below this many multiply-adds
 // With OpenBLAS, larger blocks: fewer, larger sgemm calls (each costs a couple of microseconds to make)
 const ATT_ROWS_BLAS = 256;
 const ATT_KEYS_BLAS = 512;
@@ -764,8 +765,12 @@ function attentionCall(
   const [B, H, T, D] = q.shape;
   const [Hkv, Tk] = [k.shape[1], k.shape[2]];
   // OpenBLAS does the block products where it runs the GEMM (gemm() above): the tasks then run one after
-  // another on this thread (only it can call C), and OpenBLAS splits the large products across its threads
-  const viaBlas = useBlas && T >= MR;
+  // another on this thread (only it can call C), and OpenBLAS splits the large products across its threads.
+  // It splits none under 2^18 multiply-adds: with more threads than one, heads that small go faster as tasks
+  // of our own threads, with the WebAssembly GEMM (measured: 16 x 4 heads x 64 x 32 on 2 threads, forward and
+  // backward, 2.9 ms against 4.1; one thread: 4.6 against 3.3)
+  const threaded = getCpuThreads() > 1 && T * Tk * D < BLAS_THREADED_MIN;
+  const viaBlas = useBlas && T >= MR && !threaded;
   const [mq, nk] = viaBlas
     ? [blockLength(T, ATT_ROWS_BLAS, 1), blockLength(Tk, ATT_KEYS_BLAS, 1)]
     : [blockLength(T, ATT_ROWS, MR), blockLength(Tk, ATT_KEYS, NR)];
