@@ -139,9 +139,11 @@ describe.skipIf(!blas)('wasm attention with OpenBLAS block products against the 
     setCpuThreads(1);
     agree({ q: [2, 2, 9, 8], k: [2, 1, 9, 8], sameKeys: true }, 'blas');
   });
-  it('two threads (OpenBLAS splits the large products)', () => {
+  it('two threads: the tasks split across our threads, each calling OpenBLAS', () => {
     setCpuThreads(2);
+    const before = wasmStats.parallelCalls;
     agree({ q: [2, 4, 67, 64], k: [2, 2, 67, 64], causal: true, mask: 'keys', transposed: true }, 'blas');
+    expect(wasmStats.parallelCalls - before).toBeGreaterThanOrEqual(2); // forward and backward
   });
 });
 

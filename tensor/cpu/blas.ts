@@ -10,7 +10,9 @@
 //
 // Nothing here is needed: in a browser, without the koffi package or without
 // the library, the WebAssembly GEMM runs (kernels.ts). NANOVLM_BLAS=0 turns
-// this off, NANOVLM_BLAS=/path/libopenblas.so picks a library.
+// this off, NANOVLM_BLAS=/path/libopenblas.so picks a library. Each kernel
+// thread loads it for itself (the library is loaded once per process; koffi
+// runs in worker threads), so the attention kernels can call it from any.
 
 // Optional like worker threads (threads.ts): Node's built-ins through
 // process.getBuiltinModule, so that this file imports nothing from Node.
@@ -108,3 +110,44 @@ function load(): Blas | null {
 
 /** The system's OpenBLAS, or null. */
 export const blas = load();
+
+/**
+ * How cblas reads a rows x cols matrix with these element strides: row-major as it is, or transposed (a
+ * column-major one), with its leading dimension; null when neither (the WebAssembly GEMM takes any strides).
+ * The stride of a dim of size 1 does not matter.
+ */
+export function blasLayout(rows: number, cols: number, rowStride: number, colStride: number): [number, number] | null {
+  if ((cols === 1 || colStride === 1) && (rows === 1 || rowStride >= cols)) {
+    return [NO_TRANS, rows === 1 ? cols : rowStride];
+  }
+  if ((rows === 1 || rowStride === 1) && (cols === 1 || colStride >= rows)) {
+    return [TRANS, cols === 1 ? rows : colStride];
+  }
+  return null;
+}
+
+/**
+ * The host function the _blas attention kernels import as env.gemm (attention.ts), for one thread's instance
+ * of the module over `memory`: it takes gemm_block's parameters (byte addresses, element strides; `add`:
+ * C += A @ B, else C = A @ B) and hands the product to OpenBLAS's sgemm, or to `gemmBlock` (the module's own
+ * export, for strides cblas cannot describe, or where there is no OpenBLAS). `counted` is told of each sgemm.
+ */
+export function blockGemmImport(
+  memory: WebAssembly.Memory,
+  gemmBlock: () => (...args: number[]) => unknown,
+  counted: () => void = () => {},
+): (...args: number[]) => void {
+  let heap = new Float32Array(memory.buffer);
+  return (...args: number[]) => {
+    const [a, b, c, M, N, K, aRowStride, aColStride, bRowStride, bColStride, ldc, add] = args;
+    const [la, lb] = [blasLayout(M, K, aRowStride, aColStride), blasLayout(K, N, bRowStride, bColStride)];
+    if (!blas || !la || !lb) {
+      gemmBlock()(...args);
+      return;
+    }
+    if (heap.buffer !== memory.buffer) heap = new Float32Array(memory.buffer); // the memory grew
+    const [A, B, C] = [heap.subarray(a / 4), heap.subarray(b / 4), heap.subarray(c / 4)];
+    counted();
+    blas.sgemm(ROW_MAJOR, la[0], lb[0], M, N, K, 1, A, la[1], B, lb[1], add, C, ldc);
+  };
+}

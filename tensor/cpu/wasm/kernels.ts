@@ -11,7 +11,7 @@
 
 import type { ActivationOp, AttentionOptions, BinaryOp, UnaryOp, View } from '../../backend.ts';
 import { contiguousStrides, isContiguous, numel } from '../../shape.ts';
-import { NO_TRANS, ROW_MAJOR, TRANS, blas } from '../blas.ts';
+import { NO_TRANS, ROW_MAJOR, TRANS, blas, blasLayout, blockGemmImport } from '../blas.ts';
 import { CpuStorage, free, heapF32, heapI32, malloc, memory, sharedMemory } from '../heap.ts';
 import { enableRelaxedSimd, getCpuThreads } from '../threads.ts';
 import { ATT, emitAttention } from './attention.ts';
@@ -29,7 +29,7 @@ type Fn = (...args: number[]) => number;
 /** Emits every kernel; with `fma`, the relaxed-SIMD variants too. */
 function emitModule(fma: boolean): Uint8Array<ArrayBuffer> {
   const m = new ModuleBuilder();
-  const hostGemm = m.importFunc('gemm', Array(13).fill('i32')); // blockGemm below
+  const hostGemm = m.importFunc('gemm', Array(13).fill('i32')); // blockGemmImport in ../blas.ts
   emitAttention(m, emitGemm(m, fma), hostGemm);
   emitElementwise(m);
   emitRows(m);
@@ -60,7 +60,12 @@ const compiled = compile();
 const fns: Record<string, Fn> = {};
 const fnIndex: Record<string, number> = {};
 if (compiled) {
-  const exports = new WebAssembly.Instance(compiled.module, { env: { memory: memory!, gemm: blockGemm } }).exports;
+  const gemm = blockGemmImport(
+    memory!,
+    () => fns.gemm_block,
+    () => wasmStats.blasBlockProducts++,
+  );
+  const exports = new WebAssembly.Instance(compiled.module, { env: { memory: memory!, gemm } }).exports;
   WebAssembly.Module.exports(compiled.module).forEach((e, i) => {
     fns[e.name] = exports[e.name] as Fn;
     fnIndex[e.name] = i;
@@ -280,46 +285,13 @@ function bandStart(len: number, t: number, bands: number, tile: number): number 
   return Math.min(len, Math.ceil((len * t) / bands / tile) * tile);
 }
 
-/**
- * How cblas reads a rows x cols matrix with these element strides: row-major as it is, or transposed (a
- * column-major one), with its leading dimension; null when neither (the WebAssembly GEMM takes any strides).
- * The stride of a dim of size 1 does not matter.
- */
-function blasLayout(rows: number, cols: number, rowStride: number, colStride: number): [number, number] | null {
-  if ((cols === 1 || colStride === 1) && (rows === 1 || rowStride >= cols)) {
-    return [NO_TRANS, rows === 1 ? cols : rowStride];
-  }
-  if ((rows === 1 || rowStride === 1) && (cols === 1 || colStride >= rows)) {
-    return [TRANS, cols === 1 ? rows : colStride];
-  }
-  return null;
-}
-
 let blasThreads = 0;
 
-/** Gives OpenBLAS our thread count (it keeps its own pool of threads). */
-function matchBlasThreads(): void {
-  if (blasThreads === getCpuThreads()) return;
-  blasThreads = getCpuThreads();
-  blas!.setThreads(blasThreads);
-}
-
-/**
- * The block products of the _blas attention kernels (attention.ts), called from inside them with
- * gemm_block's parameters (byte addresses, element strides; `add`: C += A @ B, else C = A @ B): OpenBLAS's
- * sgemm, or gemm_block itself for strides cblas cannot describe. Workers cannot call it (pool.ts).
- */
-function blockGemm(...args: number[]): void {
-  const [a, b, c, M, N, K, aRowStride, aColStride, bRowStride, bColStride, ldc, add] = args;
-  const [la, lb] = [blasLayout(M, K, aRowStride, aColStride), blasLayout(K, N, bRowStride, bColStride)];
-  if (!la || !lb) {
-    fns[fma ? 'gemm_block_fma' : 'gemm_block'](...args);
-    return;
-  }
-  const heap = heapF32();
-  const [A, B, C] = [heap.subarray(a / 4), heap.subarray(b / 4), heap.subarray(c / 4)];
-  wasmStats.blasBlockProducts++;
-  blas!.sgemm(ROW_MAJOR, la[0], lb[0], M, N, K, 1, A, la[1], B, lb[1], add, C, ldc);
+/** How many threads OpenBLAS may split a product across (it keeps its own pool): ours, unless told. */
+function matchBlasThreads(n = getCpuThreads()): void {
+  if (blasThreads === n) return;
+  blasThreads = n;
+  blas!.setThreads(n);
 }
 
 /** C = A @ B by OpenBLAS, one sgemm per matrix of the batch; false when its strides do not fit cblas. */
@@ -703,7 +675,6 @@ export function normBackward(
 
 const ATT_ROWS = 96; // most query rows per block (whole 6-row register tiles)
 const ATT_KEYS = 256; // most keys per block: a block of scores stays in L2, and is one GEMM slab deep (KC)
-const BLAS_THREADED_MIN = 1 << 18; // OpenBLAS's sgemm runs on one thread below this many multiply-adds
 // With OpenBLAS, larger blocks: fewer, larger sgemm calls (each costs a couple of microseconds to make)
 const ATT_ROWS_BLAS = 256;
 const ATT_KEYS_BLAS = 512;
@@ -764,19 +735,15 @@ function attentionCall(
 ): void {
   const [B, H, T, D] = q.shape;
   const [Hkv, Tk] = [k.shape[1], k.shape[2]];
-  // OpenBLAS does the block products where it runs the GEMM (gemm() above): the tasks then run one after
-  // another on this thread (only it can call C), and OpenBLAS splits the large products across its threads.
-  // It splits none under 2^18 multiply-adds: with more threads than one, heads that small go faster as tasks
-  // of our own threads, with the WebAssembly GEMM (measured: 16 x 4 heads x 64 x 32 on 2 threads, forward and
-  // backward, 2.9 ms against 4.1; one thread: 4.6 against 3.3)
-  const threaded = getCpuThreads() > 1 && T * Tk * D < BLAS_THREADED_MIN;
-  const viaBlas = useBlas && T >= MR && !threaded;
+  // OpenBLAS does the block products where it runs the GEMM (gemm() above). Split across our threads, each
+  // task's products run on the thread that runs it (each loads OpenBLAS itself), one thread each
+  const viaBlas = useBlas && T >= MR;
   const [mq, nk] = viaBlas
     ? [blockLength(T, ATT_ROWS_BLAS, 1), blockLength(Tk, ATT_KEYS_BLAS, 1)]
     : [blockLength(T, ATT_ROWS, MR), blockLength(Tk, ATT_KEYS, NR)];
-  const parallel = !viaBlas && pieces(B * H * T * Tk * D, GEMM_PARALLEL_MIN) > 1;
+  const parallel = pieces(B * H * T * Tk * D, GEMM_PARALLEL_MIN) > 1;
   const threads = parallel ? getCpuThreads() : 1;
-  if (viaBlas) matchBlasThreads();
+  if (viaBlas) matchBlasThreads(threads > 1 ? 1 : undefined);
   // forward: scores, output rows, max and sum of a block; backward: P and dP of a block, delta of a head
   const floatsPerThread = g ? 2 * mq * nk + T : mq * nk + mq * D + 2 * mq;
   const perThread = Math.ceil((4 * floatsPerThread) / 64) * 64; // whole cache lines: threads never share one

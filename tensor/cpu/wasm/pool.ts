@@ -17,6 +17,7 @@
 // spinning thread only takes time from it and from us. Only large kernels
 // are split at all (see kernels.ts).
 
+import { blockGemmImport } from '../blas.ts';
 import { canBlock, sharedInt32, spawnWorker, type WorkerHandle } from '../threads.ts';
 
 /** Most arguments a kernel may take. */
@@ -140,16 +141,9 @@ export function runParallel(fn: number, own: (...a: number[]) => unknown, tasks:
 
 /** The worker's side: serve calls forever (runs in worker.ts). */
 export function serve(init: WorkerInit): never {
-  // the host functions the module imports are the main thread's (OpenBLAS through koffi): never called here
-  const hostOnly = WebAssembly.Module.imports(init.module)
-    .filter((i) => i.kind === 'function')
-    .map((i) => [
-      i.name,
-      () => {
-        throw new Error(`cpu kernels: ${i.name} runs on the main thread only`);
-      },
-    ]);
-  const env = { memory: init.memory, ...Object.fromEntries(hostOnly) };
+  // the host function the attention kernels import: OpenBLAS, loaded by this thread too (../blas.ts)
+  const gemm = blockGemmImport(init.memory, () => exports.gemm_block as (...a: number[]) => unknown);
+  const env = { memory: init.memory, gemm };
   const exports = new WebAssembly.Instance(init.module, { env }).exports;
   const fns = WebAssembly.Module.exports(init.module).map((e) => exports[e.name] as (...a: number[]) => unknown);
   [ctl, args] = [init.ctl, init.args];
