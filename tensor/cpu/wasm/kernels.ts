@@ -675,7 +675,7 @@ export function normBackward(
 
 const ATT_ROWS = 96; // most query rows per block (whole 6-row register tiles)
 const ATT_KEYS = 256; // most keys per block: a block of scores stays in L2, and is one GEMM slab deep (KC)
-// With OpenBLAS, larger blocks: fewer, larger sgemm calls (each costs a couple of microseconds to make)
+// With OpenBLAS, larger blocks: fewer, larger sgemm calls (each call packs its operands: a fixed cost)
 const ATT_ROWS_BLAS = 256;
 const ATT_KEYS_BLAS = 512;
 
@@ -735,8 +735,10 @@ function attentionCall(
 ): void {
   const [B, H, T, D] = q.shape;
   const [Hkv, Tk] = [k.shape[1], k.shape[2]];
-  // OpenBLAS does the block products where it runs the GEMM (gemm() above). Split across our threads, each
-  // task's products run on the thread that runs it (each loads OpenBLAS itself), one thread each
+  // OpenBLAS does the block products where it runs the GEMM (gemm() above; a few query rows, as in decoding,
+  // stay on the WebAssembly GEMM as gemm's do), called by whichever of our threads runs the task (each loads
+  // OpenBLAS). While our threads split the call, each product runs on the thread that asks for it; on one
+  // thread, OpenBLAS may split the large ones across its own.
   const viaBlas = useBlas && T >= MR;
   const [mq, nk] = viaBlas
     ? [blockLength(T, ATT_ROWS_BLAS, 1), blockLength(Tk, ATT_KEYS_BLAS, 1)]
