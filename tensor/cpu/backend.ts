@@ -92,6 +92,9 @@ function output(dtype: DType, length: number, zeroed = false): CpuStorage {
 }
 const live = { bytes: 0 };
 
+/** Parameters from this many elements up have their AdamW moments outside the memory (see adamw). */
+const COLD_MOMENTS_MIN = 1 << 17;
+
 /** The CPU backend. */
 export class CpuBackend implements Backend {
   readonly name = 'cpu' as const;
@@ -600,15 +603,19 @@ export class CpuBackend implements Backend {
 
   /**
    * The moments are cold state: read and written once per step, by this
-   * kernel alone. So they move out of the WebAssembly memory on first use
-   * (which holds at most 4 GiB: nanoVLM-222M's weights, gradients and two
-   * moments together would not fit) and are streamed through it in chunks.
+   * kernel alone. So those of large parameters move out of the WebAssembly
+   * memory on first use (which holds at most 4 GiB: nanoVLM-222M's weights,
+   * gradients and two moments together would not fit) and are streamed
+   * through it in chunks. Small ones stay: their copies would cost more time
+   * than their bytes are worth.
    */
   adamw(p: View, g: View, m: View, v: View, h: AdamWHyper): void {
     for (const x of [p, m, v])
       if (!isContiguous(x.shape, x.strides)) throw new Error('adamw: the parameter and its moments must be contiguous');
-    store(m).moveToHost();
-    store(v).moveToHost();
+    if (numel(p.shape) >= COLD_MOMENTS_MIN) {
+      store(m).moveToHost();
+      store(v).moveToHost();
+    }
     dropCopy(store(p));
     if (W.useWasm(store(p), store(g)) && W.adamw(p, g, m, v, h)) return;
     const [pd, md, vd] = [dataOf(p), dataOf(m), dataOf(v)];

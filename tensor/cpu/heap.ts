@@ -13,8 +13,8 @@
 // it cannot grow (32-bit addresses: 4 GiB) are the free blocks of all sizes
 // merged with their neighbours, and new blocks cut from those runs.
 //
-// Float64 tensors (gradient checks only), state moved out on purpose (AdamW's
-// moments: moveToHost) and the rare tensor that does not fit keep their own
+// Float64 tensors (gradient checks only), state moved out on purpose (large
+// parameters' AdamW moments: moveToHost) and the rare tensor that does not fit keep their own
 // typed array outside the memory; the kernels run the TypeScript path on them.
 
 import type { Storage } from '../backend.ts';
