@@ -109,6 +109,10 @@ const cases: [string, Case][] = [
     { q: [1, 2, 260, 8], k: [1, 1, 600, 8], causal: true, mask: 'keys' },
   ],
   ['dropout, GQA, causal', { q: [2, 2, 17, 5], k: [2, 1, 19, 5], causal: true, p: 0.25 }],
+  [
+    'dropout, GQA, causal, a head large enough for OpenBLAS (40 x 44 x 24)',
+    { q: [2, 2, 40, 24], k: [2, 1, 44, 24], causal: true, p: 0.25 },
+  ],
   ['dropout over several key blocks', { q: [1, 1, 7, 8], k: [1, 1, 600, 8], p: 0.5, mask: 'keys' }],
   ['a broadcast gradient (the loss is a plain sum)', { q: [1, 3, 17, 24], k: [1, 3, 17, 24], sum: true }],
 ];
@@ -132,12 +136,21 @@ describe.skipIf(!blas)('wasm attention with OpenBLAS block products against the 
   it('makes the block products with OpenBLAS', () => {
     setCpuThreads(1);
     const before = wasmStats.blasBlockProducts;
-    agree({ q: [1, 2, 17, 24], k: [1, 2, 17, 24] }, 'blas');
+    agree({ q: [1, 2, 40, 24], k: [1, 2, 40, 24] }, 'blas');
     expect(wasmStats.blasBlockProducts - before).toBe(2 * 2 + 5 * 2); // per head: 2 forward, 5 backward
+  });
+  it('leaves tiny heads (under 2^15 multiply-adds a product) to the WebAssembly GEMM', () => {
+    setCpuThreads(1);
+    const before = wasmStats.blasBlockProducts;
+    agree({ q: [1, 2, 17, 24], k: [1, 2, 17, 24] }, 'blas');
+    expect(wasmStats.blasBlockProducts - before).toBe(0);
   });
   it('leaves block products cblas cannot describe (keys with row stride 0) to the WebAssembly GEMM', () => {
     setCpuThreads(1);
-    agree({ q: [2, 2, 9, 8], k: [2, 1, 9, 8], sameKeys: true }, 'blas');
+    const before = wasmStats.blasBlockProducts;
+    agree({ q: [2, 2, 40, 24], k: [2, 1, 40, 24], sameKeys: true }, 'blas');
+    // the products that read K or V go to gemm_block; dV += P^T dO and dK += dS^T Q to OpenBLAS, per query head
+    expect(wasmStats.blasBlockProducts - before).toBe(2 * 2 * 2);
   });
   it('two threads: the tasks split across our threads, each calling OpenBLAS', () => {
     setCpuThreads(2);

@@ -675,6 +675,7 @@ export function normBackward(
 
 const ATT_ROWS = 96; // most query rows per block (whole 6-row register tiles)
 const ATT_KEYS = 256; // most keys per block: a block of scores stays in L2, and is one GEMM slab deep (KC)
+const ATT_BLAS_MIN = 1 << 15; // multiply-adds of a head's score product from which OpenBLAS makes the products
 // With OpenBLAS, larger blocks: fewer, larger sgemm calls (each call packs its operands: a fixed cost)
 const ATT_ROWS_BLAS = 256;
 const ATT_KEYS_BLAS = 512;
@@ -735,11 +736,12 @@ function attentionCall(
 ): void {
   const [B, H, T, D] = q.shape;
   const [Hkv, Tk] = [k.shape[1], k.shape[2]];
-  // OpenBLAS does the block products where it runs the GEMM (gemm() above; a few query rows, as in decoding,
-  // stay on the WebAssembly GEMM as gemm's do), called by whichever of our threads runs the task (each loads
-  // OpenBLAS). While our threads split the call, each product runs on the thread that asks for it; on one
-  // thread, OpenBLAS may split the large ones across its own.
-  const viaBlas = useBlas && T >= MR;
+  // OpenBLAS does the block products where it runs the GEMM (gemm() above), called by whichever of our threads
+  // runs the task (each loads OpenBLAS). While our threads split the call, each product runs on the thread that
+  // asks for it; on one thread, OpenBLAS may split the large ones across its own. A few query rows (decoding)
+  // stay on the WebAssembly GEMM, as gemm's do, and so do tiny heads: a call to OpenBLAS costs about a
+  // microsecond, more than a product under 2^15 multiply-adds (the default model's 20 x 20 x 16) takes here.
+  const viaBlas = useBlas && T >= MR && T * Tk * D >= ATT_BLAS_MIN;
   const [mq, nk] = viaBlas
     ? [blockLength(T, ATT_ROWS_BLAS, 1), blockLength(Tk, ATT_KEYS_BLAS, 1)]
     : [blockLength(T, ATT_ROWS, MR), blockLength(Tk, ATT_KEYS, NR)];
