@@ -148,7 +148,8 @@ export class ModuleBuilder {
 
   /**
    * The binary module. It imports its memory as env.memory (and the host's
-   * functions as env.<name>); a shared memory must declare a maximum, and 65536 pages (4 GiB) accepts any the host makes.
+   * functions as env.<name>); a shared memory must declare a maximum, and
+   * 65536 pages (4 GiB) accepts any the host makes.
    */
   assemble(shared: boolean): Uint8Array<ArrayBuffer> {
     const types: string[] = [];

@@ -141,7 +141,8 @@ export function runParallel(fn: number, own: (...a: number[]) => unknown, tasks:
 
 /** The worker's side: serve calls forever (runs in worker.ts). */
 export function serve(init: WorkerInit): never {
-  // the host function the attention kernels import: OpenBLAS, loaded by this thread too (../blas.ts)
+  // the host function the attention kernels import: OpenBLAS, loaded by this thread too (../blas.ts); it reads
+  // `exports` only when a kernel calls it, after the instance exists
   const gemm = blockGemmImport(init.memory, () => exports.gemm_block as (...a: number[]) => unknown);
   const env = { memory: init.memory, gemm };
   const exports = new WebAssembly.Instance(init.module, { env }).exports;
