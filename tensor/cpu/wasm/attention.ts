@@ -3,14 +3,14 @@
 // at a time, and the scores of a block (rows x keys, in a small per-thread
 // buffer) never reach a tensor. The block products are the GEMM's own
 // (gemm_block in gemm.ts: packed panels, a 6 x 8 register tile), or, in the
-// _blas kernels, OpenBLAS's sgemm through a function of the host (3-4x the
-// WebAssembly GEMM on an AVX-512 core). What is new here are the passes over
+// _blas kernels, OpenBLAS's sgemm through a function of the host (2-4x the
+// WebAssembly GEMM on the AVX-512 cores measured). What is new here are the passes over
 // a block of scores between two products. The plain TypeScript loops of
 // ../backend.ts (attention, scoreRow) are the reference these compute.
 //
 // Forward, for a block of query rows (an online softmax: each row keeps its
 // running max m and sum l, so no row needs all its scores at once):
-//   S = Q K_j^T * scale + mask         for each key block j (after the causal limit: -inf)
+//   S = Q K_j^T * scale + mask         for each key block j (keys after the causal limit: P = 0)
 //   m' = max(m, max S);  P = e^(S - m');  l = l e^(m - m') + sum P
 //   O = O e^(m - m') + P V_j           (P with dropout applied)
 //   out = O / l, and (m, l) of each row: the host makes lse = m + log l.
