@@ -345,15 +345,18 @@ describe('fused AdamW', () => {
     const backend = getBackend('cpu') as ReturnType<typeof getBackend> & {
       adamw(p: unknown, g: unknown, m: unknown, v: unknown, h: unknown): void;
     };
-    // 200,000 elements: the moments (kept outside the WebAssembly memory) stream through it in seven chunks;
-    // 1027: they stay in it
-    for (const [kind, n] of [
-      ['ts', 1027],
-      ['wasm', 1027],
-      ['ts', 200_000],
-      ['wasm', 200_000],
+    // 200,000 elements: the moments (kept outside the WebAssembly memory) stream through it in seven chunks,
+    // on two threads with the copies beside the update; 1027: they stay in it
+    for (const [kind, n, threads] of [
+      ['ts', 1027, 1],
+      ['wasm', 1027, 1],
+      ['ts', 200_000, 1],
+      ['wasm', 200_000, 1],
+      ['wasm', 200_000, 2],
     ] as const) {
       setCpuKernels(kind);
+      setCpuThreads(threads);
+      const parallelBefore = wasmStats.parallelCalls;
       const steps = 3;
       let p = rand([n], 20);
       let [m, v] = [rand([n], 21).mul(0), rand([n], 22).mul(0)];
@@ -374,7 +377,8 @@ describe('fused AdamW', () => {
       const outside = (mf.storage as CpuStorage).ptr < 0 && (vf.storage as CpuStorage).ptr < 0;
       expect(outside, 'moments outside the memory').toBe(n >= 1 << 17);
       expect((pf.storage as CpuStorage).ptr, 'the parameter stays in it').toBeGreaterThan(0);
-      expect(Array.from(pf.dataSync()), `${kind}, ${n}`).toEqual(Array.from(p.dataSync()));
+      expect(wasmStats.parallelCalls > parallelBefore, 'the copies beside the update').toBe(threads > 1);
+      expect(Array.from(pf.dataSync()), `${kind}, ${n}, ${threads} threads`).toEqual(Array.from(p.dataSync()));
       expect(Array.from(mf.dataSync())).toEqual(Array.from(m.dataSync()));
       expect(Array.from(vf.dataSync())).toEqual(Array.from(v.dataSync()));
     }

@@ -18,7 +18,7 @@ import { ATT, emitAttention } from './attention.ts';
 import { EW_DIMS, UNARY, emitAdamW, emitElementwise } from './elementwise.ts';
 import { ModuleBuilder } from './emit.ts';
 import { GEMM_SCRATCH, MR, NR, emitGemm } from './gemm.ts';
-import { ensureWorkers, runParallel } from './pool.ts';
+import { ensureWorkers, runParallel, startParallel, waitParallel } from './pool.ts';
 import { emitRows } from './rows.ts';
 
 /** Which kernels the CPU backend runs: readable TypeScript loops, or generated WebAssembly SIMD. */
@@ -962,7 +962,9 @@ const ADAMW_CHUNK = 1 << 15; // elements of each moment streamed through the mem
  * place (all contiguous, same length). The parameter and its gradient are in
  * the memory; the moments may be outside it (CpuBackend.adamw keeps them
  * there), and then go through a scratch block a chunk at a time: copied in,
- * updated, copied back.
+ * updated, copied back. On several threads the copies (which take longer than
+ * the update) overlap it: a worker updates chunk i while this thread copies
+ * chunk i - 1 out and chunk i + 1 in, through two scratch slots.
  */
 export function adamw(p: View, g: View, m: View, v: View, h: AdamWStep): boolean {
   if (![p, g, m, v].every((x) => x.dtype === 'float32' && isContiguous(x.shape, x.strides))) return false;
@@ -976,20 +978,51 @@ export function adamw(p: View, g: View, m: View, v: View, h: AdamWStep): boolean
     return true;
   }
   const chunk = Math.min(n, ADAMW_CHUNK);
-  const tmp = block(8 * chunk); // [m chunk, v chunk]
+  const chunks = Math.ceil(n / chunk);
+  const overlap = pieces(n, 2 * ADAMW_CHUNK) > 1; // two chunks at least, and a worker to update them
+  const slots = overlap ? 2 : 1;
+  const tmp = block(8 * chunk * slots);
+  const [md, vd] = [ms.data, vs.data];
+  // chunk i: its elements, and its scratch slot [m chunk, v chunk]
+  const span = (i: number) => [i * chunk, Math.min(chunk, n - i * chunk)];
+  const slot = (i: number) => tmp + 8 * chunk * (i % slots);
+  const copyIn = (i: number) => {
+    const [[at, len], heap, s] = [span(i), heapF32(), slot(i) / 4];
+    heap.set(md.subarray(m.offset + at, m.offset + at + len), s);
+    heap.set(vd.subarray(v.offset + at, v.offset + at + len), s + chunk);
+  };
+  const copyOut = (i: number) => {
+    const [[at, len], heap, s] = [span(i), heapF32(), slot(i) / 4];
+    md.set(heap.subarray(s, s + len), m.offset + at);
+    vd.set(heap.subarray(s + chunk, s + chunk + len), v.offset + at);
+  };
+  const update = (i: number) => {
+    const [at, len] = span(i);
+    return [addr(p) + 4 * at, addr(g) + 4 * at, slot(i), slot(i) + 4 * chunk, len, ...consts];
+  };
   try {
-    const [md, vd] = [ms.data, vs.data];
-    for (let at = 0; at < n; at += chunk) {
-      const len = Math.min(chunk, n - at);
-      const heap = heapF32(); // taken after block(): a grow replaces the buffer
-      heap.set(md.subarray(m.offset + at, m.offset + at + len), tmp / 4);
-      heap.set(vd.subarray(v.offset + at, v.offset + at + len), tmp / 4 + chunk);
-      fns.adamw(addr(p) + 4 * at, addr(g) + 4 * at, tmp, tmp + 4 * chunk, len, ...consts);
-      md.set(heap.subarray(tmp / 4, tmp / 4 + len), m.offset + at);
-      vd.set(heap.subarray(tmp / 4 + chunk, tmp / 4 + chunk + len), v.offset + at);
+    if (!overlap) {
+      for (let i = 0; i < chunks; i++) {
+        copyIn(i);
+        fns.adamw(...update(i));
+        copyOut(i);
+      }
+    } else {
+      copyIn(0);
+      for (let i = 0; i < chunks; i++) {
+        startParallel(fnIndex.adamw, [update(i)]);
+        try {
+          if (i > 0) copyOut(i - 1);
+          if (i + 1 < chunks) copyIn(i + 1); // into the slot chunk i - 1 has just left
+        } finally {
+          waitParallel(); // the worker is done with chunk i before its slot is touched again
+        }
+      }
+      copyOut(chunks - 1);
+      wasmStats.parallelCalls++;
     }
   } finally {
-    free(tmp, 8 * chunk);
+    free(tmp, 8 * chunk * slots);
   }
   return true;
 }

@@ -116,6 +116,17 @@ function work(gen: number, count: number, fn: (...a: number[]) => unknown, nargs
  * a kernel can keep per-thread scratch.
  */
 export function runParallel(fn: number, own: (...a: number[]) => unknown, tasks: number[][]): void {
+  startParallel(fn, tasks);
+  work(generation, tasks.length, own, tasks[0].length, 0);
+  waitParallel();
+}
+
+/**
+ * Opens a call of export `fn` for the workers alone: this thread goes on
+ * with other work (AdamW copies the next chunk of moments meanwhile), then
+ * waits for it with waitParallel().
+ */
+export function startParallel(fn: number, tasks: number[][]): void {
   const count = tasks.length;
   if (count > MAX_TASKS) throw new Error(`cpu kernels: ${count} tasks in one call, at most ${MAX_TASKS}`);
   tasks.forEach((task, t) => args.set(task, t * MAX_ARGS));
@@ -128,7 +139,11 @@ export function runParallel(fn: number, own: (...a: number[]) => unknown, tasks:
   Atomics.store(ctl, NEXT, generation << 12); // opens the call: tasks can be taken from here on
   Atomics.store(ctl, GEN, generation);
   Atomics.notify(ctl, GEN);
-  work(generation, count, own, tasks[0].length, 0);
+}
+
+/** Waits until every task of the open call is done, and closes it. */
+export function waitParallel(): void {
+  const count = ctl[COUNT];
   for (let done; (done = Atomics.load(ctl, DONE)) !== count;) {
     // (a page's main thread may not sleep: it spins until the workers are done)
     if (!spinWhile(DONE, done, CALLER_SPIN_MS) && canBlock) Atomics.wait(ctl, DONE, done);
