@@ -112,7 +112,8 @@ export function unary(op: UnaryOp, x: Tensor): Tensor {
   if (!isFloat(x.dtype) && op !== 'neg' && op !== 'abs' && op !== 'relu') return unary(op, x.cast('float32'));
   const out = wrap(x, x.backend.unary(op, x.view()), x.shape);
   if (op === 'silu' || op === 'gelu') {
-    // their derivatives are chains of a dozen elementwise ops: one kernel instead (unaryGrad has them written out)
+    // their derivatives are chains of a dozen elementwise ops: one kernel instead (the CPU backend's reference
+    // loop in activationBackward writes each formula out)
     return recordGrad(out, op, [x], (g) => [wrap(x, x.backend.activationBackward(op, x.view(), g.view()), x.shape)]);
   }
   return recordGrad(out, op, [x], (g) => [g.mul(unaryGrad(op, x, out))]);

@@ -962,9 +962,9 @@ const ADAMW_CHUNK = 1 << 15; // elements of each moment streamed through the mem
  * place (all contiguous, same length). The parameter and its gradient are in
  * the memory; the moments may be outside it (CpuBackend.adamw keeps them
  * there), and then go through a scratch block a chunk at a time: copied in,
- * updated, copied back. On several threads the copies (which take longer than
- * the update) overlap it: a worker updates chunk i while this thread copies
- * chunk i - 1 out and chunk i + 1 in, through two scratch slots.
+ * updated, copied back, through two scratch slots: chunk i is updated while
+ * chunk i - 1 is copied out and chunk i + 1 in. On several threads a worker
+ * does the update meanwhile (the copies take longer than it does).
  */
 export function adamw(p: View, g: View, m: View, v: View, h: AdamWStep): boolean {
   if (![p, g, m, v].every((x) => x.dtype === 'float32' && isContiguous(x.shape, x.strides))) return false;
@@ -980,12 +980,11 @@ export function adamw(p: View, g: View, m: View, v: View, h: AdamWStep): boolean
   const chunk = Math.min(n, ADAMW_CHUNK);
   const chunks = Math.ceil(n / chunk);
   const overlap = pieces(n, 2 * ADAMW_CHUNK) > 1; // two chunks at least, and a worker to update them
-  const slots = overlap ? 2 : 1;
-  const tmp = block(8 * chunk * slots);
+  const tmp = block(16 * chunk); // two slots of [m chunk, v chunk]
   const [md, vd] = [ms.data, vs.data];
-  // chunk i: its elements, and its scratch slot [m chunk, v chunk]
+  // chunk i: its elements, and its scratch slot
   const span = (i: number) => [i * chunk, Math.min(chunk, n - i * chunk)];
-  const slot = (i: number) => tmp + 8 * chunk * (i % slots);
+  const slot = (i: number) => tmp + 8 * chunk * (i % 2);
   const copyIn = (i: number) => {
     const [[at, len], heap, s] = [span(i), heapF32(), slot(i) / 4];
     heap.set(md.subarray(m.offset + at, m.offset + at + len), s);
@@ -996,33 +995,24 @@ export function adamw(p: View, g: View, m: View, v: View, h: AdamWStep): boolean
     md.set(heap.subarray(s, s + len), m.offset + at);
     vd.set(heap.subarray(s + chunk, s + chunk + len), v.offset + at);
   };
-  const update = (i: number) => {
-    const [at, len] = span(i);
-    return [addr(p) + 4 * at, addr(g) + 4 * at, slot(i), slot(i) + 4 * chunk, len, ...consts];
-  };
   try {
-    if (!overlap) {
-      for (let i = 0; i < chunks; i++) {
-        copyIn(i);
-        fns.adamw(...update(i));
-        copyOut(i);
+    copyIn(0);
+    for (let i = 0; i < chunks; i++) {
+      const [at, len] = span(i);
+      const update = [addr(p) + 4 * at, addr(g) + 4 * at, slot(i), slot(i) + 4 * chunk, len, ...consts];
+      if (overlap) startParallel(fnIndex.adamw, [update]);
+      else fns.adamw(...update);
+      try {
+        if (i > 0) copyOut(i - 1);
+        if (i + 1 < chunks) copyIn(i + 1); // into the slot chunk i - 1 has just left
+      } finally {
+        if (overlap) waitParallel(); // the worker is done with chunk i before its slot is touched again
       }
-    } else {
-      copyIn(0);
-      for (let i = 0; i < chunks; i++) {
-        startParallel(fnIndex.adamw, [update(i)]);
-        try {
-          if (i > 0) copyOut(i - 1);
-          if (i + 1 < chunks) copyIn(i + 1); // into the slot chunk i - 1 has just left
-        } finally {
-          waitParallel(); // the worker is done with chunk i before its slot is touched again
-        }
-      }
-      copyOut(chunks - 1);
-      wasmStats.parallelCalls++;
     }
+    copyOut(chunks - 1);
+    if (overlap) wasmStats.parallelCalls++;
   } finally {
-    free(tmp, 8 * chunk * slots);
+    free(tmp, 16 * chunk);
   }
   return true;
 }
