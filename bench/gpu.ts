@@ -1,7 +1,7 @@
 // The GPU benchmark, in one call: what a lent GPU machine runs. It prints
 // the adapter and its features, the host cost of a dispatch, matmul TFLOP/s
-// at 4096 (float32 through each tile size, and float16 storage: WGSL f16
-// where the device has shader-f16, and u32-packed), attention forward and
+// at 4096 (float32 through each tile size, and float16 operands: in WGSL f16
+// slabs where the device has shader-f16, and in float32 ones), attention forward and
 // forward + backward at nanoVLM-222M's decoder shapes, and for nanoVLM
 // training steps (batch 8 and 32, --dtype float32 and float16, as train.ts
 // takes them) the time per step, tokens/s and the host-side counters
@@ -374,7 +374,7 @@ report(
 );
 
 const n = args.size ?? (args.quick ? 256 : 4096);
-const halfPaths = b.shaderF16 ? [true, false] : [false]; // with shader-f16: f16 storage, then u32-packed
+const halfPaths = b.shaderF16 ? [true, false] : [false]; // with shader-f16: f16 slabs, then float32 ones
 const plans: [string, MatmulPlan | undefined, boolean, boolean][] = [
   ['planned', undefined, false, false],
   ...(['small', 'medium', 'large'] as const).map((tile): [string, MatmulPlan, boolean, boolean] => [
@@ -384,7 +384,7 @@ const plans: [string, MatmulPlan | undefined, boolean, boolean][] = [
     false,
   ]),
   ...halfPaths.map((f16): [string, undefined, boolean, boolean] => [
-    `f16 ${f16 ? 'shader-f16' : 'u32-packed'}, planned`,
+    `f16 ${f16 ? 'f16 slabs' : 'f32 slabs'}, planned`,
     undefined,
     true,
     f16,
@@ -397,7 +397,7 @@ for (const [label, plan, half, f16] of plans) {
   const r = await timeMatmul(b, n, plan, half);
   report(
     `matmul ${n} ${label}`,
-    { n, plan: plan ?? b.planMatmul(n, n, n, 1, false, !half), half, shaderF16: f16, ...r },
+    { n, plan: plan ?? b.planMatmul(n, n, n, 1, false), half, shaderF16: f16, ...r },
     `${(r.gflops / 1000).toFixed(3)} TFLOP/s = ${r.gflops} GFLOP/s (${r.ms} ` +
       `ms), max error / sqrt(K) ${r.maxErrOverSqrtK}`,
   );

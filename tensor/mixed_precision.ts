@@ -5,10 +5,11 @@
 // PyTorch, the forward decides): the products read half the bytes, and
 // everything else (norms, softmax, attention, the loss, the optimizer) stays
 // float32, as do the parameters (the "master weights") and their gradients.
-// WebGPU needs no `shader-f16` for this: without it the operands are packed
-// into pairs of float16 in u32 words and unpacked by core WGSL; with it they
-// are read as f16 (webgpu/kernels/matmul.ts). The CPU backend's matmulF16 is
-// the reference: its operands rounded by roundToHalf below, then its matmul.
+// WebGPU needs no `shader-f16` for this: its matmul kernels round each
+// float32 operand value as they load it, and keep the rounded values in
+// float32, or in f16 where the device has the feature
+// (webgpu/kernels/matmul.ts). The CPU backend's matmulF16 is the reference:
+// its operands rounded by roundToHalf below, then its matmul.
 //
 // float16 keeps about 3 decimal digits and nothing below 6e-8, so gradients,
 // which are often smaller, would vanish in the backward's products: the loss

@@ -2,11 +2,11 @@
 // shapes that are not multiples of anything (1, 3, 17, 67, 130, ...), on
 // every operand layout (row-major, transposed, sliced, broadcast batches),
 // vectorised and scalar loads: GEMV (both variants), the three tile sizes,
-// split-K, and float16 storage (compared with the CPU on the same inputs
-// rounded to float16). Also what the planner picks for the shapes a model has.
+// split-K, and float16 operands, rounded as the kernels load them (compared
+// with the CPU on the same inputs rounded to float16). Also what the planner picks for the shapes a model has.
 
 import { expect, it } from 'vitest';
-import { Generator, randn, tensor, type Tensor } from '../tensor/index.ts';
+import { Generator, randn, roundToHalf, tensor, type Tensor } from '../tensor/index.ts';
 import { contiguousStrides } from '../tensor/shape.ts';
 import type { MatmulPlan, WebGPUBackend } from '../tensor/webgpu/backend.ts';
 import { webgpuBackend } from '../tensor/webgpu/device.ts';
@@ -48,20 +48,6 @@ async function check(
     opts.rtol ?? 1e-5,
     `${plan?.kind ?? 'planned'} ${plan?.tile ?? ''} x${plan?.splits ?? 1} ${ca.shape}@${cb.shape}`,
   );
-}
-
-/** float32 -> nearest float16 (ties to even), as a float32 value. */
-function roundHalf(x: number): number {
-  const f = new Float32Array([x]);
-  const u = new Uint32Array(f.buffer)[0];
-  const e = ((u >>> 23) & 0xff) - 127;
-  if (e < -24) return 0 * Math.sign(x);
-  if (e < -14) return (Math.sign(x) * Math.round(Math.abs(x) * 2 ** 24)) / 2 ** 24; // denormal: steps of 2^-24
-  const step = 2 ** (e - 10);
-  const q = Math.abs(x) / step;
-  const r = Math.floor(q);
-  const even = q - r > 0.5 || (q - r === 0.5 && r % 2 === 1) ? r + 1 : r;
-  return Math.sign(x) * even * step;
 }
 
 describeWebGPU('webgpu matmul kernels', () => {
@@ -135,21 +121,28 @@ describeWebGPU('webgpu matmul kernels', () => {
     }
   });
 
-  it('float16 storage, float32 accumulation: equals the CPU on the inputs rounded to float16', async () => {
+  it('float16 operands, float32 accumulation: equal the CPU on the inputs rounded to float16, on every path', async () => {
     const b = webgpuBackend()!;
-    for (const [M, K, N] of [
-      [3, 17, 5],
-      [67, 130, 33],
-      [36, 44, 40],
-      [1, 9, 7],
-    ]) {
-      for (const layout of ['nn', 'tt']) {
+    // every kernel rounds as it loads: scalar and vec4 loads, every layout, each tile size, split-K, GEMV
+    const cases: [[number, number, number], string[], (MatmulPlan | undefined)[]][] = [
+      [[3, 17, 5], layouts, [undefined, tiled('large')]],
+      [
+        [67, 130, 33],
+        ['nn', 'tt'],
+        [undefined, tiled('large')],
+      ],
+      [[36, 44, 40], layouts, [undefined, tiled('small')]],
+      [[40, 1030, 36], ['tn'], [tiled('medium', 3)]],
+      [[1, 67, 9], layouts, [{ kind: 'gemv.dot', tile: 'small', splits: 1 }]],
+      [[1, 64, 40], ['nn', 'nt'], [{ kind: 'gemv.axpy', tile: 'small', splits: 1 }]],
+    ];
+    for (const [[M, K, N], tested, plans] of cases) {
+      for (const layout of tested) {
         const c = operands(M, K, N, layout);
         const rounded = (t: Tensor) =>
-          tensor(Float32Array.from(t.contiguous().dataSync(), roundHalf), { shape: t.shape });
+          tensor(Float32Array.from(t.contiguous().dataSync(), roundToHalf), { shape: t.shape });
         const ref = c.views(c.a, c.b).map(rounded) as [Tensor, Tensor];
-        await check(b, c, undefined, { half: true, ref });
-        await check(b, c, tiled('large'), { half: true, ref });
+        for (const plan of plans) await check(b, c, plan, { half: true, ref });
       }
     }
   });

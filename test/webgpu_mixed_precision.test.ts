@@ -3,8 +3,8 @@
 // (ties to even, subnormals, overflow), and a nanoVLM of the default preset
 // trained with autocast('float16') and dynamic loss scaling follows the
 // float32 run's loss curve. Only lavapipe of the software drivers offers
-// `shader-f16`: llvmpipe's GLES and SwiftShader run the u32-packed path, and
-// the f16 path is compared with it on lavapipe (vitest.config.ts's project
+// `shader-f16`: llvmpipe's GLES and SwiftShader keep the rounded operands in
+// float32 workgroup slabs, and the f16 slabs are compared with those on lavapipe (vitest.config.ts's project
 // requires the feature there) and on any GPU that has it.
 
 import { describe, expect, it } from 'vitest';
@@ -140,7 +140,7 @@ describeWebGPU('mixed precision on webgpu', () => {
     expect(Array.from(await cpu.data())).toEqual(want);
   });
 
-  it('with shader-f16, the f16 kernels give the bits of the u32-packed ones', async (ctx) => {
+  it('with shader-f16, f16 workgroup slabs give the bits of float32 ones', async (ctx) => {
     const backend = webgpuBackend()!;
     if (!backend.adapter.features.includes('shader-f16')) {
       expect(process.env.NANOVLM_REQUIRE_SHADER_F16, 'this driver was expected to offer shader-f16').not.toBe('1');

@@ -53,7 +53,7 @@ import {
   whereKernel,
 } from './kernels/elementwise.ts';
 import { SORT_TILE, gatherKernel, scatterSumKernel, sortKernel } from './kernels/indexing.ts';
-import { GEMV_OUTPUTS, TILES, type TileConfig, gemvKernel, matmulKernel, packHalfKernel } from './kernels/matmul.ts';
+import { GEMV_OUTPUTS, TILES, type TileConfig, gemvKernel, matmulKernel } from './kernels/matmul.ts';
 import { REDUCE_WORKGROUP, SHORT_AXIS, reduceKernel } from './kernels/reduce.ts';
 import { type RowOp, checkRowDtype, rowKernel, rowWorkgroup } from './kernels/rows.ts';
 import { crossEntropyBackwardKernel, normBackwardKernel } from './kernels/rows_backward.ts';
@@ -109,7 +109,7 @@ export class WebGPUBackend implements Backend {
   readonly rec: CommandRecorder;
   /** The zero mask of unmasked attention (attentionViews). */
   private noMask: GpuStorage | null = null;
-  /** matmulF16 reads its operands as WGSL f16 (true where the device has `shader-f16`; false: u32 words). */
+  /** matmulF16's tiles keep their workgroup slabs in WGSL f16 (where the device has `shader-f16`; else float32). */
   shaderF16: boolean;
 
   constructor(
@@ -272,9 +272,9 @@ export class WebGPUBackend implements Backend {
 
   /**
    * autocast('float16')'s matmul: a @ b with both operands rounded to float16
-   * (on the device, to nearest even) and float32 products and sums; the result
-   * is float32. Read as WGSL f16 where the device has `shader-f16`, else as
-   * u32 words (kernels/matmul.ts): the same bits either way.
+   * (to nearest even, as the kernels load them) and float32 products and sums;
+   * the result is float32. With `shader-f16` the tiles hold the rounded values
+   * as WGSL f16, else as float32 (kernels/matmul.ts): the same bits either way.
    */
   matmulF16(a: View, b: View, plan?: MatmulPlan): Storage {
     return this.matmulWith('matmulF16', a, b, true, plan);
@@ -287,8 +287,8 @@ export class WebGPUBackend implements Backend {
    * a long K (weight gradients). Not tuned on a GPU yet: bench/gpu.ts prints
    * what each choice does.
    */
-  planMatmul(M: number, N: number, K: number, batch: number, bKFast: boolean, gemv = true): MatmulPlan {
-    if (M === 1 && gemv) return { kind: bKFast ? 'gemv.dot' : 'gemv.axpy', tile: 'small', splits: 1 };
+  planMatmul(M: number, N: number, K: number, batch: number, bKFast: boolean): MatmulPlan {
+    if (M === 1) return { kind: bKFast ? 'gemv.dot' : 'gemv.axpy', tile: 'small', splits: 1 };
     const wide = this.device.limits.maxComputeInvocationsPerWorkgroup >= 256;
     const count = (t: TileConfig) => Math.ceil(M / t.BM) * Math.ceil(N / t.BN) * batch;
     const fits = (t: TileConfig) => M >= t.BM && N >= t.BN; // at most half of an edge tile is wasted
@@ -318,36 +318,27 @@ export class WebGPUBackend implements Backend {
     if (K === 0) return this.rec.newStorage('float32', batch * M * N, true, op);
     if (batch * M * N === 0) return this.rec.newStorage('float32', 0, false, op);
     const bKFast = b.strides[r - 2] === 1 && b.strides[r - 1] !== 1;
-    const plan = forced ?? this.planMatmul(M, N, K, batch, bKFast, !half);
-    if (plan.kind !== 'tiled' && half) throw new Error(`${op}: float16 operands only run in tiles`);
-    const ha = half ? this.packHalf(a) : null;
-    const hb = half ? this.packHalf(b) : null;
+    const plan = forced ?? this.planMatmul(M, N, K, batch, bKFast);
+    const ops = { op, a, b, M, N, K, batchShape, half };
+    if (plan.kind !== 'tiled')
+      return this.output(op, 'float32', batch * M * N, (out) =>
+        this.gemv(ops, plan.kind === 'gemv.dot' ? 'dot' : 'axpy', out),
+      );
+    const t = TILES[plan.tile];
+    const Kc = Math.ceil(Math.ceil(K / plan.splits) / t.BK) * t.BK;
+    const splits = Math.ceil(K / Kc);
+    if (splits === 1) return this.output(op, 'float32', batch * M * N, (out) => this.tiled(ops, t, 1, K, out));
+    // split-K: the partial products of each K chunk, then their sum in chunk order
+    if (batch !== 1) throw new Error(`${op}: split-K needs a single product, not a batch of ${batch}`);
+    const parts = this.output(op, 'float32', splits * M * N, (out) => this.tiled(ops, t, splits, Kc, out));
     try {
-      const [av, bv] = [ha?.view ?? a, hb?.view ?? b];
-      const ops = { op, a: av, b: bv, M, N, K, batchShape, half };
-      if (plan.kind !== 'tiled')
-        return this.output(op, 'float32', batch * M * N, (out) =>
-          this.gemv(ops, plan.kind === 'gemv.dot' ? 'dot' : 'axpy', out),
-        );
-      const t = TILES[plan.tile];
-      const Kc = Math.ceil(Math.ceil(K / plan.splits) / t.BK) * t.BK;
-      const splits = Math.ceil(K / Kc);
-      if (splits === 1) return this.output(op, 'float32', batch * M * N, (out) => this.tiled(ops, t, 1, K, out));
-      // split-K: the partial products of each K chunk, then their sum in chunk order
-      if (batch !== 1) throw new Error(`${op}: split-K needs a single product, not a batch of ${batch}`);
-      const parts = this.output(op, 'float32', splits * M * N, (out) => this.tiled(ops, t, splits, Kc, out));
-      try {
-        return this.reduce(
-          'sum',
-          { storage: parts, shape: [splits, M * N], strides: [M * N, 1], offset: 0, dtype: 'float32' },
-          0,
-        );
-      } finally {
-        this.rec.release(parts);
-      }
+      return this.reduce(
+        'sum',
+        { storage: parts, shape: [splits, M * N], strides: [M * N, 1], offset: 0, dtype: 'float32' },
+        0,
+      );
     } finally {
-      if (ha) this.rec.release(ha.storage);
-      if (hb) this.rec.release(hb.storage);
+      this.rec.release(parts);
     }
   }
 
@@ -355,13 +346,7 @@ export class WebGPUBackend implements Backend {
   private matmulParams(m: MatmulOperands, splits: number, Kc: number) {
     const r = m.a.shape.length;
     const bs = collapse(m.batchShape, [m.a.strides.slice(0, r - 2), m.b.strides.slice(0, r - 2)]);
-    // packed float16 operands are fresh contiguous buffers: bound whole, offsets in elements
-    const [ab, bb] = m.half
-      ? [
-          { arg: this.whole(m.a.storage as GpuStorage, m.op), offset: 0 },
-          { arg: this.whole(m.b.storage as GpuStorage, m.op), offset: 0 },
-        ]
-      : [this.bind(m.a, m.op), this.bind(m.b, m.op)];
+    const [ab, bb] = [this.bind(m.a, m.op), this.bind(m.b, m.op)];
     const [aRS, aCS, bRS, bCS] = [m.a.strides[r - 2], m.a.strides[r - 1], m.b.strides[r - 2], m.b.strides[r - 1]];
     const params = (z0: number) => [
       m.M,
@@ -399,8 +384,8 @@ export class WebGPUBackend implements Backend {
       bFast === 'n'
         ? bCS === 1 && m.N % 4 === 0 && aligned(bb.offset, bs.strides[1], bRS)
         : bRS === 1 && m.K % 4 === 0 && aligned(bb.offset, bs.strides[1], m.N === 1 ? 0 : bCS);
-    const storage = !m.half ? 'f32' : this.shaderF16 ? 'f16' : 'packed';
-    const kernel = matmulKernel(bs.shape.length, t.name, aFast, aVec, bFast, bVec, m.N % 4 === 0, storage);
+    const precision = !m.half ? 'f32' : this.shaderF16 ? 'f16-slabs' : 'f16';
+    const kernel = matmulKernel(bs.shape.length, t.name, aFast, aVec, bFast, bVec, m.N % 4 === 0, precision);
     const total = (m.batchShape.length ? numel(m.batchShape) : 1) * splits;
     for (let z0 = 0; z0 < total; z0 += MAX_GROUPS_PER_DIM) {
       const groups: [number, number, number] = [
@@ -414,7 +399,7 @@ export class WebGPUBackend implements Backend {
 
   private gemv(m: MatmulOperands, variant: 'dot' | 'axpy', out: GpuStorage): void {
     const { bs, ab, bb, params } = this.matmulParams(m, 1, m.K);
-    const kernel = gemvKernel(bs.shape.length, variant);
+    const kernel = gemvKernel(bs.shape.length, variant, m.half);
     const total = m.batchShape.length ? numel(m.batchShape) : 1;
     for (let z0 = 0; z0 < total; z0 += MAX_GROUPS_PER_DIM) {
       const groups: [number, number, number] = [
@@ -423,32 +408,6 @@ export class WebGPUBackend implements Backend {
         Math.min(MAX_GROUPS_PER_DIM, total - z0),
       ];
       this.rec.run(m.op, kernel, params(z0), [this.whole(out, m.op), ab.arg, bb.arg], groups);
-    }
-  }
-
-  /** A view's elements rounded to float16, packed two per u32 word in a fresh contiguous buffer. */
-  private packHalf(v: View): { storage: GpuStorage; view: View } {
-    const n = numel(v.shape);
-    const flat = isContiguous(v.shape, v.strides) ? null : (this.copy(v, 'float32') as GpuStorage);
-    try {
-      const src = flat ?? this.rec.check(v.storage, 'matmulF16');
-      const offset = flat ? 0 : v.offset;
-      const packed = this.output('matmulF16', 'int32', Math.ceil(n / 2), (out) => {
-        const x = this.bind({ storage: src, shape: [n], strides: [1], offset, dtype: 'float32' }, 'matmulF16');
-        this.rec.run(
-          'matmulF16',
-          packHalfKernel(),
-          [n, x.offset],
-          [this.whole(out, 'matmulF16'), x.arg],
-          this.rec.groupsFor(Math.ceil(n / 2 / EW_WORKGROUP)),
-        );
-      });
-      return {
-        storage: packed,
-        view: { storage: packed, shape: v.shape, strides: contiguousStrides(v.shape), offset: 0, dtype: 'float32' },
-      };
-    } finally {
-      if (flat) this.rec.release(flat);
     }
   }
 

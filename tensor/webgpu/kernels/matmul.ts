@@ -21,16 +21,17 @@
 // chunks, each tile of each chunk is a workgroup writing a partial product,
 // and the S partials are summed afterwards (in a fixed order: deterministic).
 //
-// f16 storage (autocast('float16'), tensor/mixed_precision.ts). With `half`,
-// a and b are contiguous buffers of float16 (packed by packHalfKernel, two per
-// u32 word, little end first: the layout of an array<f16>), and the products
-// and sums are float32. It halves the bytes a matmul reads. Two ways to read
-// them: on every device, as u32 words unpacked by core WGSL's unpack2x16float,
-// with float32 slabs; where the device has `shader-f16` (`f16` below), as
-// array<f16> with the workgroup slabs in f16 too, which halves the workgroup
-// memory and its traffic in the inner loop. Both give the same bits: every
-// value is a float16 either way, converted to float32 exactly before it is
-// multiplied.
+// float16 operands (autocast('float16'), tensor/mixed_precision.ts). With
+// `half`, each value of a and b is rounded to the nearest float16 as it is
+// loaded (roundHalf: ties to even, in integer arithmetic, since WGSL lets a
+// conversion to f16 round either way), and the products and sums are float32.
+// Rounding on load costs a few integer operations per value copied into
+// workgroup memory, where a separate rounding pass would cost a dispatch, a
+// read and a write of each operand per matmul, and a copy of every
+// transposed or sliced one. Where the device has `shader-f16` the workgroup
+// slabs are f16 (`slab` below): half the workgroup memory and its traffic in
+// the inner loop. Both give the same bits: every value is a float16 either
+// way, converted to float32 exactly before it is multiplied.
 //
 // GEMV. With M = 1 (decoding one token) a tile wastes all but one row, so
 // gemvKernel computes a row vector times a matrix instead: for b with a
@@ -42,7 +43,6 @@
 //   splits S, chunk Kc, batch rank R: shape[0..R), aOffset, aStrides[0..R), bOffset, bStrides[0..R)].
 
 import { type Kernel, binding, memo, prelude, stridedOffsets } from './common.ts';
-import { EW_WORKGROUP } from './elementwise.ts';
 
 /** Where the batch view params start. */
 export const MATMUL_BATCH_AT = 10;
@@ -75,28 +75,44 @@ export interface OperandLayout {
   vec: boolean;
 }
 
-/** How operands are stored: float32, float16 packed in u32 words, or float16 as WGSL's f16 (`shader-f16`). */
-export type OperandStorage = 'f32' | 'packed' | 'f16';
+/**
+ * What a tiled matmul does with operand values: uses them as they are
+ * ('f32'), or rounds them to float16 on load and keeps its workgroup slabs in
+ * float32 ('f16') or, with `shader-f16`, in WGSL's f16 ('f16-slabs').
+ */
+export type OperandPrecision = 'f32' | 'f16' | 'f16-slabs';
+
+/**
+ * x rounded to the nearest float16 (ties to even), as a float32: the mantissa
+ * rounded to 10 bits by adding just under half its last kept bit (plus that
+ * bit, so that a tie goes to the even neighbour) and clearing the rest; below
+ * float16's smallest normal, 2^-14, to a multiple of 2^-24 (WGSL's round()
+ * takes ties to even); from 65520, half a step above the largest float16, to
+ * Inf. Decided from the bits: WGSL may assume no NaN or Inf reaches a compare.
+ */
+const roundHalf = /* wgsl */ `
+fn roundHalf(x: f32) -> f32 {
+  let b = bitcast<u32>(x);
+  let a = b & 0x7fffffffu;
+  if (a > 0x7f800000u) { return x; }
+  if (a >= 0x477ff000u) { return bitcast<f32>((b & 0x80000000u) | 0x7f800000u); }
+  if (a < 0x38800000u) { return round(x * 16777216.0) * 5.9604644775390625e-8; }
+  return bitcast<f32>((b + 0xfffu + ((b >> 13u) & 1u)) & 0xffffe000u);
+}
+fn roundHalf4(v: vec4<f32>) -> vec4<f32> {
+  return vec4<f32>(roundHalf(v.x), roundHalf(v.y), roundHalf(v.z), roundHalf(v.w));
+}`;
 
 /** The load of one operand's element e (xAt), or of 4 elements from e, a multiple of 4 (xAt4), as float32. */
-function loader(name: string, vec: boolean, storage: OperandStorage): string {
-  if (vec) {
-    if (storage === 'packed') {
-      return `fn ${name}At4(e: u32) -> vec4<f32> {
-  let w = ${name}4[e / 4u];
-  return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));
-}`;
-    }
-    return `fn ${name}At4(e: u32) -> vec4<f32> { return vec4<f32>(${name}4[e / 4u]); }`;
-  }
-  if (storage === 'packed') return `fn ${name}At(e: u32) -> f32 { return unpack2x16float(${name}[e / 2u])[e & 1u]; }`;
-  return `fn ${name}At(e: u32) -> f32 { return f32(${name}[e]); }`;
+function loader(name: string, vec: boolean, half: boolean): string {
+  const r = (x: string, n = '') => (half ? `roundHalf${n}(${x})` : x);
+  if (vec) return `fn ${name}At4(e: u32) -> vec4<f32> { return ${r(`${name}4[e / 4u]`, '4')}; }`;
+  return `fn ${name}At(e: u32) -> f32 { return ${r(`${name}[e]`)}; }`;
 }
 
-/** The bindings of an operand: scalar and vec4 views of the same buffer cannot both be declared, so one of them. */
-function operandBinding(n: number, name: string, vec: boolean, storage: OperandStorage): string {
-  const types = { f32: ['f32', 'vec4<f32>'], packed: ['u32', 'vec2<u32>'], f16: ['f16', 'vec4<f16>'] };
-  return binding(n, vec ? `${name}4` : name, types[storage][vec ? 1 : 0], 'read');
+/** The binding of an operand: scalar and vec4 views of the same buffer cannot both be declared, so one of them. */
+function operandBinding(n: number, name: string, vec: boolean): string {
+  return binding(n, vec ? `${name}4` : name, vec ? 'vec4<f32>' : 'f32', 'read');
 }
 
 /**
@@ -159,7 +175,7 @@ function slabLoad(o: {
 
 /**
  * The tiled batched matmul. `vecOut`: N is a multiple of 4, so rows of the
- * output are written as vec4s. `storage`: how a and b are stored.
+ * output are written as vec4s. `precision`: see OperandPrecision.
  */
 export const matmulKernel = memo(
   (
@@ -170,7 +186,7 @@ export const matmulKernel = memo(
     bFast: string,
     bVec: boolean,
     vecOut: boolean,
-    storage: OperandStorage,
+    precision: OperandPrecision,
   ): Kernel => {
     const t: TileConfig = TILES[tile as keyof typeof TILES];
     const { BM, BN, BK, TM, TN } = t;
@@ -192,13 +208,14 @@ export const matmulKernel = memo(
       : `for (var q = 0u; q < 4u; q++) {
         if (r < M && c + q < N) { out[base + r * N + c + q] = acc[i * ${TN / 4}u + j][q]; }
       }`;
-    const slab = storage === 'f16' ? 'f16' : 'f32';
-    const code = /* wgsl */ `${storage === 'f16' ? 'enable f16;\n' : ''}${prelude}
+    const half = precision !== 'f32';
+    const slab = precision === 'f16-slabs' ? 'f16' : 'f32';
+    const code = /* wgsl */ `${slab === 'f16' ? 'enable f16;\n' : ''}${prelude}${half ? roundHalf : ''}
 ${vecOut ? binding(1, 'out4', 'vec4<f32>', 'read_write') : binding(1, 'out', 'f32', 'read_write')}
-${operandBinding(2, 'a', aVec, storage)}
-${operandBinding(3, 'b', bVec, storage)}
-${loader('a', aVec, storage)}
-${loader('b', bVec, storage)}
+${operandBinding(2, 'a', aVec)}
+${operandBinding(3, 'b', bVec)}
+${loader('a', aVec, half)}
+${loader('b', bVec, half)}
 var<workgroup> As: array<vec4<${slab}>, ${(BK * BM) / 4}>;
 var<workgroup> Bs: array<vec4<${slab}>, ${(BK * BN) / 4}>;
 @compute @workgroup_size(${TX}, ${TY})
@@ -242,7 +259,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
   }
 }`;
     return {
-      key: `matmul.${tile}:${R}:a${aFast}${aVec ? 4 : 1}:b${bFast}${bVec ? 4 : 1}:o${vecOut ? 4 : 1}:${storage}`,
+      key: `matmul.${tile}:${R}:a${aFast}${aVec ? 4 : 1}:b${bFast}${bVec ? 4 : 1}:o${vecOut ? 4 : 1}:${precision}`,
       code,
       workgroupSize: threads,
       storage: ['read_write', 'read', 'read'],
@@ -257,9 +274,11 @@ export const GEMV_OUTPUTS = { dot: 8, axpy: 64 } as const;
  * Row vector times matrix: out[z, n] = sum_k a[z, 0, k] b[z, k, n], the same
  * params as matmulKernel (S = 1). 'dot': 32 threads per output stride along
  * K (b's K contiguous); 'axpy': a thread per column, 4 threads split K (b's
- * N contiguous). The threads' partial sums meet in workgroup memory.
+ * N contiguous). The threads' partial sums meet in workgroup memory. With
+ * `half`, both operands are rounded to float16 as they are loaded, as in the
+ * tiles.
  */
-export const gemvKernel = memo((batchRank: number, variant: 'dot' | 'axpy'): Kernel => {
+export const gemvKernel = memo((batchRank: number, variant: 'dot' | 'axpy', half: boolean): Kernel => {
   const R = batchRank;
   const aView = MATMUL_BATCH_AT + R;
   const bView = aView + 1 + R;
@@ -276,7 +295,8 @@ export const gemvKernel = memo((batchRank: number, variant: 'dot' | 'axpy'): Ker
     if (lane < s) { red[lid] += red[lid + s * 64u]; }
     workgroupBarrier();
   }`;
-  const code = /* wgsl */ `${prelude}
+  const r = (x: string) => (half ? `roundHalf(${x})` : x);
+  const code = /* wgsl */ `${prelude}${half ? roundHalf : ''}
 ${binding(1, 'out', 'f32', 'read_write')}
 ${binding(2, 'a', 'f32', 'read')}
 ${binding(3, 'b', 'f32', 'read')}
@@ -291,61 +311,17 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
   let n = wid.x * ${outs}u + ${out};
   var acc = 0.0;
   if (n < N) {
-    for (var k = lane; k < K; k += ${lanes}u) { acc += a[o0 + k * aCS] * b[o1 + k * bRS + n * bCS]; }
+    for (var k = lane; k < K; k += ${lanes}u) { acc += ${r('a[o0 + k * aCS]')} * ${r('b[o1 + k * bRS + n * bCS]')}; }
   }
   red[lid] = acc;
   workgroupBarrier();
   ${reduce}
   if (lane == 0u && n < N) { out[z * N + n] = red[lid]; }
 }`;
-  return { key: `gemv.${variant}:${R}`, code, workgroupSize: 256, storage: ['read_write', 'read', 'read'] };
-});
-
-/**
- * float32 -> packed float16 pairs, rounded to nearest even in integer
- * arithmetic (WGSL lets pack2x16float round either way). out[w] holds
- * elements 2w (low half) and 2w + 1 of a contiguous input. Params: [n, xOffset].
- */
-export const packHalfKernel = memo((): Kernel => {
-  const code = /* wgsl */ `${prelude}
-${binding(1, 'out', 'u32', 'read_write')}
-${binding(2, 'x', 'f32', 'read')}
-fn halfBits(v: f32) -> u32 {
-  let b = bitcast<u32>(v);
-  let sign = (b >> 16u) & 0x8000u;
-  let be = (b >> 23u) & 0xffu;
-  let m = b & 0x7fffffu;
-  if (be == 0xffu) { return sign | 0x7c00u | select(0u, 0x200u, m != 0u); }
-  let e = i32(be) - 112;
-  if (e >= 31) { return sign | 0x7c00u; }
-  if (e <= 0) {
-    // a float16 denormal (or zero): shift the full mantissa down, round half to even
-    if (e < -10) { return sign; }
-    let full = m | 0x800000u;
-    let shift = u32(14 - e);
-    let q = full >> shift;
-    let rest = full & ((1u << shift) - 1u);
-    let half = 1u << (shift - 1u);
-    return sign | (q + select(0u, 1u, rest > half || (rest == half && (q & 1u) == 1u)));
-  }
-  let q = (u32(e) << 10u) | (m >> 13u);
-  let rest = m & 0x1fffu;
-  // a carry out of the mantissa bumps the exponent, up to Inf: what rounding should do
-  return sign | (q + select(0u, 1u, rest > 0x1000u || (rest == 0x1000u && (q & 1u) == 1u)));
-}
-@compute @workgroup_size(${EW_WORKGROUP})
-fn main(
-  @builtin(workgroup_id) wid: vec3u,
-  @builtin(num_workgroups) nwg: vec3u,
-  @builtin(local_invocation_index) lid: u32,
-) {
-  let w = groupIndex(wid, nwg) * ${EW_WORKGROUP}u + lid;
-  let n = p(0u);
-  if (2u * w >= n) { return; }
-  let lo = halfBits(x[p(1u) + 2u * w]);
-  var hi = 0u;
-  if (2u * w + 1u < n) { hi = halfBits(x[p(1u) + 2u * w + 1u]); }
-  out[w] = lo | (hi << 16u);
-}`;
-  return { key: 'packHalf', code, workgroupSize: EW_WORKGROUP, storage: ['read_write', 'read'] };
+  return {
+    key: `gemv.${variant}:${R}${half ? ':f16' : ''}`,
+    code,
+    workgroupSize: 256,
+    storage: ['read_write', 'read', 'read'],
+  };
 });
