@@ -2,8 +2,25 @@
 // (nanoVLM trains the freshly initialised projector at a high learning rate
 // and the pretrained backbones at a low one, so they are not wrecked early),
 // plus gradient clipping and nanoVLM's learning-rate schedule.
+//
+// Buckets. On a GPU every kernel call costs host time, and an update is the
+// same arithmetic for every parameter, so on WebGPU the optimizer moves the
+// parameters it trains into a few large buffers ("buckets", as PyTorch's DDP
+// keeps gradients), back to back, with their gradients (backward() writes
+// them in place: Tensor.gradBuffer) and both moments laid out the same way
+// in buckets of their own. Then one kernel call updates a whole bucket, and
+// gradient clipping reads a bucket at a time (tensor/contiguous_runs.ts):
+// a handful of dispatches for nanoVLM-222M's 422 parameters instead of
+// thousands. On the CPU a kernel call costs nothing and memory is what is
+// scarce (nanoVLM-222M must fit 4 GiB of WebAssembly memory, and a bucket of
+// gradients would live through the forward pass), so every parameter keeps
+// its own buffers.
 
-import { noGrad, tidy, type Tensor, zeros } from '../tensor/index.ts';
+import { contiguousRuns, viewAt } from '../tensor/contiguous_runs.ts';
+import { copyInto, noGrad, tensor, tidy, type Tensor, zeros } from '../tensor/index.ts';
+
+/** Elements per bucket: 128 MiB of float32, a binding size every WebGPU device allows. */
+const BUCKET_ELEMENTS = 1 << 25;
 
 /** A set of parameters sharing hyperparameters; lr may be changed between steps. */
 export interface ParamGroup {
@@ -24,6 +41,8 @@ interface ParamState {
   step: number;
   expAvg: Tensor; // first moment: a running mean of gradients
   expAvgSq: Tensor; // second moment: a running mean of squared gradients
+  /** Where the parameter lives in its bucket (WebGPU), or null: it keeps its own buffer. */
+  home: Tensor | null;
 }
 
 /** Saved optimizer state (host arrays), for resuming a run exactly. */
@@ -38,6 +57,8 @@ export class AdamW {
   readonly betas: [number, number];
   readonly eps: number;
   private readonly state = new Map<Tensor, ParamState>();
+  /** The buckets of parameters, gradients and moments (WebGPU; see the top of this file). */
+  private readonly buckets: Tensor[] = [];
 
   constructor(groups: ParamGroup[] | Tensor[], opts: AdamWOptions = {}) {
     const lr = opts.lr ?? 1e-3;
@@ -52,11 +73,29 @@ export class AdamW {
       if (seen.has(p)) throw new Error('AdamW: a parameter appears twice (tied weights must be passed once)');
       seen.add(p);
     }
+    this.fillBuckets(this.paramGroups.flatMap((g) => g.params).filter((p) => p.requiresGrad && p.device === 'webgpu'));
+  }
+
+  /** Moves the parameters into buckets (bucketLayout), and gives them gradients and moments beside them. */
+  private fillBuckets(params: Tensor[]): void {
+    const { places, lengths } = bucketLayout(params.map((p) => p.size));
+    // per bucket of the layout, four buffers: parameters, gradients, first moments, second moments
+    const sets = lengths.map((n) => [0, 1, 2, 3].map(() => zeros([n], { device: 'webgpu' }).keep()));
+    this.buckets.push(...sets.flat());
+    params.forEach((p, i) => {
+      const { bucket, offset } = places[i];
+      const [home, grad, expAvg, expAvgSq] = sets[bucket].map((b) => viewAt(b, offset, p.shape).keep());
+      copyInto(home, p);
+      p.assign(home);
+      p.gradBuffer = grad;
+      this.state.set(p, { step: 0, expAvg, expAvgSq, home });
+    });
   }
 
   /**
-   * One update of every parameter that has a gradient, each by one fused
-   * kernel (the backend's adamw). Per element, as torch.optim.AdamW:
+   * One update of every parameter that has a gradient, by the backend's fused
+   * adamw kernel, one call per bucket (per parameter on the CPU). Per element,
+   * as torch.optim.AdamW:
    *   p <- p (1 - lr wd)                         decoupled weight decay: shrink the weight itself
    *   m <- beta1 m + (1 - beta1) g               a running mean of gradients
    *   v <- beta2 v + (1 - beta2) g^2             ... and of their squares
@@ -66,31 +105,74 @@ export class AdamW {
   step(): void {
     const [beta1, beta2] = this.betas;
     for (const group of this.paramGroups) {
+      // [parameter, gradient, moments] of each parameter that has a gradient, in bucket order
+      const lists: Tensor[][] = [[], [], [], []];
+      const steps: number[] = [];
       for (const p of group.params) {
         if (!p.grad) continue;
         const s = this.stateOf(p);
+        this.placeInBucket(p, s);
         s.step += 1;
-        const hyper = { lr: group.lr, beta1, beta2, eps: this.eps, weightDecay: group.weightDecay!, step: s.step };
-        p.backend.adamw(p.view(), p.grad.view(), s.expAvg.view(), s.expAvgSq.view(), hyper);
+        [p, p.gradBuffer ?? p.grad, s.expAvg, s.expAvgSq].forEach((t, k) => lists[k].push(t));
+        steps.push(s.step);
+      }
+      // one kernel call per run of parameters side by side that are at the same step (all of them, as a rule)
+      for (let start = 0; start < steps.length;) {
+        let end = start + 1;
+        while (end < steps.length && steps[end] === steps[start]) end++;
+        tidy(() => {
+          for (const [p, g, m, v] of contiguousRuns(lists.map((l) => l.slice(start, end)))) {
+            const hyper = {
+              lr: group.lr,
+              beta1,
+              beta2,
+              eps: this.eps,
+              weightDecay: group.weightDecay!,
+              step: steps[start],
+            };
+            p.backend.adamw(p.view(), g.view(), m.view(), v.view(), hyper);
+          }
+        });
+        start = end;
       }
     }
   }
 
-  /** Frees every gradient (they are recreated by the next backward). */
+  /**
+   * Puts a bucketed parameter and its gradient back in their places where
+   * something moved them (a load_state_dict's assign, a gradient set by hand).
+   */
+  private placeInBucket(p: Tensor, s: ParamState): void {
+    const home = s.home;
+    if (home && (p.storage !== home.storage || p.offset !== home.offset)) {
+      copyInto(home, p);
+      p.assign(home);
+    }
+    const buffer = p.gradBuffer;
+    if (buffer && p.grad && p.grad !== buffer) copyInto(buffer, p.grad);
+  }
+
+  /** Frees every gradient (they are recreated by the next backward; bucketed ones stay in their buckets). */
   zeroGrad(): void {
     for (const p of this.paramGroups.flatMap((g) => g.params)) {
-      p.grad?.dispose();
+      if (p.grad !== p.gradBuffer) p.grad?.dispose();
       p.grad = null;
     }
   }
 
-  /** Frees both moments of every parameter (an optimizer that will not step again). */
+  /** Frees both moments of every parameter and the buckets (an optimizer that will not step again). */
   dispose(): void {
-    for (const s of this.state.values()) {
+    for (const [p, s] of this.state) {
       s.expAvg.dispose();
       s.expAvgSq.dispose();
+      s.home?.dispose(); // the parameter keeps its storage alive
+      if (p.grad === p.gradBuffer) p.grad = null;
+      p.gradBuffer?.dispose();
+      p.gradBuffer = null;
     }
     this.state.clear();
+    for (const b of this.buckets) b.dispose();
+    this.buckets.length = 0;
   }
 
   private stateOf(p: Tensor): ParamState {
@@ -100,6 +182,7 @@ export class AdamW {
         step: 0,
         expAvg: zeros(p.shape, { device: p.device }).keep(),
         expAvgSq: zeros(p.shape, { device: p.device }).keep(),
+        home: null,
       };
       this.state.set(p, s);
     }
@@ -135,32 +218,61 @@ export class AdamW {
       if (!saved) return;
       const s = this.stateOf(p);
       s.step = saved.step;
-      s.expAvg.setData(saved.expAvg);
-      s.expAvgSq.setData(saved.expAvgSq);
+      // written in place: bucketed moments must stay in their buckets
+      tidy(() => {
+        copyInto(s.expAvg, tensor(saved.expAvg, { shape: p.shape, device: p.device }));
+        copyInto(s.expAvgSq, tensor(saved.expAvgSq, { shape: p.shape, device: p.device }));
+      });
     });
   }
 }
 
 /**
+ * Where tensors of these sizes go in buckets of `capacity` elements: back to
+ * back, in order, each at a multiple of 4 elements (so the matmul kernels
+ * still read a weight as vec4s), a new bucket when the next one does not fit
+ * (a tensor larger than a bucket gets one of its own). Returns each tensor's
+ * bucket and offset, and each bucket's length. A size that is not a multiple
+ * of 4 leaves a gap, which ends a run of tensors side by side: the gap is
+ * never read or written (every parameter of nanoVLM's models is a multiple
+ * of 4 long).
+ */
+export function bucketLayout(
+  sizes: number[],
+  capacity = BUCKET_ELEMENTS,
+): { places: { bucket: number; offset: number }[]; lengths: number[] } {
+  const places: { bucket: number; offset: number }[] = [];
+  const lengths: number[] = [];
+  for (const size of sizes) {
+    let end = lengths.length ? lengths[lengths.length - 1] : 0;
+    if (!lengths.length || (end > 0 && end + size > capacity)) lengths.push((end = 0));
+    places.push({ bucket: lengths.length - 1, offset: end });
+    lengths[lengths.length - 1] = Math.ceil((end + size) / 4) * 4;
+  }
+  return { places, lengths };
+}
+
+/**
  * Scales all gradients down together when their global L2 norm exceeds
  * maxNorm (the direction is kept, only the step length is capped). Returns
- * the norm before clipping, as a tensor: reading it is a sync point.
+ * the norm before clipping, as a tensor: reading it is a sync point. Reads
+ * and writes the gradients a bucket at a time where they sit side by side
+ * (nn/optim.ts's buckets), in place.
  */
 export function clipGradNorm(params: Tensor[], maxNorm: number): Tensor {
   return noGrad(() => {
     const grads = params.map((p) => p.grad).filter((g): g is Tensor => g !== null);
     if (grads.length === 0) return zeros([]);
-    const total = tidy(() =>
-      grads
+    return tidy(() => {
+      const runs = contiguousRuns([grads]).map(([run]) => run);
+      const total = runs
         .map((g) => g.mul(g).sum())
         .reduce((a, b) => a.add(b))
-        .sqrt(),
-    );
-    tidy(() => {
+        .sqrt();
       const coef = total.add(1e-6).reciprocal().mul(maxNorm).minimum(1); // PyTorch's clip_coef_clamped
-      for (const p of params) if (p.grad) p.grad.assign(p.grad.mul(coef));
+      for (const g of runs) copyInto(g, g.mul(coef));
+      return total;
     });
-    return total;
   });
 }
 

@@ -146,7 +146,16 @@ export function backward(root: Tensor, gradient: Tensor): void {
 }
 
 function accumulateLeaf(leaf: Tensor, g: Tensor): void {
-  if (leaf.grad) {
+  const buffer = leaf.gradBuffer;
+  if (buffer) {
+    // the optimizer keeps this gradient beside the others (nn/optim.ts): written into its place
+    const sum = leaf.grad ? leaf.grad.add(g) : g;
+    buffer.backend.copyInto(buffer.view(), sum.view());
+    if (sum !== g) sum.dispose();
+    if (leaf.grad !== buffer) leaf.grad?.dispose();
+    g.dispose();
+    leaf.grad = buffer;
+  } else if (leaf.grad) {
     const sum = leaf.grad.add(g);
     leaf.grad.dispose();
     g.dispose();

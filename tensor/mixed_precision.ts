@@ -29,6 +29,8 @@
 //   if (scaler.update(Number.isFinite(await norm.item()))) optimizer.step();
 
 import { noGrad } from './autograd.ts';
+import { contiguousRuns } from './contiguous_runs.ts';
+import { copyInto } from './ops.ts';
 import { tidy } from './scope.ts';
 import type { Tensor } from './tensor.ts';
 
@@ -94,11 +96,16 @@ export class GradScaler {
     return loss.mul(this.scale);
   }
 
-  /** Divides every parameter's gradient by the scale (before clipping and the optimizer step). */
+  /**
+   * Divides every parameter's gradient by the scale (before clipping and the
+   * optimizer step): in place, a bucket at a time where they sit side by side
+   * (nn/optim.ts). Exact: the scale is a power of 2.
+   */
   unscale(params: Tensor[]): void {
+    const grads = params.map((p) => p.grad).filter((g): g is Tensor => g !== null);
     noGrad(() =>
       tidy(() => {
-        for (const p of params) if (p.grad) p.grad.assign(p.grad.mul(1 / this.scale)); // in place: a power of 2, exact
+        for (const [g] of contiguousRuns([grads])) copyInto(g, g.mul(1 / this.scale));
       }),
     );
   }

@@ -26,6 +26,11 @@ export class Tensor {
   requiresGrad = false;
   /** dLoss/dThis after backward(), for leaves that require grad. */
   grad: Tensor | null = null;
+  /**
+   * Where backward() writes this leaf's gradient, in place: a view into an
+   * optimizer's bucket (nn/optim.ts), which `grad` then is. null: a fresh tensor.
+   */
+  gradBuffer: Tensor | null = null;
   /** How this tensor was computed, while the graph is alive. */
   ctx: GradCtx | null = null;
   /** Kept tensors survive the tidy() scope they were made in. */

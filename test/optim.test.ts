@@ -1,8 +1,11 @@
 // AdamW against PyTorch's update rule computed by hand in float64, gradient
-// clipping, the learning-rate schedule, and saving/restoring optimizer state.
+// clipping, the learning-rate schedule, saving/restoring optimizer state, and
+// the bucket layout AdamW uses on WebGPU (webgpu_optim.test.ts runs it).
 
 import { describe, expect, it } from 'vitest';
 import { AdamW, clipGradNorm, getLr } from '../nn/index.ts';
+import { bucketLayout } from '../nn/optim.ts';
+import { contiguousRuns, viewAt } from '../tensor/contiguous_runs.ts';
 import { parameter } from '../nn/module.ts';
 import { tensor, tidy, type Tensor } from '../tensor/index.ts';
 import { expectClose } from './helpers.ts';
@@ -148,5 +151,40 @@ describe('getLr (nanoVLM schedule)', () => {
     expect(getLr(515, maxLr, steps)).toBeCloseTo(0.55 * maxLr, 12); // halfway through the decay
     expect(getLr(1000, maxLr, steps)).toBeCloseTo(0.1 * maxLr, 12);
     expect(getLr(5000, maxLr, steps)).toBe(0.1 * maxLr);
+  });
+});
+
+describe('buckets (the layout AdamW gives parameters on WebGPU)', () => {
+  it('bucketLayout: back to back at multiples of 4, a new bucket when the next does not fit', () => {
+    expect(bucketLayout([4, 3, 8, 5], 16)).toEqual({
+      places: [
+        { bucket: 0, offset: 0 },
+        { bucket: 0, offset: 4 },
+        { bucket: 0, offset: 8 },
+        { bucket: 1, offset: 0 },
+      ],
+      lengths: [16, 8],
+    });
+    // a tensor larger than a bucket has one of its own
+    expect(bucketLayout([20, 4], 16).lengths).toEqual([20, 4]);
+    expect(bucketLayout([], 16)).toEqual({ places: [], lengths: [] });
+  });
+
+  it('contiguousRuns: tensors back to back in one storage become one view; gaps, other storages, strides end runs', () => {
+    const base = tensor(Float32Array.from({ length: 16 }, (_, i) => i));
+    const [a, b, c] = [viewAt(base, 0, [2, 2]), viewAt(base, 4, [3]), viewAt(base, 7, [5])];
+    const [whole] = contiguousRuns([[a, b, c]]);
+    expect(whole[0].shape).toEqual([12]);
+    expect(Array.from(whole[0].dataSync())).toEqual(Array.from({ length: 12 }, (_, i) => i));
+    // a gap (13 is skipped), another storage, a transposed view: runs of one, each its own view
+    const gap = viewAt(base, 13, [3]);
+    const other = tensor([1, 2]);
+    const t = viewAt(base, 0, [2, 3]).transpose(0, 1);
+    const runs = contiguousRuns([[a, b, c, gap, other, t]]);
+    expect(runs.map(([r]) => r.shape)).toEqual([[12], [3], [2], [3, 2]]);
+    expect(Array.from(runs[3][0].dataSync())).toEqual([0, 3, 1, 4, 2, 5]);
+    // parallel lists: a run needs every list to line up
+    const other2 = [tensor([0, 0, 0, 0]).reshape([2, 2]), tensor([0, 0, 0]), tensor([0, 0, 0, 0, 0])];
+    expect(contiguousRuns([[a, b, c], other2]).length).toBe(3);
   });
 });
