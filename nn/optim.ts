@@ -120,18 +120,11 @@ export class AdamW {
       for (let start = 0; start < steps.length;) {
         let end = start + 1;
         while (end < steps.length && steps[end] === steps[start]) end++;
+        const [lr, eps, weightDecay, step] = [group.lr, this.eps, group.weightDecay!, steps[start]];
+        const hyper = { lr, beta1, beta2, eps, weightDecay, step };
         tidy(() => {
-          for (const [p, g, m, v] of contiguousRuns(lists.map((l) => l.slice(start, end)))) {
-            const hyper = {
-              lr: group.lr,
-              beta1,
-              beta2,
-              eps: this.eps,
-              weightDecay: group.weightDecay!,
-              step: steps[start],
-            };
+          for (const [p, g, m, v] of contiguousRuns(lists.map((l) => l.slice(start, end))))
             p.backend.adamw(p.view(), g.view(), m.view(), v.view(), hyper);
-          }
         });
         start = end;
       }
@@ -195,7 +188,7 @@ export class AdamW {
     for (const p of this.paramGroups.flatMap((g) => g.params)) {
       const s = this.state.get(p);
       params.push(
-        s
+        s && s.step > 0 // a parameter never updated has no state, as in PyTorch (bucketed ones have zeros ready)
           ? {
               step: s.step,
               expAvg: (await s.expAvg.data()) as Float32Array,

@@ -4,8 +4,9 @@
 // trained with autocast('float16') and dynamic loss scaling follows the
 // float32 run's loss curve. Only lavapipe of the software drivers offers
 // `shader-f16`: llvmpipe's GLES and SwiftShader keep the rounded operands in
-// float32 workgroup slabs, and the f16 slabs are compared with those on lavapipe (vitest.config.ts's project
-// requires the feature there) and on any GPU that has it.
+// float32 workgroup slabs, and the f16 slabs are compared with those on
+// lavapipe (vitest.config.ts's project requires the feature there) and on any
+// GPU that has it.
 
 import { describe, expect, it } from 'vitest';
 import { AdamW, clipGradNorm } from '../nn/index.ts';
