@@ -241,6 +241,20 @@ describeWebGPU('webgpu reductions', () => {
     await compareDevices((x) => [x.argmax(1), x.argmax(0)], [[5, 700]]);
     await compareDevices((x) => x.transpose(0, 1).sum(-1), [[300, 3]], { rtol: 1e-4 });
   });
+  it('very long axes are cut into chunks (sum and max), strided too, with NaN in a late chunk', async () => {
+    // 3 chunks and a partial one; a strided axis; max sees NaN in the last chunk
+    await compareDevices((x) => [x.sum(1), x.max(1), x.transpose(0, 1).sum(0)], [[2, 3 * 4096 + 5]], { rtol: 1e-4 });
+    const late = Array.from({ length: 9000 }, (_, i) => (i === 8999 ? NaN : i % 11));
+    await compareDevices((x) => x.max(0), [{ shape: [9000], values: late, grad: false }]);
+    // a whole bucket of gradients' worth (gradient clipping sums one): one workgroup got this wrong on llvmpipe
+    const n = (4 << 20) + 3;
+    const g = new Generator(7);
+    const host = Float32Array.from({ length: n }, () => g.random());
+    const want = host.reduce((a, v) => a + v, 0); // float64
+    const x = tensor(host, { device: 'webgpu' });
+    expectRelClose([await x.sum().item()], [want], 1e-5, 'sum of 4 Mi + 3 elements');
+    x.dispose();
+  });
   it('max/argmax: NaN wins, first index on ties (short and long axes)', async () => {
     const ties = [1, 3, 3, 0, 2, 2, NaN, 5, 5, 5, NaN, NaN];
     await compareDevices((x) => [x.max(1), x.argmax(1)], [{ shape: [4, 3], values: ties, grad: false }]);

@@ -54,7 +54,7 @@ import {
 } from './kernels/elementwise.ts';
 import { SORT_TILE, gatherKernel, scatterSumKernel, sortKernel } from './kernels/indexing.ts';
 import { GEMV_OUTPUTS, TILES, type TileConfig, gemvKernel, matmulKernel } from './kernels/matmul.ts';
-import { REDUCE_WORKGROUP, SHORT_AXIS, reduceKernel } from './kernels/reduce.ts';
+import { REDUCE_CHUNK, REDUCE_WORKGROUP, SHORT_AXIS, reduceKernel } from './kernels/reduce.ts';
 import { type RowOp, checkRowDtype, rowKernel, rowWorkgroup } from './kernels/rows.ts';
 import { crossEntropyBackwardKernel, normBackwardKernel } from './kernels/rows_backward.ts';
 import { type Arg, CommandRecorder, type GpuCounters, GpuStorage } from './recorder.ts';
@@ -248,12 +248,15 @@ export class WebGPUBackend implements Backend {
       if (op !== 'sum') throw new Error(`${op}: cannot reduce over an empty dim of ${fmt(x.shape)}`);
       return this.rec.newStorage(dtype, nOut, true, op); // an empty sum is 0
     }
-    return this.output(op, dtype, nOut, (out) => {
+    // a very long sum or max: a workgroup per chunk, then the chunks' partial results reduced (kernels/reduce.ts)
+    const chunks = op !== 'argmax' && len > 2 * REDUCE_CHUNK ? Math.ceil(len / REDUCE_CHUNK) : 1;
+    const partial = this.output(op, dtype, nOut * chunks, (out) => {
       const outer = collapse(outShape, [x.strides.filter((_, i) => i !== axis)]);
       const xb = this.bind(x, op);
-      const long = len > SHORT_AXIS; // a workgroup per output instead of a thread
-      const params = [nOut, len, x.strides[axis], ...outer.shape, xb.offset, ...outer.strides[0]];
-      const groups = this.rec.groupsFor(long ? nOut : Math.ceil(nOut / REDUCE_WORKGROUP));
+      const long = len > SHORT_AXIS; // a workgroup per output (per chunk) instead of a thread
+      const chunk = chunks > 1 ? REDUCE_CHUNK : len;
+      const params = [nOut * chunks, len, x.strides[axis], chunk, ...outer.shape, xb.offset, ...outer.strides[0]];
+      const groups = this.rec.groupsFor(long ? nOut * chunks : Math.ceil(nOut / REDUCE_WORKGROUP));
       this.rec.run(
         op,
         reduceKernel(op, x.dtype, outer.shape.length, long),
@@ -262,6 +265,13 @@ export class WebGPUBackend implements Backend {
         groups,
       );
     });
+    if (chunks === 1) return partial;
+    try {
+      const view = { storage: partial, shape: [nOut, chunks], strides: [chunks, 1], offset: 0, dtype };
+      return this.reduce(op, view, 1);
+    } finally {
+      this.rec.release(partial);
+    }
   }
 
   // ------------------------------------------------------------ matmul

@@ -5,12 +5,18 @@
 // plain loop, in the CPU's order); a long axis gets one workgroup per output,
 // where threads stride over the axis and then combine their partial results
 // in workgroup memory as a tree (log2(WG) steps instead of WG sequential adds).
+// A very long axis (a whole bucket of gradients, tens of millions of
+// elements) is cut into chunks of REDUCE_CHUNK, a workgroup each, whose
+// partial results a second reduction combines (backend.ts): one workgroup
+// would leave all but one of a GPU's cores idle (and llvmpipe's GLES driver
+// gets a sum over 4 Mi elements in one workgroup wrong).
 //
 // max/argmax keep (value, index) pairs and compare them with `better`: NaN
 // beats everything and, among equals, the smaller index wins, so the result
 // is the CPU's (NaN wins, first index on ties) whatever order threads combine in.
 //
-// Params: [nOut, len, axisStride, outer rank R: shape[0..R), offset, strides[0..R)].
+// Params: [outputs (of the long variant: outputs x chunks), len, axisStride, chunk length,
+//   outer rank R: shape[0..R), offset, strides[0..R)].
 
 import type { ReduceOp } from '../../backend.ts';
 import type { DType } from '../../dtype.ts';
@@ -20,6 +26,8 @@ import { type Kernel, binding, memo, prelude, stridedOffsets, wgslType } from '.
 export const REDUCE_WORKGROUP = 64;
 /** Axes up to this long use one thread per output. */
 export const SHORT_AXIS = 64;
+/** Elements per workgroup of a chunked long-axis sum or max (64 per thread). */
+export const REDUCE_CHUNK = 4096;
 
 function betterFn(t: string): string {
   return t === 'f32'
@@ -49,14 +57,14 @@ ${binding(1, 'out', outT, 'read_write')}
 ${binding(2, 'x', t, 'read')}
 ${sum ? '' : betterFn(t)}`;
   const result = sum ? 'acc' : op === 'max' ? 'best' : 'i32(bestI)';
-  // Accumulate elements start, start+step, ... < len of the row at o0.
-  const loop = (start: string, step: string) =>
+  // Accumulate elements start, start+step, ... < end of the row at o0.
+  const loop = (start: string, step: string, end: string) =>
     sum
       ? `var acc: ${t} = ${t}(0);
-    for (var l = ${start}; l < len; l += ${step}) { acc += x[o0 + l * st]; }`
+    for (var l = ${start}; l < ${end}; l += ${step}) { acc += x[o0 + l * st]; }`
       : `var best: ${t} = ${t}(0);
     var bestI = 0xffffffffu;
-    for (var l = ${start}; l < len; l += ${step}) {
+    for (var l = ${start}; l < ${end}; l += ${step}) {
       let v = x[o0 + l * st];
       if (better(v, l, best, bestI)) { best = v; bestI = l; }
     }`;
@@ -78,8 +86,14 @@ fn main(
   if (g >= p(0u)) { return; }
   let len = p(1u);
   let st = p(2u);
-  ${stridedOffsets('g', rank, 3, [3 + rank])}
-  ${loop('lid', `${WG}u`)}
+  // workgroup g sums chunk c of output o's axis
+  let chunk = p(3u);
+  let chunks = (len + chunk - 1u) / chunk;
+  let o = g / chunks;
+  let lo = (g % chunks) * chunk;
+  let hi = min(len, lo + chunk);
+  ${stridedOffsets('o', rank, 4, [4 + rank])}
+  ${loop('lo + lid', `${WG}u`, 'hi')}
   ${sum ? 'sv[lid] = acc;' : 'sv[lid] = best; si[lid] = bestI;'}
   workgroupBarrier();
   for (var s = ${WG / 2}u; s > 0u; s = s >> 1u) {
@@ -103,8 +117,8 @@ fn main(
   if (g >= p(0u)) { return; }
   let len = p(1u);
   let st = p(2u);
-  ${stridedOffsets('g', rank, 3, [3 + rank])}
-  ${loop('0u', '1u')}
+  ${stridedOffsets('g', rank, 4, [4 + rank])}
+  ${loop('0u', '1u', 'len')}
   out[g] = ${result};
 }`;
   return {
