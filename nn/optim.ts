@@ -51,7 +51,11 @@ export interface AdamWState {
   params: ({ step: number; expAvg: Float32Array; expAvgSq: Float32Array } | null)[];
 }
 
-/** Adam with decoupled weight decay (Loshchilov & Hutter), matching torch.optim.AdamW. */
+/**
+ * Adam with decoupled weight decay (Loshchilov & Hutter), matching
+ * torch.optim.AdamW. On WebGPU the constructor moves the parameters that
+ * require grad into the optimizer's buckets (see the top of this file).
+ */
 export class AdamW {
   readonly paramGroups: ParamGroup[];
   readonly betas: [number, number];

@@ -121,6 +121,7 @@ async function useModel(next: VisionLanguageModel, name: string): Promise<void> 
   model = next;
   modelName = name;
   await training?.loader.close();
+  training?.optimizer.dispose(); // its moments, and on WebGPU its buckets
   training = null;
 }
 
