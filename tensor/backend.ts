@@ -110,6 +110,16 @@ export interface Backend {
   /** d loss / d logits [N, V] for gradOut [N]: (softmax(logits) - onehot(target)) * gradOut; 0 at ignored rows. */
   crossEntropyBackward(logits: View, targets: View, gradOut: View, ignoreIndex: number): Storage;
 
+  // --- rotary position embedding ---
+  /**
+   * RoPE over the last axis (even, 2h long), cos and sin already broadcast to
+   * x's shape: x * cos + rotate_half(x) * sin, where rotate_half([x1, x2]) =
+   * [-x2, x1], each product rounded before the sum (PyTorch's order). With
+   * `inverse`, its backward pass (the rotation transposed) for x = gradOut:
+   * [x1 c1 + x2 s2, x2 c2 - x1 s1]. Contiguous output.
+   */
+  rope(x: View, cos: View, sin: View, inverse: boolean): Storage;
+
   // --- attention ---
   /**
    * Fused scaled-dot-product attention, softmax(q k^T * scale + mask) v, without

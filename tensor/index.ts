@@ -17,7 +17,7 @@ export {
   conv2dPatch,
   mean,
 } from './composite.ts';
-export { cat, where, matmul, embedding, layerNorm, rmsNorm, copyInto, scaledDotProductAttention } from './ops.ts';
+export { cat, where, matmul, embedding, layerNorm, rmsNorm, rope, copyInto, scaledDotProductAttention } from './ops.ts';
 export { noGrad, isGradEnabled } from './autograd.ts';
 export { tidy, tidyForward } from './scope.ts';
 export { autocast, GradScaler, roundToHalf } from './mixed_precision.ts';

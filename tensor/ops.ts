@@ -484,6 +484,36 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps: number): Tensor {
   });
 }
 
+/**
+ * Rotary position embedding: each pair (x[i], x[i + h]) of the last axis
+ * (2h long) rotated by the angle whose cos and sin the tables hold:
+ * x * cos + rotate_half(x) * sin with rotate_half([x1, x2]) = [-x2, x1], in
+ * one kernel instead of seven (two products, a negation, two copies of a
+ * concatenation, a sum), and its backward in one more. cos and sin broadcast
+ * to x's shape; they are tables of positions and get no gradient.
+ */
+export function rope(x: Tensor, cos: Tensor, sin: Tensor): Tensor {
+  checkSameDevice('rope', [x, cos, sin]);
+  if (x.ndim === 0 || x.shape[x.ndim - 1] % 2 !== 0)
+    throw new Error(`rope: the last dim of ${fmt(x.shape)} must be even (it holds pairs)`);
+  for (const [name, t] of [
+    ['cos', cos],
+    ['sin', sin],
+  ] as const) {
+    if (broadcastShapes('rope', x.shape, t.shape).some((d, i) => d !== x.shape[i]))
+      throw new Error(`rope: ${name} ${fmt(t.shape)} does not broadcast to x ${fmt(x.shape)}`);
+    if (t.requiresGrad) throw new Error(`rope: ${name} is a table of positions and gets no gradient`);
+  }
+  const [c, s] = [viewAs(cos, x.shape), viewAs(sin, x.shape)];
+  const out = wrap(x, x.backend.rope(x.view(), c, s, false), x.shape);
+  // cos and sin are inputs (without gradients) so that they live until backward has read them
+  return recordGrad(out, 'rope', [x, cos, sin], (g) => [
+    wrap(g, g.backend.rope(g.view(), c, s, true), x.shape),
+    null,
+    null,
+  ]);
+}
+
 /** Per-row cross-entropy of logits [N, V] against int32 targets [N]; 0 at ignored rows. */
 export function crossEntropyRows(logits: Tensor, targets: Tensor, ignoreIndex: number): Tensor {
   checkSameDevice('crossEntropy', [logits, targets]);

@@ -9,13 +9,14 @@ import {
   crossEntropy,
   layerNorm,
   rmsNorm,
+  rope,
   scaledDotProductAttention,
   stack,
   tensor,
   where,
   type Tensor,
 } from '../tensor/index.ts';
-import { gradCheck } from './helpers.ts';
+import { gradCheck, randomValues } from './helpers.ts';
 
 describe('gradients of unary ops', () => {
   const ops: [string, (x: Tensor) => Tensor, number, number][] = [
@@ -181,6 +182,12 @@ describe('gradients of nn ops', () => {
   it('layerNorm and rmsNorm of a permuted 3-d input', () => {
     gradCheck((x, w, b) => layerNorm(x.permute(1, 0, 2), w, b, 1e-5), [[2, 3, 4], [4], [4]]);
     gradCheck((x, w) => rmsNorm(x.permute(1, 0, 2), w, 1e-5), [[2, 3, 4], [4]]);
+  });
+  it('rope, with broadcast tables and a permuted input (cos and sin are constants)', () => {
+    const table = (seed: number) => tensor(randomValues(4 * 6, seed, -1, 1), { shape: [4, 6], dtype: 'float64' });
+    const [cos, sin] = [table(11), table(12)];
+    gradCheck((x) => rope(x, cos, sin), [[2, 3, 4, 6]]);
+    gradCheck((x) => rope(x.permute(0, 2, 1, 3), cos, sin), [[2, 4, 3, 6]]);
   });
   it('crossEntropy with ignored targets', () => {
     const targets = tensor(new Int32Array([2, -100, 0, 4]), { shape: [2, 2] });

@@ -14,6 +14,7 @@ import {
   rand,
   randn,
   rmsNorm,
+  rope,
   scaledDotProductAttention,
   stack,
   tensor,
@@ -170,6 +171,30 @@ describe('views', () => {
 });
 
 describe('nn ops', () => {
+  it("rope gives the bits of nanoVLM's x * cos + rotate_half(x) * sin, and its backward those of its gradient", () => {
+    const g = new Generator(3);
+    // (B, H, T, hd) viewed from (B, T, H, hd) as the attention does; tables (T, hd) broadcast
+    const x = randn([2, 5, 3, 8], { generator: g }).setRequiresGrad();
+    const [cos, sin] = [randn([5, 8], { generator: g }), randn([5, 8], { generator: g })];
+    const rotateHalf = (v: Tensor) => {
+      const [v1, v2] = v.chunk(2, -1);
+      return cat([v2.neg(), v1], -1);
+    };
+    const q = () => x.transpose(1, 2); // a graph of its own for each backward
+    const w = randn([2, 3, 5, 8], { generator: g });
+    const fused = rope(q(), cos, sin);
+    const composite = q().mul(cos).add(rotateHalf(q()).mul(sin));
+    expect(Array.from(fused.dataSync())).toEqual(Array.from(composite.dataSync()));
+    fused.mul(w).sum().backward();
+    const dFused = Array.from(x.grad!.dataSync());
+    x.grad = null;
+    composite.mul(w).sum().backward();
+    expect(dFused).toEqual(Array.from(x.grad!.dataSync()));
+    expect(() => rope(randn([2, 4]), cos, sin)).toThrow(/rope: shapes \[2,4\] and \[5,8\] cannot be broadcast/);
+    expect(() => rope(randn([8]), cos, sin)).toThrow(/rope: cos \[5,8\] does not broadcast to x \[8\]/);
+    expect(() => rope(randn([5, 7]), randn([7]), randn([7]))).toThrow(/must be even/);
+    expect(() => rope(q(), cos.setRequiresGrad(), sin)).toThrow(/cos is a table of positions/);
+  });
   it('layerNorm and rmsNorm match their definitions', () => {
     const v = [1, 2, 4, -1];
     const x = tensor([v]);

@@ -15,6 +15,7 @@ import {
   layerNorm,
   ones,
   rmsNorm,
+  rope,
   stack,
   tensor,
   tril,
@@ -490,6 +491,27 @@ describeWebGPU('webgpu nn ops', () => {
     );
     const ids = await gpu(tensor(new Int32Array([1, 5, -1])));
     expect(Array.from(await table.embedding(ids).data())).toEqual([3, 4, 0, 0, 0, 0]);
+  });
+  it('rope on head dims 2, 20, 24, 40, 64, broadcast tables and strided inputs, forward and backward', async () => {
+    const table = { grad: false };
+    for (const [T, hd] of [
+      [1, 2],
+      [3, 20],
+      [17, 24],
+      [5, 40],
+      [7, 64],
+    ]) {
+      // q as the attention makes it: (B, T, H, hd) transposed to (B, H, T, hd)
+      await compareDevices(
+        (x, c, s) => rope(x.transpose(1, 2), c, s),
+        [[2, T, 3, hd], { shape: [T, hd], ...table }, { shape: [T, hd], ...table }],
+      );
+    }
+    // tables with their own batch dim, and a sliced input
+    await compareDevices(
+      (x, c, s) => rope(x.slice(3, 0, 32, 2), c, s),
+      [[2, 4, 3, 32], { shape: [2, 1, 3, 16], ...table }, { shape: [2, 1, 3, 16], ...table }],
+    );
   });
   it('layerNorm and rmsNorm, also on non-contiguous inputs and long rows', async () => {
     await compareDevices((x, w, b) => layerNorm(x, w, b, 1e-5), [[3, 5], [5], [5]], { rtol: 1e-4 });

@@ -8,7 +8,7 @@
 // Reference: https://github.com/huggingface/transformers/blob/main/src/transformers/models/llama/modeling_llama.py
 
 import { Dropout, Embedding, Linear, Module, RMSNorm, buffer, init } from '../nn/index.ts';
-import { arange, cat, scaledDotProductAttention, tensor, type Tensor } from '../tensor/index.ts';
+import { arange, cat, rope, scaledDotProductAttention, tensor, type Tensor } from '../tensor/index.ts';
 import type { RawTensor } from '../nn/safetensors.ts';
 import type { VLMConfig } from './config.ts';
 import type { ModelFiles } from './pretrained.ts';
@@ -91,15 +91,14 @@ export class RotaryEmbedding extends Module {
   }
 }
 
-/** Swaps the two halves of the last dim and negates the new first half: a 90-degree rotation of each pair. */
-export function rotateHalf(x: Tensor): Tensor {
-  const [x1, x2] = x.chunk(2, -1);
-  return cat([x2.neg(), x1], -1);
-}
-
-/** Rotates q and k by their positions' angles. */
+/**
+ * Rotates q and k by their positions' angles: nanoVLM's
+ * q * cos + rotate_half(q) * sin, where rotate_half([x1, x2]) = [-x2, x1]
+ * turns each pair (x[i], x[i + head_dim / 2]) by 90 degrees. One fused op
+ * (tensor/ops.ts rope), the same arithmetic.
+ */
 export function applyRotaryPosEmbd(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor): [Tensor, Tensor] {
-  return [q.mul(cos).add(rotateHalf(q).mul(sin)), k.mul(cos).add(rotateHalf(k).mul(sin))];
+  return [rope(q, cos, sin), rope(k, cos, sin)];
 }
 
 /** Where the padding is: built once per forward pass, shared by every block. */

@@ -266,6 +266,26 @@ export class CpuBackend implements Backend {
     return out;
   }
 
+  rope(xv: View, cv: View, sv: View, inverse: boolean): Storage {
+    const out = output(xv.dtype, numel(xv.shape));
+    const [x, c, sn, o] = [dense(xv), dense(cv), dense(sv), out.data];
+    const h = xv.shape[xv.shape.length - 1] / 2;
+    const f = xv.dtype === 'float32' ? Math.fround : (v: number) => v; // each product rounded, then the sum
+    for (let row = 0; row < o.length; row += 2 * h) {
+      for (let i = row; i < row + h; i++) {
+        const j = i + h; // x[i] and x[j] are a pair
+        if (!inverse) {
+          o[i] = f(f(x[i] * c[i]) - f(x[j] * sn[i]));
+          o[j] = f(f(x[j] * c[j]) + f(x[i] * sn[j]));
+        } else {
+          o[i] = f(f(x[i] * c[i]) + f(x[j] * sn[j]));
+          o[j] = f(f(x[j] * c[j]) - f(x[i] * sn[i]));
+        }
+      }
+    }
+    return out;
+  }
+
   copy(x: View, dtype: DType): Storage {
     const out = output(dtype, numel(x.shape));
     if (W.useWasm(store(x), out) && W.copy(x, out)) return out;

@@ -48,6 +48,7 @@ import {
   adamwKernel,
   binaryKernel,
   copyKernel,
+  ropeHalfKernel,
   fillKernel,
   unaryKernel,
   whereKernel,
@@ -210,6 +211,37 @@ export class WebGPUBackend implements Backend {
   copy(x: View, dtype: DType): Storage {
     // a kernel even where a buffer copy would do: it stays in the compute pass (recorder.ts)
     return this.mapOp('copy', dtype, x.shape, [x], (r) => copyKernel(x.dtype, dtype, r));
+  }
+
+  /**
+   * Two dispatches, one per half of the last axis, each writing its half of
+   * the output through a strided view: out1 = x1 c1 - x2 s1 and
+   * out2 = x2 c2 + x1 s2 (inverse: x1 c1 + x2 s2 and x2 c2 - x1 s1).
+   */
+  rope(x: View, cos: View, sin: View, inverse: boolean): Storage {
+    if (x.dtype !== 'float32') throw new Error(`rope: ${x.dtype} is not supported on webgpu, cast to float32 first`);
+    const r = x.shape.length;
+    const h = x.shape[r - 1] / 2;
+    const half = (v: View, k: number): View => ({
+      ...v,
+      shape: [...v.shape.slice(0, r - 1), h],
+      offset: v.offset + k * h * v.strides[r - 1],
+    });
+    return this.output('rope', 'float32', numel(x.shape), (out) => {
+      const o = { storage: out, shape: x.shape, strides: contiguousStrides(x.shape), offset: 0, dtype: x.dtype };
+      const [x1, x2, c1, c2, s1, s2] = [half(x, 0), half(x, 1), half(cos, 0), half(cos, 1), half(sin, 0), half(sin, 1)];
+      const [first, second] = inverse
+        ? ([
+            ['+', [x1, c1, x2, s2]],
+            ['-', [x2, c2, x1, s1]],
+          ] as const)
+        : ([
+            ['-', [x1, c1, x2, s1]],
+            ['+', [x2, c2, x1, s2]],
+          ] as const);
+      this.map('rope', half(o, 0), [...first[1]], (rank) => ropeHalfKernel(first[0], rank));
+      this.map('rope', half(o, 1), [...second[1]], (rank) => ropeHalfKernel(second[0], rank));
+    });
   }
 
   copyInto(dst: View, src: View): void {

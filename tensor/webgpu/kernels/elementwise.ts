@@ -189,6 +189,20 @@ export const whereKernel = memo((condType: DType, dtype: DType, rank: number): K
   );
 });
 
+/**
+ * One half of a rotary embedding (backend.ts rope): out = a * b + c * d or
+ * a * b - c * d over four same-shape views.
+ */
+export const ropeHalfKernel = memo((sign: '+' | '-', rank: number): Kernel =>
+  mapKernel(
+    `rope${sign}`,
+    rank,
+    'float32',
+    ['a', 'b', 'c', 'd'].map((name) => ({ name, dtype: 'float32' as const })),
+    `a * b ${sign} c * d`,
+  ),
+);
+
 /** out = cast(x): materialises a view (contiguous or not, depending on the output strides). */
 export const copyKernel = memo((from: DType, to: DType, rank: number): Kernel => {
   return mapKernel('copy', rank, to, [{ name: 'x', dtype: from }], castExpr('x', from, to));
