@@ -266,23 +266,45 @@ export class CpuBackend implements Backend {
     return out;
   }
 
+  /**
+   * Each half of the output from the elementwise kernels (WebAssembly, on
+   * every thread) on half views of x, cos and sin: two products, their sum or
+   * difference, copied into place. The bits of the composite it replaces.
+   */
   rope(xv: View, cv: View, sv: View, inverse: boolean): Storage {
+    const r = xv.shape.length;
+    const h = xv.shape[r - 1] / 2;
+    const half = (v: View, k: number): View => ({
+      ...v,
+      shape: [...v.shape.slice(0, r - 1), h],
+      offset: v.offset + k * h * v.strides[r - 1],
+    });
     const out = output(xv.dtype, numel(xv.shape));
-    const [x, c, sn, o] = [dense(xv), dense(cv), dense(sv), out.data];
-    const h = xv.shape[xv.shape.length - 1] / 2;
-    const f = xv.dtype === 'float32' ? Math.fround : (v: number) => v; // each product rounded, then the sum
-    for (let row = 0; row < o.length; row += 2 * h) {
-      for (let i = row; i < row + h; i++) {
-        const j = i + h; // x[i] and x[j] are a pair
-        if (!inverse) {
-          o[i] = f(f(x[i] * c[i]) - f(x[j] * sn[i]));
-          o[j] = f(f(x[j] * c[j]) + f(x[i] * sn[j]));
-        } else {
-          o[i] = f(f(x[i] * c[i]) + f(x[j] * sn[j]));
-          o[j] = f(f(x[j] * c[j]) - f(x[i] * sn[i]));
-        }
-      }
-    }
+    const ov = { storage: out, shape: xv.shape, strides: contiguousStrides(xv.shape), offset: 0, dtype: xv.dtype };
+    const [x1, x2, c1, c2, s1, s2] = [half(xv, 0), half(xv, 1), half(cv, 0), half(cv, 1), half(sv, 0), half(sv, 1)];
+    const halves: [BinaryOp, View, View, View, View][] = inverse
+      ? [
+          ['add', x1, c1, x2, s2],
+          ['sub', x2, c2, x1, s1],
+        ]
+      : [
+          ['sub', x1, c1, x2, s1],
+          ['add', x2, c2, x1, s2],
+        ];
+    halves.forEach(([op, a, b, c, d], k) => {
+      const shape = a.shape;
+      const whole = (st: Storage): View => ({
+        storage: st,
+        shape,
+        strides: contiguousStrides(shape),
+        offset: 0,
+        dtype: a.dtype,
+      });
+      const [ab, cd] = [this.binary('mul', a, b), this.binary('mul', c, d)];
+      const sum = this.binary(op, whole(ab), whole(cd));
+      this.copyInto(half(ov, k), whole(sum));
+      [ab, cd, sum].forEach((st) => this.release(st));
+    });
     return out;
   }
 
