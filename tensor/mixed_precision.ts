@@ -2,7 +2,7 @@
 // Inside autocast('float16', fn) every matmul rounds its two operands to
 // float16 and accumulates in float32 (Backend.matmulF16), and so do the
 // products of its backward pass, wherever backward() is called from (as in
-// PyTorch, the forward decides): the products read half the bytes, and
+// PyTorch, the forward decides): the products carry float16's precision, and
 // everything else (norms, softmax, attention, the loss, the optimizer) stays
 // float32, as do the parameters (the "master weights") and their gradients.
 // WebGPU needs no `shader-f16` for this: its matmul kernels round each

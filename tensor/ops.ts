@@ -487,10 +487,11 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps: number): Tensor {
 /**
  * Rotary position embedding: each pair (x[i], x[i + h]) of the last axis
  * (2h long) rotated by the angle whose cos and sin the tables hold:
- * x * cos + rotate_half(x) * sin with rotate_half([x1, x2]) = [-x2, x1], in
- * one kernel instead of seven (two products, a negation, two copies of a
- * concatenation, a sum), and its backward in one more. cos and sin broadcast
- * to x's shape; they are tables of positions and get no gradient.
+ * x * cos + rotate_half(x) * sin with rotate_half([x1, x2]) = [-x2, x1], as
+ * one op instead of seven (two products, a negation, two copies of a
+ * concatenation, a sum): one dispatch on WebGPU, and one more for its
+ * backward. cos and sin broadcast to x's shape; they are tables of positions
+ * and get no gradient.
  */
 export function rope(x: Tensor, cos: Tensor, sin: Tensor): Tensor {
   checkSameDevice('rope', [x, cos, sin]);

@@ -48,8 +48,8 @@ import {
   adamwKernel,
   binaryKernel,
   copyKernel,
-  ropeHalfKernel,
   fillKernel,
+  ropeKernel,
   unaryKernel,
   whereKernel,
 } from './kernels/elementwise.ts';
@@ -214,33 +214,19 @@ export class WebGPUBackend implements Backend {
   }
 
   /**
-   * Two dispatches, one per half of the last axis, each writing its half of
-   * the output through a strided view: out1 = x1 c1 - x2 s1 and
-   * out2 = x2 c2 + x1 s2 (inverse: x1 c1 + x2 s2 and x2 c2 - x1 s1).
+   * One dispatch over the first halves of the last axis (kernels/elementwise.ts
+   * ropeKernel): each thread reads a pair and writes both its outputs.
    */
   rope(x: View, cos: View, sin: View, inverse: boolean): Storage {
     if (x.dtype !== 'float32') throw new Error(`rope: ${x.dtype} is not supported on webgpu, cast to float32 first`);
     const r = x.shape.length;
     const h = x.shape[r - 1] / 2;
-    const half = (v: View, k: number): View => ({
-      ...v,
-      shape: [...v.shape.slice(0, r - 1), h],
-      offset: v.offset + k * h * v.strides[r - 1],
-    });
+    const firstHalf = (v: View): View => ({ ...v, shape: [...v.shape.slice(0, r - 1), h] });
     return this.output('rope', 'float32', numel(x.shape), (out) => {
       const o = { storage: out, shape: x.shape, strides: contiguousStrides(x.shape), offset: 0, dtype: x.dtype };
-      const [x1, x2, c1, c2, s1, s2] = [half(x, 0), half(x, 1), half(cos, 0), half(cos, 1), half(sin, 0), half(sin, 1)];
-      const [first, second] = inverse
-        ? ([
-            ['+', [x1, c1, x2, s2]],
-            ['-', [x2, c2, x1, s1]],
-          ] as const)
-        : ([
-            ['-', [x1, c1, x2, s1]],
-            ['+', [x2, c2, x1, s2]],
-          ] as const);
-      this.map('rope', half(o, 0), [...first[1]], (rank) => ropeHalfKernel(first[0], rank));
-      this.map('rope', half(o, 1), [...second[1]], (rank) => ropeHalfKernel(second[0], rank));
+      const views = [o, x, cos, sin];
+      const toSecondHalf = views.map((v) => h * v.strides[r - 1]);
+      this.map('rope', firstHalf(o), views.slice(1).map(firstHalf), (rank) => ropeKernel(inverse, rank), toSecondHalf);
     });
   }
 
@@ -883,8 +869,11 @@ export class WebGPUBackend implements Backend {
     );
   }
 
-  /** out[view] = f(ins[views]) for same-shape strided views; `out` may itself be a strided destination. */
-  private map(op: string, out: View, ins: View[], kernel: (rank: number) => Kernel): void {
+  /**
+   * out[view] = f(ins[views]) for same-shape strided views; `out` may itself be
+   * a strided destination. `extra` params follow the views' (ropeKernel's).
+   */
+  private map(op: string, out: View, ins: View[], kernel: (rank: number) => Kernel, extra: number[] = []): void {
     const n = numel(out.shape);
     if (n === 0) return;
     const views = [out, ...ins];
@@ -893,7 +882,7 @@ export class WebGPUBackend implements Backend {
       views.map((v) => v.strides),
     );
     const bound = views.map((v) => this.bind(v, op));
-    const params = [n, ...c.shape, ...bound.flatMap((b, k) => [b.offset, ...c.strides[k]])];
+    const params = [n, ...c.shape, ...bound.flatMap((b, k) => [b.offset, ...c.strides[k]]), ...extra];
     this.rec.run(
       op,
       kernel(c.shape.length),

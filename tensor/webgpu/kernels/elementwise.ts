@@ -190,18 +190,49 @@ export const whereKernel = memo((condType: DType, dtype: DType, rank: number): K
 });
 
 /**
- * One half of a rotary embedding (backend.ts rope): out = a * b + c * d or
- * a * b - c * d over four same-shape views.
+ * A rotary embedding (backend.ts rope) in one pass: thread i owns one pair,
+ * x1 = x[i] of the first half of the last axis and x2 = x[i + h] of the
+ * second, and writes both of its outputs (inverse: the backward pass).
+ * Params: map()'s for the first halves of out, x, cos and sin, then each
+ * one's distance from its first half to its second (h times its last stride).
  */
-export const ropeHalfKernel = memo((sign: '+' | '-', rank: number): Kernel =>
-  mapKernel(
-    `rope${sign}`,
+export const ropeKernel = memo((inverse: boolean, rank: number): Kernel => {
+  const far = viewParamAt(rank, 4); // where the four distances start
+  const [first, second] = inverse
+    ? ['x1 * cos1 + x2 * sin2', 'x2 * cos2 - x1 * sin1']
+    : ['x1 * cos1 - x2 * sin1', 'x2 * cos2 + x1 * sin2'];
+  const code = /* wgsl */ `${prelude}
+${binding(1, 'out', 'f32', 'read_write')}
+${binding(2, 'x', 'f32', 'read')}
+${binding(3, 'c', 'f32', 'read')}
+${binding(4, 's', 'f32', 'read')}
+@compute @workgroup_size(${EW_WORKGROUP})
+fn main(
+  @builtin(workgroup_id) wid: vec3u,
+  @builtin(num_workgroups) nwg: vec3u,
+  @builtin(local_invocation_index) lid: u32,
+) {
+  let i = groupIndex(wid, nwg) * ${EW_WORKGROUP}u + lid;
+  if (i >= p(0u)) { return; }
+  ${stridedOffsets(
+    'i',
     rank,
-    'float32',
-    ['a', 'b', 'c', 'd'].map((name) => ({ name, dtype: 'float32' as const })),
-    `a * b ${sign} c * d`,
-  ),
-);
+    1,
+    [0, 1, 2, 3].map((k) => viewParamAt(rank, k)),
+  )}
+  let x1 = x[o1]; let x2 = x[o1 + p(${far + 1}u)];
+  let cos1 = c[o2]; let cos2 = c[o2 + p(${far + 2}u)];
+  let sin1 = s[o3]; let sin2 = s[o3 + p(${far + 3}u)];
+  out[o0] = ${first};
+  out[o0 + p(${far}u)] = ${second};
+}`;
+  return {
+    key: `rope:${rank}:${inverse ? 'inverse' : 'forward'}`,
+    code,
+    workgroupSize: EW_WORKGROUP,
+    storage: ['read_write', 'read', 'read', 'read'],
+  };
+});
 
 /** out = cast(x): materialises a view (contiguous or not, depending on the output strides). */
 export const copyKernel = memo((from: DType, to: DType, rank: number): Kernel => {
