@@ -218,9 +218,25 @@ export function contiguous(x: Tensor): Tensor {
 export function sum(x: Tensor, dims?: number | number[], keepdim = false): Tensor {
   x.assertAlive('sum');
   const axes = reduceAxes(x, dims, 'sum');
+  // Reduced axes side by side in a contiguous tensor are one axis of their product (a bias gradient sums
+  // over batch and tokens at once, as PyTorch does): one kernel for them
   let out = x;
+  let merged = axes;
+  if (axes.length > 1 && isContiguous(x.shape, x.strides)) {
+    const shape: number[] = [];
+    merged = [];
+    x.shape.forEach((d, i) => {
+      const reduced = axes.includes(i);
+      if (reduced && i > 0 && axes.includes(i - 1)) shape[shape.length - 1] *= d;
+      else {
+        if (reduced) merged.push(shape.length);
+        shape.push(d);
+      }
+    });
+    out = x.reshape(shape);
+  }
   // One axis at a time, innermost first, so earlier axis numbers stay valid.
-  for (const axis of [...axes].sort((p, q) => q - p)) out = sumAxis(out, axis);
+  for (const axis of [...merged].sort((p, q) => q - p)) out = sumAxis(out, axis);
   if (axes.length === 0) out = out.reshape(out.shape); // always a new tensor
   return keepdim ? out.reshape(x.shape.map((d, i) => (axes.includes(i) ? 1 : d))) : out;
 }

@@ -86,6 +86,10 @@ describe('gradients of reductions', () => {
     gradCheck((x) => x.sum([0, 2]), [[2, 3, 4]]);
     gradCheck((x) => x.sum(), [[2, 3, 4]]);
     gradCheck((x) => x.mean([1, 2], true), [[2, 3, 4]]);
+    // adjacent dims of a contiguous tensor are summed as one; of a permuted one, one at a time
+    gradCheck((x) => x.sum([0, 1]), [[2, 3, 4]]);
+    gradCheck((x) => x.sum([2, 1, 0], true), [[2, 3, 4]]);
+    gradCheck((x) => x.permute(1, 0, 2).sum([0, 1]), [[2, 3, 4]]);
   });
   it('max over everything', () => gradCheck((x) => x.max(), [[3, 4]]));
 });

@@ -21,8 +21,10 @@ import {
   tril,
   where,
   zeros,
+  randn,
   type Tensor,
 } from '../tensor/index.ts';
+import { webgpuBackend } from '../tensor/webgpu/device.ts';
 import { compareDevices, describeWebGPU, expectAllClose, expectRelClose } from './webgpu_helpers.ts';
 
 const gpu = (t: Tensor) => t.to('webgpu');
@@ -229,6 +231,14 @@ describeWebGPU('webgpu reductions', () => {
   }
   it('over several dims, everything, and permuted views', async () => {
     await compareDevices((x) => [x.sum([0, 2]), x.sum(), x.mean([1, 2], true), x.max()], [[2, 3, 4]], { rtol: 1e-4 });
+    // a bias gradient's sum over batch and tokens: adjacent dims of a contiguous tensor, one dispatch
+    await compareDevices((x) => [x.sum([0, 1]), x.permute(1, 0, 2).sum([0, 1])], [[4, 70, 6]], { rtol: 1e-4 });
+    const b = webgpuBackend()!;
+    const x = await gpu(randn([4, 70, 6]));
+    const before = b.counters().dispatches;
+    x.sum([0, 1]).dispose();
+    expect(b.counters().dispatches - before).toBe(1);
+    x.dispose();
     await compareDevices(
       (x) => [x.permute(2, 0, 1).sum(1), x.transpose(0, 2).max(0), x.slice(2, 0, 4, 3).softmax(-1)],
       [[2, 3, 4]],
@@ -615,7 +625,6 @@ describeWebGPU('webgpu nn ops', () => {
 
 describeWebGPU('webgpu backend', () => {
   it('opens the device with every limit at the adapter maximum and the optional features it offers', async () => {
-    const { webgpuBackend } = await import('../tensor/webgpu/device.ts');
     const b = webgpuBackend()!;
     const adapter = (await b.gpu!.requestAdapter(
       b.adapter.featureLevel === 'compatibility' ? { featureLevel: 'compatibility' } : {},
@@ -646,7 +655,6 @@ describeWebGPU('webgpu backend', () => {
     for (let i = 0; i < 20; i++) expect(Array.from(await results[i].data())).toEqual(new Array(64).fill(2 * i));
   });
   it('write() into a storage that pending work reads lands after that work (staged, or submitted first)', async () => {
-    const { webgpuBackend } = await import('../tensor/webgpu/device.ts');
     const b = webgpuBackend()!;
     // 4 values go through the recorder's staging arena; 2^21 (8 MiB) are too many for it
     for (const n of [4, 1 << 21]) {
@@ -669,7 +677,6 @@ describeWebGPU('webgpu backend', () => {
     const a = await gpu(full([100], 5));
     await a.data();
     a.dispose();
-    const { webgpuBackend } = await import('../tensor/webgpu/device.ts');
     const b = webgpuBackend()!;
     b.flush();
     const s = b.alloc('float32', 100);
@@ -686,7 +693,6 @@ describeWebGPU('webgpu backend', () => {
     b.release(s2);
   });
   it('caches pipelines: a repeated op compiles nothing new', async () => {
-    const { webgpuBackend } = await import('../tensor/webgpu/device.ts');
     const b = webgpuBackend()!;
     const x = await gpu(
       tensor([
