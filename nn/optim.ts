@@ -109,29 +109,32 @@ export class AdamW {
   step(): void {
     const [beta1, beta2] = this.betas;
     for (const group of this.paramGroups) {
-      // [parameter, gradient, moments] of each parameter that has a gradient, in bucket order
-      const lists: Tensor[][] = [[], [], [], []];
-      const steps: number[] = [];
+      // [parameters, gradients, moments] of consecutive parameters at the same step, updated together
+      let run: Tensor[][] = [[], [], [], []];
+      let runStep = 0;
+      const update = () => {
+        const [lr, eps, weightDecay] = [group.lr, this.eps, group.weightDecay!];
+        const hyper = { lr, beta1, beta2, eps, weightDecay, step: runStep };
+        tidy(() => {
+          // one kernel call per stretch of them side by side in a bucket (a whole bucket, as a rule)
+          for (const [p, g, m, v] of contiguousRuns(run))
+            p.backend.adamw(p.view(), g.view(), m.view(), v.view(), hyper);
+        });
+        run = [[], [], [], []];
+      };
       for (const p of group.params) {
         if (!p.grad) continue;
         const s = this.stateOf(p);
         this.placeInBucket(p, s);
         s.step += 1;
-        [p, p.gradBuffer ?? p.grad, s.expAvg, s.expAvgSq].forEach((t, k) => lists[k].push(t));
-        steps.push(s.step);
+        if (run[0].length && s.step !== runStep) update();
+        [p, p.gradBuffer ?? p.grad, s.expAvg, s.expAvgSq].forEach((t, k) => run[k].push(t));
+        runStep = s.step;
+        // a parameter with buffers of its own is updated at once: on the CPU its moments then leave the
+        // WebAssembly memory (cpu/backend.ts adamw) before the next parameter's are made
+        if (!s.home) update();
       }
-      // one kernel call per run of parameters side by side that are at the same step (all of them, as a rule)
-      for (let start = 0; start < steps.length;) {
-        let end = start + 1;
-        while (end < steps.length && steps[end] === steps[start]) end++;
-        const [lr, eps, weightDecay, step] = [group.lr, this.eps, group.weightDecay!, steps[start]];
-        const hyper = { lr, beta1, beta2, eps, weightDecay, step };
-        tidy(() => {
-          for (const [p, g, m, v] of contiguousRuns(lists.map((l) => l.slice(start, end))))
-            p.backend.adamw(p.view(), g.view(), m.view(), v.view(), hyper);
-        });
-        start = end;
-      }
+      if (run[0].length) update();
     }
   }
 
@@ -262,12 +265,13 @@ export function clipGradNorm(params: Tensor[], maxNorm: number): Tensor {
     if (grads.length === 0) return zeros([]);
     return tidy(() => {
       const runs = contiguousRuns([grads]).map(([run]) => run);
+      // each run's temporaries freed as soon as it is done: together they would be the size of every gradient
       const total = runs
-        .map((g) => g.mul(g).sum())
+        .map((g) => tidy(() => g.mul(g).sum()))
         .reduce((a, b) => a.add(b))
         .sqrt();
       const coef = total.add(1e-6).reciprocal().mul(maxNorm).minimum(1); // PyTorch's clip_coef_clamped
-      for (const g of runs) copyInto(g, g.mul(coef));
+      for (const g of runs) tidy(() => copyInto(g, g.mul(coef)));
       return total;
     });
   });

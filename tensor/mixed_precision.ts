@@ -105,7 +105,7 @@ export class GradScaler {
     const grads = params.map((p) => p.grad).filter((g): g is Tensor => g !== null);
     noGrad(() =>
       tidy(() => {
-        for (const [g] of contiguousRuns([grads])) copyInto(g, g.mul(1 / this.scale));
+        for (const [g] of contiguousRuns([grads])) tidy(() => copyInto(g, g.mul(1 / this.scale))); // one at a time
       }),
     );
   }

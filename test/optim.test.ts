@@ -7,7 +7,8 @@ import { AdamW, clipGradNorm, getLr } from '../nn/index.ts';
 import { bucketLayout } from '../nn/optim.ts';
 import { contiguousRuns, viewAt } from '../tensor/contiguous_runs.ts';
 import { parameter } from '../nn/module.ts';
-import { tensor, tidy, type Tensor } from '../tensor/index.ts';
+import { ones, tensor, tidy, type Tensor, zeros } from '../tensor/index.ts';
+import { heapStats, resetHeapPeak } from '../tensor/cpu/heap.ts';
 import { expectClose } from './helpers.ts';
 
 /** torch.optim.AdamW's step for one parameter, written out in plain numbers. */
@@ -78,6 +79,19 @@ describe('AdamW', () => {
     opt.paramGroups[0].lr = 0.01;
     opt.step();
     expectClose(a.dataSync(), [1 - 0.01], 1e-5);
+  });
+  it("on the CPU, the first step moves each large parameter's moments out of the memory before making the next's", () => {
+    // nanoVLM-222M's moments (1.8 GB) fit the 4 GiB WebAssembly memory only one parameter at a time
+    const n = 1 << 17; // from this size on, moments live outside the memory (cpu/backend.ts)
+    const params = Array.from({ length: 8 }, () => parameter(zeros([n])));
+    const opt = new AdamW(params);
+    for (const p of params) p.grad = ones([n]).keep();
+    resetHeapPeak();
+    const before = heapStats().inUseBytes;
+    opt.step();
+    // at most one parameter's two moments in the memory at once (8 would be 8 MiB)
+    expect(heapStats().peakInUseBytes - before).toBeLessThanOrEqual(2 * 4 * n);
+    opt.dispose();
   });
   it('refuses a parameter listed twice', () => {
     const a = parameter(tensor([1]));
