@@ -13,6 +13,23 @@ import { type Kernel, binding, castExpr, memo, prelude, stridedOffsets, wgslType
 /** Threads per workgroup of the elementwise kernels. */
 export const EW_WORKGROUP = 64;
 
+/**
+ * The entry point of a kernel with a thread per element: WGSL's main around
+ * `body`, which runs for each element i < p(0) (the workgroups may form a
+ * 2-d grid: groupIndex).
+ */
+export function perElement(body: string): string {
+  return /* wgsl */ `@compute @workgroup_size(${EW_WORKGROUP})
+fn main(
+  @builtin(workgroup_id) wid: vec3u,
+  @builtin(num_workgroups) nwg: vec3u,
+  @builtin(local_invocation_index) lid: u32,
+) {
+  let i = groupIndex(wid, nwg) * ${EW_WORKGROUP}u + lid;
+  if (i >= p(0u)) { return; }${body}
+}`;
+}
+
 /** Where view k's offset sits in the params of a rank-`rank` elementwise kernel. */
 function viewParamAt(rank: number, k: number): number {
   return 1 + rank + k * (1 + rank);
@@ -98,18 +115,10 @@ function mapKernel(
   const code = /* wgsl */ `${prelude}${helpers}
 ${binding(1, 'out', wgslType(outType), 'read_write')}
 ${ins.map((x, k) => binding(k + 2, `in${k}`, wgslType(x.dtype), 'read')).join('\n')}
-@compute @workgroup_size(${EW_WORKGROUP})
-fn main(
-  @builtin(workgroup_id) wid: vec3u,
-  @builtin(num_workgroups) nwg: vec3u,
-  @builtin(local_invocation_index) lid: u32,
-) {
-  let i = groupIndex(wid, nwg) * ${EW_WORKGROUP}u + lid;
-  if (i >= p(0u)) { return; }
+${perElement(`
   ${stridedOffsets('i', rank, 1, views)}
   ${loads}
-  out[o0] = ${body};
-}`;
+  out[o0] = ${body};`)}`;
   return {
     key: `${name}:${rank}:${outType}:${ins.map((x) => x.dtype).join(',')}`,
     code,
@@ -206,14 +215,7 @@ ${binding(1, 'out', 'f32', 'read_write')}
 ${binding(2, 'x', 'f32', 'read')}
 ${binding(3, 'c', 'f32', 'read')}
 ${binding(4, 's', 'f32', 'read')}
-@compute @workgroup_size(${EW_WORKGROUP})
-fn main(
-  @builtin(workgroup_id) wid: vec3u,
-  @builtin(num_workgroups) nwg: vec3u,
-  @builtin(local_invocation_index) lid: u32,
-) {
-  let i = groupIndex(wid, nwg) * ${EW_WORKGROUP}u + lid;
-  if (i >= p(0u)) { return; }
+${perElement(`
   ${stridedOffsets(
     'i',
     rank,
@@ -224,8 +226,7 @@ fn main(
   let cos1 = c[o2]; let cos2 = c[o2 + p(${far + 2}u)];
   let sin1 = s[o3]; let sin2 = s[o3 + p(${far + 3}u)];
   out[o0] = ${first};
-  out[o0 + p(${far}u)] = ${second};
-}`;
+  out[o0 + p(${far}u)] = ${second};`)}`;
   return {
     key: `rope:${rank}:${inverse ? 'inverse' : 'forward'}`,
     code,
@@ -244,16 +245,8 @@ export const fillKernel = memo((dtype: DType): Kernel => {
   const t = wgslType(dtype);
   const code = /* wgsl */ `${prelude}
 ${binding(1, 'out', t, 'read_write')}
-@compute @workgroup_size(${EW_WORKGROUP})
-fn main(
-  @builtin(workgroup_id) wid: vec3u,
-  @builtin(num_workgroups) nwg: vec3u,
-  @builtin(local_invocation_index) lid: u32,
-) {
-  let i = groupIndex(wid, nwg) * ${EW_WORKGROUP}u + lid;
-  if (i >= p(0u)) { return; }
-  out[i] = bitcast<${t}>(p(1u));
-}`;
+${perElement(`
+  out[i] = bitcast<${t}>(p(1u));`)}`;
   return { key: `fill:${dtype}`, code, workgroupSize: EW_WORKGROUP, storage: ['read_write'] };
 });
 
@@ -265,16 +258,8 @@ export const uploadKernel = memo((): Kernel => {
   const code = /* wgsl */ `${prelude}
 ${binding(1, 'out', 'u32', 'read_write')}
 ${binding(2, 'src', 'u32', 'read')}
-@compute @workgroup_size(${EW_WORKGROUP})
-fn main(
-  @builtin(workgroup_id) wid: vec3u,
-  @builtin(num_workgroups) nwg: vec3u,
-  @builtin(local_invocation_index) lid: u32,
-) {
-  let i = groupIndex(wid, nwg) * ${EW_WORKGROUP}u + lid;
-  if (i >= p(0u)) { return; }
-  out[i] = src[p(1u) + i];
-}`;
+${perElement(`
+  out[i] = src[p(1u) + i];`)}`;
   return { key: 'upload', code, workgroupSize: EW_WORKGROUP, storage: ['read_write', 'read'] };
 });
 
@@ -290,21 +275,13 @@ ${binding(1, 'pw', 'f32', 'read_write')}
 ${binding(2, 'g', 'f32', 'read')}
 ${binding(3, 'm', 'f32', 'read_write')}
 ${binding(4, 'v', 'f32', 'read_write')}
-@compute @workgroup_size(${EW_WORKGROUP})
-fn main(
-  @builtin(workgroup_id) wid: vec3u,
-  @builtin(num_workgroups) nwg: vec3u,
-  @builtin(local_invocation_index) lid: u32,
-) {
-  let i = groupIndex(wid, nwg) * ${EW_WORKGROUP}u + lid;
-  if (i >= p(0u)) { return; }
+${perElement(`
   let gi = g[p(2u) + i];
   let mi = m[p(3u) + i] + (gi - m[p(3u) + i]) * pf(6u);
   let vi = v[p(4u) + i] * pf(7u) + (gi * gi) * pf(8u);
   m[p(3u) + i] = mi;
   v[p(4u) + i] = vi;
-  pw[p(1u) + i] = pw[p(1u) + i] * pf(5u) - fdiv(mi, fdiv(sqrt_(vi), pf(9u)) + pf(11u)) * pf(10u);
-}`;
+  pw[p(1u) + i] = pw[p(1u) + i] * pf(5u) - fdiv(mi, fdiv(sqrt_(vi), pf(9u)) + pf(11u)) * pf(10u);`)}`;
   return {
     key: 'adamw',
     code,

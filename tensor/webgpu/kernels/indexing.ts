@@ -18,7 +18,7 @@
 
 import type { DType } from '../../dtype.ts';
 import { type Kernel, binding, memo, prelude, stridedOffsets, wgslType } from './common.ts';
-import { EW_WORKGROUP } from './elementwise.ts';
+import { EW_WORKGROUP, perElement } from './elementwise.ts';
 
 /** Elements per sort tile (and threads per sort workgroup). */
 export const SORT_TILE = 64;
@@ -33,21 +33,13 @@ export const gatherKernel = memo((dtype: DType): Kernel => {
 ${binding(1, 'out', t, 'read_write')}
 ${binding(2, 'table', t, 'read')}
 ${binding(3, 'ids', 'i32', 'read')}
-@compute @workgroup_size(${EW_WORKGROUP})
-fn main(
-  @builtin(workgroup_id) wid: vec3u,
-  @builtin(num_workgroups) nwg: vec3u,
-  @builtin(local_invocation_index) lid: u32,
-) {
-  let i = groupIndex(wid, nwg) * ${EW_WORKGROUP}u + lid;
-  if (i >= p(0u)) { return; }
+${perElement(`
   let D = p(1u);
   let row = i / D;
   let id = ids[p(6u) + row * p(7u)];
   var v = ${t}(0);
   if (id >= 0 && u32(id) < p(2u)) { v = table[p(3u) + u32(id) * p(4u) + (i % D) * p(5u)]; }
-  out[i] = v;
-}`;
+  out[i] = v;`)}`;
   return { key: `gather:${dtype}`, code, workgroupSize: EW_WORKGROUP, storage: ['read_write', 'read', 'read'] };
 });
 
@@ -73,22 +65,14 @@ fn lowerBound(r: i32) -> u32 {
   }
   return lo;
 }
-@compute @workgroup_size(${EW_WORKGROUP})
-fn main(
-  @builtin(workgroup_id) wid: vec3u,
-  @builtin(num_workgroups) nwg: vec3u,
-  @builtin(local_invocation_index) lid: u32,
-) {
-  let i = groupIndex(wid, nwg) * ${EW_WORKGROUP}u + lid;
-  if (i >= p(0u)) { return; }
+${perElement(`
   let D = p(1u);
   let r = i32(i / D);
   let col = (i % D) * p(5u);
   var acc = ${t}(0);
   let end = lowerBound(r + 1);
   for (var k = lowerBound(r); k < end; k++) { acc += src[p(3u) + u32(perm[k]) * p(4u) + col]; }
-  out[i] = acc;
-}`;
+  out[i] = acc;`)}`;
   return {
     key: `scatterSum:${dtype}`,
     code,
