@@ -12,6 +12,7 @@
 //
 //   npx tsx bench/gpu.ts             everything (on a real GPU)
 //   npx tsx bench/gpu.ts --quick     tiny sizes, the small model only (llvmpipe, SwiftShader: proves it runs)
+//   npx tsx bench/gpu.ts --quick --batch_222m 1    and nanoVLM-222M's step at batch 1 (its counters; minutes)
 //
 // On a GPU machine without Node (see ../shared/device/README.md):
 //   bash ../shared/device/make-bundle.sh bench/gpu.ts     # here: builds .gpu/ (git-ignored)
@@ -57,6 +58,11 @@ const flags = defineFlags({
   steps: { type: 'int', min: 1, help: 'measured training steps (default 10, 3 with --quick)' },
   seq: { type: 'int', min: 1, help: 'attention sequence length (default 1024, 64 with --quick)' },
   skip_222m: { type: 'switch', help: 'no nanoVLM-222M training step' },
+  batch_222m: {
+    type: 'int',
+    min: 1,
+    help: 'the nanoVLM-222M steps at this batch only (default 8 and 32); with --quick they run too (minutes)',
+  },
   backend: { type: 'string', metavar: 'NAME', help: 'a Dawn backend (vulkan, metal, d3d12, opengles)' },
   adapter: { type: 'string', metavar: 'TEXT', help: 'the first adapter whose name contains TEXT' },
   json: { type: 'string', metavar: 'FILE', help: 'also write every record to FILE' },
@@ -130,9 +136,14 @@ function countDawnCalls(device: GPUDevice): DawnCalls {
 
 /** b - a, per step, for every numeric field. */
 function perStep<T extends object>(a: T, b: T, steps: number): T {
-  const out: Record<string, number> = {};
-  for (const k of Object.keys(b))
-    out[k] = +(((b as Record<string, number>)[k] - (a as Record<string, number>)[k]) / steps).toFixed(1);
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(b)) {
+    const before = (a as Record<string, unknown>)[k];
+    out[k] =
+      typeof v === 'number'
+        ? +((v - (before as number)) / steps).toFixed(1)
+        : perStep((before ?? {}) as Record<string, number>, v as Record<string, number>, steps); // dispatchesByOp
+  }
   return out as T;
 }
 
@@ -296,8 +307,11 @@ async function trainSteps(
       `${dawn.createBuffer} createBuffer, ${dawn.createBindGroup} createBindGroup,`,
       `${kib(dawn.writeBufferBytes)} writeBuffer, ${dawn.mapAsync} maps)`,
     ].join(' ');
+    // where the dispatches go, the most first
+    const ops = Object.entries(c.dispatchesByOp).filter(([, n]) => n > 0);
+    const byOp = ops.sort((x, y) => y[1] - x[1]).map(([op, n]) => `${op} ${n}`);
     const record = { mode, batch, dtype, msPerStep: ms, tokensPerSec: (tokens * 1000) / ms, backend, dawn };
-    report(`train ${name} b${batch} ${dtype}`, record, line);
+    report(`train ${name} b${batch} ${dtype}`, record, `${line}\n  dispatches by op: ${byOp.join(', ')}`);
   }
   for (const p of model.parameters()) p.dispose();
   opt.dispose();
@@ -421,8 +435,9 @@ const big = { ...defaultVLMConfig, vlm_load_backbone_weights: false };
 for (const dtype of ['float32', 'float16'] as const) {
   await trainSteps(b, calls, 'default preset', small, 32, steps, dtype, dtype === 'float32');
 }
-if (!args.quick && !args.skip_222m) {
-  for (const batch of [8, 32])
+// --quick --batch_222m 1: the 222M step's counters on a software adapter
+if ((!args.quick || args.batch_222m) && !args.skip_222m) {
+  for (const batch of args.batch_222m ? [args.batch_222m] : [8, 32])
     for (const dtype of ['float32', 'float16'] as const)
       await trainSteps(b, calls, 'nanoVLM-222M', big, batch, steps, dtype, false);
 }

@@ -85,6 +85,8 @@ export interface GpuCounters {
   /** Device-to-host bytes, and the reads that carried them (each one a sync point). */
   bytesRead: number;
   reads: number;
+  /** The dispatches by the op that recorded them (where a step's dispatches go). */
+  dispatchesByOp: Record<string, number>;
 }
 
 /** A cached bind group and the buffers it binds. */
@@ -125,6 +127,7 @@ export class CommandRecorder {
     bytesRead: 0,
     reads: 0,
   };
+  private byOp = new Map<string, number>();
   /** Bytes held by live storages, and their peak (the pool's budget). */
   liveBytes = 0;
   peakLiveBytes = 0;
@@ -359,6 +362,7 @@ export class CommandRecorder {
       ...this.n,
       buffersCreated: this.pool.createdCount + this.staging.createdCount + 1,
       pipelinesCreated: this.pipelines.size,
+      dispatchesByOp: Object.fromEntries(this.byOp),
     };
   }
 
@@ -407,6 +411,7 @@ export class CommandRecorder {
     this.pass.dispatchWorkgroups(...groups);
     this.batchOps.push([op, kernel.key]);
     this.n.dispatches++;
+    this.byOp.set(op, (this.byOp.get(op) ?? 0) + 1);
   }
 
   private beginPass(): GPUComputePassEncoder {
