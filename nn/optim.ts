@@ -16,7 +16,9 @@
 // gradients would live through the forward pass), so every parameter keeps
 // its own buffers.
 
-import { contiguousRuns, viewAt } from '../tensor/contiguous_runs.ts';
+import { contiguousRuns } from '../tensor/contiguous_runs.ts';
+import { alias } from '../tensor/ops.ts';
+import { contiguousStrides } from '../tensor/shape.ts';
 import { copyInto, noGrad, tensor, tidy, type Tensor, zeros } from '../tensor/index.ts';
 
 /** Elements per bucket: 128 MiB of float32, a binding size every WebGPU device allows. */
@@ -88,7 +90,9 @@ export class AdamW {
     this.buckets.push(...sets.flat());
     params.forEach((p, i) => {
       const { bucket, offset } = places[i];
-      const [home, grad, expAvg, expAvgSq] = sets[bucket].map((b) => viewAt(b, offset, p.shape).keep());
+      const [home, grad, expAvg, expAvgSq] = sets[bucket].map((b) =>
+        alias(b, p.shape, contiguousStrides(p.shape), offset).keep(),
+      );
       copyInto(home, p);
       p.assign(home);
       p.gradBuffer = grad;

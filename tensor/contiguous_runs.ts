@@ -9,14 +9,9 @@
 // become one 1-d view of it, which one kernel call covers. Tensors that do
 // not line up (the CPU's, which each have their own buffer) stay one each.
 
-import { contiguousStrides, isContiguous } from './shape.ts';
-import { Tensor } from './tensor.ts';
-
-/** A tensor over `base`'s storage at element `offset`, contiguous, of `shape` (no copy). */
-export function viewAt(base: Tensor, offset: number, shape: number[]): Tensor {
-  base.backend.retain(base.storage);
-  return new Tensor(base.backend, base.storage, shape, base.dtype, contiguousStrides(shape), offset);
-}
+import { alias } from './ops.ts';
+import { isContiguous } from './shape.ts';
+import type { Tensor } from './tensor.ts';
 
 /**
  * Splits parallel lists of tensors (lists[k][i] belong together: a
@@ -38,7 +33,7 @@ export function contiguousRuns(lists: Tensor[][]): Tensor[][] {
     if (i - start === 1) runs.push(lists.map((l) => l[start].detach()));
     else {
       const length = lists[0].slice(start, i).reduce((sum, t) => sum + t.size, 0);
-      runs.push(lists.map((l) => viewAt(l[start], l[start].offset, [length])));
+      runs.push(lists.map((l) => alias(l[start], [length], [1], l[start].offset)));
     }
     start = i;
   }

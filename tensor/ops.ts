@@ -41,8 +41,8 @@ function wrap(like: Tensor, storage: Storage, shape: number[], dtype: DType = li
   return new Tensor(like.backend, storage, shape, dtype);
 }
 
-/** A tensor sharing `t`'s storage under another shape/strides (no copy). */
-function alias(t: Tensor, shape: number[], strides: number[], offset: number): Tensor {
+/** A tensor sharing `t`'s storage under another shape/strides (no copy); no gradient flows through it. */
+export function alias(t: Tensor, shape: number[], strides: number[], offset: number): Tensor {
   t.backend.retain(t.storage);
   return new Tensor(t.backend, t.storage, shape, t.dtype, strides, offset);
 }
