@@ -398,7 +398,7 @@ const plans: [string, MatmulPlan | undefined, boolean, boolean][] = [
     false,
   ]),
   ...halfPaths.map((f16): [string, undefined, boolean, boolean] => [
-    `f16 ${f16 ? 'f16 slabs' : 'f32 slabs'}, planned`,
+    `float16 in ${f16 ? 'f16' : 'float32'} slabs, planned`,
     undefined,
     true,
     f16,
