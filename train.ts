@@ -20,7 +20,8 @@ import { AdamW, clipGradNorm, getLr } from './nn/index.ts';
 import { plotTrainingCurves } from './plot.ts';
 import { appendMetrics, configure, curvesOf, loadResumeState, prepareOutDir, saveResumeState } from './run_state.ts';
 import { trimMetrics, writeAtomic, type MetricsRecord, type RunState } from './run_state.ts';
-import { GradScaler, autocast, manualSeed, stack, tidy, tidyForward, type Tensor } from './tensor/index.ts';
+import { GradScaler, autocast, manualSeed, stack, tidy, tidyForward, zeros } from './tensor/index.ts';
+import type { Tensor, TypedArray } from './tensor/index.ts';
 import { closeWebGPU } from './tensor/webgpu/device.ts';
 import { frozenParts, modelConfig } from './train_config.ts';
 import { VisionLanguageModel } from './vlm/vision_language_model.ts';
@@ -91,7 +92,7 @@ async function main(): Promise<void> {
   // --dtype float16: matmuls on float16 operands inside autocast, the loss scaled so that small gradients
   // survive them, and a step whose gradients overflowed skipped (tensor/mixed_precision.ts)
   const half = run.dtype === 'float16' ? 'float16' : null;
-  const scaler = half ? new GradScaler() : null;
+  const scaler = half ? new GradScaler(device) : null;
   if (scaler && state.gradScaler) scaler.loadStateDict(state.gradScaler);
 
   /** Evaluate, log, plot, keep the best model (by accuracy) where generate.ts looks, save resume/. */
@@ -110,7 +111,7 @@ async function main(): Promise<void> {
       writeModelFolder(out, await model.savePretrained()); // sync point: reads the weights back
       if (tokenizerJson) writeAtomic(join(out, 'tokenizer.json'), JSON.stringify(tokenizerJson));
     }
-    if (scaler) state.gradScaler = scaler.stateDict();
+    if (scaler) state.gradScaler = await scaler.stateDict();
     await saveResumeState(out, { model, optimizer, state, tokenizerJson });
     const others = ['test_accuracy', 'mmstar_accuracy'].filter((k) => k in record);
     const extra = others.map((k) => `, ${k} ${percent(record[k])}`);
@@ -139,17 +140,20 @@ async function main(): Promise<void> {
 
   /** The log line and metrics of a finished step; stops the run at a non-finite loss. */
   async function logStep(s: StepLog): Promise<void> {
-    const [lossValue, normValue] = await s.logged.data(); // sync point: the step's loss and gradient norm
-    s.logged.dispose();
+    const [lossValue, normValue, lossScale] = await s.values; // sync point: the step's loss, gradient norm, scale
+    const saved = existsSync(join(out, 'resume')) ? `; the last good checkpoint is in ${join(out, 'resume')}` : '';
     if (!Number.isFinite(lossValue)) {
-      const saved = existsSync(join(out, 'resume')) ? `; the last good checkpoint is in ${join(out, 'resume')}` : '';
       const fix = '(try lower --lr_mp/--lr_backbones or --max_grad_norm 1)';
       throw new Error(`loss is ${lossValue} at step ${s.step}: stopping before training on garbage ${fix}${saved}`);
     }
+    if (scaler && lossScale < 1) {
+      throw new Error(`step ${s.step}: the gradients overflow float16 even unscaled: try --dtype float32${saved}`);
+    }
     const tokensPerSec = (s.tokens * 1000) / s.ms;
     const record: MetricsRecord = { step: s.step, loss: lossValue, ...s.lrs, tokens_per_s: tokensPerSec };
-    if (s.hasNorm) record.grad_norm = normValue;
-    if (s.lossScale) record.loss_scale = s.lossScale;
+    // float16: an overflowed step (skipped) has no norm to log
+    if (run.max_grad_norm > 0 && Number.isFinite(normValue)) record.grad_norm = normValue;
+    if (scaler) record.loss_scale = lossScale;
     appendMetrics(metricsFile, record);
     curves.train.push([s.step, lossValue]);
     state.elapsedMs = performance.now() - started;
@@ -194,26 +198,26 @@ async function main(): Promise<void> {
     scaler?.unscale(model.parameters());
     const clip = run.max_grad_norm || Infinity; // float16 needs the norm (Inf if a gradient overflowed) anyway
     const gradNorm = run.max_grad_norm > 0 || scaler ? clipGradNorm(model.parameters(), clip) : null;
-    // sync point (float16 only): a step whose gradients overflowed must not update, so the norm is read first
-    const update = scaler ? scaler.update(Number.isFinite(await gradNorm!.item())) : true;
-    if (scaler && scaler.scale < 1) {
-      throw new Error(`step ${state.step + 1}: the gradients overflow float16 even unscaled: try --dtype float32`);
-    }
-    const stepLoss = (): Tensor => losses.reduce((a, b) => a.add(b)).div(accumulation);
-    const logged = tidy(() => stack(gradNorm ? [stepLoss(), gradNorm] : [stepLoss()])).keep();
-    [gradNorm, ...losses].forEach((t) => t?.dispose());
-    if (update) optimizer.step(); // float16: a skipped step only halved the loss scale
+    // float16: the update is skipped on the device if a gradient overflowed, and the loss scale adjusted there
+    if (scaler) await scaler.step(optimizer, gradNorm!);
+    else optimizer.step();
     optimizer.zeroGrad();
+    const stepLoss = (): Tensor => losses.reduce((a, b) => a.add(b)).div(accumulation);
+    const logged = tidy(() =>
+      stack([stepLoss(), gradNorm ?? zeros([], { device }), scaler?.scale ?? zeros([], { device })]),
+    );
+    // the read starts now, behind this step's work, and is awaited only after the next step is queued
+    // (logStep): the GPU never idles while the host waits. The price: a non-finite loss stops the run one
+    // update late, before anything is saved.
+    const values = logged.data();
+    values.catch(() => {}); // thrown where it is awaited
+    [logged, gradNorm, ...losses].forEach((t) => t?.dispose());
     state.step++;
     state.tokens += stepTokens;
-    // Log the previous step only now: its values are read back while this step's work is already queued
-    // (a GPU never idles while the host waits). The price: a non-finite loss stops the run one update late,
-    // before anything is saved.
     if (unlogged) await logStep(unlogged);
     const lrs = { lr_mp: optimizer.paramGroups[0].lr, lr_backbones: optimizer.paramGroups[1].lr };
-    const hasNorm = run.max_grad_norm > 0 && update;
     const ms = performance.now() - stepStart; // on a GPU, paced by the read of the step before (one step ahead)
-    unlogged = { logged, step: state.step, tokens: stepTokens, ms, lrs, hasNorm, lossScale: scaler?.scale };
+    unlogged = { values, step: state.step, tokens: stepTokens, ms, lrs };
     if (state.step % run.eval_interval === 0 && state.step < maxSteps) {
       await logStep(unlogged);
       unlogged = null;
@@ -237,17 +241,14 @@ async function main(): Promise<void> {
   await Promise.all([loaders.train, loaders.val, loaders.test, loaders.mmstar].map((l) => l?.close()));
 }
 
-/** A finished step whose loss (and gradient norm) is still on the device. */
+/** A finished step whose loss, gradient norm and loss scale are on their way back from the device. */
 interface StepLog {
-  logged: Tensor;
+  values: Promise<TypedArray>;
   step: number;
   tokens: number;
   /** Wall time of the step (evaluations and saving not included). */
   ms: number;
   lrs: { lr_mp: number; lr_backbones: number };
-  hasNorm: boolean;
-  /** --dtype float16: the loss scale after this step. */
-  lossScale?: number;
 }
 
 function percent(x: number): string {

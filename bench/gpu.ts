@@ -225,10 +225,10 @@ async function dispatchCost(b: WebGPUBackend) {
 /**
  * Training steps as train.ts takes them (fresh inputs uploaded, forward
  * under tidyForward, backward, gradient clipping, AdamW; with float16,
- * autocast and GradScaler, and the gradient norm read before the update),
- * measured with the loss and the norm read every step (train.ts) and, in
- * float32, also with one read per run (the target: a read only per log line,
- * as nanoGPT does).
+ * autocast and GradScaler, the update skipped on the device on overflow),
+ * measured with the loss and the norm read every step, one step late as
+ * train.ts does, and, in float32, also with one read per run (a read only per
+ * log line, as nanoGPT does).
  */
 async function trainSteps(
   b: WebGPUBackend,
@@ -247,7 +247,7 @@ async function trainSteps(
     { params: mp, lr: 1e-3 },
     { params: model.parameters().filter((p) => !mp.includes(p)), lr: 1e-3 },
   ]);
-  const scaler = dtype === 'float16' ? new GradScaler() : null;
+  const scaler = dtype === 'float16' ? new GradScaler('webgpu') : null;
   const g = new Generator(1);
   const T = cfg.lm_max_length;
   const S = cfg.vit_img_size;
@@ -265,13 +265,13 @@ async function trainSteps(
     });
     scaler?.unscale(model.parameters());
     const norm = clipGradNorm(model.parameters(), 1);
-    // sync point (float16, as train.ts): an overflowed step must not update
-    const update = scaler ? scaler.update(Number.isFinite(await norm.item())) : true;
+    if (scaler)
+      await scaler.step(opt, norm); // waits for the previous step's overflow flag only
+    else opt.step();
+    opt.zeroGrad();
     const logged = tidy(() => stack([loss, norm])).keep();
     loss.dispose();
     norm.dispose();
-    if (update) opt.step();
-    opt.zeroGrad();
     return logged;
   };
   const tokens = batch * (cfg.IMAGE_TOKEN_LENGTH + T);
@@ -279,13 +279,18 @@ async function trainSteps(
   for (const mode of modes) {
     const lossSum = tensor([0, 0], { device: 'webgpu' }).keep();
     const run = async (n: number) => {
+      let previous: Promise<unknown> | null = null;
       for (let i = 0; i < n; i++) {
         const logged = await step();
-        if (mode === 'read every step')
-          await logged.data(); // sync point: train.ts reads the loss and the norm
-        else tidy(() => void lossSum.assign(lossSum.add(logged)));
+        if (mode === 'read every step') {
+          // as train.ts: the read starts behind this step's work, and is awaited once the next step is queued
+          const values = logged.data();
+          if (previous) await previous; // sync point: the loss and the norm of the step before
+          previous = values;
+        } else tidy(() => void lossSum.assign(lossSum.add(logged)));
         logged.dispose();
       }
+      await previous;
       await lossSum.data(); // sync point: once, after the steps
     };
     await run(3); // warm-up: pipelines compiled, pools and the bind group cache filled
@@ -315,6 +320,7 @@ async function trainSteps(
   }
   for (const p of model.parameters()) p.dispose();
   opt.dispose();
+  scaler?.dispose();
 }
 
 // ---------------------------------------------------------------- attention

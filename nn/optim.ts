@@ -19,7 +19,7 @@
 import { contiguousRuns } from '../tensor/contiguous_runs.ts';
 import { alias } from '../tensor/ops.ts';
 import { contiguousStrides } from '../tensor/shape.ts';
-import { copyInto, noGrad, tensor, tidy, type Tensor, zeros } from '../tensor/index.ts';
+import { copyInto, noGrad, tensor, tidy, type Backend, type Tensor, zeros } from '../tensor/index.ts';
 
 /** Elements per bucket: 128 MiB of float32, a binding size every WebGPU device allows. */
 const BUCKET_ELEMENTS = 1 << 25;
@@ -37,6 +37,15 @@ export interface AdamWOptions {
   betas?: [number, number];
   eps?: number;
   weightDecay?: number;
+}
+
+/** A step taken only if a flag on the device said so, until the flag is read (AdamW.settle). */
+interface PendingStep {
+  /** The flag's value, being read back. */
+  taken: Promise<number>;
+  backend: Backend;
+  /** The states whose step counts it raised. */
+  counted: ParamState[];
 }
 
 interface ParamState {
@@ -65,6 +74,7 @@ export class AdamW {
   private readonly state = new Map<Tensor, ParamState>();
   /** The buckets of parameters, gradients and moments (WebGPU; see the top of this file). */
   private readonly buckets: Tensor[] = [];
+  private pending: PendingStep | null = null;
 
   constructor(groups: ParamGroup[] | Tensor[], opts: AdamWOptions = {}) {
     const lr = opts.lr ?? 1e-3;
@@ -109,9 +119,17 @@ export class AdamW {
    *   v <- beta2 v + (1 - beta2) g^2             ... and of their squares
    *   p <- p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
    * where the 1 - beta^t factors undo the bias of moments that start at 0.
+   *
+   * With `onlyIf` (a one-element tensor), the update happens only if it is
+   * nonzero, decided on the device: the host need not wait for the flag
+   * (GradScaler.step skips an overflowed float16 step so). The host learns
+   * it later, in settle(), which must come before the next step: t counts the
+   * updates taken.
    */
-  step(): void {
+  step(onlyIf?: Tensor): void {
+    if (this.pending) throw new Error('AdamW.step: the last step was conditional: await optimizer.settle() first');
     const [beta1, beta2] = this.betas;
+    const counted: ParamState[] = [];
     for (const group of this.paramGroups) {
       // [parameters, gradients, moments] of consecutive parameters at the same step, updated together
       let run: Tensor[][] = [[], [], [], []];
@@ -119,18 +137,22 @@ export class AdamW {
       const update = () => {
         const [lr, eps, weightDecay] = [group.lr, this.eps, group.weightDecay!];
         const hyper = { lr, beta1, beta2, eps, weightDecay, step: runStep };
+        const flag = onlyIf?.view() ?? null;
         tidy(() => {
           // one kernel call per stretch of them side by side in a bucket (a whole bucket, as a rule)
           for (const [p, g, m, v] of contiguousRuns(run))
-            p.backend.adamw(p.view(), g.view(), m.view(), v.view(), hyper);
+            p.backend.adamw(p.view(), g.view(), m.view(), v.view(), hyper, flag);
         });
         run = [[], [], [], []];
       };
       for (const p of group.params) {
         if (!p.grad) continue;
+        if (onlyIf && onlyIf.device !== p.device)
+          throw new Error(`AdamW.step: onlyIf is on ${onlyIf.device}, a parameter on ${p.device}`);
         const s = this.stateOf(p);
         this.placeInBucket(p, s);
         s.step += 1;
+        counted.push(s);
         if (run[0].length && s.step !== runStep) update();
         [p, p.gradBuffer ?? p.grad, s.expAvg, s.expAvgSq].forEach((t, k) => run[k].push(t));
         runStep = s.step;
@@ -140,6 +162,24 @@ export class AdamW {
       }
       if (run[0].length) update();
     }
+    if (onlyIf) {
+      // the read starts now, behind this step's work: it is done when the device is, not when the host asks
+      const taken = onlyIf.item();
+      taken.catch(() => {}); // its error, if any, is thrown by settle()
+      this.pending = { taken, backend: onlyIf.backend, counted };
+    }
+  }
+
+  /**
+   * Reads the flag of a conditional step (sync point, but by the next step the
+   * device is done with it) and takes back its step counts if it was skipped.
+   */
+  async settle(): Promise<void> {
+    if (!this.pending) return;
+    const { taken, backend, counted } = this.pending;
+    this.pending = null;
+    backend.flush(); // what is queued since goes to the device before the host waits
+    if ((await taken) === 0) for (const s of counted) s.step -= 1;
   }
 
   /**
@@ -195,6 +235,7 @@ export class AdamW {
 
   /** Everything needed to resume: learning rates, step counts and both moments, per parameter in group order. */
   async stateDict(): Promise<AdamWState> {
+    await this.settle();
     const params: AdamWState['params'] = [];
     for (const p of this.paramGroups.flatMap((g) => g.params)) {
       const s = this.state.get(p);
@@ -217,6 +258,7 @@ export class AdamW {
     if (state.params.length !== all.length)
       throw new Error(`AdamW.loadStateDict: state has ${state.params.length} parameters, the optimizer ${all.length}`);
     state.lrs.forEach((lr, i) => (this.paramGroups[i].lr = lr));
+    this.pending = null; // the saved counts are what they are
     all.forEach((p, i) => {
       const saved = state.params[i];
       if (!saved) return;

@@ -150,9 +150,10 @@ export interface Backend {
   /**
    * One AdamW update in place (torch.optim.AdamW's arithmetic, in its order):
    * the parameter p and its moments m and v (contiguous, same size) are
-   * overwritten from the gradient g.
+   * overwritten from the gradient g. With `onlyIf` (one element), only if it
+   * is nonzero: a step can be skipped by a value still on the device.
    */
-  adamw(p: View, g: View, m: View, v: View, h: AdamWHyper): void;
+  adamw(p: View, g: View, m: View, v: View, h: AdamWHyper, onlyIf: View | null): void;
 
   // --- sampling helpers ---
   /** Sorts each row of the last axis: values and int32 indices (stable). */

@@ -21,16 +21,25 @@
 // steps it is doubled again (dynamic loss scaling). A fixed factor
 // (`dynamic: false`) is static loss scaling.
 //
-//   const scaler = new GradScaler();
+// All of it happens on the device, as in PyTorch's fused optimizers: the
+// factor and the count of good steps are tensors there, and the skip is a
+// flag the optimizer's kernel reads. Were the host to decide, it would wait
+// for every step's gradients before queueing the update (the GPU idle
+// meanwhile); it only learns of a skip a step later, when the device is done
+// with it (AdamW.settle).
+//
+//   const scaler = new GradScaler('webgpu');
 //   const loss = autocast('float16', () => model.forward(...).loss);
 //   scaler.scaleLoss(loss).backward();
 //   scaler.unscale(params);
 //   const norm = clipGradNorm(params, 1);       // Inf or NaN if a gradient overflowed
-//   if (scaler.update(Number.isFinite(await norm.item()))) optimizer.step();
+//   await scaler.step(optimizer, norm);         // the update, unless the norm is not finite
 
 import { noGrad } from './autograd.ts';
 import { contiguousRuns } from './contiguous_runs.ts';
-import { copyInto } from './ops.ts';
+import { tensor } from './creation.ts';
+import type { DeviceName } from './backend.ts';
+import { copyInto, where } from './ops.ts';
 import { tidy } from './scope.ts';
 import type { Tensor } from './tensor.ts';
 
@@ -74,17 +83,31 @@ export interface GradScalerState {
   goodSteps: number;
 }
 
-/** Loss scaling for float16 gradients (see the top of this file). */
+/** An optimizer whose update a flag on the device can skip (nn/optim.ts's AdamW). */
+export interface SkippableOptimizer {
+  step(onlyIf: Tensor): void;
+  settle(): Promise<void>;
+}
+
+/** Loss scaling for float16 gradients (see the top of this file), on `device`, as torch.amp.GradScaler(device). */
 export class GradScaler {
-  scale: number;
+  /** The loss scale, a one-element tensor on the device (reading it is a sync point). */
+  readonly scale: Tensor;
+  /** 1 / scale, kept beside it: both change by powers of 2 (exact), and the device never divides. */
+  private readonly invScale: Tensor;
+  /** Steps without overflow since the scale last changed. */
+  private readonly goodSteps: Tensor;
   private readonly growthFactor: number;
   private readonly backoffFactor: number;
   private readonly growthInterval: number;
   private readonly dynamic: boolean;
-  private goodSteps = 0;
 
-  constructor(opts: GradScalerOptions = {}) {
-    this.scale = opts.initScale ?? 2 ** 16;
+  constructor(device: DeviceName, opts: GradScalerOptions = {}) {
+    const make = (x: number) => tensor([x], { shape: [], device }).keep();
+    const initScale = opts.initScale ?? 2 ** 16;
+    this.scale = make(initScale);
+    this.invScale = make(1 / initScale);
+    this.goodSteps = make(0);
     this.growthFactor = opts.growthFactor ?? 2;
     this.backoffFactor = opts.backoffFactor ?? 0.5;
     this.growthInterval = opts.growthInterval ?? 2000;
@@ -105,37 +128,66 @@ export class GradScaler {
     const grads = params.map((p) => p.grad).filter((g): g is Tensor => g !== null);
     noGrad(() =>
       tidy(() => {
-        for (const [g] of contiguousRuns([grads])) tidy(() => copyInto(g, g.mul(1 / this.scale))); // one at a time
+        for (const [g] of contiguousRuns([grads])) tidy(() => copyInto(g, g.mul(this.invScale))); // one at a time
       }),
     );
   }
 
   /**
-   * After a step's gradients were checked (finite: no Inf or NaN, e.g. a finite
-   * gradient norm): adjusts the scale, and says whether to take the optimizer
-   * step (false: skip it, the gradients are garbage).
+   * The optimizer's step unless a gradient overflowed (gradNorm, the norm of
+   * the unscaled gradients, is Inf or NaN), then the scale's update: both
+   * decided on the device. Waits only for the previous step's flag
+   * (optimizer.settle), which the device is done with by now.
    */
-  update(finite: boolean): boolean {
-    if (!this.dynamic) return finite;
-    if (!finite) {
-      this.scale *= this.backoffFactor;
-      this.goodSteps = 0;
-      return false;
-    }
-    if (++this.goodSteps >= this.growthInterval) {
-      this.scale *= this.growthFactor;
-      this.goodSteps = 0;
-    }
-    return true;
+  async step(optimizer: SkippableOptimizer, gradNorm: Tensor): Promise<void> {
+    await optimizer.settle();
+    noGrad(() =>
+      tidy(() => {
+        const finite = gradNorm.abs().lt(Infinity); // 1, or 0 for +-Inf and NaN
+        optimizer.step(finite);
+        if (this.dynamic) this.update(finite);
+      }),
+    );
   }
 
-  stateDict(): GradScalerState {
-    return { scale: this.scale, goodSteps: this.goodSteps };
+  /**
+   * Halves the scale after an overflow (finite = 0) and restarts the count of
+   * good steps; multiplies it by growthFactor when the count reaches growthInterval.
+   */
+  private update(finite: Tensor): void {
+    const good = this.goodSteps.add(1).mul(finite); // 0 after an overflow
+    const grow = good.ge(this.growthInterval);
+    const factor = where(finite, where(grow, this.growthFactor, 1), this.backoffFactor);
+    const inverse = where(finite, where(grow, 1 / this.growthFactor, 1), 1 / this.backoffFactor);
+    copyInto(this.scale, this.scale.mul(factor));
+    copyInto(this.invScale, this.invScale.mul(inverse));
+    copyInto(this.goodSteps, where(grow, 0, good));
   }
 
+  /** The scale and the count of good steps (a sync point). */
+  async stateDict(): Promise<GradScalerState> {
+    const [scale, goodSteps] = [await this.scale.item(), await this.goodSteps.item()];
+    return { scale, goodSteps };
+  }
+
+  /** Restores a stateDict(). */
   loadStateDict(state: GradScalerState): void {
-    this.scale = state.scale;
-    this.goodSteps = state.goodSteps;
+    const device = this.scale.device;
+    noGrad(() =>
+      tidy(() => {
+        const values: [Tensor, number][] = [
+          [this.scale, state.scale],
+          [this.invScale, 1 / state.scale],
+          [this.goodSteps, state.goodSteps],
+        ];
+        for (const [t, x] of values) copyInto(t, tensor([x], { shape: [], device }));
+      }),
+    );
+  }
+
+  /** Frees its tensors (a scaler that will not be used again). */
+  dispose(): void {
+    [this.scale, this.invScale, this.goodSteps].forEach((t) => t.dispose());
   }
 }
 

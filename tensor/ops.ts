@@ -185,7 +185,8 @@ function minMaxGrad(g: Tensor, wins: Tensor, ties: Tensor): [() => Tensor, () =>
 
 /** cond ? a : b, broadcasting all three. */
 export function where(cond: Tensor, a: TensorLike, b: TensorLike): Tensor {
-  const [x, y] = operands('where', a, b);
+  // two numbers: float32 beside cond
+  const [x, y] = operands('where', typeof a === 'number' && typeof b === 'number' ? scalar(cond, a, 'float32') : a, b);
   checkSameDevice('where', [cond, x]);
   const shape = broadcastShapes('where', cond.shape, x.shape, y.shape);
   const out = wrap(x, x.backend.where(viewAs(cond, shape), viewAs(x, shape), viewAs(y, shape)), shape);

@@ -54,6 +54,8 @@ describe('elementwise', () => {
     const x = t([1, 2, 3]);
     expect(Array.from(x.gt(1.5).dataSync())).toEqual([0, 1, 1]);
     expect(Array.from(where(x.lt(2), x, x.neg()).dataSync())).toEqual([1, -2, -3]);
+    const picked = where(tensor(new Int32Array([1, 0, 1])), 2, 0.5); // two numbers: float32, beside cond
+    expect([picked.dtype, Array.from(picked.dataSync())]).toEqual(['float32', [2, 0.5, 2]]);
     expect(Array.from(x.maskedFill(x.eq(2), -Infinity).dataSync())).toEqual([1, -Infinity, 3]);
   });
   it('promotes int to float like PyTorch', () => {

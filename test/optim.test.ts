@@ -128,6 +128,34 @@ describe('AdamW', () => {
     };
     expect(await run(true)).toEqual(await run(false));
   });
+  it('a step a flag skips (onlyIf 0) changes nothing and is not counted; settle() must come before the next', async () => {
+    const p = parameter(tensor([0.5, -1, 2]));
+    const opt = new AdamW([p], { lr: 2e-3 });
+    const grads = [
+      [0.1, -0.2, 0.3],
+      [1e30, NaN, -1], // an overflowed step: skipped
+      [1, 0.5, -0.5],
+      [0, 0, 2],
+    ];
+    const flags = [1, 0, 1, 1];
+    let before = Array.from(p.dataSync());
+    for (let t = 0; t < grads.length; t++) {
+      setGrad(p, grads[t]);
+      opt.step(tensor([flags[t]], { shape: [] }));
+      expect(() => opt.step()).toThrow('await optimizer.settle() first');
+      await opt.settle();
+      const now = Array.from(p.dataSync());
+      expect(
+        now.every((x, i) => x === before[i]),
+        `step ${t}`,
+      ).toBe(flags[t] === 0);
+      before = now;
+    }
+    // the taken steps are steps 1, 2 and 3 of AdamW's bias corrections
+    const taken = grads.filter((_, t) => flags[t] === 1);
+    expectClose(p.dataSync(), referenceAdamW([0.5, -1, 2], taken, 2e-3, 0.01), 1e-6, 1e-7);
+    expect((await opt.stateDict()).params[0]!.step).toBe(3);
+  });
   it('zeroGrad frees the gradients', () => {
     const a = parameter(tensor([1, 2]));
     const opt = new AdamW([a]);

@@ -11,6 +11,7 @@
 import { describe, expect, it } from 'vitest';
 import { AdamW, clipGradNorm } from '../nn/index.ts';
 import { Generator, GradScaler, autocast, manualSeed, randn, roundToHalf, stack, tensor } from '../tensor/index.ts';
+import type { Tensor } from '../tensor/index.ts';
 import { memory, tidy, tidyForward } from '../tensor/index.ts';
 import { webgpuBackend } from '../tensor/webgpu/device.ts';
 import { modelConfig, resolveRun } from '../train_config.ts';
@@ -27,7 +28,7 @@ async function curve(
   manualSeed(0);
   const model = await new VisionLanguageModel(cfg).to('webgpu');
   const opt = new AdamW(model.parameters(), { lr: 3e-3 });
-  const scaler = dtype === 'float16' ? new GradScaler({ initScale, growthInterval: 5 }) : null;
+  const scaler = dtype === 'float16' ? new GradScaler('webgpu', { initScale, growthInterval: 5 }) : null;
   const [B, T, S] = [4, cfg.lm_max_length, cfg.vit_img_size];
   const g = new Generator(3);
   // one fixed batch whose answer is a function of the image: the loss can fall far
@@ -48,16 +49,19 @@ async function curve(
     });
     scaler?.unscale(model.parameters());
     const norm = clipGradNorm(model.parameters(), 1);
-    const logged = tidy(() => stack([loss, norm]));
-    const [value, normValue] = await logged.data(); // sync point
-    [logged, norm, loss].forEach((t) => t.dispose());
-    if (!scaler || scaler.update(Number.isFinite(normValue))) opt.step();
+    if (scaler)
+      await scaler.step(opt, norm); // skipped on the device if the norm is not finite
+    else opt.step();
     opt.zeroGrad();
+    const logged = tidy(() => stack([loss, scaler?.scale ?? norm.mul(0).add(1)]));
+    const [value, scale] = await logged.data(); // sync point
+    [logged, norm, loss].forEach((t) => t.dispose());
     losses.push(value);
-    scales.push(scaler?.scale ?? 1);
+    scales.push(scale);
   }
   for (const p of model.parameters()) p.dispose();
   opt.dispose();
+  scaler?.dispose();
   return { losses, scales };
 }
 
@@ -199,19 +203,32 @@ describeWebGPU('mixed precision on webgpu', () => {
 });
 
 describe('GradScaler', () => {
-  it('halves on overflow (skip the step), grows after growthInterval good steps; a static scale stays', () => {
-    const s = new GradScaler({ initScale: 8, growthInterval: 2 });
-    expect([s.update(false), s.scale]).toEqual([false, 4]);
-    expect([s.update(true), s.scale, s.update(true), s.scale]).toEqual([true, 4, true, 8]);
+  /** An optimizer that records the flags its steps were given. */
+  const recorder = () => {
+    const flags: number[] = [];
+    return { flags, step: (onlyIf: Tensor) => void flags.push(onlyIf.dataSync()[0]), settle: async () => {} };
+  };
+  const norm = (x: number) => tensor([x], { shape: [] });
+
+  it('skips the step where the norm is Inf or NaN and halves; grows after growthInterval good steps', async () => {
+    const s = new GradScaler('cpu', { initScale: 8, growthInterval: 2 });
+    const opt = recorder();
+    const scales: number[] = [];
+    for (const x of [Infinity, 1, 2, 3, NaN, 4, -Infinity, 5, 6]) {
+      await s.step(opt, norm(x));
+      scales.push(await s.scale.item());
+    }
+    expect(opt.flags).toEqual([0, 1, 1, 1, 0, 1, 0, 1, 1]);
     // an overflow restarts the count of good steps
-    expect([s.update(true), s.update(false), s.scale, s.update(true), s.scale]).toEqual([true, false, 4, true, 4]);
-    expect([s.update(true), s.scale]).toEqual([true, 8]);
-    const fixed = new GradScaler({ initScale: 1024, dynamic: false });
-    expect([fixed.update(false), fixed.update(true), fixed.scale]).toEqual([false, true, 1024]);
+    expect(scales).toEqual([4, 4, 8, 8, 4, 4, 2, 2, 4]);
+    const fixed = new GradScaler('cpu', { initScale: 1024, dynamic: false });
+    const fixedOpt = recorder();
+    for (const x of [Infinity, 1, 2, 3]) await fixed.step(fixedOpt, norm(x));
+    expect([fixedOpt.flags, await fixed.scale.item()]).toEqual([[0, 1, 1, 1], 1024]);
   });
 
   it('scales the loss and unscales the gradients exactly; its state survives a resume', async () => {
-    const s = new GradScaler({ initScale: 2 ** 10, growthInterval: 3 });
+    const s = new GradScaler('cpu', { initScale: 2 ** 10, growthInterval: 3 });
     const w = tensor([0.5, -3], { shape: [2] }).setRequiresGrad();
     const loss = w.mul(w).sum(); // d/dw = 2w
     expect(await s.scaleLoss(loss).item()).toBe(9.25 * 2 ** 10);
@@ -221,10 +238,16 @@ describe('GradScaler', () => {
     s.unscale([w]);
     expect(Array.from(await w.grad!.data())).toEqual([1, -6]);
     expect(memory().numTensors).toBe(before); // in place: no tensor left behind
-    s.update(true);
-    const resumed = new GradScaler({ growthInterval: 3 });
-    resumed.loadStateDict(JSON.parse(JSON.stringify(s.stateDict())));
-    expect(resumed.scale).toBe(2 ** 10);
-    expect([resumed.update(true), resumed.update(true), resumed.scale]).toEqual([true, true, 2 ** 11]);
+    await s.step(recorder(), norm(1));
+    const resumed = new GradScaler('cpu', { growthInterval: 3 });
+    resumed.loadStateDict(JSON.parse(JSON.stringify(await s.stateDict())));
+    expect(await resumed.scale.item()).toBe(2 ** 10);
+    for (let i = 0; i < 2; i++) await resumed.step(recorder(), norm(1));
+    expect(await resumed.scale.item()).toBe(2 ** 11); // the third good step since the scale was set
+    // and the inverse came along: unscaling divides by the grown scale
+    w.grad = null;
+    resumed.scaleLoss(w.mul(w).sum()).backward();
+    resumed.unscale([w]);
+    expect(Array.from(await w.grad!.data())).toEqual([1, -6]);
   });
 });

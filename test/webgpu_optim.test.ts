@@ -3,8 +3,9 @@
 // updates a bucket and gradient clipping reads a bucket at a time. Checked
 // against the CPU's AdamW, where every parameter keeps its own buffers, over
 // steps that break the buckets' runs (a parameter without a gradient, one
-// moved out by an assign, a gradient set by hand, gradient accumulation),
-// with the dispatch counts that are the point of it, and a resume.
+// moved out by an assign, a gradient set by hand, gradient accumulation,
+// steps skipped or taken by a flag on the device), with the dispatch counts
+// that are the point of it, and a resume.
 
 import { expect, it } from 'vitest';
 import { AdamW, clipGradNorm } from '../nn/index.ts';
@@ -48,6 +49,17 @@ function backward(params: Tensor[], step: number, skip: number[] = []): void {
   });
 }
 
+/** A step that a flag on the device takes (1) or skips (0), as GradScaler.step does; its count settled after. */
+async function conditionalStep(x: { params: Tensor[]; opt: AdamW }, step: number, flag: number, skip: number[] = []) {
+  backward(x.params, step, skip);
+  clipGradNorm(x.params, 5).dispose();
+  const onlyIf = tensor([flag], { shape: [], device: x.params[0].device });
+  x.opt.step(onlyIf);
+  onlyIf.dispose(); // the optimizer started reading it already
+  x.opt.zeroGrad();
+  await x.opt.settle();
+}
+
 /** One training step on both devices: backward (twice when accumulating), clipping, the update. */
 function trainStep(params: Tensor[], opt: AdamW, step: number, skip: number[] = [], accumulate = false) {
   backward(params, step, skip);
@@ -71,7 +83,7 @@ describeWebGPU('AdamW buckets on webgpu', () => {
     const home = gpu.params[0].storage;
     expect(gpu.params.every((p) => p.storage === home)).toBe(true);
     await expectSame(cpu.params, gpu.params, 'moved into the bucket');
-    const plan: [string, (x: { params: Tensor[]; opt: AdamW }, step: number) => void][] = [
+    const plan: [string, (x: { params: Tensor[]; opt: AdamW }, step: number) => void | Promise<void>][] = [
       ['plain', (x, s) => trainStep(x.params, x.opt, s)],
       ['parameters 1 and 4 get no gradient', (x, s) => trainStep(x.params, x.opt, s, [1, 4])],
       ['gradient accumulation over two backwards', (x, s) => trainStep(x.params, x.opt, s, [], true)],
@@ -87,17 +99,24 @@ describeWebGPU('AdamW buckets on webgpu', () => {
         },
       ],
       ['plain again', (x, s) => trainStep(x.params, x.opt, s)],
+      ['skipped by a flag on the device', (x, s) => conditionalStep(x, s, 0)],
+      ['taken by a flag on the device, parameter 1 without a gradient', (x, s) => conditionalStep(x, s, 1, [1])],
     ];
     for (const [i, [what, run]] of plan.entries()) {
-      run(cpu, i);
-      run(gpu, i);
+      const before = await Promise.all(gpu.params.map((p) => p.data()));
+      await run(cpu, i);
+      await run(gpu, i);
       await expectSame(cpu.params, gpu.params, `step ${i}, ${what}`);
+      const after = await Promise.all(gpu.params.map((p) => p.data()));
+      const unchanged = after.every((a, k) => a.every((x, j) => x === before[k][j]));
+      expect(unchanged, `step ${i}, ${what}: the parameters stayed`).toBe(what.startsWith('skipped'));
     }
     // the assigned parameter went back into its place
     expect(gpu.params[2].storage).toBe(home);
     const [a, b] = [await gpu.opt.stateDict(), await cpu.opt.stateDict()];
-    expect(a.params.map((p) => p?.step)).toEqual(b.params.map((p) => p?.step)); // 5, 4 (no gradient once), ...
-    expect(a.params.map((p) => p?.step)).toEqual([5, 4, 5, 5, 4, 5]);
+    // 6, 4 (no gradient twice), ...: the skipped step is not counted
+    expect(a.params.map((p) => p?.step)).toEqual(b.params.map((p) => p?.step));
+    expect(a.params.map((p) => p?.step)).toEqual([6, 4, 6, 6, 5, 6]);
     [cpu, gpu].forEach((x) => x.opt.dispose());
   });
 
@@ -111,8 +130,9 @@ describeWebGPU('AdamW buckets on webgpu', () => {
       trainStep(params, opt, 0); // the first use of the moments' buckets clears them (a fill each)
       backward(params, 1);
       const at = () => b.counters().dispatches;
+      const scaler = new GradScaler('webgpu', { initScale: 4 });
       const c0 = at();
-      new GradScaler({ initScale: 4 }).unscale(params);
+      scaler.unscale(params);
       const c1 = at();
       clipGradNorm(params, 1).dispose();
       const c2 = at();
@@ -120,6 +140,7 @@ describeWebGPU('AdamW buckets on webgpu', () => {
       const c3 = at();
       opt.zeroGrad();
       opt.dispose();
+      scaler.dispose();
       return { unscale: c1 - c0, clip: c2 - c1, step: c3 - c2 };
     };
     const few = await dispatches(3);

@@ -651,9 +651,10 @@ export class CpuBackend implements Backend {
    * through it in chunks. Small ones stay: their copies would cost more time
    * than their bytes are worth.
    */
-  adamw(p: View, g: View, m: View, v: View, h: AdamWHyper): void {
+  adamw(p: View, g: View, m: View, v: View, h: AdamWHyper, onlyIf: View | null): void {
     for (const x of [p, m, v])
       if (!isContiguous(x.shape, x.strides)) throw new Error('adamw: the parameter and its moments must be contiguous');
+    if (onlyIf && this.readSync(onlyIf)[0] === 0) return;
     if (numel(p.shape) >= COLD_MOMENTS_MIN) {
       store(m).moveToHost();
       store(v).moveToHost();

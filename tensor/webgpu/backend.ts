@@ -713,7 +713,7 @@ export class WebGPUBackend implements Backend {
 
   // ------------------------------------------------------------ optimizer
 
-  adamw(p: View, g: View, m: View, v: View, h: AdamWHyper): void {
+  adamw(p: View, g: View, m: View, v: View, h: AdamWHyper, onlyIf: View | null): void {
     for (const x of [p, g, m, v]) {
       if (!isContiguous(x.shape, x.strides))
         throw new Error('webgpu adamw: the parameter, its gradient and its moments must be contiguous');
@@ -721,6 +721,7 @@ export class WebGPUBackend implements Backend {
     const n = numel(p.shape);
     if (n === 0) return;
     const [pb, gb, mb, vb] = [p, g, m, v].map((x) => this.bind(x, 'adamw'));
+    const flag = onlyIf ? this.bind(onlyIf, 'adamw') : null;
     const consts = [
       1 - h.lr * h.weightDecay,
       1 - h.beta1,
@@ -730,12 +731,20 @@ export class WebGPUBackend implements Backend {
       h.lr / (1 - h.beta1 ** h.step),
       h.eps,
     ];
-    const params = [n, pb.offset, gb.offset, mb.offset, vb.offset, ...consts.map(f32Bits)];
+    const params = [
+      n,
+      pb.offset,
+      gb.offset,
+      mb.offset,
+      vb.offset,
+      ...consts.map(f32Bits),
+      ...(flag ? [flag.offset] : []),
+    ];
     this.rec.run(
       'adamw',
-      adamwKernel(),
+      adamwKernel(flag !== null),
       params,
-      [pb.arg, gb.arg, mb.arg, vb.arg],
+      [pb.arg, gb.arg, mb.arg, vb.arg, ...(flag ? [flag.arg] : [])],
       this.rec.groupsFor(Math.ceil(n / EW_WORKGROUP)),
     );
   }

@@ -8,7 +8,7 @@
 
 import type { ActivationOp, BinaryOp, UnaryOp } from '../../backend.ts';
 import type { DType } from '../../dtype.ts';
-import { type Kernel, binding, castExpr, memo, prelude, stridedOffsets, wgslType } from './common.ts';
+import { type Access, type Kernel, binding, castExpr, memo, prelude, stridedOffsets, wgslType } from './common.ts';
 
 /** Threads per workgroup of the elementwise kernels. */
 export const EW_WORKGROUP = 64;
@@ -267,25 +267,29 @@ ${perElement(`
  * One AdamW step in place over contiguous p, m, v (and g, read), in the
  * order of torch.optim.AdamW's arithmetic (see the CPU backend's adamw).
  * Params: [n, pOffset, gOffset, mOffset, vOffset, then f32 bits of
- * 1 - lr wd, 1 - beta1, beta2, 1 - beta2, sqrt(1 - beta2^t), lr / (1 - beta1^t), eps].
+ * 1 - lr wd, 1 - beta1, beta2, 1 - beta2, sqrt(1 - beta2^t), lr / (1 - beta1^t), eps,
+ * then (conditional) the offset of the one-element flag: every thread returns where it is 0].
  */
-export const adamwKernel = memo((): Kernel => {
+export const adamwKernel = memo((conditional: boolean): Kernel => {
+  const skip = conditional ? '\n  if (onlyIf[p(12u)] == 0.0) { return; }' : '';
   const code = /* wgsl */ `${prelude}
 ${binding(1, 'pw', 'f32', 'read_write')}
 ${binding(2, 'g', 'f32', 'read')}
 ${binding(3, 'm', 'f32', 'read_write')}
 ${binding(4, 'v', 'f32', 'read_write')}
-${perElement(`
+${conditional ? binding(5, 'onlyIf', 'f32', 'read') : ''}
+${perElement(`${skip}
   let gi = g[p(2u) + i];
   let mi = m[p(3u) + i] + (gi - m[p(3u) + i]) * pf(6u);
   let vi = v[p(4u) + i] * pf(7u) + (gi * gi) * pf(8u);
   m[p(3u) + i] = mi;
   v[p(4u) + i] = vi;
   pw[p(1u) + i] = pw[p(1u) + i] * pf(5u) - fdiv(mi, fdiv(sqrt_(vi), pf(9u)) + pf(11u)) * pf(10u);`)}`;
+  const storage: Access[] = ['read_write', 'read', 'read_write', 'read_write'];
   return {
-    key: 'adamw',
+    key: conditional ? 'adamw:conditional' : 'adamw',
     code,
     workgroupSize: EW_WORKGROUP,
-    storage: ['read_write', 'read', 'read_write', 'read_write'],
+    storage: conditional ? [...storage, 'read'] : storage,
   };
 });
