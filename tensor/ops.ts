@@ -5,7 +5,7 @@
 // from these in composite.ts and gets its gradient for free.
 
 import { recordGrad } from './autograd.ts';
-import type { ActivationOp, AttentionOptions, BinaryOp, Storage, UnaryOp, View } from './backend.ts';
+import type { ActivationOp, AttentionOptions, Backend, BinaryOp, Storage, UnaryOp, View } from './backend.ts';
 import { autocast, autocastDtype } from './mixed_precision.ts';
 import { type Generator, defaultGenerator } from './random.ts';
 import { type DType, type TypedArray, dtypeOf, isFloat } from './dtype.ts';
@@ -76,9 +76,34 @@ function lift(x: TensorLike, ref: Tensor, dtype: DType): Tensor {
   return x instanceof Tensor ? (x.dtype === dtype || isFloat(x.dtype) ? x : x.cast(dtype)) : scalar(ref, x, dtype);
 }
 
-/** A 0-d tensor holding `value` on `like`'s device. */
+/**
+ * The constants numbers become in ops on a GPU: each made once and then
+ * shared (a fill there is a kernel call, and a training step uses the same
+ * few constants, 1e-6 or 0.5, every time). Never written: they are only ever
+ * an op's input. A run that makes many different ones starts over. The CPU
+ * fills four bytes for free, and memory() there returns to where it was.
+ */
+const constants = new WeakMap<Backend, Map<string, Storage>>();
+const MAX_CONSTANTS = 256;
+
+/** A 0-d tensor holding `value` on `like`'s device (shared storage: an op's input, never written). */
 export function scalar(like: Tensor, value: number, dtype: DType = like.dtype): Tensor {
-  return new Tensor(like.backend, like.backend.fill(dtype, 1, value), [], dtype);
+  const backend = like.backend;
+  if (backend.name === 'cpu') return new Tensor(backend, backend.fill(dtype, 1, value), [], dtype);
+  let known = constants.get(backend);
+  if (!known) constants.set(backend, (known = new Map()));
+  const key = `${dtype}:${Object.is(value, -0) ? '-0' : value}`;
+  let storage = known.get(key);
+  if (!storage) {
+    if (known.size >= MAX_CONSTANTS) {
+      for (const s of known.values()) backend.release(s);
+      known.clear();
+    }
+    storage = backend.fill(dtype, 1, value);
+    known.set(key, storage);
+  }
+  backend.retain(storage);
+  return new Tensor(backend, storage, [], dtype);
 }
 
 /** A tensor on `like`'s device holding host data (dtype from the array type). */

@@ -164,6 +164,33 @@ describeWebGPU('webgpu binary ops with broadcasting', () => {
       [{ shape: [6], values: [-2, -0.5, 0, 0.5, 2, 3], grad: false }],
     );
   });
+  it('a number in an op becomes a constant made once: no fill the next time, and at most 256 are kept', async () => {
+    const b = webgpuBackend()!;
+    const x = await tensor([1, 2, 3]).to('webgpu');
+    const fills = (fn: () => Tensor) => {
+      const before = b.counters().dispatchesByOp.fill ?? 0;
+      const y = fn();
+      const n = (b.counters().dispatchesByOp.fill ?? 0) - before;
+      return { y, n };
+    };
+    const first = fills(() => x.mul(0.37).add(-0));
+    const second = fills(() => x.mul(0.37).add(-0));
+    expect([first.n, second.n]).toEqual([2, 0]);
+    expect(Array.from(await second.y.data())).toEqual(Array.from(await first.y.data()));
+    // 0 and -0 are two constants: 1 / -0 is -Infinity
+    expect(
+      Array.from(
+        await tensor([1])
+          .to('webgpu')
+          .then((o) => o.div(-0).data()),
+      ),
+    ).toEqual([-Infinity]);
+    // many different numbers (a value computed per step, say) do not pile up
+    const live = b.liveBytes();
+    for (let i = 0; i < 600; i++) x.add(i + 0.5).dispose();
+    expect(b.liveBytes() - live).toBeLessThanOrEqual(256 * 4 * 64); // 256 constants, however the pool rounds them
+    [x, first.y, second.y].forEach((t) => t.dispose());
+  });
   it('maximum and minimum: NaN wins, ties split the gradient', async () => {
     await compareDevices(
       (a, b) => [a.maximum(b), a.minimum(b)],
