@@ -42,8 +42,12 @@ export interface Backend {
   readonly name: DeviceName;
 
   // --- storage ---
-  /** New storage of `length` elements, zero-filled, refcount 1. */
-  alloc(dtype: DType, length: number): Storage;
+  /**
+   * New storage of `length` elements, refcount 1, zero-filled; with `zeroed`
+   * false its contents are undefined (for an output every element of which is
+   * about to be written: cat's).
+   */
+  alloc(dtype: DType, length: number, zeroed?: boolean): Storage;
   /** Copies host data into a storage (whole buffer). */
   write(dst: Storage, src: TypedArray): void;
   /** Contiguous copy of a view's elements, back on the host. */

@@ -431,7 +431,8 @@ export function cat(tensors: Tensor[], dim = 0): Tensor {
     }
   }
   const shape = first.shape.map((d, i) => (i === axis ? tensors.reduce((s, t) => s + t.shape[axis], 0) : d));
-  const out = new Tensor(first.backend, first.backend.alloc(first.dtype, numel(shape)), shape, first.dtype);
+  // not cleared first: the parts overwrite every element
+  const out = new Tensor(first.backend, first.backend.alloc(first.dtype, numel(shape), false), shape, first.dtype);
   const starts: number[] = [];
   let at = 0;
   for (const t of tensors) {

@@ -426,6 +426,23 @@ describeWebGPU('webgpu views and joins', () => {
     await compareDevices((x) => [x.slice(1, 1, 5, 2), x.slice(0, -2), x.narrow(1, 1, 2)], [[4, 6]]);
     await compareDevices((x) => x.unsqueeze(1).flatten(0, 1).squeeze().mul(2), [[3, 4]]);
   });
+  it('cat writes every element of its output: no clear first, and a reused buffer shows nothing old', async () => {
+    const b = webgpuBackend()!;
+    const old = await full([6, 5], 7).to('webgpu');
+    await old.data();
+    old.dispose(); // its buffer goes back to the pool, 7s and all
+    const [x, y] = await Promise.all(
+      [tensor([1, 2, 3, 4, 5, 6], { shape: [6, 1] }), zeros([6, 4])].map((t) => t.to('webgpu')),
+    );
+    await Promise.all([x.data(), y.data()]);
+    const clears = () => b.counters().dispatchesByOp.zeros ?? 0;
+    const before = clears();
+    const joined = cat([x, y], 1);
+    expect(clears() - before).toBe(0);
+    const expected = [1, 2, 3, 4, 5, 6].flatMap((v) => [v, 0, 0, 0, 0]);
+    expect(Array.from(await joined.data())).toEqual(expected);
+    [x, y, joined].forEach((t) => t.dispose());
+  });
   it('cat, stack, split, chunk, repeatInterleave', async () => {
     await compareDevices(
       (a, b) => cat([a, b, a], 1),

@@ -103,8 +103,8 @@ export class CpuBackend implements Backend {
     return live.bytes;
   }
 
-  alloc(dtype: DType, length: number): Storage {
-    return output(dtype, length, true);
+  alloc(dtype: DType, length: number, zeroed = true): Storage {
+    return output(dtype, length, zeroed);
   }
   write(dst: Storage, src: TypedArray): void {
     dropCopy(dst as CpuStorage);

@@ -125,8 +125,8 @@ export class WebGPUBackend implements Backend {
 
   // ------------------------------------------------------------ storage
 
-  alloc(dtype: DType, length: number): Storage {
-    return this.rec.newStorage(dtype, length, true, 'alloc');
+  alloc(dtype: DType, length: number, zeroed = true): Storage {
+    return this.rec.newStorage(dtype, length, zeroed, 'alloc');
   }
 
   write(dst: Storage, src: TypedArray): void {
