@@ -129,6 +129,7 @@ export class AdamW {
   step(onlyIf?: Tensor): void {
     if (this.pending) throw new Error('AdamW.step: the last step was conditional: await optimizer.settle() first');
     const [beta1, beta2] = this.betas;
+    const flag = onlyIf?.view() ?? null;
     const counted: ParamState[] = [];
     for (const group of this.paramGroups) {
       // [parameters, gradients, moments] of consecutive parameters at the same step, updated together
@@ -137,7 +138,6 @@ export class AdamW {
       const update = () => {
         const [lr, eps, weightDecay] = [group.lr, this.eps, group.weightDecay!];
         const hyper = { lr, beta1, beta2, eps, weightDecay, step: runStep };
-        const flag = onlyIf?.view() ?? null;
         tidy(() => {
           // one kernel call per stretch of them side by side in a bucket (a whole bucket, as a rule)
           for (const [p, g, m, v] of contiguousRuns(run))

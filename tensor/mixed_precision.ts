@@ -36,6 +36,7 @@
 //   await scaler.step(optimizer, norm);         // the update, unless the norm is not finite
 
 import { noGrad } from './autograd.ts';
+import { stack } from './composite.ts';
 import { contiguousRuns } from './contiguous_runs.ts';
 import { tensor } from './creation.ts';
 import type { DeviceName } from './backend.ts';
@@ -157,16 +158,18 @@ export class GradScaler {
   private update(finite: Tensor): void {
     const good = this.goodSteps.add(1).mul(finite); // 0 after an overflow
     const grow = good.ge(this.growthInterval);
-    const factor = where(finite, where(grow, this.growthFactor, 1), this.backoffFactor);
-    const inverse = where(finite, where(grow, 1 / this.growthFactor, 1), 1 / this.backoffFactor);
-    copyInto(this.scale, this.scale.mul(factor));
-    copyInto(this.invScale, this.invScale.mul(inverse));
+    // what the scale is multiplied by: growth, 1 or backoff (and their inverses for invScale)
+    const factor = (growth: number, backoff: number) => where(finite, where(grow, growth, 1), backoff);
+    copyInto(this.scale, this.scale.mul(factor(this.growthFactor, this.backoffFactor)));
+    copyInto(this.invScale, this.invScale.mul(factor(1 / this.growthFactor, 1 / this.backoffFactor)));
     copyInto(this.goodSteps, where(grow, 0, good));
   }
 
   /** The scale and the count of good steps (a sync point). */
   async stateDict(): Promise<GradScalerState> {
-    const [scale, goodSteps] = [await this.scale.item(), await this.goodSteps.item()];
+    const both = stack([this.scale, this.goodSteps]); // one read
+    const [scale, goodSteps] = await both.data();
+    both.dispose();
     return { scale, goodSteps };
   }
 
