@@ -14,11 +14,14 @@ import { AdamW, clipGradNorm, getLr } from '../nn/index.ts';
 import { parseSafetensors } from '../nn/safetensors.ts';
 import {
   getCpuThreads,
+  noGrad,
   resolveDevice,
+  stack,
   tensor,
   tidy,
   tidyForward,
   type DeviceName,
+  type TypedArray,
   type Tensor,
 } from '../tensor/index.ts';
 import { describeAdapter, webgpuBackend } from '../tensor/webgpu/device.ts';
@@ -146,6 +149,7 @@ async function train(): Promise<void> {
   const stopAt = run.max_steps;
   post({ type: 'training', running: true, step: t.step });
   trainingRuns = true;
+  let unreported: StepReport | null = null; // the last step queued, whose loss is not read yet
   try {
     while (t.step < stopAt && !stopRequested) {
       model.train();
@@ -165,28 +169,61 @@ async function train(): Promise<void> {
         loss!.backward();
         return loss!;
       });
-      clipGradNorm(model.parameters(), run.max_grad_norm).dispose();
-      const lossValue = await loss.item(); // sync point: the step's loss, for the curve
-      loss.dispose();
-      if (!Number.isFinite(lossValue)) throw new Error(`the loss is ${lossValue} at step ${t.step}: training stopped`);
-      t.optimizer.step();
+      const norm = clipGradNorm(model.parameters(), run.max_grad_norm);
+      await t.optimizer.settle(); // the step before's flag (sync point, but the device is done with it by now)
+      const logged = noGrad(() =>
+        tidy(() => {
+          // the update is skipped on the device if the loss or a gradient is Inf or NaN: the model trained so
+          // far survives, though the host learns of it only after the next step is queued (report)
+          t.optimizer.step(loss.abs().lt(Infinity).mul(norm.abs().lt(Infinity)));
+          return stack([loss, norm]);
+        }),
+      );
       t.optimizer.zeroGrad();
+      // the read starts now, behind this step's work, and is awaited after the next step is queued: the
+      // GPU never idles while the worker waits (train.ts does the same)
+      const values = logged.data();
+      values.catch(() => {}); // thrown where it is awaited
+      [logged, loss, norm].forEach((x) => x.dispose());
       t.step++;
       const textTokens = batch.attention_mask.reduce((s: number, m: number) => s + m, 0);
       const tokens = textTokens + batch.batchSize * cfg.IMAGE_TOKEN_LENGTH;
-      const tokensPerSec = (tokens * 1000) / (performance.now() - stepStart);
-      post({ type: 'step', step: t.step, maxSteps: stopAt, loss: lossValue, tokensPerSec });
-      if (t.step % EVAL_INTERVAL === 0 || t.step === stopAt) await evaluateAndShow(t);
+      if (unreported) await report(unreported);
+      // on a GPU, paced by the read of the step before (one step ahead)
+      unreported = { values, step: t.step, tokensPerSec: (tokens * 1000) / (performance.now() - stepStart) };
+      if (t.step % EVAL_INTERVAL === 0 || t.step === stopAt) {
+        await report(unreported);
+        unreported = null;
+        await evaluateAndShow(t);
+      }
       // let messages in (a worker sees them only between tasks), then answer what came
       await new Promise((resolve) => setTimeout(resolve, 0));
       while (betweenSteps.length) await serve(betweenSteps.shift()!);
     }
+    if (unreported) await report(unreported);
   } finally {
     trainingRuns = false;
     model.eval();
     post({ type: 'training', running: false, step: t.step });
     while (betweenSteps.length) await serve(betweenSteps.shift()!);
   }
+}
+
+/** A queued step: its loss and gradient norm (being read), and its speed. */
+interface StepReport {
+  values: Promise<TypedArray>;
+  step: number;
+  tokensPerSec: number;
+}
+
+/** Waits for a step's loss and shows it; stops the training at a non-finite loss or gradient. */
+async function report(s: StepReport): Promise<void> {
+  const [loss, norm] = await s.values; // sync point: the step's loss and gradient norm, for the curve
+  if (!Number.isFinite(loss) || !Number.isFinite(norm)) {
+    const what = Number.isFinite(loss) ? `the gradient norm is ${norm}` : `the loss is ${loss}`;
+    throw new Error(`${what} at step ${s.step}: training stopped (that update was skipped)`);
+  }
+  post({ type: 'step', step: s.step, maxSteps: run.max_steps, loss, tokensPerSec: s.tokensPerSec });
 }
 
 function newTraining(): Training {
