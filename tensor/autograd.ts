@@ -2,7 +2,10 @@
 // tensors: every op that needs a gradient records a GradCtx on its output
 // (its inputs and a backward rule written with ordinary tensor ops).
 // backward() sorts the recorded graph topologically, walks it from the loss
-// back to the leaves, and sums the gradients that reach each tensor.
+// back to the leaves, and sums the gradients that reach each tensor. An op
+// with several outputs (split, as PyTorch's SplitBackward0) records one
+// GradCtx shared by all of them, and its rule runs once, with all their
+// gradients.
 
 import { isOwnedByGraph, tidy } from './scope.ts';
 import type { Tensor } from './tensor.ts';
@@ -11,8 +14,13 @@ import type { Tensor } from './tensor.ts';
 export interface GradCtx {
   op: string;
   inputs: Tensor[];
-  /** Given dLoss/dOut, returns dLoss/dInput for each input (null: no gradient). */
-  backward: (gradOut: Tensor) => (Tensor | null)[];
+  /** What the op made: one tensor, or several (split's pieces), each of which has this GradCtx. */
+  outputs: Tensor[];
+  /**
+   * Given dLoss/dOutput for each output (null: the loss does not depend on
+   * it), returns dLoss/dInput for each input (null: no gradient).
+   */
+  backward: (gradOuts: (Tensor | null)[]) => (Tensor | null)[];
   /** What the rule reads besides the inputs and the output (attention's log-sum-exp), freed with the graph. */
   saved: Tensor[];
 }
@@ -45,19 +53,34 @@ export function noGrad<T>(fn: () => T): T {
   return result;
 }
 
-/** Attaches a backward rule to `out` when any input needs a gradient. */
+/** Attaches a backward rule (dLoss/dOut -> dLoss/dInputs) to `out` when any input needs a gradient. */
 export function recordGrad(
   out: Tensor,
   op: string,
   inputs: Tensor[],
-  backward: GradCtx['backward'],
+  backward: (gradOut: Tensor) => (Tensor | null)[],
   saved: Tensor[] = [],
 ): Tensor {
-  if (isGradEnabled() && inputs.some((t) => t.requiresGrad)) {
-    out.requiresGrad = true;
-    out.ctx = { op, inputs, backward, saved };
-  }
+  recordGradOfOutputs([out], op, inputs, ([g]) => backward(g!), saved);
   return out;
+}
+
+/** recordGrad for an op with several outputs: one rule, given all their gradients at once. */
+export function recordGradOfOutputs(
+  outputs: Tensor[],
+  op: string,
+  inputs: Tensor[],
+  backward: GradCtx['backward'],
+  saved: Tensor[] = [],
+): Tensor[] {
+  if (isGradEnabled() && inputs.some((t) => t.requiresGrad)) {
+    const ctx = { op, inputs, outputs, backward, saved };
+    for (const out of outputs) {
+      out.requiresGrad = true;
+      out.ctx = ctx;
+    }
+  }
+  return outputs;
 }
 
 /**
@@ -94,35 +117,44 @@ function topoSort(root: Tensor): Tensor[] {
 export function backward(root: Tensor, gradient: Tensor): void {
   if (!root.requiresGrad) throw new Error('backward: the tensor does not require grad (nothing to differentiate)');
   const order = topoSort(root);
+  const position = new Map(order.map((t, i) => [t, i]));
   // Every tensor in `grads` is owned by this map: disposed once consumed.
   const grads = new Map<Tensor, Tensor>([[root, gradient]]);
+  const take = (t: Tensor): Tensor | null => {
+    const g = grads.get(t) ?? null;
+    grads.delete(t);
+    return g;
+  };
   gradDisabled++; // backward rules are not themselves differentiated
   try {
     for (let i = order.length - 1; i >= 0; i--) {
       const t = order[i];
-      const g = grads.get(t);
-      if (!g) continue;
-      grads.delete(t);
-      if (!t.ctx) {
+      const ctx = t.ctx;
+      if (!ctx) {
         // A leaf: the parameter owns its gradient from now on.
-        accumulateLeaf(t, g);
+        const g = take(t);
+        if (g) accumulateLeaf(t, g);
         continue;
       }
+      // An op with several outputs waits for the last of them in this walk (the first in the order): every
+      // output's gradient is complete by then, all its readers being behind us. Until then they wait in `grads`.
+      if (ctx.outputs.length > 1 && i !== Math.min(...ctx.outputs.map((o) => position.get(o) ?? Infinity))) continue;
+      const gradOuts = ctx.outputs.map(take);
+      if (gradOuts.every((g) => !g)) continue;
       // a rule's own temporaries go as soon as it returns; only the gradients it gives are kept
-      const ctx = t.ctx;
-      const inputGrads = tidy(() => ctx.backward(g));
+      const inputGrads = tidy(() => ctx.backward(gradOuts));
       const seen = new Set<Tensor>();
-      t.ctx.inputs.forEach((input, k) => {
+      ctx.inputs.forEach((input, k) => {
         let gi = inputGrads[k];
         if (!gi) return;
         if (!input.requiresGrad) {
           // a rule computed more than was needed: free it now, unless it is shared
-          if (gi !== g && !inputGrads.some((other, j) => j !== k && other === gi)) gi.dispose();
+          if (!gradOuts.includes(gi) && !inputGrads.some((other, j) => j !== k && other === gi)) gi.dispose();
           return;
         }
         // A rule may hand the same tensor to two inputs (add) or pass g through:
         // give each owner its own view so disposing one leaves the other intact.
-        if (gi === g || seen.has(gi)) gi = gi.view(gi.shape);
+        if (gradOuts.includes(gi) || seen.has(gi)) gi = gi.view(gi.shape);
         seen.add(gi);
         const prev = grads.get(input);
         if (prev) {
@@ -133,11 +165,11 @@ export function backward(root: Tensor, gradient: Tensor): void {
           grads.set(input, gi);
         }
       });
-      t.ctx = null; // release the graph: saved activations can be freed
-      g.dispose();
-      // every op that read t is behind us (they come later in the order): an
+      for (const out of ctx.outputs) out.ctx = null; // release the graph: saved activations can be freed
+      for (const g of gradOuts) g?.dispose();
+      // every op that read the outputs is behind us (they come later in the order): an
       // intermediate of a tidyForward() pass can go now, with what only its rule read
-      if (isOwnedByGraph(t)) t.dispose();
+      for (const out of ctx.outputs) if (isOwnedByGraph(out)) out.dispose();
       for (const s of ctx.saved) if (isOwnedByGraph(s)) s.dispose();
     }
   } finally {

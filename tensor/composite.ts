@@ -55,23 +55,10 @@ export function dropout(x: Tensor, p: number, training: boolean, generator: Gene
   return x.mul(mask);
 }
 
-/** Splits into pieces of `sizes` (or equal pieces of that size) along dim. */
-export function split(x: Tensor, sizes: number | number[], dim = 0): Tensor[] {
-  const d = normalizeDim(dim, x.ndim, 'split');
-  const n = x.shape[d];
-  const parts = Array.isArray(sizes)
-    ? sizes
-    : Array.from({ length: Math.ceil(n / sizes) }, (_, i) => Math.min(sizes, n - i * sizes));
-  if (parts.reduce((a, b) => a + b, 0) !== n)
-    throw new Error(`split: sizes [${parts}] do not add up to ${n} (dim ${dim} of ${fmt(x.shape)})`);
-  let at = 0;
-  return parts.map((p) => O.slice(x, d, at, (at += p)));
-}
-
 /** Splits into n nearly equal pieces along dim (torch.chunk). */
 export function chunk(x: Tensor, n: number, dim = 0): Tensor[] {
   const size = x.shape[normalizeDim(dim, x.ndim, 'chunk')];
-  return split(x, Math.ceil(size / n) || 1, dim);
+  return O.split(x, Math.ceil(size / n) || 1, dim);
 }
 
 /** Joins tensors along a new dim. */

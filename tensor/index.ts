@@ -7,7 +7,6 @@ export {
   softmax,
   logSoftmax,
   dropout,
-  split,
   chunk,
   stack,
   repeatInterleave,
@@ -17,7 +16,18 @@ export {
   conv2dPatch,
   mean,
 } from './composite.ts';
-export { cat, where, matmul, embedding, layerNorm, rmsNorm, rope, copyInto, scaledDotProductAttention } from './ops.ts';
+export {
+  cat,
+  split,
+  where,
+  matmul,
+  embedding,
+  layerNorm,
+  rmsNorm,
+  rope,
+  copyInto,
+  scaledDotProductAttention,
+} from './ops.ts';
 export { noGrad, isGradEnabled } from './autograd.ts';
 export { tidy, tidyForward } from './scope.ts';
 export { autocast, GradScaler, roundToHalf } from './mixed_precision.ts';

@@ -4,7 +4,7 @@
 // function). Everything else (mean, crossEntropy, attention, ...) is composed
 // from these in composite.ts and gets its gradient for free.
 
-import { recordGrad } from './autograd.ts';
+import { recordGrad, recordGradOfOutputs } from './autograd.ts';
 import type { ActivationOp, AttentionOptions, Backend, BinaryOp, Storage, UnaryOp, View } from './backend.ts';
 import { autocast, autocastDtype } from './mixed_precision.ts';
 import { type Generator, defaultGenerator } from './random.ts';
@@ -410,6 +410,40 @@ export function slice(x: Tensor, dim: number, start = 0, end = Infinity, step = 
     g.backend.copyInto(target.view(), g.view());
     target.dispose();
     return [gx];
+  });
+}
+
+/**
+ * Splits into pieces of `sizes` (or equal pieces of that size) along dim:
+ * views, no copy. One op with several outputs, so its backward is one cat of
+ * the pieces' gradients (zeros for a piece the loss does not use), not a
+ * zero-filled gradient of the whole per piece and a sum of them.
+ */
+export function split(x: Tensor, sizes: number | number[], dim = 0): Tensor[] {
+  x.assertAlive('split');
+  const axis = normalizeDim(dim, x.ndim, 'split');
+  const n = x.shape[axis];
+  const parts = Array.isArray(sizes)
+    ? sizes
+    : Array.from({ length: Math.ceil(n / sizes) }, (_, i) => Math.min(sizes, n - i * sizes));
+  if (parts.reduce((a, b) => a + b, 0) !== n)
+    throw new Error(`split: sizes [${parts}] do not add up to ${n} (dim ${dim} of ${fmt(x.shape)})`);
+  let at = 0;
+  const pieces = parts.map((len) => {
+    const shape = x.shape.map((d, i) => (i === axis ? len : d));
+    const piece = alias(x, shape, x.strides, x.offset + at * x.strides[axis]);
+    at += len;
+    return piece;
+  });
+  return recordGradOfOutputs(pieces, 'split', [x], (gradOuts) => {
+    const dtype = gradOuts.find((g) => g)!.dtype;
+    const zerosLike = (t: Tensor) => wrap(x, x.backend.fill(dtype, t.size, 0), t.shape, dtype);
+    return [
+      cat(
+        gradOuts.map((g, i) => g ?? zerosLike(pieces[i])),
+        axis,
+      ),
+    ];
   });
 }
 

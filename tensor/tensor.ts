@@ -350,7 +350,7 @@ export class Tensor {
     return O.contiguous(this);
   }
   split(sizes: number | number[], dim = 0): Tensor[] {
-    return C.split(this, sizes, dim);
+    return O.split(this, sizes, dim);
   }
   chunk(n: number, dim = 0): Tensor[] {
     return C.chunk(this, n, dim);

@@ -171,6 +171,30 @@ describe('gradients of views and joins', () => {
       [[4, 3]],
     );
   });
+  it('split, one op with several outputs: unused pieces, pieces read twice, split again, x read beside it', () => {
+    // the middle piece is unused (its part of the gradient is zeros); the last is read by two ops
+    gradCheck(
+      (x) => {
+        const [a, , c] = x.split(2, 1);
+        return a.mul(c).add(c.exp());
+      },
+      [[3, 6]],
+    );
+    // a piece split again, x itself read beside its pieces, and a piece that is the whole of x
+    gradCheck(
+      (x) => {
+        const [a, b] = x.split([4, 2], 1);
+        const [a1, a2] = a.split(1, 0).slice(1);
+        const bRow = b.sum(1, true).slice(0, 2, 3); // [1, 1]
+        return a2
+          .mul(bRow)
+          .sum(1)
+          .add(x.sum())
+          .add(a1.sum().mul(x.split(6, 1)[0].sum()));
+      },
+      [[3, 6]],
+    );
+  });
   it('repeatInterleave', () => gradCheck((x) => x.repeatInterleave(3, 1), [[2, 2, 3]]));
   it('contiguous of a permuted view', () => gradCheck((x) => x.permute(1, 0).contiguous(), [[3, 4]]));
   it('unsqueeze, squeeze, flatten', () => gradCheck((x) => x.unsqueeze(1).flatten(0, 1).squeeze(), [[3, 4]]));

@@ -480,6 +480,39 @@ describeWebGPU('webgpu views and joins', () => {
       [[4, 3]],
     );
     await compareDevices((x) => x.repeatInterleave(3, 1), [[2, 2, 3]]);
+    await compareDevices(
+      (x) => {
+        const [a, , c] = x.split(2, 1); // the middle piece unused: zeros in its part of the gradient
+        return a.mul(c).add(c.exp());
+      },
+      [[3, 6]],
+    );
+  });
+  it("split's backward is one cat of the pieces' gradients: no clear, no full-width sum", async () => {
+    // the ViT's fused qkv projection split into q, k and v: before, each piece's backward cleared a gradient of
+    // the whole width and copied its part in, and the three were summed
+    const x = await randn([2, 5, 12]).to('webgpu');
+    x.requiresGrad = true;
+    const [q, k, v] = x.split(4, 2);
+    const y = q.mul(k).add(v).sum(); // in the backward: the pieces' gradients, then split's
+    const seed = await ones([]).to('webgpu');
+    const b = webgpuBackend()!;
+    const before = { ...b.counters().dispatchesByOp };
+    y.backward(seed);
+    const counts = b.counters().dispatchesByOp;
+    const made = (op: string) => (counts[op] ?? 0) - (before[op] ?? 0);
+    expect(made('zeros') + made('fill'), 'clears').toBe(0);
+    expect(made('add'), 'sums').toBe(0);
+    const grad = Array.from(await x.grad!.data());
+    const [qs, ks] = await Promise.all([q.data(), k.data()]);
+    // d/dq = k, d/dk = q, d/dv = 1, interleaved along the last dim
+    const expected = Array.from({ length: 10 }, (_, r) => [
+      ...ks.slice(4 * r, 4 * r + 4),
+      ...qs.slice(4 * r, 4 * r + 4),
+      ...[1, 1, 1, 1],
+    ]).flat();
+    expect(grad).toEqual(expected);
+    [x, q, k, v, y].forEach((t) => t.dispose());
   });
   it('cast float32 <-> int32 like a typed-array store (truncation, wrap, NaN -> 0)', async () => {
     const v = [1.7, -1.7, 0.5, -0.5, 1e10, -3e9, NaN, Infinity, 2147483647, 123456.9];
