@@ -8,6 +8,7 @@
 // gradients.
 
 import { isOwnedByGraph, tidy } from './scope.ts';
+import { fmt } from './shape.ts';
 import type { Tensor } from './tensor.ts';
 
 /** What an op remembers for its backward pass. */
@@ -26,6 +27,10 @@ export interface GradCtx {
 }
 
 let gradDisabled = 0;
+
+// Tensors whose graph an earlier backward() freed, with the op that made them. A second backward through
+// one would stop there as if it were a leaf (a silent zero gradient below it): an error instead.
+const freedGraph = new WeakMap<Tensor, string>();
 
 /** True unless we are inside noGrad(). */
 export function isGradEnabled(): boolean {
@@ -117,6 +122,15 @@ function topoSort(root: Tensor): Tensor[] {
 export function backward(root: Tensor, gradient: Tensor): void {
   if (!root.requiresGrad) throw new Error('backward: the tensor does not require grad (nothing to differentiate)');
   const order = topoSort(root);
+  for (const t of order) {
+    const op = freedGraph.get(t);
+    if (op !== undefined) {
+      const what = t === root ? 'this tensor' : `the ${op} output ${fmt(t.shape)} it depends on`;
+      throw new Error(
+        `backward: ${what} was differentiated by an earlier backward(), which freed its graph: run the forward again`,
+      );
+    }
+  }
   const position = new Map(order.map((t, i) => [t, i]));
   // Every tensor in `grads` is owned by this map: disposed once consumed.
   const grads = new Map<Tensor, Tensor>([[root, gradient]]);
@@ -165,7 +179,11 @@ export function backward(root: Tensor, gradient: Tensor): void {
           grads.set(input, gi);
         }
       });
-      for (const out of ctx.outputs) out.ctx = null; // release the graph: saved activations can be freed
+      // release the graph: saved activations can be freed
+      for (const out of ctx.outputs) {
+        out.ctx = null;
+        freedGraph.set(out, ctx.op);
+      }
       for (const g of gradOuts) g?.dispose();
       // every op that read the outputs is behind us (they come later in the order): an
       // intermediate of a tidyForward() pass can go now, with what only its rule read

@@ -1,7 +1,7 @@
 // Every differentiable op against central finite differences (float64, CPU),
 // including broadcasting, non-contiguous views and reductions over each dim.
 
-import { describe, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import {
   Generator,
   cat,
@@ -281,5 +281,24 @@ describe('gradients of fused attention', () => {
         [2, 3, 4],
       ],
     );
+  });
+});
+
+describe('backward() frees the graph it walked', () => {
+  it('a second backward through it is an error naming what was freed, not a silent zero gradient', () => {
+    const x = tensor([1, 2, 3], { requiresGrad: true });
+    const y = x.mul(2);
+    const loss = y.sum();
+    loss.backward();
+    expect(() => loss.backward()).toThrow(
+      'backward: this tensor was differentiated by an earlier backward(), which freed its graph: run the forward again',
+    );
+    // another loss over y: before this check, y counted as a leaf and x got nothing
+    expect(() => y.mul(y).sum().backward()).toThrow(
+      'backward: the mul output [3] it depends on was differentiated by an earlier backward(), which freed its graph',
+    );
+    expect(Array.from(x.grad!.dataSync())).toEqual([2, 2, 2]); // untouched by the refused calls
+    x.mul(2).sum().backward(); // the forward again: fine, and the gradients add up
+    expect(Array.from(x.grad!.dataSync())).toEqual([4, 4, 4]);
   });
 });
