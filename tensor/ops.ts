@@ -438,12 +438,8 @@ export function split(x: Tensor, sizes: number | number[], dim = 0): Tensor[] {
   return recordGradOfOutputs(pieces, 'split', [x], (gradOuts) => {
     const dtype = gradOuts.find((g) => g)!.dtype;
     const zerosLike = (t: Tensor) => wrap(x, x.backend.fill(dtype, t.size, 0), t.shape, dtype);
-    return [
-      cat(
-        gradOuts.map((g, i) => g ?? zerosLike(pieces[i])),
-        axis,
-      ),
-    ];
+    const parts = gradOuts.map((g, i) => g ?? zerosLike(pieces[i]));
+    return [cat(parts, axis)];
   });
 }
 
