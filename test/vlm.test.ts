@@ -6,7 +6,17 @@
 // fail with one line that says why.
 
 import { describe, expect, it } from 'vitest';
-import { Generator, manualSeed, randn, tensor, tidyForward, type DeviceName, type Tensor } from '../tensor/index.ts';
+import {
+  Generator,
+  cat,
+  manualSeed,
+  randn,
+  tensor,
+  tidyForward,
+  type DeviceName,
+  type Tensor,
+} from '../tensor/index.ts';
+import { KVCache } from '../vlm/language_model.ts';
 import { defaultVLMConfig, type VLMConfig } from '../vlm/config.ts';
 import { VisionLanguageModel } from '../vlm/vision_language_model.ts';
 import { describeWebGPU, expectAllClose } from './webgpu_helpers.ts';
@@ -95,6 +105,30 @@ describe('configurations nanoVLM accepts', () => {
       for (const t of [image, ids, mask]) t.dispose();
     });
   }
+});
+
+describe('the KV cache', () => {
+  it('holds what cat would: a prefill, then one position at a time through two growths', async () => {
+    const g = new Generator(4);
+    const cache = new KVCache(2);
+    const all: Tensor[][] = [[], []]; // per block: every k and v appended, to cat at the end
+    for (const T of [3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]) {
+      const views = [0, 1].map((block) => {
+        const [k, v] = [randn([2, 3, T, 4], { generator: g }), randn([2, 3, T, 4], { generator: g })];
+        all[block].push(k, v);
+        return cache.append(block, k, v);
+      });
+      cache.length += T;
+      for (const [block, kv] of views.entries()) {
+        const ks = all[block].filter((_, j) => j % 2 === 0);
+        const vs = all[block].filter((_, j) => j % 2 === 1);
+        expect(kv.k.shape).toEqual([2, 3, cache.length, 4]);
+        expect(Array.from(await kv.k.data())).toEqual(Array.from(await cat(ks, 2).data()));
+        expect(Array.from(await kv.v.data())).toEqual(Array.from(await cat(vs, 2).data()));
+      }
+    }
+    cache.dispose();
+  });
 });
 
 describe('configurations nanoVLM rejects', () => {
