@@ -108,11 +108,12 @@ describe('configurations nanoVLM accepts', () => {
 });
 
 describe('the KV cache', () => {
-  it('holds what cat would: a prefill, then one position at a time through two growths', async () => {
+  it('holds what cat would: a prefill, then positions one at a time and many at once, through two growths', async () => {
     const g = new Generator(4);
     const cache = new KVCache(2);
     const all: Tensor[][] = [[], []]; // per block: every k and v appended, to cat at the end
-    for (const T of [3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]) {
+    for (const T of [255, 1, 1, 1, 300, 1]) {
+      // room for 256 positions, then 512 after the second token, then 768 after the 300
       const views = [0, 1].map((block) => {
         const [k, v] = [randn([2, 3, T, 4], { generator: g }), randn([2, 3, T, 4], { generator: g })];
         all[block].push(k, v);

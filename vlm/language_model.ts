@@ -25,6 +25,9 @@ export interface KeysValues {
   v: Tensor;
 }
 
+/** Positions a KV cache grows by. */
+const CACHE_CHUNK = 256;
+
 /**
  * Keys and values of every earlier position, per block, so a new token
  * attends without recomputing them (generation, under noGrad). Each block's
@@ -53,8 +56,10 @@ export class KVCache {
     const end = this.length + T;
     let kept = this.buffers[i];
     if (!kept || kept.k.shape[2] < end) {
-      // room for as many positions again: a sequence grown a token at a time is copied O(log n) times
-      const room = (t: Tensor) => zeros([B, nKv, 2 * end, hd], { dtype: t.dtype, device: t.device }).keep();
+      // room for the next multiple of CACHE_CHUNK positions: a copy of the cache every CACHE_CHUNK tokens, and
+      // never more than CACHE_CHUNK positions unused (doubling would waste up to the whole cache's memory)
+      const capacity = Math.ceil(end / CACHE_CHUNK) * CACHE_CHUNK;
+      const room = (t: Tensor) => zeros([B, nKv, capacity, hd], { dtype: t.dtype, device: t.device }).keep();
       const grown = { k: room(k), v: room(v) };
       if (kept) {
         copyInto(grown.k.slice(2, 0, this.length), kept.k.slice(2, 0, this.length));
