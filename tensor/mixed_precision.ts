@@ -144,7 +144,7 @@ export class GradScaler {
     await optimizer.settle();
     noGrad(() =>
       tidy(() => {
-        const finite = gradNorm.abs().lt(Infinity); // 1, or 0 for +-Inf and NaN
+        const finite = gradNorm.isfinite();
         optimizer.step(finite);
         if (this.dynamic) this.update(finite);
       }),

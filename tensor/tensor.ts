@@ -220,6 +220,10 @@ export class Tensor {
   ge(o: O.TensorLike): Tensor {
     return O.binary('ge', this, o);
   }
+  /** 1 where the element is finite, 0 at +-Inf and NaN (torch.isfinite; as a float, like the comparisons). */
+  isfinite(): Tensor {
+    return this.abs().lt(Infinity); // NaN compares false with everything
+  }
   neg(): Tensor {
     return this.unary('neg');
   }

@@ -57,6 +57,7 @@ describe('elementwise', () => {
     const picked = where(tensor(new Int32Array([1, 0, 1])), 2, 0.5); // two numbers: float32, beside cond
     expect([picked.dtype, Array.from(picked.dataSync())]).toEqual(['float32', [2, 0.5, 2]]);
     expect(Array.from(x.maskedFill(x.eq(2), -Infinity).dataSync())).toEqual([1, -Infinity, 3]);
+    expect(Array.from(t([0, -2.5, Infinity, -Infinity, NaN, 3e38]).isfinite().dataSync())).toEqual([1, 1, 0, 0, 0, 1]);
   });
   it('promotes int to float like PyTorch', () => {
     const ids = tensor(new Int32Array([1, 2, 3]));

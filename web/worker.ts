@@ -175,7 +175,7 @@ async function train(): Promise<void> {
         tidy(() => {
           // the update is skipped on the device if the loss or a gradient is Inf or NaN: the model trained so
           // far survives, though the host learns of it only after the next step is queued (report)
-          t.optimizer.step(loss.abs().lt(Infinity).mul(norm.abs().lt(Infinity)));
+          t.optimizer.step(loss.isfinite().mul(norm.isfinite()));
           return stack([loss, norm]);
         }),
       );
