@@ -5,7 +5,9 @@
 // alternating rounds, so that each figure has its reference measured beside
 // it. Random weights of the real shapes (bench/random_backbones.ts). Each
 // round prints the medians of 3 generations; the summary is the median of the
-// rounds with their spread. Pin both sides (the reference inherits it):
+// rounds with their spread. Then the host's part of a sampled token (generate.ts's
+// default: top_k 50, top_p 0.9) over the 49,152 logits, beside this run's
+// decoding step. Pin both sides (the reference inherits it):
 //
 //   taskset -c 0,1 npx tsx bench/decode.ts --threads 2 --rounds 3
 
@@ -15,8 +17,16 @@ import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { defineFlags, parseCommandLine } from '../cli.ts';
 import { readModelFolder } from '../node/model_folder.ts';
-import { cpuKernelInfo, dropBf16Copies, getCpuThreads, keepBf16Copies, setCpuThreads } from '../tensor/index.ts';
+import {
+  Generator,
+  cpuKernelInfo,
+  dropBf16Copies,
+  getCpuThreads,
+  keepBf16Copies,
+  setCpuThreads,
+} from '../tensor/index.ts';
 import { defaultVLMConfig } from '../vlm/config.ts';
+import { sampleToken, topKTopPFiltering } from '../vlm/utils.ts';
 import { VisionLanguageModel } from '../vlm/vision_language_model.ts';
 import { writeRandomBackbones } from './random_backbones.ts';
 import { benchGenerate, disposeModel, type GenerateTiming } from './vlm.ts';
@@ -109,3 +119,20 @@ for (const [name, rs] of Object.entries(results)) {
       )} ms${ratio}`,
   );
 }
+
+// Sampling a token as generate.ts does without --greedy, on the host: random logits of the vocabulary's length,
+// each pass over the same 8 rows (copies: the filter works in place), the median of 7 passes
+const sampled = new Generator(0);
+const rows = Array.from({ length: 8 }, () =>
+  Float32Array.from({ length: cfg.lm_vocab_size }, () => sampled.random() * 20 - 10),
+);
+const passes = Array.from({ length: 7 }, () => {
+  const t0 = performance.now();
+  for (const row of rows) sampleToken(topKTopPFiltering(row.slice(), 50, 0.9), 0.5, sampled);
+  return (performance.now() - t0) / rows.length;
+});
+const stepMs = 1000 / median(results['ours, float32'].map((r) => r.tokensPerSec));
+console.log(
+  `sampling a token (top_k 50, top_p 0.9, ${cfg.lm_vocab_size} logits): ${spread(passes, 2)} ms, ` +
+    `${((100 * median(passes)) / stepMs).toFixed(1)}% of this run's float32 decoding step (${stepMs.toFixed(1)} ms)`,
+);

@@ -45,12 +45,12 @@ import {
   type View,
 } from '../tensor/index.ts';
 import { contiguousStrides } from '../tensor/shape.ts';
-import type { MatmulPlan, WebGPUBackend } from '../tensor/webgpu/backend.ts';
+import type { GpuCounters, MatmulPlan, WebGPUBackend } from '../tensor/webgpu/backend.ts';
 import { describeAdapter } from '../tensor/webgpu/device.ts';
 import { defaultVLMConfig, type VLMConfig } from '../vlm/config.ts';
 import { modelConfig, resolveRun } from '../train_config.ts';
 import { VisionLanguageModel } from '../vlm/vision_language_model.ts';
-import { benchGenerate } from './vlm.ts';
+import { benchGenerate, disposeModel, makeModel } from './vlm.ts';
 
 const flags = defineFlags({
   quick: { type: 'switch', help: 'matmul at 256 and the small model only (for software adapters)' },
@@ -135,6 +135,15 @@ function countDawnCalls(device: GPUDevice): DawnCalls {
 }
 
 /** b - a, per step, for every numeric field. */
+/** Where the dispatches go, the most first. */
+function byOp(c: GpuCounters): string {
+  const ops = Object.entries(c.dispatchesByOp).filter(([, n]) => n > 0);
+  return ops
+    .sort((x, y) => y[1] - x[1])
+    .map(([op, n]) => `${op} ${n}`)
+    .join(', ');
+}
+
 function perStep<T extends object>(a: T, b: T, steps: number): T {
   const out: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(b)) {
@@ -315,11 +324,8 @@ async function trainSteps(
       `${dawn.createBuffer} createBuffer, ${dawn.createBindGroup} createBindGroup,`,
       `${kib(dawn.writeBufferBytes)} writeBuffer, ${dawn.mapAsync} maps)`,
     ].join(' ');
-    // where the dispatches go, the most first
-    const ops = Object.entries(c.dispatchesByOp).filter(([, n]) => n > 0);
-    const byOp = ops.sort((x, y) => y[1] - x[1]).map(([op, n]) => `${op} ${n}`);
     const record = { mode, batch, dtype, msPerStep: ms, tokensPerSec: (tokens * 1000) / ms, backend, dawn };
-    report(`train ${name} b${batch} ${dtype}`, record, `${line}\n  dispatches by op: ${byOp.join(', ')}`);
+    report(`train ${name} b${batch} ${dtype}`, record, `${line}\n  dispatches by op: ${byOp(c)}`);
   }
   for (const p of model.parameters()) p.dispose();
   opt.dispose();
@@ -452,17 +458,37 @@ if ((!args.quick || args.batch_222m) && !args.skip_222m) {
       await trainSteps(b, calls, 'nanoVLM-222M', big, batch, steps, dtype, false);
 }
 
-// generation: batch 1, greedy, the KV cache (bench/vlm.ts)
+/**
+ * The backend's counters for one decoded token: the third new one (the
+ * prompt and the first token behind), from the read of one to the next.
+ */
+async function countsPerToken(model: VisionLanguageModel, cfg: VLMConfig): Promise<GpuCounters> {
+  const ids = tensor(new Int32Array(16).fill(1), { shape: [1, 16], device: 'webgpu' });
+  const image = randn([1, 3, cfg.vit_img_size, cfg.vit_img_size], { device: 'webgpu' });
+  const seen: GpuCounters[] = [];
+  model.eval();
+  const onTokens = () => void seen.push(b.counters());
+  await model.generate(ids, image, null, { greedy: true, maxNewTokens: 3, eosTokenId: null, onTokens });
+  model.train();
+  [ids, image].forEach((t) => t.dispose());
+  return perStep(seen[1], seen[2], 1);
+}
+
+// generation: batch 1, greedy, the KV cache (bench/vlm.ts); nanoVLM-222M's also with --quick --batch_222m
 const generations: [string, VLMConfig][] = [['default preset', small]];
-if (!args.quick && !args.skip_222m) generations.push(['nanoVLM-222M', big]);
+if ((!args.quick || args.batch_222m) && !args.skip_222m) generations.push(['nanoVLM-222M', big]);
 for (const [name, cfg] of generations) {
   const newTokens = args.quick ? 8 : 32;
-  const r = await benchGenerate(cfg, 'webgpu', true, { newTokens, runs: args.quick ? 1 : 3 });
+  const model = await makeModel(cfg, 'webgpu');
+  const r = await benchGenerate(cfg, 'webgpu', true, { newTokens, runs: args.quick ? 1 : 3, model });
+  const perToken = await countsPerToken(model, cfg);
+  disposeModel(model);
   report(
     `generate ${name}`,
-    { newTokens, promptLen: 16, ...r },
+    { newTokens, promptLen: 16, ...r, perToken },
     `${r.tokensPerSec.toFixed(1)} tokens/s after the first, first token in ${r.ttftMs.toFixed(1)} ms ` +
-      `(batch 1, 16-token prompt, ${newTokens} new, KV cache)`,
+      `(batch 1, 16-token prompt, ${newTokens} new, KV cache); per token ${perToken.dispatches} dispatches, ` +
+      `${perToken.submits} submits\n  dispatches by op: ${byOp(perToken)}`,
   );
 }
 
