@@ -6,17 +6,7 @@
 // fail with one line that says why.
 
 import { describe, expect, it } from 'vitest';
-import {
-  Generator,
-  cat,
-  manualSeed,
-  randn,
-  tensor,
-  tidyForward,
-  type DeviceName,
-  type Tensor,
-} from '../tensor/index.ts';
-import { KVCache } from '../vlm/language_model.ts';
+import { Generator, manualSeed, randn, tensor, tidyForward, type DeviceName, type Tensor } from '../tensor/index.ts';
 import { defaultVLMConfig, type VLMConfig } from '../vlm/config.ts';
 import { VisionLanguageModel } from '../vlm/vision_language_model.ts';
 import { describeWebGPU, expectAllClose } from './webgpu_helpers.ts';
@@ -105,31 +95,6 @@ describe('configurations nanoVLM accepts', () => {
       for (const t of [image, ids, mask]) t.dispose();
     });
   }
-});
-
-describe('the KV cache', () => {
-  it('holds what cat would: a prefill, then positions one at a time and many at once, through two growths', async () => {
-    const g = new Generator(4);
-    const cache = new KVCache(2);
-    const all: Tensor[][] = [[], []]; // per block: every k and v appended, to cat at the end
-    for (const T of [255, 1, 1, 1, 300, 1]) {
-      // room for 256 positions, then 512 after the second token, then 768 after the 300
-      const views = [0, 1].map((block) => {
-        const [k, v] = [randn([2, 3, T, 4], { generator: g }), randn([2, 3, T, 4], { generator: g })];
-        all[block].push(k, v);
-        return cache.append(block, k, v);
-      });
-      cache.length += T;
-      for (const [block, kv] of views.entries()) {
-        const ks = all[block].filter((_, j) => j % 2 === 0);
-        const vs = all[block].filter((_, j) => j % 2 === 1);
-        expect(kv.k.shape).toEqual([2, 3, cache.length, 4]);
-        expect(Array.from(await kv.k.data())).toEqual(Array.from(await cat(ks, 2).data()));
-        expect(Array.from(await kv.v.data())).toEqual(Array.from(await cat(vs, 2).data()));
-      }
-    }
-    cache.dispose();
-  });
 });
 
 describe('configurations nanoVLM rejects', () => {

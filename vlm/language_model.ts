@@ -8,7 +8,7 @@
 // Reference: https://github.com/huggingface/transformers/blob/main/src/transformers/models/llama/modeling_llama.py
 
 import { Dropout, Embedding, Linear, Module, RMSNorm, buffer, init } from '../nn/index.ts';
-import { arange, cat, copyInto, rope, scaledDotProductAttention, tensor, zeros, type Tensor } from '../tensor/index.ts';
+import { arange, cat, rope, scaledDotProductAttention, tensor, type Tensor } from '../tensor/index.ts';
 import type { RawTensor } from '../nn/safetensors.ts';
 import type { VLMConfig } from './config.ts';
 import type { ModelFiles } from './pretrained.ts';
@@ -25,63 +25,25 @@ export interface KeysValues {
   v: Tensor;
 }
 
-/** Positions a KV cache grows by. */
-const CACHE_CHUNK = 256;
-
-/**
- * Keys and values of every earlier position, per block, so a new token
- * attends without recomputing them (generation, under noGrad). Each block's
- * are kept in buffers with room to spare, (B, n_kv_heads, capacity, head_dim),
- * and a new position is written in place: appending by cat would copy the
- * whole cache at every token (two copies per block: on a GPU, a tenth of a
- * decoding step's dispatches).
- */
-export class KVCache {
-  /** Per block: the buffers, the first `length` positions filled. */
-  private readonly buffers: (KeysValues | null)[];
+/** Keys and values of every earlier position, per block, so a new token attends without recomputing them. */
+export interface KVCache {
+  layers: (KeysValues | null)[];
   /** Number of positions already cached. */
-  length = 0;
+  length: number;
+}
 
-  constructor(nBlocks: number) {
-    this.buffers = Array(nBlocks).fill(null);
-  }
+/** An empty cache for a model of `nBlocks` blocks. */
+export function emptyKVCache(nBlocks: number): KVCache {
+  return { layers: Array(nBlocks).fill(null), length: 0 };
+}
 
-  /**
-   * Writes block i's keys and values (B, n_kv_heads, T, head_dim) of the T
-   * positions after the cached ones; returns views of those of all positions.
-   * The caller advances `length` once every block has written.
-   */
-  append(i: number, k: Tensor, v: Tensor): KeysValues {
-    const [B, nKv, T, hd] = k.shape;
-    const end = this.length + T;
-    let kept = this.buffers[i];
-    if (!kept || kept.k.shape[2] < end) {
-      // room for the next multiple of CACHE_CHUNK positions: a copy of the cache every CACHE_CHUNK tokens, and
-      // never more than CACHE_CHUNK positions unused (doubling would waste up to the whole cache's memory)
-      const capacity = Math.ceil(end / CACHE_CHUNK) * CACHE_CHUNK;
-      const room = (t: Tensor) => zeros([B, nKv, capacity, hd], { dtype: t.dtype, device: t.device }).keep();
-      const grown = { k: room(k), v: room(v) };
-      if (kept) {
-        copyInto(grown.k.slice(2, 0, this.length), kept.k.slice(2, 0, this.length));
-        copyInto(grown.v.slice(2, 0, this.length), kept.v.slice(2, 0, this.length));
-        kept.k.dispose();
-        kept.v.dispose();
-      }
-      kept = this.buffers[i] = grown;
-    }
-    copyInto(kept.k.slice(2, this.length, end), k);
-    copyInto(kept.v.slice(2, this.length, end), v);
-    return { k: kept.k.slice(2, 0, end), v: kept.v.slice(2, 0, end) };
+/** Frees a cache's tensors. */
+export function disposeKVCache(cache: KVCache): void {
+  for (const kv of cache.layers) {
+    kv?.k.dispose();
+    kv?.v.dispose();
   }
-
-  /** Frees the buffers. */
-  dispose(): void {
-    for (const kv of this.buffers) {
-      kv?.k.dispose();
-      kv?.v.dispose();
-    }
-    this.buffers.fill(null);
-  }
+  cache.layers.fill(null);
 }
 
 /**
@@ -204,17 +166,23 @@ export class LanguageModelGroupedQueryAttention extends Module {
   }
 
   /**
-   * x: (B, T, C) new positions. With a KV cache, they attend to the cached ones too, and their keys and values
-   * join the cache (as those of block `layer`).
+   * x: (B, T, C) new positions; past: the keys/values of earlier positions (KV cache). Returns the output and
+   * the keys/values of all positions, which the caller may cache.
    */
-  forward(x: Tensor, cos: Tensor, sin: Tensor, masks: AttentionMasks, cache: KVCache | null = null, layer = 0): Tensor {
+  forward(
+    x: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+    masks: AttentionMasks,
+    past: KeysValues | null = null,
+  ): [Tensor, KeysValues] {
     const [B, T, C] = x.shape;
     const heads = (t: Tensor, n: number) => t.reshape([B, T, n, this.headDim]).transpose(1, 2);
     let q = heads(this.q_proj.forward(x), this.nHeads); // (B, n_heads, T, hd)
     let k = heads(this.k_proj.forward(x), this.nKvHeads); // (B, n_kv_heads, T, hd)
     let v = heads(this.v_proj.forward(x), this.nKvHeads);
     [q, k] = applyRotaryPosEmbd(q, k, cos, sin);
-    if (cache) ({ k, v } = cache.append(layer, k, v)); // (B, n_kv, T_past + T, hd)
+    if (past) [k, v] = [cat([past.k, k], 2), cat([past.v, v], 2)]; // (B, n_kv, T_past + T, hd)
     // Each query mixes the values of the keys at or before its position, weighted by softmax(q . k / sqrt(hd));
     // query head h reads key/value head h / n_kv_groups. One fused kernel, no (T, Tk) weights in memory.
     const dropoutP = this.training ? this.dropout : 0;
@@ -224,7 +192,7 @@ export class LanguageModelGroupedQueryAttention extends Module {
     // padded query positions output zeros (their attention rows are meaningless)
     if (masks.queryPadding) y = y.maskedFill(masks.queryPadding, 0);
     y = y.reshape([B, T, C]); // (B, T, C)
-    return this.resid_dropout.forward(this.out_proj.forward(y));
+    return [this.resid_dropout.forward(this.out_proj.forward(y)), { k, v }];
   }
 }
 
@@ -271,9 +239,10 @@ export class LanguageModelBlock extends Module {
     this.norm2 = new RMSNorm(cfg.lm_hidden_dim, cfg.lm_rms_eps);
   }
 
-  forward(x: Tensor, cos: Tensor, sin: Tensor, masks: AttentionMasks, cache: KVCache | null = null, layer = 0): Tensor {
-    x = x.add(this.attn.forward(this.norm1.forward(x), cos, sin, masks, cache, layer));
-    return x.add(this.mlp.forward(this.norm2.forward(x)));
+  forward(x: Tensor, cos: Tensor, sin: Tensor, masks: AttentionMasks, past: KeysValues | null): [Tensor, KeysValues] {
+    const [attn, kv] = this.attn.forward(this.norm1.forward(x), cos, sin, masks, past);
+    x = x.add(attn);
+    return [x.add(this.mlp.forward(this.norm2.forward(x))), kv];
   }
 }
 
@@ -314,7 +283,15 @@ export class LanguageModel extends Module {
     // position ids run 0..T-1 for every sequence, padding included, as in nanoVLM
     const [cos, sin] = this.rotary_embd.forward(start, T);
     const masks = attentionMasks(T, start + T, attentionMask);
-    this.blocks.forEach((block, i) => (x = block.forward(x, cos, sin, masks, cache ?? null, i)));
+    this.blocks.forEach((block, i) => {
+      const [out, kv] = block.forward(x, cos, sin, masks, cache?.layers[i] ?? null);
+      x = out;
+      if (!cache) return;
+      // the cache owns its tensors: the old keys/values are replaced, the new ones outlive this pass's tidy()
+      cache.layers[i]?.k.dispose();
+      cache.layers[i]?.v.dispose();
+      cache.layers[i] = { k: kv.k.keep(), v: kv.v.keep() };
+    });
     if (cache) cache.length += T;
     x = this.norm.forward(x);
     return this.lmUseTokens ? this.head.forward(x) : x;

@@ -20,7 +20,7 @@ import {
   type Tensor,
 } from '../tensor/index.ts';
 import { type VLMConfig, vlmConfigFromJSON, vlmConfigToJSON } from './config.ts';
-import { KVCache, LanguageModel, lmFromPretrained } from './language_model.ts';
+import { LanguageModel, disposeKVCache, emptyKVCache, lmFromPretrained } from './language_model.ts';
 import { ModalityProjector } from './modality_projector.ts';
 import type { FolderFiles, ModelFiles } from './pretrained.ts';
 import { topKTopPFiltering, sampleToken } from './utils.ts';
@@ -160,7 +160,7 @@ export class VisionLanguageModel extends Module {
     const B = inputIds.shape[0];
     const tokens: number[][] = Array.from({ length: B }, () => []);
     const stepLogits: Float32Array[] = [];
-    let cache = kvCache ? new KVCache(this.cfg.lm_n_blocks) : null;
+    let cache = kvCache ? emptyKVCache(this.cfg.lm_n_blocks) : null;
     // the whole sequence so far (image + prompt + generated), and the part the cache has not seen yet
     let [sequence, mask] = noGrad(() => tidy(() => this.embed(inputIds, image, attentionMask)));
     let unseen = sequence;
@@ -172,7 +172,7 @@ export class VisionLanguageModel extends Module {
         // rotated at the old factor, and every later layer's keys depend on them: no cache can follow.
         // So from there on we recompute the whole sequence at each step, as nanoVLM always does.
         if (cache && sequence.shape[1] > this.cfg.lm_max_position_embeddings) {
-          cache.dispose();
+          disposeKVCache(cache);
           cache = null;
         }
         const input = cache ? unseen : sequence;
@@ -213,7 +213,7 @@ export class VisionLanguageModel extends Module {
       if (unseen !== sequence) unseen.dispose();
       sequence.dispose();
       mask?.dispose();
-      cache?.dispose();
+      if (cache) disposeKVCache(cache);
     }
     return { tokens, logits: stepLogits };
   }

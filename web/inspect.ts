@@ -50,7 +50,7 @@ export async function answerAttention(
         const scores = q.slice(2, first).matmul(k.transpose(2, 3)).div(Math.sqrt(attn.headDim)); // (1, H, rows, T)
         const weights = softmax(scores.add(mask), -1);
         perLayer.push(weights.slice(3, 0, nImg).mean([0, 1, 2])); // (n_img)
-        x = block.forward(x, cos, sin, masks); // the block as the model runs it
+        [x] = block.forward(x, cos, sin, masks, null); // the block as the model runs it
       }
       return perLayer;
     }),
