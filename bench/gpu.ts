@@ -7,12 +7,12 @@
 // takes them) the time per step, tokens/s and the host-side counters
 // (dispatches, compute passes, submits, buffers and bind groups created,
 // bytes written and read back), for the default preset's small model and for
-// nanoVLM-222M; then generation tokens/s. Each line is also one JSON record
-// (--json FILE).
+// nanoVLM-222M; then generation tokens/s and one decoded token's counters.
+// Each line is also one JSON record (--json FILE).
 //
 //   npx tsx bench/gpu.ts             everything (on a real GPU)
 //   npx tsx bench/gpu.ts --quick     tiny sizes, the small model only (llvmpipe, SwiftShader: proves it runs)
-//   npx tsx bench/gpu.ts --quick --batch_222m 1    and nanoVLM-222M's step at batch 1 (its counters; minutes)
+//   npx tsx bench/gpu.ts --quick --batch_222m 1    and nanoVLM-222M's step at batch 1 and its generation (minutes)
 //
 // On a GPU machine without Node (see ../shared/device/README.md):
 //   bash ../shared/device/make-bundle.sh bench/gpu.ts     # here: builds .gpu/ (git-ignored)
@@ -61,7 +61,7 @@ const flags = defineFlags({
   batch_222m: {
     type: 'int',
     min: 1,
-    help: 'the nanoVLM-222M steps at this batch only (default 8 and 32); with --quick they run too (minutes)',
+    help: 'the nanoVLM-222M steps at this batch only (default 8 and 32); with --quick they and its generation run too',
   },
   backend: { type: 'string', metavar: 'NAME', help: 'a Dawn backend (vulkan, metal, d3d12, opengles)' },
   adapter: { type: 'string', metavar: 'TEXT', help: 'the first adapter whose name contains TEXT' },
