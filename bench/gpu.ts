@@ -134,7 +134,6 @@ function countDawnCalls(device: GPUDevice): DawnCalls {
   return n;
 }
 
-/** b - a, per step, for every numeric field. */
 /** Where the dispatches go, the most first. */
 function byOp(c: GpuCounters): string {
   const ops = Object.entries(c.dispatchesByOp).filter(([, n]) => n > 0);
@@ -144,6 +143,7 @@ function byOp(c: GpuCounters): string {
     .join(', ');
 }
 
+/** b - a, per step, for every numeric field. */
 function perStep<T extends object>(a: T, b: T, steps: number): T {
   const out: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(b)) {
@@ -451,8 +451,9 @@ const big = { ...defaultVLMConfig, vlm_load_backbone_weights: false };
 for (const dtype of ['float32', 'float16'] as const) {
   await trainSteps(b, calls, 'default preset', small, 32, steps, dtype, dtype === 'float32');
 }
-// --quick --batch_222m 1: the 222M step's counters on a software adapter
-if ((!args.quick || args.batch_222m) && !args.skip_222m) {
+// nanoVLM-222M on a GPU; on a software adapter only with --quick --batch_222m 1 (for its counters)
+const with222m = (!args.quick || args.batch_222m !== undefined) && !args.skip_222m;
+if (with222m) {
   for (const batch of args.batch_222m ? [args.batch_222m] : [8, 32])
     for (const dtype of ['float32', 'float16'] as const)
       await trainSteps(b, calls, 'nanoVLM-222M', big, batch, steps, dtype, false);
@@ -474,9 +475,9 @@ async function countsPerToken(model: VisionLanguageModel, cfg: VLMConfig): Promi
   return perStep(seen[1], seen[2], 1);
 }
 
-// generation: batch 1, greedy, the KV cache (bench/vlm.ts); nanoVLM-222M's also with --quick --batch_222m
+// generation: batch 1, greedy, the KV cache (bench/vlm.ts)
 const generations: [string, VLMConfig][] = [['default preset', small]];
-if ((!args.quick || args.batch_222m) && !args.skip_222m) generations.push(['nanoVLM-222M', big]);
+if (with222m) generations.push(['nanoVLM-222M', big]);
 for (const [name, cfg] of generations) {
   const newTokens = args.quick ? 8 : 32;
   const model = await makeModel(cfg, 'webgpu');
